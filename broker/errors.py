@@ -1,0 +1,34 @@
+"""The one error hierarchy. The CLI and every process entry point turn these into one line and exit 1."""
+
+from __future__ import annotations
+
+
+class LambdaliteError(Exception):
+    """Base of every error lambdalite raises on purpose."""
+
+
+class SettingsError(LambdaliteError):
+    """Raised at start-up when a ``LAMBDALITE_*`` variable (or ``.env`` entry) is unknown or invalid."""
+
+
+class ConfigError(LambdaliteError):
+    """Raised at start-up when ``lambdalite.toml`` is missing, unreadable or invalid.
+
+    The message names the file, the function and the key.
+    """
+
+
+class UnknownFunctionError(LambdaliteError):
+    """Raised when an event or a command names a function that is not in the registry."""
+
+
+class EnvelopeError(LambdaliteError):
+    """Raised when bytes that should hold an event envelope do not decode to one."""
+
+
+class RedisUnavailableError(LambdaliteError):
+    """Raised when Redis cannot be reached within the time a caller is willing to wait."""
+
+
+class InvocationError(LambdaliteError):
+    """Raised when a synchronous invocation cannot be completed (no result arrived in time)."""

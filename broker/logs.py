@@ -1,0 +1,16 @@
+"""Logging set-up for process entry points: once, to stdout, so honcho can prefix each line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def configure(level: str = "INFO") -> None:
+    """Send every logger's records to stdout as ``LEVEL name: message``."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("rq").setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,201 @@
+"""The function registry, loaded from ``lambdalite.toml`` and validated once at start-up.
+
+An invalid file raises :class:`ConfigError` naming the file, the function and the key, so every
+process (and ``lambdalite``) can report it in one line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from broker.errors import ConfigError, UnknownFunctionError
+
+FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"  # Lambda's own rule for function names
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FilesTrigger(_Strict):
+    """A bucket folder: S3-style ``ObjectCreated`` / ``ObjectRemoved`` events."""
+
+    source: Literal["files"]
+    bucket: str = Field(pattern=r"^[^/\\]+$")
+    events: tuple[str, ...] = ("s3:ObjectCreated:*",)
+    prefix: str = ""
+    suffix: str = ""
+
+
+class SqliteTrigger(_Strict):
+    """A SQLite table: DynamoDB-Streams-style batches of row changes."""
+
+    source: Literal["sqlite"]
+    database: Path
+    table: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    batch_size: int = Field(100, ge=1, le=10_000)
+    batching_window: float = Field(0.0, ge=0, le=300)
+    view: Literal["KEYS_ONLY", "NEW_IMAGE", "OLD_IMAGE", "NEW_AND_OLD_IMAGES"] = "NEW_AND_OLD_IMAGES"
+
+
+class HttpTrigger(_Strict):
+    """An HTTP route: API-Gateway-style events."""
+
+    source: Literal["http"]
+    path: str = Field(pattern=r"^/")
+    methods: tuple[str, ...] = ("POST",)
+    mode: Literal["sync", "async"] = "sync"
+    auth: Literal["none", "bearer", "github", "stripe", "standard-webhooks"] = "none"
+    secret_env: str | None = None
+
+
+Trigger = Annotated[FilesTrigger | SqliteTrigger | HttpTrigger, Field(discriminator="source")]
+
+
+class Function(_Strict):
+    """One function: what runs, under which limits, and what triggers it. Defaults follow Lambda."""
+
+    name: str = Field(pattern=FUNCTION_NAME)
+    handler: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$")
+    command: tuple[str, ...] | None = Field(None, min_length=1)
+    timeout: float = Field(3.0, gt=0, le=900)
+    memory: int = Field(128, ge=16, le=10_240)
+    ephemeral_storage: int = Field(512, ge=1, le=10_240)
+    max_concurrency: int | None = Field(None, ge=1)
+    min_workers: int = Field(0, ge=0)
+    idle_timeout: float | None = Field(None, gt=0)
+    retries: int = Field(2, ge=0, le=100)
+    retry_backoff: float = Field(1.0, ge=0, description="Seconds before the first retry; doubles after.")
+    maximum_event_age: float = Field(21_600.0, gt=0, description="Older events are dead-lettered.")
+    on_success: str | None = Field(None, pattern=FUNCTION_NAME)
+    on_failure: str | None = Field(None, pattern=FUNCTION_NAME)
+    triggers: tuple[Trigger, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_entry_point(self) -> Function:
+        if (self.handler is None) == (self.command is None):
+            raise ValueError("give exactly one of 'handler' or 'command'")
+        if self.max_concurrency is not None and self.min_workers > self.max_concurrency:
+            raise ValueError("'min_workers' is larger than 'max_concurrency'")
+        return self
+
+    def concurrency(self, global_cap: int) -> int:
+        """The most workers this function may have at once."""
+        return min(self.max_concurrency or global_cap, global_cap)
+
+
+class Registry:
+    """The functions of one ``lambdalite.toml``, by name."""
+
+    def __init__(self, functions: dict[str, Function], path: Path) -> None:
+        self.functions = functions
+        self.path = path
+
+    def __iter__(self) -> Iterator[Function]:
+        return iter(self.functions.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.functions
+
+    def get(self, name: str) -> Function:
+        """The function called ``name``; raises :class:`UnknownFunctionError`."""
+        try:
+            return self.functions[name]
+        except KeyError:
+            raise UnknownFunctionError(f"no function named {name!r} in {self.path}") from None
+
+    def triggers(self, source: str) -> Iterator[tuple[Function, Any]]:
+        """Every (function, trigger) pair whose trigger has the given ``source``."""
+        for fn in self:
+            for trigger in fn.triggers:
+                if trigger.source == source:
+                    yield fn, trigger
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("files", "sqlite", "http") and out.endswith("]"):
+            continue  # pydantic's discriminator tag: not a key the user wrote
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _describe(path: Path, name: str, e: ValidationError) -> str:
+    problems = []
+    for err in e.errors():
+        key = _where(err["loc"]) or "(function)"
+        if err["type"] == "extra_forbidden":
+            problems.append(f"unknown key {key!r}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{key}: {msg}" if err["loc"] else msg)
+    return f"{path}: function {name!r}: " + "; ".join(problems)
+
+
+def load_registry(path: Path) -> Registry:
+    """Read and validate ``path``; raises :class:`ConfigError` with one readable line."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (set LAMBDALITE_CONFIG to use another)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    unknown = sorted(set(data) - {"functions"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r} (expected [functions.NAME])")
+    tables = data.get("functions", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{path}: 'functions' must be a table of [functions.NAME] tables")
+    functions: dict[str, Function] = {}
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: function {name!r}: must be a table")
+        try:
+            functions[name] = Function(name=name, **table)
+        except ValidationError as e:
+            raise ConfigError(_describe(path, name, e)) from e
+        except TypeError as e:  # a key that collides with 'name'
+            raise ConfigError(f"{path}: function {name!r}: {e}") from e
+    for fn in functions.values():
+        for key in ("on_success", "on_failure"):
+            target = getattr(fn, key)
+            if target is not None and target not in functions:
+                raise ConfigError(f"{path}: function {fn.name!r}: {key}: no function named {target!r}")
+    return Registry(functions, path)
+
+
+def resolve_handler(fn: Function, registry_path: Path | None = None) -> Callable[[Any, Any], Any]:
+    """Import ``fn.handler`` and return the callable; raises :class:`ConfigError` if it does not import.
+
+    The folder holding the registry file goes on ``sys.path`` first, so a project's own
+    ``handlers/`` package resolves without being installed.
+    """
+    if fn.handler is None:
+        raise ConfigError(f"function {fn.name!r} runs a command, not a Python handler")
+    if registry_path is not None:
+        root = str(registry_path.resolve().parent)
+        if root not in sys.path:
+            sys.path.insert(0, root)
+    module_name, _, attr = fn.handler.rpartition(".")
+    where = f"{registry_path or 'lambdalite.toml'}: function {fn.name!r}: handler"
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # any import-time failure of user code is a config problem
+        raise ConfigError(f"{where}: cannot import {module_name!r}: {type(e).__name__}: {e}") from e
+    handler = getattr(module, attr, None)
+    if not callable(handler):
+        raise ConfigError(f"{where}: {module_name!r} has no callable {attr!r}")
+    return handler  # type: ignore[no-any-return]

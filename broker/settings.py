@@ -1,0 +1,91 @@
+"""The one settings object: environment variables prefixed ``LAMBDALITE_`` and a ``.env`` file.
+
+Every setting has a default that works on a fresh machine. Durations are in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from broker.errors import SettingsError
+
+
+def _default_max_workers() -> int:
+    return max(4, 4 * (os.cpu_count() or 1))
+
+
+class _PrefixedDotEnv(DotEnvSettingsSource):
+    """A ``.env`` source that sees only ``LAMBDALITE_*`` entries: other programs' keep their own."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        prefix = self._apply_case_sensitive(self.env_prefix)
+        return {k: v for k, v in super()._load_env_vars().items() if k.startswith(prefix)}
+
+
+class Settings(BaseSettings):
+    """Process-wide settings; validated once at start-up by :func:`load_settings`."""
+
+    # extra="forbid" rejects a misspelt LAMBDALITE_* variable in .env; variables of other
+    # programs in the same .env are ignored because they lack the prefix.
+    model_config = SettingsConfigDict(
+        env_prefix="LAMBDALITE_", env_file=".env", extra="forbid", frozen=True
+    )
+
+    config: Path = Field(Path("lambdalite.toml"), description="The function registry file.")
+    redis_url: str = Field(
+        "", description="Redis to use; empty means the embedded server on a unix socket under var/."
+    )
+    var_dir: Path = Field(Path("var"), description="Runtime state: the embedded Redis's socket and AOF.")
+    buckets: Path = Field(Path("buckets"), description="Each sub-folder is a bucket.")
+    max_workers: int = Field(default_factory=_default_max_workers, ge=1, description="Global worker cap.")
+    idle_timeout: float = Field(30.0, gt=0, description="Seconds before an idle worker is retired.")
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _PrefixedDotEnv(settings_cls), file_secret_settings
+
+    @property
+    def embedded_redis(self) -> bool:
+        """True when lambdalite runs its own redis-server (no ``LAMBDALITE_REDIS_URL``)."""
+        return not self.redis_url
+
+    @property
+    def redis_socket(self) -> Path:
+        """The embedded server's unix socket."""
+        return self.var_dir.resolve() / "redis.sock"
+
+    @property
+    def redis_dsn(self) -> str:
+        """The URL every process connects to."""
+        return self.redis_url or f"unix://{self.redis_socket}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings; raises :class:`SettingsError` with one readable line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            key = "LAMBDALITE_" + ".".join(str(p) for p in err["loc"]).upper()
+            msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{key}: {msg}")
+        raise SettingsError("; ".join(problems)) from e

