@@ -126,3 +126,20 @@ def test_publish_stores_a_runner_job_as_json(project: Path, r: redis.Redis, redi
     with pytest.raises(UnknownFunctionError):
         pub.publish(Event(function="nope", payload={}))
     assert queue.count == 3
+
+
+def test_outcome_wait_sees_a_record_made_before_or_during_the_wait(r: redis.Redis) -> None:
+    import threading
+
+    from broker import results
+
+    assert results.wait(r, "e1", 0.05) is None
+    results.record(r, "e1", results.Outcome("succeeded", result={"x": 1}))
+    assert results.wait(r, "e1", 1).result == {"x": 1}
+    assert results.fetch(r, "e1").ok
+    timer = threading.Timer(0.1, results.record, (r, "e2", results.Outcome("dead", error={"errorType": "E"})))
+    timer.start()
+    got = results.wait(r, "e2", 5)
+    timer.join()
+    assert got is not None and got.status == "dead" and got.error == {"errorType": "E"}
+    assert 0 < r.ttl(results.result_key("e2")) <= results.RESULT_TTL
