@@ -7,10 +7,11 @@ up by function name in the registry, and a worker refuses any other job.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -71,8 +72,17 @@ class Publisher:
         """Enqueue one event; raises UnknownFunctionError, or redis errors when Redis is down."""
         return self.publish_many([event], at_front=at_front)[0]
 
-    def publish_many(self, events: Iterable[Event], at_front: bool = False) -> list[Job]:
-        """Enqueue events in one round trip (a MULTI/EXEC transaction): all stored, or none."""
+    def publish_many(
+        self,
+        events: Iterable[Event],
+        at_front: bool = False,
+        also: Callable[[Pipeline], None] | None = None,
+    ) -> list[Job]:
+        """Enqueue events in one round trip (a MULTI/EXEC transaction): all stored, or none.
+
+        ``also(pipe)`` may add commands to the same transaction (a source's cursor or manifest
+        update), so that they take effect exactly when the events are stored.
+        """
         jobs = []
         woken: set[str] = set()
         with self.client.pipeline(transaction=True) as pipe:
@@ -84,6 +94,8 @@ class Publisher:
                 )
                 jobs.append(job)
                 woken.add(fn.name)
+            if also is not None:
+                also(pipe)
             for name in woken:
                 pipe.publish(WAKE_CHANNEL, name)
             pipe.execute()
