@@ -58,17 +58,17 @@ handler = "hostile.segfault"
 [functions.close_stdout]
 handler = "hostile.close_stdout"
 [functions.shell]
-command = ["sh", "-c", "read line; echo \\"{\\\\\\"tmp\\\\\\": \\\\\\"$TMPDIR\\\\\\", \\\\\\"fn\\\\\\": \\\\\\"$AWS_LAMBDA_FUNCTION_NAME\\\\\\"}\\""]
+command = ["sh", "HANDLERS/wordcount.sh"]
 [functions.node]
-command = ["node", "NODE_HANDLER"]
+command = ["node", "HANDLERS/echo.mjs"]
 """
 
 
 @pytest.fixture
 def stack(project: Path, redis_url: str) -> Iterator[Scaler]:
     shutil.copy(FIXTURES / "hostile.py", project / "hostile.py")
-    node = Path(__file__).resolve().parent.parent / "handlers" / "echo.mjs"
-    (project / "lambdalite.toml").write_text(FUNCTIONS.replace("NODE_HANDLER", str(node)))
+    handlers = Path(__file__).resolve().parent.parent / "handlers"
+    (project / "lambdalite.toml").write_text(FUNCTIONS.replace("HANDLERS", str(handlers)))
     with Scaler(project, LAMBDALITE_IDLE_TIMEOUT="60") as scaler:
         yield scaler
 
@@ -137,7 +137,7 @@ def test_timeout_kills_python_and_c_level_hangs(stack: Scaler, redis_url: str, p
     assert "Task timed out after 0.5" in out.error["errorMessage"]
     assert time.monotonic() - started < 10
     assert invoke(redis_url, project, "echo").ok, "the next invocation runs"
-    assert f"Status: timeout" in stack.output()
+    assert "Status: timeout" in stack.output()
 
 
 def test_memory_limit(stack: Scaler, redis_url: str, project: Path) -> None:
@@ -189,12 +189,13 @@ def test_handler_that_closes_stdout(stack: Scaler, redis_url: str, project: Path
 
 
 def test_command_functions(stack: Scaler, redis_url: str, project: Path) -> None:
-    out = invoke(redis_url, project, "shell", {"x": 1})
-    assert out.ok and out.result["fn"] == "shell" and "lambdalite-shell-" in out.result["tmp"], out
+    out = invoke(redis_url, project, "shell", {"text": "one two three"})
+    assert out.ok and out.result == {"words": 3, "function": "shell"}, out
     if shutil.which("node"):
         out = invoke(redis_url, project, "node", {"name": "ada"})
         assert out.ok and out.result["echo"] == {"name": "ada"}, out
         assert out.result["functionName"] == "node" and out.result["remainingMs"] > 0
+        assert "lambdalite-node-" in out.result["tmpdir"]
 
 
 def test_foreign_jobs_are_refused_without_running(stack: Scaler, r: redis.Redis, redis_url: str,
