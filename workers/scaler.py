@@ -41,7 +41,9 @@ STEP = 0.1  # seconds between decisions when nothing wakes the scaler
 STOP_GRACE = 3.5  # seconds running invocations get to finish on a stop before they are handed back
 ALIVE_TTL = 3  # seconds a scaler's liveness key lasts without being refreshed
 
-_ACQUIRE = """
+# Count a function's workers across every live scaler (dropping the slots of scalers whose
+# liveness key expired), and with ARGV[4] == "1" take one more slot if that stays within the cap.
+_SLOTS = """
 local total = 0
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
@@ -51,11 +53,11 @@ for i = 1, #fields, 2 do
     redis.call('HDEL', KEYS[1], fields[i])
   end
 end
-if total < tonumber(ARGV[2]) then
+if ARGV[4] == "1" and total < tonumber(ARGV[2]) then
   redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-  return 1
+  return {total + 1, 1}
 end
-return 0
+return {total, 0}
 """
 
 
@@ -110,7 +112,7 @@ class Scaler:
         self.clock = clock
         self.views = {fn.name: FunctionView() for fn in registry}
         self.handlers = {fn.name: resolve_handler(fn, registry.path) for fn in registry if fn.handler}
-        self._acquire = client.register_script(_ACQUIRE)
+        self._slots = client.register_script(_SLOTS)
         self._last_sweep = -1e9
         self._last_alive = -1e9
         self.memory_budget_mb = settings.memory_budget or int(psutil.virtual_memory().total / MB * 0.9)
@@ -189,17 +191,18 @@ class Scaler:
     def scale(self, now: float) -> None:
         """Grow toward each function's desired count fairly; retire workers idle too long."""
         wants: dict[str, int] = {}
+        active = 0
         for fn in self.registry:
             view = self.views[fn.name]
             queue = function_queue(self.client, fn.name)
             with self.client.pipeline(transaction=False) as pipe:
                 pipe.llen(queue.key)
                 pipe.zcard(queue.started_job_registry.key)
-                pipe.hvals(slots_key(fn.name))
-                queued, running, slots = pipe.execute()
+                queued, running = pipe.execute()
             cap = fn.concurrency(self.settings.max_workers)
             desired = max(fn.min_workers, min(queued + running, cap))
-            total = sum(int(s) for s in slots)
+            active += desired > 0
+            total = self.slots(fn, take=False)[0]
             live = [p for p in view.workers.values() if not p.retiring]
             if desired > total:
                 wants[fn.name] = desired - total
@@ -212,6 +215,24 @@ class Scaler:
             for proc in idle[: max(0, len(live) - keep)]:
                 self.retire(proc, now, f"idle for {now - (proc.idle_since or now):.1f}s")
         self.grow(wants, now)
+        if wants:
+            self.rebalance(wants, max(1, self.settings.max_workers // max(1, active)), now)
+
+    def rebalance(self, wants: dict[str, int], share: int, now: float) -> None:
+        """At the host cap, let a function above its fair share give a worker to one below it.
+
+        The donor's worker stops warm (after its current invocation), and the next step hands
+        the freed slot to the starved function.
+        """
+        starved = [n for n in wants if len(self.views[n].workers) < share]
+        if not starved:
+            return
+        counts = {n: [p for p in v.workers.values() if not p.retiring] for n, v in self.views.items()}
+        donor = max(counts, key=lambda n: len(counts[n]))
+        if len(counts[donor]) <= share or any(p.retiring for p in self.views[donor].workers.values()):
+            return
+        proc = min(counts[donor], key=lambda p: (p.state != "idle", p.started))
+        self.retire(proc, now, f"fair share ({share}) for {starved[0]}")
 
     def grow(self, wants: dict[str, int], now: float) -> None:
         """Hand out new workers one at a time, to the function with the fewest first (fairness)."""
@@ -224,8 +245,7 @@ class Scaler:
                 self.decide(name, now, "hold", f"memory budget: {reason}")
                 del wants[name]
                 continue
-            if not self._acquire(keys=[slots_key(name)],
-                                 args=[self.id, fn.concurrency(self.settings.max_workers), alive_key("")]):
+            if not self.slots(fn, take=True)[1]:
                 self.decide(name, now, "hold", f"max_concurrency reached: {reason}")
                 del wants[name]
                 continue
@@ -237,6 +257,12 @@ class Scaler:
             wants[name] -= 1
             if not wants[name]:
                 del wants[name]
+
+    def slots(self, fn: Function, take: bool) -> tuple[int, int]:
+        """(workers of ``fn`` across live scalers, whether one more slot was taken)."""
+        cap = fn.concurrency(self.settings.max_workers)
+        total, taken = self._slots(keys=[slots_key(fn.name)], args=[self.id, cap, alive_key(""), int(take)])
+        return int(total), int(taken)
 
     def memory_allows(self, fn: Function) -> bool:
         committed = sum(self.registry.get(p.fn).memory for v in self.views.values() for p in v.workers.values())
