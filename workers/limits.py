@@ -96,12 +96,19 @@ def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
             p.send_signal(sig)
 
 
+def kill_group(pgid: int) -> None:
+    """Stop, then kill, a whole process group in two system calls: nothing in it can fork meanwhile."""
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+
 def kill_tree(root: psutil.Process, grace: float = 0.05, keep: int | None = None) -> int:
     """Kill every descendant of ``root`` except the process ``keep``; returns how many were signalled.
 
-    The tree is frozen first (SIGSTOP, repeated until no new process appears), so a fork bomb
-    cannot outrun the kill; then SIGTERM and SIGCONT, and SIGKILL for whatever is still alive after
-    ``grace`` seconds. A process that is already gone is fine.
+    The tree is frozen first (SIGSTOP, repeated until no new process appears), so a process that
+    left the sandbox's group (setsid, setpgid) cannot fork its way out; then SIGTERM and SIGCONT,
+    and SIGKILL for whatever is still alive after ``grace`` seconds. Gone already is fine.
     """
     frozen: dict[int, psutil.Process] = {}
     for _ in range(50):
