@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     buckets: Path = Field(Path("buckets"), description="Each sub-folder is a bucket.")
     max_workers: int = Field(default_factory=_default_max_workers, ge=1, description="Global worker cap.")
     idle_timeout: float = Field(30.0, gt=0, description="Seconds before an idle worker is retired.")
+    memory_budget: int = Field(
+        0, ge=0, description="MB the scaler may commit to workers' memory limits; 0 means 90% of RAM."
+    )
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     sqlite_poll_interval: float = Field(
         0.01, gt=0, le=5, description="Seconds between the SQLite feed's looks at its change tables."
