@@ -13,7 +13,6 @@ Run: ``.venv/bin/python bench/sqlite_feed.py`` (about a minute; starts its own r
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sqlite3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -46,6 +47,14 @@ class FeedProcess:
         self.log.close()
 
 
+def captured(project: Path) -> bool:
+    conn = sqlite3.connect(project / "app.db")
+    try:
+        return conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'").fetchone()[0] > 0
+    finally:
+        conn.close()
+
+
 def delivered(project: Path) -> list[dict[str, Any]]:
     path = project / "delivered.jsonl"
     if not path.exists():
@@ -71,7 +80,7 @@ def test_acceptance_shell_and_a_second_writer_through_the_real_stack(stack_proje
         feed = FeedProcess(project)
         other = None
         try:
-            wait_until(lambda: "capturing changes" in (project / feed.log.name).read_text(), what="capture")
+            wait_until(lambda: captured(project), timeout=60, what="the capture triggers")
             inserts = "".join(f"INSERT INTO items VALUES ({i}, 'shell{i}', {i});\n" for i in range(1, 301))
             script = (".timeout 10000\nBEGIN;\n" + inserts + "COMMIT;\n"
                       "UPDATE items SET n = n + 1000 WHERE id <= 100;\n"
@@ -121,7 +130,7 @@ def test_partial_batch_failure_is_retried_from_the_failed_record(stack_project: 
     with Scaler(project, LAMBDALITE_IDLE_TIMEOUT="60"):
         feed = FeedProcess(project)
         try:
-            wait_until(lambda: "capturing changes" in (project / feed.log.name).read_text(), what="capture")
+            wait_until(lambda: captured(project), timeout=60, what="the capture triggers")
             app.execute("BEGIN")
             app.executemany("INSERT INTO items VALUES (?, 'x', 0)", [(i,) for i in range(1, 6)])
             app.execute("COMMIT")
