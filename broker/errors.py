@@ -32,3 +32,8 @@ class RedisUnavailableError(LambdaliteError):
 
 class InvocationError(LambdaliteError):
     """Raised when a synchronous invocation cannot be completed (no result arrived in time)."""
+
+
+class ChangeFeedError(LambdaliteError):
+    """Raised when a SQLite database or table cannot be captured (missing, not SQLite, locked),
+    or when a captured change cannot be turned into a DynamoDB Streams record."""

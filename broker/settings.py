@@ -53,6 +53,9 @@ class Settings(BaseSettings):
         0, ge=0, description="MB the scaler may commit to workers' memory limits; 0 means 90% of RAM."
     )
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    sqlite_poll_interval: float = Field(
+        0.01, gt=0, le=5, description="Seconds between the SQLite feed's looks at its change tables."
+    )
 
     @classmethod
     def settings_customise_sources(
