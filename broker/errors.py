@@ -32,3 +32,22 @@ class RedisUnavailableError(LambdaliteError):
 
 class InvocationError(LambdaliteError):
     """Raised when a synchronous invocation cannot be completed (no result arrived in time)."""
+
+
+class SignatureError(LambdaliteError):
+    """Raised when an HTTP request fails its webhook trigger's authentication (answered with 401).
+
+    The message says what was wrong and never contains the secret.
+    """
+
+
+class ThrottledError(LambdaliteError):
+    """Raised when a source already holds as many accepted-but-unstored events as it allows (429)."""
+
+
+class IdempotencyConflictError(LambdaliteError):
+    """Raised when another request with the same idempotency key is still being stored (409)."""
+
+
+class PayloadTooLargeError(LambdaliteError):
+    """Raised while reading an HTTP body that exceeds its limit (answered with 413)."""

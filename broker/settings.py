@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     max_workers: int = Field(default_factory=_default_max_workers, ge=1, description="Global worker cap.")
     idle_timeout: float = Field(30.0, gt=0, description="Seconds before an idle worker is retired.")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    http_host: str = Field("127.0.0.1", description="Address the webhook/Invoke API server binds to.")
+    http_port: int = Field(9000, ge=0, le=65535, description="Port of the webhook/Invoke API server.")
+    http_token: str = Field("", description="When set, the Invoke API needs 'Authorization: Bearer <it>'.")
 
     @classmethod
     def settings_customise_sources(
