@@ -31,13 +31,16 @@ def _lambda_error(description: str, **extra: Any) -> dict[str, Any]:
     return {**_LAMBDA_ERROR, "description": description, **extra}
 
 
-def _invoke() -> dict[str, Any]:
+def _invoke(example: str | None) -> dict[str, Any]:
+    name: dict[str, Any] = {"type": "string", "minLength": 1}
+    if example is not None:
+        name["example"] = example
     return {"post": {
         "operationId": "Invoke",
         "summary": "Lambda's Invoke API (what boto3 and the AWS CLI call)",
         "parameters": [
             {"name": "FunctionName", "in": "path", "required": True,
-             "schema": {"type": "string", "minLength": 1}},
+             "schema": name},
             {"name": "X-Amz-Invocation-Type", "in": "header", "required": False,
              "schema": {"type": "string", "enum": ["RequestResponse", "Event", "DryRun"]}},
             {"name": "Idempotency-Key", "in": "header", "required": False,
@@ -105,7 +108,7 @@ def document(registry: Registry) -> dict[str, Any]:
         "openapi": "3.0.3",
         "info": {"title": "lambdalite HTTP source", "version": "1"},
         "paths": {
-            "/2015-03-31/functions/{FunctionName}/invocations": _invoke(),
+            "/2015-03-31/functions/{FunctionName}/invocations": _invoke(next((fn.name for fn in registry), None)),
             **_webhook(registry),
             "/healthz": {"get": {"operationId": "healthz", "responses": {
                 "200": {"description": "Redis is reachable.", "content": _JSON_ANY},
