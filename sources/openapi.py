@@ -103,12 +103,13 @@ def _webhook(registry: Registry) -> dict[str, Any]:
 
 def document(registry: Registry) -> dict[str, Any]:
     """The whole OpenAPI document."""
+    invoke_path = "/2015-03-31/functions/{FunctionName}/invocations"
     text = {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
     return {
         "openapi": "3.0.3",
         "info": {"title": "lambdalite HTTP source", "version": "1"},
         "paths": {
-            "/2015-03-31/functions/{FunctionName}/invocations": _invoke(next((fn.name for fn in registry), None)),
+            invoke_path: _invoke(next((fn.name for fn in registry), None)),
             **_webhook(registry),
             "/healthz": {"get": {"operationId": "healthz", "responses": {
                 "200": {"description": "Redis is reachable.", "content": _JSON_ANY},

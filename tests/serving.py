@@ -89,5 +89,6 @@ def echo(event: Event) -> results.Outcome:
     """Succeeds with the payload back, or fails when the payload asks to."""
     payload = event.payload
     if isinstance(payload, dict) and payload.get("fail"):
-        return results.Outcome("failed", error={"errorType": "ValueError", "errorMessage": str(payload["fail"])})
+        error = {"errorType": "ValueError", "errorMessage": str(payload["fail"])}
+        return results.Outcome("failed", error=error)
     return results.Outcome("succeeded", result={"echo": payload})

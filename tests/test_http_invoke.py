@@ -48,7 +48,8 @@ def registry(project: Path):  # type: ignore[no-untyped-def]
 
 def queued(r: redis.Redis, function: str) -> list[Event]:
     queue = function_queue(r, function)
-    return [Event.from_dict(Job.fetch(i, connection=r, serializer=JSONSerializer).args[0]) for i in queue.job_ids]
+    jobs = [Job.fetch(i, connection=r, serializer=JSONSerializer) for i in queue.job_ids]
+    return [Event.from_dict(job.args[0]) for job in jobs]
 
 
 def test_boto3_request_response_returns_the_result_or_the_error(registry, redis_url: str) -> None:
@@ -105,7 +106,8 @@ def test_malformed_and_oversized_bodies(registry, redis_url: str, r: redis.Redis
         with pytest.raises(client.exceptions.InvalidRequestContentException):
             client.invoke(FunctionName="echo", InvocationType="Event", Payload=b'{"unclosed": ')
         with pytest.raises(client.exceptions.RequestTooLargeException) as info:
-            client.invoke(FunctionName="echo", InvocationType="Event", Payload=b'"' + b"x" * (1024 * 1024) + b'"')
+            too_big = b'"' + b"x" * (1024 * 1024) + b'"'
+            client.invoke(FunctionName="echo", InvocationType="Event", Payload=too_big)
         assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
         path = f"{url}/2015-03-31/functions/echo/invocations"
         with httpx.Client() as http:
@@ -153,7 +155,8 @@ def test_token_is_required_when_set(registry, redis_url: str) -> None:
         assert http.post(path, content=b"{}", headers=event).status_code == 403
         wrong = http.post(path, content=b"{}", headers={**event, "Authorization": "Bearer s3creT"})
         assert wrong.status_code == 403 and wrong.headers["x-amzn-errortype"] == "UnrecognizedClientException"
-        assert http.post(path, content=b"{}", headers={**event, "Authorization": "Bearer s3cret"}).status_code == 202
+        right = http.post(path, content=b"{}", headers={**event, "Authorization": "Bearer s3cret"})
+        assert right.status_code == 202
 
 
 def test_redis_down_is_a_prompt_503_and_recovers(registry) -> None:
@@ -162,8 +165,9 @@ def test_redis_down_is_a_prompt_503_and_recovers(registry) -> None:
     url = f"unix://{sock}"
 
     def start() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--save", "",
-                                 "--appendonly", "no", "--dir", str(folder)], stdout=subprocess.DEVNULL)
+        args = [redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--save", "",
+                "--appendonly", "no", "--dir", str(folder)]
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
         client = redis.Redis.from_url(url)
         for _ in range(200):
             try:

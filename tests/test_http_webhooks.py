@@ -83,16 +83,19 @@ def registry(project: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no
 
 def queued(r: redis.Redis, function: str) -> list[Event]:
     queue = function_queue(r, function)
-    return [Event.from_dict(Job.fetch(i, connection=r, serializer=JSONSerializer).args[0]) for i in queue.job_ids]
+    jobs = [Job.fetch(i, connection=r, serializer=JSONSerializer) for i in queue.job_ids]
+    return [Event.from_dict(job.args[0]) for job in jobs]
 
 
 def test_github_documented_example_over_http(registry, redis_url: str, r: redis.Redis) -> None:
     good = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
     with serve(create_app(registry, redis_url)) as url, httpx.Client() as http:
         hook = f"{url}/hooks/github"
-        assert http.post(hook, content=b"Hello, World?", headers={"X-Hub-Signature-256": good}).status_code == 401
+        changed_body = http.post(hook, content=b"Hello, World?", headers={"X-Hub-Signature-256": good})
+        assert changed_body.status_code == 401
         bad = good[:-1] + "6"
-        assert http.post(hook, content=b"Hello, World!", headers={"X-Hub-Signature-256": bad}).status_code == 401
+        changed_sig = http.post(hook, content=b"Hello, World!", headers={"X-Hub-Signature-256": bad})
+        assert changed_sig.status_code == 401
         assert http.post(hook, content=b"Hello, World!").status_code == 401
         assert queued(r, "gh") == []
         accepted = http.post(hook, content=b"Hello, World!", headers={"X-Hub-Signature-256": good,
@@ -107,7 +110,7 @@ def test_github_documented_example_over_http(registry, redis_url: str, r: redis.
     assert payload["requestContext"]["requestId"] == event.id
 
 
-def test_standard_webhooks_vector_replay_and_stale_timestamp(registry, redis_url: str, r: redis.Redis) -> None:
+def test_standard_webhooks_vector_replay_and_stale(registry, redis_url: str, r: redis.Redis) -> None:
     clock = [float(SW_TIMESTAMP)]
     headers = {"webhook-id": SW_ID, "webhook-timestamp": str(SW_TIMESTAMP), "webhook-signature": SW_SIGNATURE}
     with serve(create_app(registry, redis_url, clock=lambda: clock[0])) as url, httpx.Client() as http:
@@ -118,7 +121,8 @@ def test_standard_webhooks_vector_replay_and_stale_timestamp(registry, redis_url
         assert replay.status_code == 202 and replay.json() == first.json()
         assert replay.headers["idempotent-replayed"] == "true"
         assert len(queued(r, "sw")) == 1
-        one_byte = http.post(hook, content=SW_BODY.replace(b"4}", b"5}"), headers={**headers, "webhook-id": "m2"})
+        changed = SW_BODY.replace(b"4}", b"5}")
+        one_byte = http.post(hook, content=changed, headers={**headers, "webhook-id": "m2"})
         assert one_byte.status_code == 401
         clock[0] = SW_TIMESTAMP + 301.0
         assert http.post(hook, content=SW_BODY, headers={**headers, "webhook-id": "m3"}).status_code == 401
@@ -126,7 +130,8 @@ def test_standard_webhooks_vector_replay_and_stale_timestamp(registry, redis_url
         now = int(time.time())
         clock[0] = float(now)
         key = base64.b64decode(SW_SECRET.removeprefix("whsec_"))
-        sig = base64.b64encode(hmac.new(key, f"m4.{now}.".encode() + SW_BODY, hashlib.sha256).digest()).decode()
+        digest = hmac.new(key, f"m4.{now}.".encode() + SW_BODY, hashlib.sha256).digest()
+        sig = base64.b64encode(digest).decode()
         fresh = {"webhook-id": "m4", "webhook-timestamp": str(now), "webhook-signature": f"v1,{sig}"}
         assert http.post(hook, content=SW_BODY, headers=fresh).status_code == 202
     assert [e.payload["headers"]["webhook-id"] for e in queued(r, "sw")] == [SW_ID, "m4"]
@@ -158,7 +163,8 @@ def test_sync_webhook_renders_the_handler_result_as_api_gateway(registry, redis_
         assert http.put(f"{url}/pages/thing", headers=auth).status_code == 405
         assert http.get(f"{url}/nowhere").json() == {"message": "Not Found"}
         metrics = http.get(f"{url}/metrics").text
-    assert 'lambdalite_http_invocations_total{function="page",invocation_type="RequestResponse"} 3.0' in metrics
+    invocations = 'lambdalite_http_invocations_total{function="page",invocation_type="RequestResponse"}'
+    assert f"{invocations} 3.0" in metrics
     assert 'lambdalite_http_errors_total{function="page"} 1.0' in metrics
     assert 'lambdalite_queue_depth{function="page"} 0.0' in metrics
     assert "lambdalite_http_invocation_duration_seconds_bucket" in metrics
