@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     buckets: Path = Field(Path("buckets"), description="Each sub-folder is a bucket.")
     max_workers: int = Field(default_factory=_default_max_workers, ge=1, description="Global worker cap.")
     idle_timeout: float = Field(30.0, gt=0, description="Seconds before an idle worker is retired.")
+    memory_budget: int = Field(
+        0, ge=0, description="MB the scaler may commit to workers' memory limits; 0 means 90% of RAM."
+    )
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     http_host: str = Field("127.0.0.1", description="Address the webhook/Invoke API server binds to.")
     http_port: int = Field(9000, ge=0, le=65535, description="Port of the webhook/Invoke API server.")
