@@ -199,19 +199,20 @@ def main() -> None:
             import redis
 
             redis.Redis.from_url(f"unix://{sock}").flushall()  # the accepts above are not for the worker
-            procs.append(subprocess.Popen([sys.executable, "-m", "workers.scaler"], cwd=work, env=env))
+            procs.append(subprocess.Popen([sys.executable, "-m", "workers.scaler"], cwd=work, env=env,
+                                          stdout=subprocess.DEVNULL))
             sync = load(app_port, invoke_request(app_port, "RequestResponse"), args.seconds, args.connections)
             report("sync round trips (RequestResponse, no-op)", sync)
         else:
             print("sync round trips: not measured (workers/scaler.py is not in this tree)")
     finally:
-        for proc in reversed(procs):
+        for proc in reversed(procs):  # the scaler and servers first, Redis last
             proc.terminate()
-        for proc in procs:
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
         shutil.rmtree(work, ignore_errors=True)
 
 
