@@ -205,7 +205,7 @@ class Intake:
             value = self.client.get(key)
             if value is None:
                 continue  # the holder gave up between our SET and GET
-            text = value.decode()
+            text = value.decode() if isinstance(value, bytes) else str(value)
             if not text.startswith(PENDING):
                 return text
             if time.monotonic() >= deadline:
