@@ -14,7 +14,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, or :class:`PayloadTooLargeError` as soon as it passes ``limit`` bytes.
 
     A declared ``Content-Length`` over the limit is refused before a byte is read; otherwise the
-    stream is counted chunk by chunk, so an oversized or lying body is never held in full.
+    stream is counted chunk by chunk, so an oversized or lying body is never held in full. A
+    client that goes away mid-body raises Starlette's ``ClientDisconnect``.
     """
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from broker.envelope import Event, new_id
@@ -73,6 +73,8 @@ class WebhookRoute:
             body = await read_body(request, self.limit)
         except PayloadTooLargeError:
             return message(413, "Request Entity Too Large")
+        except ClientDisconnect:
+            return Response(status_code=400)  # nobody is left to read it
         try:
             verified = self.verify(request.headers, body)
         except SignatureError as e:

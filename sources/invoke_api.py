@@ -16,7 +16,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from broker.envelope import Event
@@ -95,6 +95,8 @@ async def invoke(request: Request) -> Response:
     limit = ASYNC_LIMIT if kind == "Event" else SYNC_LIMIT
     try:
         body = await read_body(request, limit)
+    except ClientDisconnect:
+        return Response(status_code=400)  # nobody is left to read it
     except PayloadTooLargeError as e:
         return lambda_error(413, "RequestTooLargeException", f"Request must be smaller than {limit} bytes "
                             f"for the {kind} invocation type ({e})")
