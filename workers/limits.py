@@ -45,13 +45,48 @@ class Limits:
     storage_mb: int
 
 
-def descendants(root: psutil.Process) -> list[psutil.Process]:
-    """Every live descendant of ``root`` (zombies and vanished processes left out)."""
+def _child_pids(pid: int) -> list[int] | None:
+    """Children of ``pid`` from /proc/PID/task/*/children (Linux); None where the kernel lacks it."""
+    pids: list[int] = []
     try:
-        procs = root.children(recursive=True)
-    except psutil.Error:
-        return []
-    return [p for p in procs if _alive(p)]
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return pids
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                pids.extend(int(c) for c in f.read().split())
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{tid}"):
+                continue  # the thread ended meanwhile
+            return None
+        except OSError:
+            continue
+    return pids
+
+
+def descendants(root: psutil.Process) -> list[psutil.Process]:
+    """Every live descendant of ``root`` (zombies and vanished processes left out).
+
+    Walks only the tree itself through /proc's children lists, so the cost follows the size of
+    the invocation's tree, not of the machine's process table; psutil's full scan is the fallback.
+    """
+    found: list[psutil.Process] = []
+    stack = [root.pid]
+    while stack:
+        kids = _child_pids(stack.pop())
+        if kids is None:
+            try:
+                return [p for p in root.children(recursive=True) if _alive(p)]
+            except psutil.Error:
+                return []
+        for pid in kids:
+            stack.append(pid)
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                if _alive(proc):
+                    found.append(proc)
+    return found
 
 
 def _alive(p: psutil.Process) -> bool:
