@@ -44,7 +44,12 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form (what RQ stores as the job's one argument)."""
-        return {"v": VERSION, **dataclasses.asdict(self)}
+        # Not dataclasses.asdict: it deep-copies the payload, and this runs once per published event.
+        return {
+            "v": VERSION, "function": self.function, "payload": self.payload, "id": self.id,
+            "source": self.source, "invocation_type": self.invocation_type, "created_at": self.created_at,
+            "attempt": self.attempt,
+        }
 
     def encode(self) -> bytes:
         """Compact JSON bytes."""

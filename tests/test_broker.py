@@ -122,7 +122,7 @@ def test_publish_stores_a_runner_job_as_json(project: Path, r: redis.Redis, redi
     func, _instance, args, _kwargs = JSONSerializer.loads(zlib.decompress(raw))  # JSON, never pickle
     assert func == RUNNER
     assert Event.from_dict(args[0]) == events[0]
-    assert jobs[0].id == events[0].id
+    assert jobs[0] == events[0].id
     with pytest.raises(UnknownFunctionError):
         pub.publish(Event(function="nope", payload={}))
     assert queue.count == 3
@@ -143,3 +143,30 @@ def test_outcome_wait_sees_a_record_made_before_or_during_the_wait(r: redis.Redi
     timer.join()
     assert got is not None and got.status == "dead" and got.error == {"errorType": "E"}
     assert 0 < r.ttl(results.result_key("e2")) <= results.RESULT_TTL
+
+
+def test_published_jobs_are_what_rq_itself_would_write(project: Path, r: redis.Redis, redis_url: str) -> None:
+    """The publisher writes RQ's job hash without building rq.Job objects: RQ must not tell the difference."""
+    from rq.job import Job
+
+    from broker.queues import job_options
+
+    reg = load_registry(write(project, GOOD))
+    fn = reg.get("thumbnail")
+    for kind in ("Event", "RequestResponse"):
+        event = Event(function="thumbnail", payload={"k": "v"}, invocation_type=kind)
+        Publisher(connect(redis_url), reg).publish(event)
+        ours = Job.fetch(event.id, connection=r, serializer=JSONSerializer)
+        twin = Event(function="thumbnail", payload={"k": "v"}, invocation_type=kind)
+        function_queue(r, "thumbnail").enqueue_call(RUNNER, args=(twin.to_dict(),), **job_options(fn, twin))
+        theirs = Job.fetch(twin.id, connection=r, serializer=JSONSerializer)
+        assert ours.func_name == theirs.func_name == RUNNER
+        assert Event.from_dict(ours.args[0]) == event and ours.kwargs == {}
+        for attr in ("origin", "timeout", "result_ttl", "failure_ttl", "ttl", "retries_left", "meta"):
+            assert getattr(ours, attr) == getattr(theirs, attr), attr
+        assert ours.get_status() == theirs.get_status() == "queued"
+        raw_ours, raw_theirs = r.hgetall(ours.key), r.hgetall(theirs.key)
+        assert raw_ours.keys() == raw_theirs.keys()
+        assert ours.enqueued_at is not None and ours.created_at is not None
+    assert function_queue(r, "thumbnail").job_ids[0] == Event.from_dict(
+        Job.fetch(function_queue(r, "thumbnail").job_ids[0], connection=r, serializer=JSONSerializer).args[0]).id

@@ -12,7 +12,6 @@ from typing import Any
 import redis
 
 from broker import deadletter, delayed, results, stats
-from broker.connection import TRANSIENT
 from broker.envelope import Event
 from broker.queues import Publisher
 from broker.registry import Function
@@ -29,45 +28,52 @@ class Outcomes:
         self.publisher = publisher
         self.fn = fn
 
-
-    def success(self, event: Event, result: Any, duration_ms: float) -> None:
-        with self.connection.pipeline(transaction=True) as pipe:
-            stats.count(pipe, self.fn.name, "succeeded")
-            results.record(pipe, event.id, results.Outcome(
-                "succeeded", result=result, attempts=event.attempt + 1, duration_ms=duration_ms))
-            pipe.execute()
+    def success(self, pipe: Any, event: Event, result: Any, duration_ms: float) -> str:
+        """Queue on ``pipe`` what a success changes; returns a line for the log (maybe empty)."""
+        stats.count(pipe, self.fn.name, "succeeded")
+        results.record(pipe, event.id, results.Outcome(
+            "succeeded", result=result, attempts=event.attempt + 1, duration_ms=duration_ms))
         if event.invocation_type == "Event" and self.fn.on_success:
-            self.send_destination(self.fn.on_success, event, "Success", result, error=False)
+            self.send_destination(pipe, self.fn.on_success, event, "Success", result, error=False)
+        return ""
 
-    def failure(self, event: Event, error: dict[str, Any] | None, duration_ms: float,
-                       condition: str = "RetriesExhausted", dead: bool = False) -> None:
+    def failure(self, pipe: Any, event: Event, error: dict[str, Any] | None, duration_ms: float,
+                condition: str = "RetriesExhausted", dead: bool = False) -> str:
+        """Queue on ``pipe`` what a failure changes: a retry with backoff, or the final outcome.
+
+        Synchronous invocations are never retried; asynchronous ones are retried ``retries``
+        times, then dead-lettered (and sent to ``on_failure``), as Lambda does.
+        """
         sync = event.invocation_type == "RequestResponse"
         retry = not sync and not dead and event.attempt < self.fn.retries
-        with self.connection.pipeline(transaction=True) as pipe:
-            stats.count(pipe, self.fn.name, "failed")
-            if retry:
-                backoff = self.fn.retry_backoff * (2 ** event.attempt)
-                delayed.schedule(pipe, event.retried(), time.time() + backoff)
-                stats.count(pipe, self.fn.name, "retried")
-            elif sync:
-                results.record(pipe, event.id, results.Outcome(
-                    "failed", error=error, attempts=event.attempt + 1, duration_ms=duration_ms))
-            else:
-                deadletter.add(pipe, event, error, condition)
-                stats.count(pipe, self.fn.name, "dead")
-                results.record(pipe, event.id, results.Outcome(
-                    "dead", error=error, attempts=event.attempt + 1, duration_ms=duration_ms))
-            pipe.execute()
+        stats.count(pipe, self.fn.name, "failed")
         if retry:
-            log.info("%s: attempt %d of %s failed; retrying", self.fn.name, event.attempt + 1, event.id)
-        elif not sync:
-            log.warning("%s: event %s dead-lettered after %d attempt(s): %s", self.fn.name, event.id,
-                        event.attempt + 1, (error or {}).get("errorType"))
-            if self.fn.on_failure:
-                self.send_destination(self.fn.on_failure, event, condition, error, error=True)
+            backoff = self.fn.retry_backoff * (2 ** event.attempt)
+            delayed.schedule(pipe, event.retried(), time.time() + backoff)
+            stats.count(pipe, self.fn.name, "retried")
+            return f"{self.fn.name}: attempt {event.attempt + 1} of {event.id} failed; retrying in {backoff:g}s"
+        status: results.Status = "failed" if sync else "dead"
+        results.record(pipe, event.id, results.Outcome(
+            status, error=error, attempts=event.attempt + 1, duration_ms=duration_ms))
+        if sync:
+            return ""
+        deadletter.add(pipe, event, error, condition)
+        stats.count(pipe, self.fn.name, "dead")
+        if self.fn.on_failure:
+            self.send_destination(pipe, self.fn.on_failure, event, condition, error, error=True)
+        return (f"{self.fn.name}: event {event.id} dead-lettered after {event.attempt + 1} attempt(s): "
+                f"{(error or {}).get('errorType')}")
 
-    def send_destination(self, target: str, event: Event, condition: str, payload: Any, error: bool) -> None:
-        """Lambda's destination record for an asynchronous invocation, as an event for ``target``."""
+    def settle_failure(self, event: Event, error: dict[str, Any] | None, reason: str) -> None:
+        """:meth:`failure` in a transaction of its own (for work found abandoned by a dead worker)."""
+        with self.connection.pipeline(transaction=True) as pipe:
+            line = self.failure(pipe, event, error, 0.0)
+            pipe.execute()
+        log.warning("%s: %s; %s", self.fn.name, reason, line or "settled as a failed attempt")
+
+    def send_destination(self, pipe: Any, target: str, event: Event, condition: str, payload: Any,
+                         error: bool) -> None:
+        """Queue Lambda's destination record for an asynchronous invocation as an event for ``target``."""
         record = {
             "version": "1.0",
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
@@ -78,7 +84,4 @@ class Outcomes:
                                 **({"functionError": "Unhandled"} if error else {})},
             "responsePayload": payload,
         }
-        try:
-            self.publisher.publish(Event(function=target, payload=record, source="destination"))
-        except TRANSIENT:
-            log.error("%s: could not send the %s destination record of %s", self.fn.name, condition, event.id)
+        self.publisher.publish_many([Event(function=target, payload=record, source="destination")], pipeline=pipe)

@@ -51,8 +51,7 @@ def recover(client: redis.Redis, registry: Registry, is_dead: Callable[[str], bo
                 continue  # not an event: nothing to run again
             error = error_object("Runtime.ExitError",
                                  f"RequestId: {event.id} Error: the worker {job.worker_name} died")
-            log.warning("%s: worker %s died during %s; settling it as a failed attempt",
-                        fn.name, job.worker_name, event.id)
-            Outcomes(client, publisher, fn).failure(event, error, 0.0)
+            Outcomes(client, publisher, fn).settle_failure(
+                event, error, f"worker {job.worker_name} died during {event.id}")
             recovered += 1
     return recovered

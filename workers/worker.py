@@ -14,13 +14,16 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from rq import SimpleWorker
 from rq.exceptions import DequeueTimeout
-from rq.job import Job
+from rq.executions import Execution
+from rq.job import Job, JobStatus
 from rq.queue import Queue
+from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import now
 from rq.worker import WorkerStatus
@@ -36,6 +39,7 @@ from workers.runtime import Runtime
 log = logging.getLogger(__name__)
 
 DEQUEUE_TIMEOUT = 1  # seconds a blocking dequeue waits before the loop looks at its flags again
+HEARTBEAT_EVERY = 5.0  # seconds between an idle worker's heartbeats (a job's start sends one too)
 
 
 class Refused(Exception):
@@ -56,6 +60,7 @@ class FunctionWorker(SimpleWorker):
         self.outcomes = Outcomes(client, self.publisher, fn)
         self.stop_requested = False
         self.abandon_requested = False
+        self._last_beat = 0.0
         self.parent = os.getppid()
 
     # -- the loop -------------------------------------------------------------------------------
@@ -94,8 +99,9 @@ class FunctionWorker(SimpleWorker):
 
     def step(self) -> bool:
         """Take one job if one arrives within DEQUEUE_TIMEOUT and run it; returns whether one ran."""
-        self.set_state(WorkerStatus.IDLE)
-        self.heartbeat()
+        if time.monotonic() - self._last_beat >= HEARTBEAT_EVERY:
+            self.heartbeat()
+            self._last_beat = time.monotonic()
         try:
             found = Queue.dequeue_any(self.queues, DEQUEUE_TIMEOUT, connection=self.connection,
                                       job_class=self.job_class, serializer=self.serializer)
@@ -108,42 +114,81 @@ class FunctionWorker(SimpleWorker):
         return True
 
     # -- one job --------------------------------------------------------------------------------
+    # RQ's own bookkeeping (its registries, executions, results, worker counters) in two round
+    # trips a job, one before and one after the invocation, instead of RQ's dozen or so.
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        with self.connection.pipeline() as pipe:
+            ttl = self.get_heartbeat_ttl(job)
+            execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
+            self.executions[execution.id] = execution
+            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            self.heartbeat(ttl, pipeline=pipe)
+            job.prepare_for_execution(self.name, pipeline=pipe)
+            pipe.persist(job.key)
+            pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            pipe.execute()
+        self.perform_job(job, queue, execution)
 
     def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
-        self.prepare_job_execution(job, remove_from_intermediate_queue=True)
-        job.started_at = now()
         try:
             event = self.accept(job)
         except Refused as e:
             log.error("worker %s: refused job %s: %s", self.name, job.id, e)
-            self.handle_execution_ended(job, queue, job.failure_callback_timeout)
-            self.handle_job_failure(job, queue, started_job_registry=queue.started_job_registry,
-                                    exc_string=f"Refused: {e}", execution=execution)
+            self.finish(job, execution, None, f"Refused: {e}", lambda pipe: "")
             return False
         if event.invocation_type == "Event" and event.age > self.fn.maximum_event_age:
             limit = self.fn.maximum_event_age
             error = {"errorType": "EventAgeExceeded",
                      "errorMessage": f"event is {event.age:.0f} s old (maximum_event_age {limit:g})"}
-            self.handle_execution_ended(job, queue, job.failure_callback_timeout)
-            self.handle_job_failure(job, queue, started_job_registry=queue.started_job_registry,
-                                    exc_string=json.dumps(error), execution=execution)
-            self.outcomes.failure(event, error, 0.0, condition="EventAgeExceeded", dead=True)
+            self.finish(job, execution, None, json.dumps(error), lambda pipe: self.outcomes.failure(
+                pipe, event, error, 0.0, condition="EventAgeExceeded", dead=True))
             return False
         inv = self.runtime.invoke(event.id, event.payload, abandon=lambda: self.abandon_requested)
         if inv.status == "abandoned":
             self.requeue(job, queue, event, execution)
             return False
-        self.handle_execution_ended(job, queue, job.success_callback_timeout)
         if inv.ok:
-            job._result = inv.result
-            self.handle_job_success(job=job, queue=queue, started_job_registry=queue.started_job_registry,
-                                    execution=execution)
-            self.outcomes.success(event, inv.result, inv.duration_ms)
+            self.finish(job, execution, inv.result, None, lambda pipe: self.outcomes.success(
+                pipe, event, inv.result, inv.duration_ms))
             return True
-        self.handle_job_failure(job, queue, started_job_registry=queue.started_job_registry,
-                                exc_string=json.dumps(inv.error), execution=execution)
-        self.outcomes.failure(event, inv.error, inv.duration_ms)
+        self.finish(job, execution, None, json.dumps(inv.error), lambda pipe: self.outcomes.failure(
+            pipe, event, inv.error, inv.duration_ms))
         return False
+
+    def finish(self, job: Job, execution: Any, result: Any, failure: str | None,
+               settle: Callable[[Any], str]) -> None:
+        """Record the end of a job in RQ's terms and lambdalite's, in one transaction."""
+        job.ended_at = now()
+        worked = job.ended_at - (job.started_at or job.ended_at)
+        with self.connection.pipeline(transaction=True) as pipe:
+            if failure is None:
+                job._result = result
+                self.increment_successful_job_count(pipeline=pipe)
+                result_ttl = job.get_result_ttl(self.default_result_ttl)
+                if result_ttl == 0:
+                    # What Job.delete() removes, without the reads it makes first (nothing else
+                    # refers to a finished asynchronous job: it is in no registry any more).
+                    pipe.delete(job.key, job.dependents_key, job.dependencies_key, Result.get_key(job.id),
+                                job.execution_registry.key)
+                else:
+                    job._handle_success(result_ttl, pipeline=pipe, worker_name=self.name,
+                                        execution_id=execution.id, execution_started_at=execution.created_at,
+                                        execution_ended_at=job.ended_at)
+                    job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+                job._status = JobStatus.FINISHED
+            else:
+                job.set_status(JobStatus.FAILED, pipeline=pipe)
+                job._handle_failure(failure, pipeline=pipe, worker_name=self.name, execution_id=execution.id,
+                                    execution_started_at=execution.created_at, execution_ended_at=job.ended_at)
+                self.increment_failed_job_count(pipeline=pipe)
+            self.increment_total_working_time(worked, pipe)
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            self.set_state(WorkerStatus.IDLE, pipeline=pipe)
+            line = settle(pipe)
+            pipe.execute()
+        if line:
+            log.info("%s", line)
 
     def accept(self, job: Job) -> Event:
         """The job's event, or :class:`Refused` without importing anything the job names."""
