@@ -32,3 +32,7 @@ class RedisUnavailableError(LambdaliteError):
 
 class InvocationError(LambdaliteError):
     """Raised when a synchronous invocation cannot be completed (no result arrived in time)."""
+
+
+class BucketsError(LambdaliteError):
+    """Raised at start-up of the files source when ``LAMBDALITE_BUCKETS`` is not a folder."""
