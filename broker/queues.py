@@ -45,7 +45,8 @@ def job_options(fn: Function, event: Event) -> dict[str, Any]:
     """The RQ options for an event's job: id, RQ's own timeout and result lifetimes."""
     sync = event.invocation_type == "RequestResponse"
     return {
-        "job_id": event.id,
+        # Each attempt is its own RQ job; the event (request) id stays the same.
+        "job_id": event.id if event.attempt == 0 else f"{event.id}-a{event.attempt}",
         # RQ's timeout only sizes its heartbeats here; the worker enforces the real limit.
         "timeout": int(fn.timeout) + 30,
         "result_ttl": SYNC_RESULT_TTL if sync else 0,
@@ -77,26 +78,36 @@ class Publisher:
         events: Iterable[Event],
         at_front: bool = False,
         also: Callable[[Pipeline], None] | None = None,
+        pipeline: Pipeline | None = None,
     ) -> list[Job]:
         """Enqueue events in one round trip (a MULTI/EXEC transaction): all stored, or none.
 
         ``also(pipe)`` may add commands to the same transaction (a source's cursor or manifest
-        update), so that they take effect exactly when the events are stored.
+        update), so that they take effect exactly when the events are stored. With ``pipeline``
+        the commands are queued on the caller's transaction, which the caller executes.
         """
+        if pipeline is not None:
+            return self._queue_on(pipeline, events, at_front, also)
+        with self.client.pipeline(transaction=True) as pipe:
+            jobs = self._queue_on(pipe, events, at_front, also)
+            pipe.execute()
+        return jobs
+
+    def _queue_on(
+        self, pipe: Pipeline, events: Iterable[Event], at_front: bool, also: Callable[[Pipeline], None] | None
+    ) -> list[Job]:
         jobs = []
         woken: set[str] = set()
-        with self.client.pipeline(transaction=True) as pipe:
-            for event in events:
-                fn = self.registry.get(event.function)
-                job = self._queue(fn.name).enqueue_call(
-                    RUNNER, args=(event.to_dict(),), pipeline=pipe, at_front=at_front,
-                    **job_options(fn, event),
-                )
-                jobs.append(job)
-                woken.add(fn.name)
-            if also is not None:
-                also(pipe)
-            for name in woken:
-                pipe.publish(WAKE_CHANNEL, name)
-            pipe.execute()
+        for event in events:
+            fn = self.registry.get(event.function)
+            job = self._queue(fn.name).enqueue_call(
+                RUNNER, args=(event.to_dict(),), pipeline=pipe, at_front=at_front,
+                **job_options(fn, event),
+            )
+            jobs.append(job)
+            woken.add(fn.name)
+        if also is not None:
+            also(pipe)
+        for name in woken:
+            pipe.publish(WAKE_CHANNEL, name)
         return jobs

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     region: str = Field("us-east-1", min_length=1, description="The awsRegion written into event records.")
     max_workers: int = Field(default_factory=_default_max_workers, ge=1, description="Global worker cap.")
     idle_timeout: float = Field(30.0, gt=0, description="Seconds before an idle worker is retired.")
+    memory_budget: int = Field(
+        0, ge=0, description="MB the scaler may commit to workers' memory limits; 0 means 90% of RAM."
+    )
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     @classmethod

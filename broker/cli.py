@@ -1,0 +1,139 @@
+"""The ``lambdalite`` command: status, invoke and dead-letter management.
+
+Every :class:`LambdaliteError` becomes one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from broker import deadletter, results
+from broker.connection import TRANSIENT, connect
+from broker.envelope import Event
+from broker.errors import InvocationError, LambdaliteError, RedisUnavailableError
+from broker.queues import Publisher
+from broker.registry import Registry, load_registry
+from broker.settings import Settings, load_settings
+from broker.stats import status
+
+WAIT_MARGIN = 30.0  # seconds a synchronous invoke waits beyond the function's timeout
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lambdalite", description="A self-hosted, Lambda-style function runner.")
+    sub = p.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("status", help="queued, running, workers and outcomes per function")
+    st.add_argument("--json", action="store_true", help="print one JSON object")
+    inv = sub.add_parser("invoke", help="run one invocation through the queue")
+    inv.add_argument("function")
+    inv.add_argument("--event", type=Path, help="JSON file with the event (default: {})")
+    inv.add_argument("--async", dest="is_async", action="store_true",
+                     help="queue it (retried, then dead-lettered on failure) and print its id")
+    inv.add_argument("--wait", type=float, default=None, help="seconds to wait for the result")
+    dlq = sub.add_parser("dlq", help="dead letters")
+    dsub = dlq.add_subparsers(dest="action", required=True)
+    dl = dsub.add_parser("list", help="list dead letters")
+    dl.add_argument("function", nargs="?")
+    dr = dsub.add_parser("replay", help="publish dead letters again and remove them")
+    dr.add_argument("function")
+    dr.add_argument("ids", nargs="*")
+    dp = dsub.add_parser("purge", help="drop all dead letters of a function")
+    dp.add_argument("function")
+    sub.add_parser("check", help="validate lambdalite.toml and import every handler")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        registry = load_registry(settings.config)
+        code = _run(args, settings, registry)
+    except LambdaliteError as e:
+        print(f"lambdalite: {e}", file=sys.stderr)
+        sys.exit(1)
+    except TRANSIENT as e:
+        print(f"lambdalite: redis unavailable at {load_settings().redis_dsn}: {e}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code)
+
+
+def _run(args: argparse.Namespace, settings: Settings, registry: Registry) -> int:
+    if args.command == "check":
+        from broker.registry import resolve_handler
+
+        for fn in registry:
+            if fn.handler:
+                resolve_handler(fn, registry.path)
+        print(f"{registry.path}: {len(registry.functions)} function(s) OK")
+        return 0
+    client = connect(settings.redis_dsn)
+    try:
+        client.ping()
+    except TRANSIENT as e:
+        raise RedisUnavailableError(f"redis unavailable at {settings.redis_dsn}: {e}") from e
+    if args.command == "status":
+        snapshot = status(client, registry)
+        print(json.dumps(snapshot, indent=2) if args.json else _table(snapshot))
+        return 0
+    if args.command == "invoke":
+        return _invoke(args, client, registry)
+    return _dlq(args, client, registry)
+
+
+def _invoke(args: argparse.Namespace, client: Any, registry: Registry) -> int:
+    fn = registry.get(args.function)
+    payload: Any = {}
+    if args.event is not None:
+        try:
+            payload = json.loads(args.event.read_text())
+        except (OSError, ValueError) as e:
+            raise InvocationError(f"{args.event}: not a readable JSON file: {e}") from e
+    event = Event(function=fn.name, payload=payload, source="invoke",
+                  invocation_type="Event" if args.is_async else "RequestResponse")
+    Publisher(client, registry).publish(event)
+    if args.is_async:
+        print(event.id)
+        return 0
+    wait = args.wait if args.wait is not None else fn.timeout + WAIT_MARGIN
+    outcome = results.wait(client, event.id, wait)
+    if outcome is None:
+        raise InvocationError(f"no result for {event.id} within {wait:g} s (is the scaler running?)")
+    if outcome.ok:
+        print(json.dumps(outcome.result))
+        return 0
+    print(json.dumps(outcome.error))
+    return 1
+
+
+def _dlq(args: argparse.Namespace, client: Any, registry: Registry) -> int:
+    if args.action == "list":
+        names = [registry.get(args.function).name] if args.function else list(registry.functions)
+        rows = [{"function": n, **e} for n in names for e in deadletter.entries(client, n)]
+        print(json.dumps(rows, indent=2))
+    elif args.action == "replay":
+        fn = registry.get(args.function)
+        done = deadletter.replay(client, Publisher(client, registry), fn.name, args.ids or None)
+        print(json.dumps({"replayed": done}))
+    else:
+        fn = registry.get(args.function)
+        print(json.dumps({"purged": deadletter.purge(client, fn.name)}))
+    return 0
+
+
+def _table(snapshot: dict[str, Any]) -> str:
+    cols = ["queued", "running", "workers", "succeeded", "failed", "dead"]
+    rows = [["function", *cols, "last decision"]]
+    for name, row in snapshot["functions"].items():
+        d = row.get("last_decision")
+        rows.append([name, *[str(row[c]) for c in cols], f"{d['action']}: {d['reason']}" if d else "-"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Running the real scaler (and through it the workers) for tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from broker import results
+from broker.envelope import Event
+from broker.queues import Publisher
+from broker.registry import load_registry
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def env(**extra: str) -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDALITE_") or k == "LAMBDALITE_REDIS_URL"}
+    out["PYTHONPATH"] = str(ROOT)
+    out.update(extra)
+    return out
+
+
+class Scaler:
+    """``python -m workers.scaler`` in a project folder, stopped by SIGTERM on exit."""
+
+    def __init__(self, project: Path, **settings: str) -> None:
+        self.project = project
+        self.log = project / f"scaler-{time.monotonic_ns()}.log"
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "workers.scaler"], cwd=project, env=env(**settings),
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> float:
+        started = time.monotonic()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.proc.wait(timeout)
+        return time.monotonic() - started
+
+    def __enter__(self) -> Scaler:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc.poll() is None:
+            self.stop()
+
+
+def publish(url: str, project: Path, function: str, payload: Any, sync: bool = False) -> Event:
+    client = redis.Redis.from_url(url)
+    registry = load_registry(project / "lambdalite.toml")
+    event = Event(function=function, payload=payload, invocation_type="RequestResponse" if sync else "Event")
+    Publisher(client, registry).publish(event)
+    return event
+
+
+def invoke(url: str, project: Path, function: str, payload: Any = None, wait: float = 30) -> results.Outcome:
+    """A synchronous invocation through the queue; returns its outcome (fails the test on none)."""
+    event = publish(url, project, function, payload if payload is not None else {}, sync=True)
+    outcome = results.wait(redis.Redis.from_url(url), event.id, wait)
+    if outcome is None:
+        raise AssertionError(f"no outcome for {function} within {wait}s")
+    return outcome
+
+
+def cli(project: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "broker.cli", *args], cwd=project, env=env(**settings),
+                          capture_output=True, text=True, timeout=60)
+
+
+def status(project: Path) -> dict[str, Any]:
+    done = cli(project, "status", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["functions"]  # type: ignore[no-any-return]

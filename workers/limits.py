@@ -1,0 +1,137 @@
+"""Limits, enforced from outside the invocation: time, memory of the whole process tree, tmp disk.
+
+The watcher (a worker) samples with psutil and kills the whole tree. Linux's child subreaper flag
+makes every orphan of an invocation (a double fork, a process that called setsid) a child of the
+worker, so the tree is always "every descendant of the worker".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def become_subreaper() -> None:
+    """Make orphaned descendants of this process its children (Linux), so they stay in the tree."""
+    _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Have the kernel send ``sig`` to this process when its parent exits (Linux)."""
+    _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one invocation may use: seconds of wall time, MB of RSS, MB of TMPDIR."""
+
+    timeout: float
+    memory_mb: int
+    storage_mb: int
+
+
+def descendants(root: psutil.Process) -> list[psutil.Process]:
+    """Every live descendant of ``root`` (zombies and vanished processes left out)."""
+    try:
+        procs = root.children(recursive=True)
+    except psutil.Error:
+        return []
+    return [p for p in procs if _alive(p)]
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def tree_rss(procs: Iterable[psutil.Process]) -> int:
+    """Sum of resident memory of ``procs`` in bytes; processes that vanished count zero."""
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
+def dir_usage(path: str) -> int:
+    """Bytes of disk that the files below ``path`` occupy (allocated blocks, symlinks not followed)."""
+    total = 0
+    stack = [path]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        else:
+                            total += entry.stat(follow_symlinks=False).st_blocks * 512
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return total
+
+
+def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
+    for p in procs:
+        with contextlib.suppress(psutil.Error, OSError):
+            p.send_signal(sig)
+
+
+def kill_tree(root: psutil.Process, grace: float = 0.05, keep: int | None = None) -> int:
+    """Kill every descendant of ``root`` except the process ``keep``; returns how many were signalled.
+
+    The tree is frozen first (SIGSTOP, repeated until no new process appears), so a fork bomb
+    cannot outrun the kill; then SIGTERM and SIGCONT, and SIGKILL for whatever is still alive after
+    ``grace`` seconds. A process that is already gone is fine.
+    """
+    frozen: dict[int, psutil.Process] = {}
+    for _ in range(50):
+        fresh = [p for p in descendants(root) if p.pid not in frozen and p.pid != keep]
+        if not fresh:
+            break
+        _signal_all(fresh, signal.SIGSTOP)
+        frozen.update((p.pid, p) for p in fresh)
+    procs = list(frozen.values())
+    if not procs:
+        return 0
+    _signal_all(procs, signal.SIGTERM)
+    _signal_all(procs, signal.SIGCONT)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in procs):
+        time.sleep(0.005)
+    _signal_all([p for p in procs if _alive(p)], signal.SIGKILL)
+    # Anything forked between the last freeze and the SIGKILL: no more forks can happen now.
+    _signal_all([p for p in descendants(root) if p.pid != keep], signal.SIGKILL)
+    return len(procs)
+
+
+def reap() -> dict[int, int]:
+    """Collect every exited child (orphans adopted as subreaper included): pid -> wait status."""
+    done: dict[int, int] = {}
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return done
+        if pid == 0:
+            return done
+        done[pid] = status

@@ -1,0 +1,208 @@
+"""The invocation runtime: runs one event in the function's sandbox under its limits.
+
+The worker sends the event to the sandbox, then watches: the deadline (to the millisecond, via
+``select``), the RSS of every process the invocation started, and its TMPDIR. A breach kills the
+whole tree and the sandbox is replaced before the next invocation. Every invocation writes
+Lambda's ``START`` / ``END`` / ``REPORT`` lines to stdout.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import select
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from broker.registry import Function
+from workers import limits
+from workers.limits import MB, Limits
+from workers.sandbox import Sandbox, SandboxGone, error_object
+
+SAMPLE_INTERVAL = 0.02  # seconds between memory / disk samples while an invocation runs
+
+
+def run(event: dict[str, Any]) -> None:
+    """The RQ job function that every lambdalite job names.
+
+    It is never called in-process: a lambdalite worker recognises this name, decodes the event
+    envelope and runs the registered handler in its sandbox. Any other job function is refused.
+    """
+    raise RuntimeError("lambdalite jobs run only inside a lambdalite worker")
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """What happened to one invocation."""
+
+    request_id: str
+    status: str  # success | error | timeout | memory | storage | crash | abandoned
+    result: Any
+    error: dict[str, Any] | None
+    duration_ms: float
+    max_memory_mb: int
+    max_storage_mb: float
+    init_ms: float | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "success"
+
+
+class Runtime:
+    """One function's execution environment as its worker sees it."""
+
+    def __init__(
+        self,
+        fn: Function,
+        handler: Callable[[Any, Any], Any] | None,
+        worker_name: str,
+        out: Callable[[str], None] | None = None,
+    ) -> None:
+        self.fn = fn
+        self.limits = Limits(fn.timeout, fn.memory, fn.ephemeral_storage)
+        self.sandbox = Sandbox(fn, handler, worker_name)
+        self.me = psutil.Process()
+        self._out = out or _stdout
+        limits.become_subreaper()
+
+    def invoke(self, request_id: str, event: Any, abandon: Callable[[], bool] = lambda: False) -> Invocation:
+        """Run ``event``; always returns (a handler's failure is an :class:`Invocation` too).
+
+        When ``abandon()`` turns true the invocation is killed and returns status "abandoned".
+        """
+        if not self.sandbox.running:
+            self.sandbox.start()
+        init_ms, self.sandbox.init_ms = self.sandbox.init_ms, None
+        tmpdir = tempfile.mkdtemp(prefix=f"lambdalite-{self.fn.name}-")
+        self._out(f"START RequestId: {request_id} Version: $LATEST")
+        started = time.perf_counter()
+        deadline = started + self.limits.timeout
+        peak_rss = peak_disk = 0
+        status, reply = "crash", None
+        try:
+            self.sandbox.send({"id": request_id, "event": event, "tmpdir": tmpdir,
+                               "deadline": time.time() + self.limits.timeout})
+            while True:
+                now = time.perf_counter()
+                wait = min(SAMPLE_INTERVAL, deadline - now)
+                if wait > 0 and select.select([self.sandbox.replies], [], [], wait)[0]:
+                    reply = self.sandbox.receive()
+                    status = "success" if reply["ok"] else "error"
+                    break
+                if time.perf_counter() >= deadline:
+                    status = "timeout"
+                    break
+                if abandon():
+                    status = "abandoned"
+                    break
+                rss = limits.tree_rss(limits.descendants(self.me))
+                disk = limits.dir_usage(tmpdir)
+                peak_rss, peak_disk = max(peak_rss, rss), max(peak_disk, disk)
+                if rss > self.limits.memory_mb * MB:
+                    status = "memory"
+                    break
+                if disk > self.limits.storage_mb * MB:
+                    status = "storage"
+                    break
+        except SandboxGone:
+            status = "crash"
+        duration_ms = (time.perf_counter() - started) * 1000
+        if reply is not None:
+            peak_rss = max(peak_rss, reply.get("max_rss_kb", 0) * 1024)
+        peak_disk = max(peak_disk, limits.dir_usage(tmpdir))
+        broken = reply is None or reply.get("recycle", False)
+        # Nothing an invocation started outlives it; a broken sandbox goes too.
+        limits.kill_tree(self.me, keep=None if broken else self.sandbox.pid)
+        exit_status = self._reap(wait_for_sandbox=broken)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        error = reply.get("error") if reply else self._error(status, request_id, duration_ms, peak_rss,
+                                                              peak_disk, exit_status)
+        inv = Invocation(
+            request_id=request_id, status=status, result=reply.get("result") if reply else None,
+            error=error, duration_ms=duration_ms, max_memory_mb=math.ceil(peak_rss / MB),
+            max_storage_mb=round(peak_disk / MB, 1), init_ms=init_ms,
+        )
+        self._out(f"END RequestId: {request_id}")
+        self._out(report_line(inv, self.fn))
+        return inv
+
+    def _reap(self, wait_for_sandbox: bool) -> int | None:
+        """Collect exited children; returns the sandbox's wait status when it is gone."""
+        pid = self.sandbox.pid
+        status = None
+        if wait_for_sandbox and pid:
+            try:
+                _, status = os.waitpid(pid, 0)
+            except ChildProcessError:
+                status = None
+            self.sandbox.forget()
+        limits.reap()
+        return status
+
+    def _error(self, status: str, request_id: str, duration_ms: float, rss: int, disk: int,
+               exit_status: int | None) -> dict[str, Any]:
+        prefix = f"RequestId: {request_id} Error: "
+        if status == "timeout":
+            return error_object("Sandbox.Timedout", f"{prefix}Task timed out after {duration_ms / 1000:.2f} seconds")
+        if status == "memory":
+            return error_object("Runtime.OutOfMemory", f"{prefix}Runtime exited with error: memory limit of "
+                                f"{self.limits.memory_mb} MB exceeded ({math.ceil(rss / MB)} MB used)")
+        if status == "abandoned":
+            return error_object("Runtime.Stopped", f"{prefix}the worker stopped during the invocation")
+        if status == "storage":
+            return error_object("Runtime.EphemeralStorageExceeded", f"{prefix}ephemeral storage limit of "
+                                f"{self.limits.storage_mb} MB exceeded ({disk / MB:.1f} MB used)")
+        return error_object("Runtime.ExitError", f"{prefix}Runtime exited with error: {_describe(exit_status)}")
+
+    def close(self) -> None:
+        """Kill the sandbox and everything below the worker (used on stop)."""
+        limits.kill_tree(self.me)
+        self._reap(wait_for_sandbox=self.sandbox.running)
+
+
+def _describe(wait_status: int | None) -> str:
+    if wait_status is None:
+        return "process vanished"
+    if os.WIFSIGNALED(wait_status):
+        sig = os.WTERMSIG(wait_status)
+        try:
+            import signal
+
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"signal: {name}"
+    return f"exit status {os.WEXITSTATUS(wait_status)}"
+
+
+def report_line(inv: Invocation, fn: Function) -> str:
+    """Lambda's tab-separated REPORT line."""
+    parts = [
+        f"REPORT RequestId: {inv.request_id}",
+        f"Duration: {inv.duration_ms:.2f} ms",
+        f"Billed Duration: {math.ceil(inv.duration_ms)} ms",
+        f"Memory Size: {fn.memory} MB",
+        f"Max Memory Used: {inv.max_memory_mb} MB",
+    ]
+    if inv.init_ms is not None:
+        parts.append(f"Init Duration: {inv.init_ms:.2f} ms")
+    parts.append(f"Max Ephemeral Storage Used: {inv.max_storage_mb} MB")
+    if not inv.ok:
+        parts.append(f"Status: {inv.status}")
+    return "\t".join(parts)
+
+
+def _stdout(line: str) -> None:
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass

@@ -1,0 +1,214 @@
+"""The sandbox: a process forked from a warm worker that runs one function's invocations.
+
+Like a Lambda execution environment it is reused between invocations (module state stays warm)
+and thrown away when an invocation breaks a limit or kills it. The worker talks to it over two
+pipes with length-prefixed JSON frames; the handler's own stdout and stderr go to the log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from broker.registry import Function
+from workers.context import LambdaContext
+from workers.limits import die_with_parent
+
+_HEADER = struct.Struct("!I")
+
+
+class SandboxGone(Exception):
+    """Raised by the worker side when the sandbox's pipe closes (the process died)."""
+
+
+def write_frame(fd: int, obj: Any) -> None:
+    data = json.dumps(obj, separators=(",", ":")).encode()
+    view = memoryview(_HEADER.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def read_frame(fd: int) -> Any:
+    header = _read_exact(fd, _HEADER.size)
+    return json.loads(_read_exact(fd, _HEADER.unpack(header)[0]))
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = os.read(fd, min(n, 1 << 20))
+        if not chunk:
+            raise SandboxGone("sandbox pipe closed")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def error_object(error_type: str, message: str, stack: list[str] | None = None) -> dict[str, Any]:
+    """Lambda's error shape."""
+    out: dict[str, Any] = {"errorType": error_type, "errorMessage": message}
+    if stack is not None:
+        out["stackTrace"] = stack
+    return out
+
+
+class Sandbox:
+    """The worker's handle on one sandbox process."""
+
+    def __init__(self, fn: Function, handler: Callable[[Any, Any], Any] | None, worker_name: str) -> None:
+        self.fn = fn
+        self.handler = handler
+        self.worker_name = worker_name
+        self.pid = 0
+        self.requests = self.replies = -1
+        self.init_ms: float | None = None  # reported with the first invocation, then None
+        self._forked_at = 0.0
+
+    def start(self) -> None:
+        req_r, req_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        self._forked_at = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:  # the sandbox
+            os.close(req_w)
+            os.close(rep_r)
+            try:
+                _serve(self.fn, self.handler, self.worker_name, req_r, rep_w)
+            finally:
+                os._exit(0)
+        os.close(req_r)
+        os.close(rep_w)
+        self.pid, self.requests, self.replies = pid, req_w, rep_r
+        read_frame(self.replies)  # "ready": the sandbox has set itself up
+        self.init_ms = (time.perf_counter() - self._forked_at) * 1000
+
+    @property
+    def running(self) -> bool:
+        return self.pid != 0
+
+    def send(self, request: dict[str, Any]) -> None:
+        try:
+            write_frame(self.requests, request)
+        except OSError as e:
+            raise SandboxGone(str(e)) from e
+
+    def receive(self) -> dict[str, Any]:
+        reply: dict[str, Any] = read_frame(self.replies)
+        return reply
+
+    def forget(self) -> None:
+        """Close the pipes after the process is gone (the worker kills and reaps it)."""
+        for fd in (self.requests, self.replies):
+            if fd >= 0:
+                os.close(fd)
+        self.pid, self.requests, self.replies = 0, -1, -1
+
+
+def _serve(
+    fn: Function, handler: Callable[[Any, Any], Any] | None, worker_name: str, requests: int, replies: int
+) -> None:
+    os.setpgid(0, 0)  # its own process group: a Ctrl-C meant for the worker does not reach it
+    die_with_parent(signal.SIGKILL)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    write_frame(replies, {"ready": True})
+    while True:
+        try:
+            request = read_frame(requests)
+        except SandboxGone:
+            return
+        reply = _invoke(fn, handler, worker_name, request)
+        reply["max_rss_kb"] = max(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+        )
+        reply["recycle"] = _stdio_broken()
+        write_frame(replies, reply)
+
+
+def _stdio_broken() -> bool:
+    """True when the handler closed stdout/stderr: the next invocation gets a fresh sandbox."""
+    try:
+        return sys.stdout.closed or sys.stderr.closed or os.fstat(1) is None or os.fstat(2) is None
+    except (OSError, ValueError):
+        return True
+
+
+def _invoke(
+    fn: Function, handler: Callable[[Any, Any], Any] | None, worker_name: str, request: dict[str, Any]
+) -> dict[str, Any]:
+    os.environ["TMPDIR"] = request["tmpdir"]
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+    context = LambdaContext(
+        function_name=fn.name,
+        aws_request_id=request["id"],
+        memory_limit_in_mb=fn.memory,
+        deadline=request["deadline"],
+        log_stream_name=f"{time.strftime('%Y/%m/%d')}/[$LATEST]{worker_name}",
+    )
+    if handler is None:
+        return _run_command(fn, request, context)
+    try:
+        result = handler(request["event"], context)
+    except Exception as e:
+        # The handler's own frames only, as Lambda shows them (not the runtime's).
+        stack = traceback.format_exception(type(e), e, e.__traceback__.tb_next if e.__traceback__ else None)
+        _log_error(f"[ERROR] {type(e).__name__}: {e}\n" + "".join(stack))
+        return {"ok": False, "error": error_object(type(e).__name__, str(e), [s.rstrip() for s in stack])}
+    except BaseException as e:  # SystemExit, KeyboardInterrupt raised by the handler
+        return {"ok": False, "error": error_object(
+            "Runtime.ExitError", f"RequestId: {request['id']} Error: Runtime exited: {type(e).__name__}: {e}")}
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as e:
+        return {"ok": False, "error": error_object("Runtime.MarshalError", f"Unable to marshal response: {e}")}
+    return {"ok": True, "result": result}
+
+
+def _log_error(text: str) -> None:
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _run_command(fn: Function, request: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Run a command function: event as JSON on stdin, result as JSON on stdout, stderr to the log."""
+    command = list(fn.command or ())
+    env = {**os.environ, **context.environment(), "TMPDIR": request["tmpdir"]}
+    try:
+        done = subprocess.run(
+            command, input=json.dumps(request["event"]).encode(), stdout=subprocess.PIPE,
+            env=env, check=False,
+        )
+    except OSError as e:
+        return {"ok": False, "error": error_object("Runtime.InvalidEntrypoint", f"cannot run {command[0]!r}: {e}")}
+    out = done.stdout.decode("utf-8", "replace").strip()
+    if done.returncode != 0:
+        try:
+            err = json.loads(out)
+            if isinstance(err, dict) and "errorType" in err:
+                return {"ok": False, "error": err}
+        except ValueError:
+            pass
+        code = done.returncode
+        how = f"signal: {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        return {"ok": False, "error": error_object(
+            "Runtime.ExitError", f"RequestId: {request['id']} Error: Runtime exited with error: {how}")}
+    if not out:
+        return {"ok": True, "result": None}
+    try:
+        return {"ok": True, "result": json.loads(out)}
+    except ValueError:
+        return {"ok": False, "error": error_object("Runtime.InvalidResponse", f"stdout is not JSON: {out[:200]!r}")}

@@ -1,0 +1,442 @@
+"""The scaler: parent of every worker process, growing and shrinking them with the queues.
+
+Each step (at least every 100 ms, and at once when a source publishes) it decides, per function,
+``desired = clamp(queued + running, min_workers, max_concurrency)``, within the host's worker cap
+and memory budget, sharing the cap fairly between functions. Workers are forked from this warm
+process, which has already imported lambdalite and every handler, so a cold start costs a fork.
+Idle workers are retired by a warm stop, never a busy one. ``max_concurrency`` holds across every
+scaler sharing one Redis (a Lua-guarded slot count per function).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import redis
+
+from broker import delayed, stats
+from broker.connection import TRANSIENT, connect, wait_for_redis
+from broker.errors import LambdaliteError
+from broker.queues import WAKE_CHANNEL, Publisher, function_queue
+from broker.registry import Function, Registry, load_registry, resolve_handler
+from broker.settings import Settings, load_settings
+from workers import recovery
+from workers.limits import MB, die_with_parent
+
+log = logging.getLogger("lambdalite.scaler")
+
+STEP = 0.1  # seconds between decisions when nothing wakes the scaler
+STOP_GRACE = 3.5  # seconds running invocations get to finish on a stop before they are handed back
+ALIVE_TTL = 3  # seconds a scaler's liveness key lasts without being refreshed
+
+# Count a function's workers across every live scaler (dropping the slots of scalers whose
+# liveness key expired), and with ARGV[4] == "1" take one more slot if that stays within the cap.
+_SLOTS = """
+local total = 0
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if fields[i] == ARGV[1] or redis.call('EXISTS', ARGV[3] .. fields[i]) == 1 then
+    total = total + tonumber(fields[i + 1])
+  else
+    redis.call('HDEL', KEYS[1], fields[i])
+  end
+end
+if ARGV[4] == "1" and total < tonumber(ARGV[2]) then
+  redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+  return {total + 1, 1}
+end
+return {total, 0}
+"""
+
+
+def slots_key(function: str) -> str:
+    return f"lambdalite:slots:{function}"
+
+
+def alive_key(scaler_id: str) -> str:
+    return f"lambdalite:scaler-alive:{scaler_id}"
+
+
+@dataclass
+class WorkerProc:
+    """One forked worker as the scaler tracks it."""
+
+    pid: int
+    fn: str
+    name: str
+    started: float
+    state: str = "starting"  # starting | idle | busy
+    idle_since: float | None = None
+    jobs_seen: int = -1
+    retiring: bool = False
+
+
+@dataclass
+class Decision:
+    at: float
+    action: str
+    reason: str
+
+
+@dataclass
+class FunctionView:
+    workers: dict[int, WorkerProc] = field(default_factory=dict)
+    decision: Decision | None = None
+    pending: str = ""  # why the last step wanted more workers
+
+
+class Scaler:
+    """Decides and acts one step at a time; tests drive :meth:`step` directly."""
+
+    def __init__(self, settings: Settings, registry: Registry, client: redis.Redis,
+                 spawn: Callable[[Function, str], int] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.client = client
+        self.publisher = Publisher(client, registry)
+        self.id = f"{socket.gethostname()}.{uuid.uuid4().hex[:8]}"
+        self.spawn = spawn or self._fork_worker
+        self.clock = clock
+        self.views = {fn.name: FunctionView() for fn in registry}
+        self.handlers = {fn.name: resolve_handler(fn, registry.path) for fn in registry if fn.handler}
+        self._slots = client.register_script(_SLOTS)
+        self._last_sweep = -1e9
+        self._last_alive = -1e9
+        self.memory_budget_mb = settings.memory_budget or int(psutil.virtual_memory().total / MB * 0.9)
+
+    # -- one step -----------------------------------------------------------------------------------
+
+    def step(self, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        if now - self._last_alive >= 1.0:
+            self.client.set(alive_key(self.id), 1, ex=ALIVE_TTL)
+            self._last_alive = now
+        self.reap()
+        delayed.release_due(self.client, self.publisher, time.time())
+        if now - self._last_sweep >= 2.0:
+            self._last_sweep = now
+            recovery.recover(self.client, self.registry, self.is_dead)
+        self.observe(now)
+        self.scale(now)
+        self.publish_view(now)
+
+    def reap(self) -> None:
+        """Collect exited workers; work of one that died mid-invocation is settled at once."""
+        crashed = False
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            for name, view in self.views.items():
+                proc = view.workers.pop(pid, None)
+                if proc is None:
+                    continue
+                self.client.hincrby(slots_key(name), self.id, -1)
+                if status != 0:
+                    crashed = True
+                    log.warning("worker %s exited abnormally (status %d)", proc.name, status)
+        if crashed:
+            recovery.recover(self.client, self.registry, self.is_dead)
+
+    def is_dead(self, worker_name: str) -> bool:
+        """Whether the worker that RQ names ``worker_name`` is gone."""
+        host, _, rest = worker_name.partition("|")
+        if host == socket.gethostname():
+            try:
+                pid = int(rest.rsplit(".", 1)[-1])
+            except ValueError:
+                return False
+            if not any(pid in v.workers for v in self.views.values()):
+                return not _is_our_child(pid)
+            return False
+        return not self.client.exists(f"rq:worker:{worker_name}")
+
+    def observe(self, now: float) -> None:
+        """Read every worker's RQ state and job counts in one round trip."""
+        procs = [p for v in self.views.values() for p in v.workers.values()]
+        if not procs:
+            return
+        with self.client.pipeline(transaction=False) as pipe:
+            for p in procs:
+                pipe.hmget(f"rq:worker:{p.name}", "state", "successful_job_count", "failed_job_count")
+            rows = pipe.execute()
+        for p, (state, ok, failed) in zip(procs, rows, strict=True):
+            if state is None:
+                continue  # not registered yet: still starting
+            jobs = int(ok or 0) + int(failed or 0)
+            busy = state == b"busy" or jobs != p.jobs_seen
+            p.jobs_seen = jobs
+            if busy:
+                p.state, p.idle_since = "busy", None
+            else:
+                p.state = "idle"
+                p.idle_since = p.idle_since if p.idle_since is not None else now
+
+    def scale(self, now: float) -> None:
+        """Grow toward each function's desired count fairly; retire workers idle too long."""
+        wants: dict[str, int] = {}
+        active = 0
+        for fn in self.registry:
+            view = self.views[fn.name]
+            queue = function_queue(self.client, fn.name)
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.llen(queue.key)
+                pipe.zcard(queue.started_job_registry.key)
+                queued, running = pipe.execute()
+            cap = fn.concurrency(self.settings.max_workers)
+            desired = max(fn.min_workers, min(queued + running, cap))
+            active += desired > 0
+            total = self.slots(fn, take=False)[0]
+            live = [p for p in view.workers.values() if not p.retiring]
+            if desired > total:
+                wants[fn.name] = desired - total
+                reason = f"queued={queued} running={running} workers={total} desired={desired}"
+                view.pending = reason
+            idle_timeout = fn.idle_timeout or self.settings.idle_timeout
+            keep = max(fn.min_workers, desired)
+            idle = sorted((p for p in live if p.state == "idle" and p.idle_since is not None
+                           and now - p.idle_since >= idle_timeout), key=lambda p: p.idle_since or 0)
+            for proc in idle[: max(0, len(live) - keep)]:
+                self.retire(proc, now, f"idle for {now - (proc.idle_since or now):.1f}s")
+        self.grow(wants, now)
+        if wants:
+            self.rebalance(wants, max(1, self.settings.max_workers // max(1, active)), now)
+
+    def rebalance(self, wants: dict[str, int], share: int, now: float) -> None:
+        """At the host cap, let a function above its fair share give a worker to one below it.
+
+        The donor's worker stops warm (after its current invocation), and the next step hands
+        the freed slot to the starved function.
+        """
+        starved = [n for n in wants if len(self.views[n].workers) < share]
+        if not starved:
+            return
+        counts = {n: [p for p in v.workers.values() if not p.retiring] for n, v in self.views.items()}
+        donor = max(counts, key=lambda n: len(counts[n]))
+        if len(counts[donor]) <= share or any(p.retiring for p in self.views[donor].workers.values()):
+            return
+        proc = min(counts[donor], key=lambda p: (p.state != "idle", p.started))
+        self.retire(proc, now, f"fair share ({share}) for {starved[0]}")
+
+    def grow(self, wants: dict[str, int], now: float) -> None:
+        """Hand out new workers one at a time, to the function with the fewest first (fairness)."""
+        mine = sum(len(v.workers) for v in self.views.values())
+        while wants and mine < self.settings.max_workers:
+            name = min(wants, key=lambda n: (len(self.views[n].workers), n))
+            fn = self.registry.get(name)
+            reason = self.views[name].pending
+            if not self.memory_allows(fn):
+                self.decide(name, now, "hold", f"memory budget: {reason}")
+                del wants[name]
+                continue
+            if not self.slots(fn, take=True)[1]:
+                self.decide(name, now, "hold", f"max_concurrency reached: {reason}")
+                del wants[name]
+                continue
+            pid = self.spawn(fn, self.id)
+            wname = worker_name(self.id, fn.name, pid)
+            self.views[name].workers[pid] = WorkerProc(pid, name, wname, now)
+            self.decide(name, now, "scale-up", reason)
+            mine += 1
+            wants[name] -= 1
+            if not wants[name]:
+                del wants[name]
+
+    def slots(self, fn: Function, take: bool) -> tuple[int, int]:
+        """(workers of ``fn`` across live scalers, whether one more slot was taken)."""
+        cap = fn.concurrency(self.settings.max_workers)
+        total, taken = self._slots(keys=[slots_key(fn.name)], args=[self.id, cap, alive_key(""), int(take)])
+        return int(total), int(taken)
+
+    def memory_allows(self, fn: Function) -> bool:
+        committed = sum(self.registry.get(p.fn).memory for v in self.views.values() for p in v.workers.values())
+        available = psutil.virtual_memory().available / MB
+        return committed + fn.memory <= self.memory_budget_mb and fn.memory <= available
+
+    def retire(self, proc: WorkerProc, now: float, reason: str) -> None:
+        proc.retiring = True
+        _signal(proc.pid, signal.SIGTERM)  # warm: the worker finishes what it runs, then exits
+        self.decide(proc.fn, now, "scale-down", f"{proc.name} {reason}")
+
+    def decide(self, fn: str, now: float, action: str, reason: str) -> None:
+        view = self.views[fn]
+        previous = view.decision
+        view.decision = Decision(time.time(), action, reason)
+        if action != "hold" or previous is None or previous.reason != reason:
+            log.info("%s: %s (%s)", fn, action, reason)
+
+    def publish_view(self, now: float) -> None:
+        with self.client.pipeline(transaction=False) as pipe:
+            for name, view in self.views.items():
+                states = {"starting": 0, "idle": 0, "busy": 0}
+                for p in view.workers.values():
+                    states[p.state] += 1
+                decision = view.decision.__dict__ if view.decision else None
+                pipe.hset(stats.scaler_key(name), self.id,
+                          json.dumps({"workers": states, "decision": decision, "at": time.time()}))
+            pipe.execute()
+
+    # -- stopping -----------------------------------------------------------------------------------
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """Warm-stop every worker; after ``grace`` s hand back what still runs; kill stragglers."""
+        procs = {p.pid: p for v in self.views.values() for p in v.workers.values()}
+        for pid in procs:
+            _signal(pid, signal.SIGTERM)
+        end = time.monotonic() + grace
+        abandoned = False
+        while procs:
+            self._collect(procs)
+            if not procs:
+                break
+            if time.monotonic() >= end and not abandoned:
+                for pid in procs:
+                    _signal(pid, signal.SIGUSR1)  # abandon: requeue the event, not an attempt
+                abandoned, end = True, time.monotonic() + 0.4
+            elif time.monotonic() >= end:
+                for pid in procs:
+                    _signal(pid, signal.SIGKILL)
+                time.sleep(0.05)
+                self._collect(procs)
+                break
+            time.sleep(0.02)
+        for v in self.views.values():
+            v.workers.clear()
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for name in self.views:
+                    pipe.hdel(slots_key(name), self.id)
+                    pipe.hdel(stats.scaler_key(name), self.id)
+                pipe.delete(alive_key(self.id))
+                pipe.execute()
+            recovery.recover(self.client, self.registry, self.is_dead)
+        except TRANSIENT:
+            log.warning("redis unavailable during stop; the next start settles what is left")
+
+    def _collect(self, procs: dict[int, WorkerProc]) -> None:
+        for pid in list(procs):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                procs.pop(pid)
+
+    # -- workers ------------------------------------------------------------------------------------
+
+    def _fork_worker(self, fn: Function, scaler_id: str) -> int:
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid:
+            return pid
+        code = 0
+        try:
+            _run_worker(self.settings, self.registry, fn, self.handlers.get(fn.name), scaler_id)
+        except BaseException:  # noqa: B036 - a forked child must never return into the scaler
+            log.exception("worker for %s failed", fn.name)
+            code = 1
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+
+
+def worker_name(scaler_id: str, function: str, pid: int) -> str:
+    host, _, sid = scaler_id.partition(".")
+    return f"{host}|{sid}.{function}.{pid}"
+
+
+def _run_worker(settings: Settings, registry: Registry, fn: Function, handler: Any, scaler_id: str) -> None:
+    from workers.runtime import Runtime
+    from workers.worker import FunctionWorker
+
+    parent = os.getppid()
+    die_with_parent(signal.SIGUSR1)  # the scaler is gone: hand the event back and stop
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_DFL)
+    if os.getppid() != parent:
+        return
+    client = connect(settings.redis_dsn)
+    name = worker_name(scaler_id, fn.name, os.getpid())
+    runtime = Runtime(fn, handler, name)
+    worker = FunctionWorker(fn, registry, client, runtime, name)
+    worker.serve()
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _is_our_child(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).ppid() == os.getpid()
+    except psutil.Error:
+        return False
+
+
+class _Flag:
+    def __init__(self) -> None:
+        self.set = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.set = True
+
+
+def main() -> None:
+    from broker import logs
+
+    try:
+        settings = load_settings()
+        logs.configure(settings.log_level)
+        registry = load_registry(settings.config)
+        stop = _Flag()
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        client = connect(settings.redis_dsn)
+        wait_for_redis(client, stop=lambda: stop.set)
+        scaler = Scaler(settings, registry, client)
+    except LambdaliteError as e:
+        print(f"lambdalite: {e}", file=sys.stderr)
+        sys.exit(1)
+    log.info("scaler %s: %d function(s), up to %d workers", scaler.id, len(registry.functions),
+             settings.max_workers)
+    pubsub = None
+    backoff = 0.05
+    while not stop.set:
+        try:
+            if pubsub is None:
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(WAKE_CHANNEL)
+            scaler.step()
+            message = pubsub.get_message(timeout=STEP)
+            while message is not None:  # drain: one step serves every wake-up so far
+                message = pubsub.get_message(timeout=0)
+            backoff = 0.05
+        except TRANSIENT as e:
+            log.warning("redis unavailable (%s); retrying in %.2fs", e, backoff)
+            pubsub = None
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+    log.info("scaler stopping")
+    scaler.stop()
+    log.info("scaler stopped")
+
+
+if __name__ == "__main__":
+    main()
