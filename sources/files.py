@@ -335,10 +335,8 @@ class BucketWatcher:
         stale = [p for p in self._open if not os.path.lexists(p)]
         for path in stale:
             del self._open[path]
-        for bucket in sorted(set(self.root.buckets()) | self.manifest.buckets()):
-            if not self._reconcile(bucket, ""):
-                return False
-        return True
+        buckets = sorted(set(self.root.buckets()) | self.manifest.buckets())
+        return all(self._reconcile(bucket, "") for bucket in buckets)  # stops at the first cut short
 
     def _reconcile_folder(self, folder: str) -> None:
         """Scan a folder that appeared (created or moved in), moved away or vanished."""
