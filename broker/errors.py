@@ -36,3 +36,27 @@ class InvocationError(LambdaliteError):
 
 class BucketsError(LambdaliteError):
     """Raised at start-up of the files source when ``LAMBDALITE_BUCKETS`` is not a folder."""
+
+
+class ChangeFeedError(LambdaliteError):
+    """Raised when a SQLite database or table cannot be captured (missing, not SQLite, locked),
+    or when a captured change cannot be turned into a DynamoDB Streams record."""
+
+
+class SignatureError(LambdaliteError):
+    """Raised when an HTTP request fails its webhook trigger's authentication (answered with 401).
+
+    The message says what was wrong and never contains the secret.
+    """
+
+
+class ThrottledError(LambdaliteError):
+    """Raised when a source already holds as many accepted-but-unstored events as it allows (429)."""
+
+
+class IdempotencyConflictError(LambdaliteError):
+    """Raised when another request with the same idempotency key is still being stored (409)."""
+
+
+class PayloadTooLargeError(LambdaliteError):
+    """Raised while reading an HTTP body that exceeds its limit (answered with 413)."""

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         0, ge=0, description="MB the scaler may commit to workers' memory limits; 0 means 90% of RAM."
     )
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    sqlite_poll_interval: float = Field(
+        0.01, gt=0, le=5, description="Seconds between the SQLite feed's looks at its change tables."
+    )
+    http_host: str = Field("127.0.0.1", description="Address the webhook/Invoke API server binds to.")
+    http_port: int = Field(9000, ge=0, le=65535, description="Port of the webhook/Invoke API server.")
+    http_token: str = Field("", description="When set, the Invoke API needs 'Authorization: Bearer <it>'.")
 
     @classmethod
     def settings_customise_sources(

@@ -69,8 +69,18 @@ def stack(project: Path, redis_url: str) -> Iterator[Scaler]:
     shutil.copy(FIXTURES / "hostile.py", project / "hostile.py")
     handlers = Path(__file__).resolve().parent.parent / "handlers"
     (project / "lambdalite.toml").write_text(FUNCTIONS.replace("HANDLERS", str(handlers)))
-    with Scaler(project, LAMBDALITE_IDLE_TIMEOUT="60") as scaler:
+    tmp = project / "tmp"  # the workers' temp root: each invocation's TMPDIR is made below it
+    tmp.mkdir()
+    with Scaler(project, LAMBDALITE_IDLE_TIMEOUT="60", TMPDIR=str(tmp)) as scaler:
         yield scaler
+        # Contained: below each worker only its sandbox, and nothing below a sandbox.
+        for worker in psutil.Process(scaler.proc.pid).children():
+            sandboxes = worker.children()
+            assert len(sandboxes) <= 1, [p.cmdline() for p in sandboxes]
+            for sandbox in sandboxes:
+                alive = [p for p in sandbox.children() if p.status() != psutil.STATUS_ZOMBIE]
+                assert alive == [], "a process started by an invocation outlived it"
+    assert list(tmp.iterdir()) == [], "a TMPDIR was left behind"
 
 
 def test_context_and_private_tmpdir(stack: Scaler, redis_url: str, project: Path) -> None:
@@ -150,8 +160,7 @@ def test_memory_limit(stack: Scaler, redis_url: str, project: Path) -> None:
 def test_tmp_disk_limit(stack: Scaler, redis_url: str, project: Path) -> None:
     out = invoke(redis_url, project, "hog_disk")
     assert out.error["errorType"] == "Runtime.EphemeralStorageExceeded", out
-    leftovers = [p for p in Path("/tmp").glob("lambdalite-hog_disk-*")]
-    assert leftovers == []
+    assert "ephemeral storage limit of 8 MB exceeded" in out.error["errorMessage"]
 
 
 def test_no_process_outlives_its_invocation(stack: Scaler, redis_url: str, project: Path) -> None:

@@ -45,13 +45,48 @@ class Limits:
     storage_mb: int
 
 
-def descendants(root: psutil.Process) -> list[psutil.Process]:
-    """Every live descendant of ``root`` (zombies and vanished processes left out)."""
+def _child_pids(pid: int) -> list[int] | None:
+    """Children of ``pid`` from /proc/PID/task/*/children (Linux); None where the kernel lacks it."""
+    pids: list[int] = []
     try:
-        procs = root.children(recursive=True)
-    except psutil.Error:
-        return []
-    return [p for p in procs if _alive(p)]
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return pids
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                pids.extend(int(c) for c in f.read().split())
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{tid}"):
+                continue  # the thread ended meanwhile
+            return None
+        except OSError:
+            continue
+    return pids
+
+
+def descendants(root: psutil.Process) -> list[psutil.Process]:
+    """Every live descendant of ``root`` (zombies and vanished processes left out).
+
+    Walks only the tree itself through /proc's children lists, so the cost follows the size of
+    the invocation's tree, not of the machine's process table; psutil's full scan is the fallback.
+    """
+    found: list[psutil.Process] = []
+    stack = [root.pid]
+    while stack:
+        kids = _child_pids(stack.pop())
+        if kids is None:
+            try:
+                return [p for p in root.children(recursive=True) if _alive(p)]
+            except psutil.Error:
+                return []
+        for pid in kids:
+            stack.append(pid)
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                if _alive(proc):
+                    found.append(proc)
+    return found
 
 
 def _alive(p: psutil.Process) -> bool:
@@ -96,12 +131,19 @@ def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
             p.send_signal(sig)
 
 
+def kill_group(pgid: int) -> None:
+    """Stop, then kill, a whole process group in two system calls: nothing in it can fork meanwhile."""
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+
 def kill_tree(root: psutil.Process, grace: float = 0.05, keep: int | None = None) -> int:
     """Kill every descendant of ``root`` except the process ``keep``; returns how many were signalled.
 
-    The tree is frozen first (SIGSTOP, repeated until no new process appears), so a fork bomb
-    cannot outrun the kill; then SIGTERM and SIGCONT, and SIGKILL for whatever is still alive after
-    ``grace`` seconds. A process that is already gone is fine.
+    The tree is frozen first (SIGSTOP, repeated until no new process appears), so a process that
+    left the sandbox's group (setsid, setpgid) cannot fork its way out; then SIGTERM and SIGCONT,
+    and SIGKILL for whatever is still alive after ``grace`` seconds. Gone already is fine.
     """
     frozen: dict[int, psutil.Process] = {}
     for _ in range(50):

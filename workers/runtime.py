@@ -27,6 +27,7 @@ from workers.limits import MB, Limits
 from workers.sandbox import Sandbox, SandboxGone, error_object
 
 SAMPLE_INTERVAL = 0.02  # seconds between memory / disk samples while an invocation runs
+MAX_LEFTOVERS = 64  # more processes than this left behind by an invocation: recycle the sandbox
 
 
 def run(event: dict[str, Any]) -> None:
@@ -119,6 +120,13 @@ class Runtime:
             peak_rss = max(peak_rss, reply.get("max_rss_kb", 0) * 1024)
         peak_disk = max(peak_disk, limits.dir_usage(tmpdir))
         broken = reply is None or reply.get("recycle", False)
+        leftovers = limits.descendants(self.me)
+        if len(leftovers) > MAX_LEFTOVERS:
+            broken = True  # a swarm (a fork bomb that outlived its handler): treat it as a breach
+        if broken and self.sandbox.pid:
+            # The sandbox leads its own process group, and whatever it forked is in it unless it
+            # moved out: one killpg stops them all at once, however fast they multiply.
+            limits.kill_group(self.sandbox.pid)
         # Nothing an invocation started outlives it; a broken sandbox goes too.
         limits.kill_tree(self.me, keep=None if broken else self.sandbox.pid)
         exit_status = self._reap(wait_for_sandbox=broken)
@@ -164,6 +172,8 @@ class Runtime:
 
     def close(self) -> None:
         """Kill the sandbox and everything below the worker (used on stop)."""
+        if self.sandbox.pid:
+            limits.kill_group(self.sandbox.pid)
         limits.kill_tree(self.me)
         self._reap(wait_for_sandbox=self.sandbox.running)
 

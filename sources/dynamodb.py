@@ -1,0 +1,139 @@
+"""DynamoDB Streams records built from captured SQLite row changes.
+
+The capture triggers (:mod:`sources.sqlite_capture`) store each row as a JSON object whose values
+are JSON-safe encodings of SQLite's five storage classes: NULL, INTEGER and TEXT as themselves,
+a finite REAL as a JSON number with 17 significant digits (exact), a BLOB as ``["B", hex]`` and
+an infinite REAL as ``["R", "Inf"]``. This module turns those into DynamoDB's typed attribute
+values: ``{"NULL": true}``, ``{"N": "42"}`` (numbers as strings, so 64-bit integers survive any
+JSON reader), ``{"S": "..."}`` and ``{"B": base64}``.
+
+SQLite has no booleans, maps or lists, so ``BOOL``, ``M`` and ``L`` never appear: a TEXT column
+holding JSON stays a string. SQLite stores NaN as NULL, so a NaN arrives as ``{"NULL": true}``.
+DynamoDB cannot hold an infinite number; an infinite REAL is sent as ``{"N": "Infinity"}`` (or
+``"-Infinity"``), which is what the row really holds, and logged once per table and column.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from broker.errors import ChangeFeedError
+
+log = logging.getLogger(__name__)
+
+EVENT_VERSION = "1.1"
+EVENT_SOURCE = "aws:dynamodb"
+REGION = "local"
+ACCOUNT = "000000000000"
+SEQUENCE_DIGITS = 21  # as long as DynamoDB's own sequence numbers, so they also sort as strings
+
+_warned: set[tuple[str, str]] = set()
+
+
+def attribute(value: Any, where: tuple[str, str] = ("?", "?")) -> dict[str, Any]:
+    """The DynamoDB typed attribute value for one captured SQLite value.
+
+    ``where`` (table, column) only names the value in a log line. Raises :class:`ChangeFeedError`
+    for something the triggers never write.
+    """
+    if value is None:
+        return {"NULL": True}
+    if isinstance(value, bool):  # JSON true/false: not written by the triggers, but honest
+        return {"BOOL": value}
+    if isinstance(value, int):
+        return {"N": str(value)}
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return {"N": repr(value)}
+        return _infinite(value, where)
+    if isinstance(value, str):
+        return {"S": value}
+    if isinstance(value, list) and len(value) == 2 and isinstance(value[1], str):
+        tag, text = value
+        if tag == "B":
+            try:
+                return {"B": base64.b64encode(binascii.unhexlify(text)).decode("ascii")}
+            except (binascii.Error, ValueError) as e:
+                raise ChangeFeedError(f"{where[0]}.{where[1]}: bad blob encoding: {e}") from e
+        if tag == "R":
+            try:
+                number = float(text)
+            except ValueError as e:
+                raise ChangeFeedError(f"{where[0]}.{where[1]}: bad real encoding {text!r}") from e
+            return {"N": repr(number)} if math.isfinite(number) else _infinite(number, where)
+    raise ChangeFeedError(f"{where[0]}.{where[1]}: unexpected stored value {value!r:.80}")
+
+
+def _infinite(number: float, where: tuple[str, str]) -> dict[str, Any]:
+    if where not in _warned:
+        _warned.add(where)
+        log.warning(
+            "%s.%s holds an infinite REAL, which DynamoDB cannot represent; sent as {\"N\": \"%s\"}",
+            where[0], where[1], "Infinity" if number > 0 else "-Infinity",
+        )
+    return {"N": "Infinity" if number > 0 else "-Infinity"}
+
+
+def image(row: Mapping[str, Any], table: str) -> dict[str, dict[str, Any]]:
+    """A whole row (column -> captured value) as a DynamoDB item."""
+    return {column: attribute(value, (table, column)) for column, value in row.items()}
+
+
+def sequence_number(change_id: int) -> str:
+    """The record's SequenceNumber: the change id, zero-padded so strings sort numerically."""
+    return str(change_id).zfill(SEQUENCE_DIGITS)
+
+
+def stream_arn(database: str, table: str) -> str:
+    """A stable, fake stream ARN for one table of one database file (by its absolute path)."""
+    label = hashlib.sha256(database.encode()).hexdigest()[:16]
+    return f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{table}/stream/{label}"
+
+
+def record(
+    *,
+    change_id: int,
+    event_name: str,
+    keys: Mapping[str, Any],
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any] | None,
+    created: float,
+    view: str,
+    table: str,
+    arn: str,
+) -> dict[str, Any]:
+    """One DynamoDB Streams record. ``keys``/``old``/``new`` hold captured (untyped) values.
+
+    Which images appear follows ``view`` (StreamViewType) and the event: an INSERT has no old
+    image, a REMOVE no new one. Raises :class:`ChangeFeedError` for a value the triggers never write.
+    """
+    body: dict[str, Any] = {
+        "ApproximateCreationDateTime": round(created, 3),
+        "Keys": image(keys, table),
+    }
+    if new is not None and view in ("NEW_IMAGE", "NEW_AND_OLD_IMAGES"):
+        body["NewImage"] = image(new, table)
+    if old is not None and view in ("OLD_IMAGE", "NEW_AND_OLD_IMAGES"):
+        body["OldImage"] = image(old, table)
+    sequence = sequence_number(change_id)
+    body["SequenceNumber"] = sequence
+    body["SizeBytes"] = len(json.dumps(
+        [body["Keys"], body.get("NewImage"), body.get("OldImage")], separators=(",", ":")
+    ).encode())
+    body["StreamViewType"] = view
+    return {
+        "eventID": hashlib.md5(f"{arn}/{sequence}".encode()).hexdigest(),  # noqa: S324 - an id, not security
+        "eventName": event_name,
+        "eventVersion": EVENT_VERSION,
+        "eventSource": EVENT_SOURCE,
+        "awsRegion": REGION,
+        "dynamodb": body,
+        "eventSourceARN": arn,
+    }

@@ -1,0 +1,434 @@
+"""The Procfile's ``sqlite`` process: DynamoDB-Streams-style batches of SQLite row changes.
+
+Each ``source = "sqlite"`` trigger of a function is one *stream*, like one DynamoDB stream shard
+read by Lambda with ParallelizationFactor 1: one batch in flight at a time, so batches arrive in
+order and a failing batch blocks the ones after it. A batch is published as an ``Event`` and the
+feed waits for its final outcome (``broker.results``): succeeded, or dead after the function's
+retries (the worker dead-letters it). A handler may return ``{"batchItemFailures":
+[{"itemIdentifier": SEQ}]}``; the records from the first failed one on are published again as a
+new batch, up to the function's ``retries`` times, after which they are logged as failed, counted
+(``records_failed`` in the stream's stats hash) and skipped.
+
+The cursor lives in Redis, one hash per stream, and moves in the same MULTI/EXEC as the publish
+(``Publisher.publish_many(also=...)``): it holds the last change id published, the in-flight
+event id and its records. A feed that restarts first waits for the in-flight event's outcome, so a
+crash of the feed alone neither loses nor duplicates a change. Change rows are pruned once their
+batch is done and that is some seconds old (so Redis's append-only file has it on disk), in small
+short write transactions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import sqlite3
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from broker import results
+from broker.connection import TRANSIENT, connect
+from broker.envelope import Event
+from broker.errors import ChangeFeedError, LambdaliteError
+from broker.queues import Publisher
+from broker.registry import Function, Registry, SqliteTrigger, load_registry
+from broker.settings import Settings, load_settings
+from sources import dynamodb, sqlite_capture
+
+log = logging.getLogger("lambdalite.sqlite")
+
+PRUNE_DELAY = 5.0  # seconds a finished batch waits before its change rows are deleted
+PRUNE_EVERY = 0.5  # seconds between prune passes
+RETRY_DB_EVERY = 1.0  # seconds between attempts to open a database or find a table
+# Test-only fault hook: when set to "after-publish", the feed exits with os._exit(9) right after
+# a batch and its cursor were stored, before it acts on them; tests use it to kill the feed at the
+# worst moment. Never set it in production.
+FAULT_ENV = "LAMBDALITE_SQLITE_FAULT"
+
+
+def cursor_key(function: str, database: Path, table: str) -> str:
+    """The Redis hash holding one stream's cursor."""
+    label = hashlib.sha256(f"{database}\0{table}".encode()).hexdigest()[:16]
+    return f"lambdalite:sqlite:{function}:{table}:{label}"
+
+
+@dataclass
+class Database:
+    """One SQLite file, opened once for all the streams that read it."""
+
+    path: Path
+    conn: sqlite3.Connection | None = None
+    schema_version: int | None = None
+    next_try: float = 0.0
+    problem: str = ""
+
+    def open(self, now: float) -> sqlite3.Connection | None:
+        """The connection, (re)opening it at most once a second; None while it cannot be opened."""
+        if self.conn is not None:
+            return self.conn
+        if now < self.next_try:
+            return None
+        self.next_try = now + RETRY_DB_EVERY
+        try:
+            self.conn = sqlite_capture.connect(self.path)
+        except ChangeFeedError as e:
+            self.complain(str(e) + "; retrying every second")
+            return None
+        self.schema_version = None
+        if self.problem:
+            log.info("%s: opened", self.path)
+            self.problem = ""
+        return self.conn
+
+    def complain(self, message: str) -> None:
+        """Log a problem once (until it changes or goes away)."""
+        if message != self.problem:
+            log.error("%s", message)
+            self.problem = message
+
+    def fail(self, e: Exception) -> None:
+        """Drop the connection after an SQLite error; it is reopened on a later step."""
+        self.complain(f"{self.path}: {e}; retrying every second")
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
+
+
+@dataclass
+class Stream:
+    """One (function, trigger) pair: a table's changes delivered in order to one function."""
+
+    function: Function
+    trigger: SqliteTrigger
+    db: Database
+    key: str
+    arn: str
+    shape: sqlite_capture.TableShape | None = None
+    seen_schema: int | None = None
+    loaded: bool = False
+    last: int = 0
+    event_id: str = ""
+    records: list[dict[str, Any]] = field(default_factory=list)
+    retries: int = 0
+    done: int = 0
+    done_history: deque[tuple[float, int]] = field(default_factory=deque)
+    safe: int = 0
+    next_check: float = 0.0
+    waiting_said: bool = False
+
+    @property
+    def table(self) -> str:
+        return self.trigger.table
+
+    def prunable(self, now: float) -> int:
+        """The highest change id whose batch finished at least PRUNE_DELAY seconds ago."""
+        while self.done_history and self.done_history[0][0] <= now - PRUNE_DELAY:
+            self.safe = self.done_history.popleft()[1]
+        return self.safe
+
+
+class Feed:
+    """Every sqlite stream of a registry; :meth:`step` does one round of work for all of them."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        client: redis.Redis,
+        poll_interval: float = 0.01,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.publisher = Publisher(client, registry)
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self.databases: dict[Path, Database] = {}
+        self.streams: list[Stream] = []
+        self.redis_down_until = 0.0
+        self.redis_backoff = 0.0
+        self.redis_trouble = False
+        self.next_prune = 0.0
+        root = registry.path.resolve().parent
+        for fn, trigger in registry.triggers("sqlite"):
+            path = trigger.database if trigger.database.is_absolute() else root / trigger.database
+            path = path.resolve()
+            db = self.databases.setdefault(path, Database(path))
+            self.streams.append(Stream(
+                fn, trigger, db, cursor_key(fn.name, path, trigger.table),
+                dynamodb.stream_arn(str(path), trigger.table),
+            ))
+
+    # -- one round ----------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Look at every stream once: capture set-up, outcomes, new batches, pruning."""
+        now = self.clock()
+        if now < self.redis_down_until:
+            return
+        fine = True
+        for stream in self.streams:
+            conn = self._capture(stream, now)
+            if conn is None:
+                continue
+            try:
+                self._advance(stream, conn, now)
+            except TRANSIENT as e:
+                self._redis_down(e, now)
+                fine = False
+                break
+            except sqlite3.Error as e:
+                stream.db.fail(e)
+        if fine and self.redis_trouble:
+            log.info("redis reachable again; carrying on from the stored cursors")
+            self.redis_trouble, self.redis_backoff = False, 0.0
+        if now >= self.next_prune and fine:
+            self.next_prune = now + PRUNE_EVERY
+            self._prune(now)
+
+    def in_flight(self) -> list[str]:
+        """Ids of the events whose outcome the feed is waiting for."""
+        return [s.event_id for s in self.streams if s.event_id]
+
+    def wait(self, timeout: float) -> None:
+        """Block up to ``timeout`` s, returning early when an in-flight event gets its outcome."""
+        ids = self.in_flight()
+        if not ids or self.clock() < self.redis_down_until:
+            time.sleep(timeout)
+            return
+        try:
+            self.client.xread({results.result_key(i): "0-0" for i in ids}, count=1,
+                              block=max(1, int(timeout * 1000)))
+        except TRANSIENT as e:
+            self._redis_down(e, self.clock())
+
+    # -- capture ------------------------------------------------------------------------------
+
+    def _capture(self, stream: Stream, now: float) -> sqlite3.Connection | None:
+        db = stream.db
+        conn = db.open(now)
+        if conn is None:
+            return None
+        try:
+            version = conn.execute("PRAGMA schema_version").fetchone()[0]
+            if stream.shape is not None and version == stream.seen_schema:
+                return conn
+            if stream.shape is None and version == stream.seen_schema and now < stream.next_check:
+                return None
+            stream.seen_schema = version
+            stream.next_check = now + RETRY_DB_EVERY
+            stream.shape = sqlite_capture.ensure(conn, stream.table)
+            if stream.shape is None:
+                if not stream.waiting_said:
+                    log.warning("%s: no table %r yet; waiting for it", db.path, stream.table)
+                    stream.waiting_said = True
+                return None
+            stream.seen_schema = conn.execute("PRAGMA schema_version").fetchone()[0]
+            stream.waiting_said = False
+            return conn
+        except ChangeFeedError as e:
+            stream.shape = None
+            db.complain(f"{db.path}: {e}")
+            return None
+        except sqlite3.Error as e:
+            stream.shape = None
+            db.fail(e)
+            return None
+
+    # -- delivery -----------------------------------------------------------------------------
+
+    def _load(self, stream: Stream) -> None:
+        state = {k.decode(): v.decode() for k, v in self.client.hgetall(stream.key).items()}
+        stream.last = int(state.get("last", 0))
+        stream.done = int(state.get("done", 0))
+        stream.event_id = state.get("event", "")
+        stream.records = json.loads(state["records"]) if stream.event_id else []
+        stream.retries = int(state.get("retries", 0))
+        stream.loaded = True
+        stream.done_history.append((self.clock(), stream.done))
+        if stream.event_id:
+            log.info("%s: resuming; waiting for in-flight batch %s", stream.function.name, stream.event_id)
+
+    def _advance(self, stream: Stream, conn: sqlite3.Connection, now: float) -> None:
+        if not stream.loaded:
+            self._load(stream)
+        if stream.event_id:
+            outcome = results.fetch(self.client, stream.event_id)
+            if outcome is None:
+                return
+            self._settle(stream, outcome, now)
+            if stream.event_id:
+                return  # a retry of part of the batch is now in flight
+        size = stream.trigger.batch_size
+        changes, consumed = sqlite_capture.read_changes(conn, stream.table, stream.last, size)
+        if not changes:
+            if consumed != stream.last:  # only unreadable rows: step over them
+                self._finish(stream, consumed, now)
+            return
+        window = stream.trigger.batching_window
+        if len(changes) < size and window and now - changes[0].at < window:
+            return
+        records = []
+        for change in changes:
+            try:
+                records.append(self._record(stream, change))
+            except ChangeFeedError as e:
+                log.error("%s: change %d skipped: %s", stream.table, change.id, e)
+        self._publish(stream, records, consumed, retries=0)
+
+    def _record(self, stream: Stream, change: sqlite_capture.Change) -> dict[str, Any]:
+        return dynamodb.record(
+            change_id=change.id, event_name=change.event_name, keys=change.keys, old=change.old,
+            new=change.new, created=change.at, view=stream.trigger.view, table=stream.table, arn=stream.arn,
+        )
+
+    def _publish(self, stream: Stream, records: list[dict[str, Any]], last: int, retries: int) -> None:
+        if not records:
+            self._finish(stream, last, self.clock())
+            return
+        event = Event(stream.function.name, payload={"Records": records}, source="sqlite",
+                      invocation_type="Event")
+        fields = {"last": last, "event": event.id, "records": json.dumps(records), "retries": retries,
+                  "done": stream.done, "database": str(stream.db.path), "table": stream.table}
+
+        def also(pipe: Any) -> None:
+            pipe.hset(stream.key, mapping=fields)
+            pipe.hincrby(stream.key + ":stats", "batches", 1)
+            pipe.hincrby(stream.key + ":stats", "records", len(records))
+
+        self.publisher.publish_many([event], also=also)
+        if os.environ.get(FAULT_ENV) == "after-publish":
+            os._exit(9)
+        stream.last, stream.event_id, stream.records, stream.retries = last, event.id, records, retries
+        log.debug("%s: published %d records up to change %d", stream.function.name, len(records), last)
+
+    def _settle(self, stream: Stream, outcome: results.Outcome, now: float) -> None:
+        name, records = stream.function.name, stream.records
+        if outcome.status != "succeeded":
+            log.error("%s: batch of %d records (%s..%s) of table %r is %s after its retries; moving on",
+                      name, len(records), _seq(records[0]), _seq(records[-1]), stream.table, outcome.status)
+            self.client.hincrby(stream.key + ":stats", "batches_dead", 1)
+            self._finish(stream, stream.last, now)
+            return
+        first = _first_failure(outcome.result, records)
+        if first is None:
+            self._finish(stream, stream.last, now)
+            return
+        rest = records[first:]
+        if stream.retries < stream.function.retries:
+            log.warning("%s: %d records from %s reported failed; retrying them (%d of %d)", name,
+                        len(rest), _seq(rest[0]), stream.retries + 1, stream.function.retries)
+            self._publish(stream, rest, stream.last, stream.retries + 1)
+            return
+        log.error("%s: %d records from %s to %s of table %r still failed after %d retries; skipped",
+                  name, len(rest), _seq(rest[0]), _seq(rest[-1]), stream.table, stream.retries)
+        self.client.hincrby(stream.key + ":stats", "records_failed", len(rest))
+        self._finish(stream, stream.last, now)
+
+    def _finish(self, stream: Stream, last: int, now: float) -> None:
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(stream.key, mapping={"last": last, "done": last, "event": "", "records": "",
+                                           "retries": 0})
+            pipe.execute()
+        stream.last, stream.done, stream.event_id, stream.records, stream.retries = last, last, "", [], 0
+        stream.done_history.append((now, last))
+
+    # -- housekeeping -------------------------------------------------------------------------
+
+    def _prune(self, now: float) -> None:
+        bounds: dict[tuple[Path, str], int] = {}
+        for stream in self.streams:
+            where = (stream.db.path, stream.table)
+            upto = stream.prunable(now) if stream.loaded else 0
+            bounds[where] = min(bounds.get(where, upto), upto)
+        for (path, table), upto in bounds.items():
+            db = self.databases[path]
+            if upto <= 0 or db.conn is None:
+                continue
+            try:
+                sqlite_capture.prune(db.conn, table, upto)
+            except sqlite3.OperationalError as e:
+                log.debug("%s: prune deferred: %s", path, e)
+
+    def _redis_down(self, e: Exception, now: float) -> None:
+        self.redis_backoff = min(max(self.redis_backoff * 2, 0.05), 2.0)
+        if not self.redis_trouble:
+            log.warning("redis unavailable (%s); cursors stay, retrying with backoff", e)
+            self.redis_trouble = True
+        self.redis_down_until = now + self.redis_backoff
+        for stream in self.streams:
+            stream.loaded = False  # re-read the cursors: a transaction may or may not have applied
+
+    def close(self) -> None:
+        for db in self.databases.values():
+            if db.conn is not None:
+                db.conn.close()
+                db.conn = None
+
+
+def _seq(record: dict[str, Any]) -> str:
+    return str(record["dynamodb"]["SequenceNumber"]).lstrip("0") or "0"
+
+
+def _first_failure(result: Any, records: list[dict[str, Any]]) -> int | None:
+    """Index of the first record a ReportBatchItemFailures response names, or None for success.
+
+    As Lambda does, an identifier that is missing, empty or not in the batch fails the whole batch.
+    """
+    if not isinstance(result, dict) or not result.get("batchItemFailures"):
+        return None
+    failures = result["batchItemFailures"]
+    index = {r["dynamodb"]["SequenceNumber"]: i for i, r in enumerate(records)}
+    found = []
+    if isinstance(failures, list):
+        for item in failures:
+            ident = item.get("itemIdentifier") if isinstance(item, dict) else None
+            if not isinstance(ident, str) or ident not in index:
+                return 0
+            found.append(index[ident])
+    return min(found) if found else 0
+
+
+def run(feed: Feed, stop: Callable[[], bool]) -> None:
+    """Step until ``stop()``; waits between steps on outcomes or the poll interval."""
+    while not stop():
+        feed.step()
+        if stop():
+            break
+        feed.wait(feed.poll_interval)
+
+
+def main() -> None:
+    from broker import logs
+
+    try:
+        settings: Settings = load_settings()
+        logs.configure(settings.log_level)
+        registry = load_registry(settings.config)
+    except LambdaliteError as e:
+        print(f"lambdalite: {e}", file=sys.stderr)
+        sys.exit(1)
+    stopping: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
+    feed = Feed(registry, connect(settings.redis_dsn), settings.sqlite_poll_interval)
+    if not feed.streams:
+        log.info("no sqlite triggers in %s; idle", settings.config)
+    else:
+        log.info("following %d sqlite stream(s)", len(feed.streams))
+    try:
+        run(feed, lambda: bool(stopping))
+    finally:
+        feed.close()
+    log.info("stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Test helpers for the HTTP source: uvicorn on a free loopback port, and a stand-in worker.
+
+The stand-in pops jobs from a function's real RQ queue and records an outcome with
+``broker.results.record``, the way a worker does, so synchronous paths can be tested end to end
+over real sockets without the worker package.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+import uvicorn
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from broker import results
+from broker.envelope import Event
+from broker.queues import function_queue
+
+
+@contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """Run ``app`` on uvicorn in a thread on a free 127.0.0.1 port; yields the base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=3)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+        if thread.is_alive():
+            raise RuntimeError("uvicorn did not stop within 10 s")
+
+
+Answer = Callable[[Event], results.Outcome]
+
+
+class StandInWorker:
+    """Pops ``function``'s jobs and records ``answer(event)`` as each one's outcome."""
+
+    def __init__(self, redis_url: str, function: str, answer: Answer) -> None:
+        self.client = redis.Redis.from_url(redis_url)
+        self.queue = function_queue(self.client, function)
+        self.answer = answer
+        self.seen: list[Event] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"stand-in-{function}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            popped = self.client.blpop([self.queue.key], timeout=0.2)
+            if popped is None:
+                continue
+            job = Job.fetch(popped[1].decode(), connection=self.client, serializer=JSONSerializer)
+            event = Event.from_dict(job.args[0])
+            self.seen.append(event)
+            results.record(self.client, event.id, self.answer(event))
+
+    def __enter__(self) -> StandInWorker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.client.close()
+
+
+def echo(event: Event) -> results.Outcome:
+    """Succeeds with the payload back, or fails when the payload asks to."""
+    payload = event.payload
+    if isinstance(payload, dict) and payload.get("fail"):
+        error = {"errorType": "ValueError", "errorMessage": str(payload["fail"])}
+        return results.Outcome("failed", error=error)
+    return results.Outcome("succeeded", result={"echo": payload})

@@ -1,0 +1,115 @@
+"""Shared pieces of the SQLite change feed tests: a project with a sqlite trigger, and a consumer.
+
+The consumer pops jobs from a function's real RQ queue and records their final outcome with
+``broker.results.record``, as the worker does; it lets the feed's tests run without ``workers/``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from broker import results
+from broker.queues import function_queue
+from broker.registry import Registry, load_registry
+
+
+def make_project(project: Path, *, table: str = "items", batch_size: int = 100, view: str | None = None,
+                 retries: int = 2, window: float = 0.0, database: str = "app.db",
+                 extra: str = "") -> Registry:
+    lines = [
+        "[functions.feed]", 'handler = "handlers.noop.handler"', f"retries = {retries}",
+        "[[functions.feed.triggers]]", 'source = "sqlite"', f'database = "{database}"', f'table = "{table}"',
+        f"batch_size = {batch_size}", f"batching_window = {window}",
+    ]
+    if view:
+        lines.append(f'view = "{view}"')
+    (project / "lambdalite.toml").write_text("\n".join(lines) + "\n" + extra)
+    return load_registry(project / "lambdalite.toml")
+
+
+def app_db(path: Path, schema: str = "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, n)",
+           journal: str = "wal") -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+    conn.execute(f"PRAGMA journal_mode={journal}")
+    if schema:
+        conn.executescript(schema)
+    return conn
+
+
+def queued_events(r: redis.Redis, function: str = "feed") -> list[dict[str, Any]]:
+    """The envelopes waiting in ``function``'s queue, oldest first."""
+    queue = function_queue(r, function)
+    return [Job.fetch(i, connection=r, serializer=JSONSerializer).args[0] for i in queue.job_ids]
+
+
+def finish(r: redis.Redis, event_id: str, status: str = "succeeded", result: Any = None) -> None:
+    """Record an outcome and drop the job, as the worker does."""
+    results.record(r, event_id, results.Outcome(status, result=result))
+    queue = function_queue(r, "feed")
+    queue.remove(event_id)
+
+
+class Consumer(threading.Thread):
+    """Runs ``handler(payload)`` for each job of a function and records the outcome.
+
+    A handler that raises makes the event ``dead`` (the real worker would retry it first).
+    """
+
+    def __init__(self, url: str, handler: Callable[[dict[str, Any]], Any], function: str = "feed") -> None:
+        super().__init__(daemon=True)
+        self.client = redis.Redis.from_url(url)
+        self.handler = handler
+        self.function = function
+        self.stopped = threading.Event()
+        self.events: list[dict[str, Any]] = []
+
+    def run(self) -> None:
+        queue = function_queue(self.client, self.function)
+        while not self.stopped.is_set():
+            popped = self.client.blpop([queue.key], timeout=0.1)
+            if popped is None:
+                continue
+            job_id = popped[1].decode()
+            event = Job.fetch(job_id, connection=self.client, serializer=JSONSerializer).args[0]
+            self.events.append(event)
+            try:
+                outcome = results.Outcome("succeeded", result=self.handler(event["payload"]))
+            except Exception as e:  # the stand-in worker turns any failure into a final "dead"
+                error = {"errorType": type(e).__name__, "errorMessage": str(e)}
+                outcome = results.Outcome("dead", error=error)
+            with self.client.pipeline(transaction=True) as pipe:
+                results.record(pipe, job_id, outcome)
+                pipe.delete(f"rq:job:{job_id}")
+                pipe.execute()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(5)
+        self.client.close()
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def records_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [rec for event in events for rec in event["payload"]["Records"]]
+
+
+def summary(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(eventName, Keys as JSON) per record: compact to assert on."""
+    return [(r["eventName"], json.dumps(r["dynamodb"]["Keys"], sort_keys=True)) for r in records]

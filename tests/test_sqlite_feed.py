@@ -1,0 +1,277 @@
+"""The feed loop, driven one step at a time against real SQLite files and a real Redis."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from sqlite_support import app_db, finish, make_project, queued_events, records_of, summary
+
+from broker.connection import connect
+from broker.embedded import redis_server_binary
+from sources import sqlite_capture
+from sources.sqlite import Feed, cursor_key
+
+
+def feed_for(registry, url: str, clock=time.time) -> Feed:  # noqa: ANN001
+    return Feed(registry, connect(url), poll_interval=0.01, clock=clock)
+
+
+def test_batches_in_order_one_in_flight(project: Path, r: redis.Redis, redis_url: str) -> None:
+    registry = make_project(project, batch_size=3)
+    app = app_db(project / "app.db")
+    feed = feed_for(registry, redis_url)
+    feed.step()  # installs the triggers
+    app.executemany("INSERT INTO items(name, n) VALUES (?, ?)", [(f"r{i}", i) for i in range(5)])
+    app.execute("UPDATE items SET n = 99 WHERE id = 2")
+    feed.step()
+    feed.step()
+    events = queued_events(r)
+    assert len(events) == 1, "a second batch must wait for the first one's outcome"
+    first = events[0]
+    assert first["source"] == "sqlite" and first["invocation_type"] == "Event"
+    recs = first["payload"]["Records"]
+    assert [x["dynamodb"]["NewImage"]["n"] for x in recs] == [{"N": "0"}, {"N": "1"}, {"N": "2"}]
+    rec = recs[0]
+    assert (rec["eventName"], rec["eventSource"], rec["eventVersion"]) == ("INSERT", "aws:dynamodb", "1.1")
+    assert rec["dynamodb"]["Keys"] == {"id": {"N": "1"}}
+    assert rec["dynamodb"]["StreamViewType"] == "NEW_AND_OLD_IMAGES" and "OldImage" not in rec["dynamodb"]
+    assert rec["dynamodb"]["SizeBytes"] > 0 and rec["eventSourceARN"].startswith("arn:aws:dynamodb:")
+    seqs = [x["dynamodb"]["SequenceNumber"] for x in recs]
+    assert seqs == sorted(seqs) and len(set(map(len, seqs))) == 1
+    assert int(r.hget(cursor_key("feed", (project / "app.db").resolve(), "items"), "last")) == int(seqs[-1])
+
+    finish(r, first["id"])
+    feed.step()
+    events = queued_events(r)
+    assert len(events) == 1 and events[0]["id"] != first["id"]
+    assert summary(events[0]["payload"]["Records"]) == [
+        ("INSERT", '{"id": {"N": "4"}}'), ("INSERT", '{"id": {"N": "5"}}'), ("MODIFY", '{"id": {"N": "2"}}'),
+    ]
+    modify = events[0]["payload"]["Records"][2]["dynamodb"]
+    assert modify["OldImage"]["n"] == {"N": "1"} and modify["NewImage"]["n"] == {"N": "99"}
+    assert all(
+        int(a["dynamodb"]["SequenceNumber"]) < int(b["dynamodb"]["SequenceNumber"])
+        for a, b in zip(recs, events[0]["payload"]["Records"], strict=False)
+    )
+
+
+@pytest.mark.parametrize(
+    ("view", "present"),
+    [("KEYS_ONLY", set()), ("NEW_IMAGE", {"NewImage"}), ("OLD_IMAGE", {"OldImage"}),
+     ("NEW_AND_OLD_IMAGES", {"NewImage", "OldImage"})],
+)
+def test_stream_view_type(project: Path, r: redis.Redis, redis_url: str, view: str, present: set) -> None:
+    feed = feed_for(make_project(project, view=view), redis_url)
+    app = app_db(project / "app.db")
+    feed.step()
+    app.execute("INSERT INTO items VALUES (1, 'a', 1)")
+    app.execute("UPDATE items SET n = 2")
+    feed.step()
+    modify = queued_events(r)[0]["payload"]["Records"][1]["dynamodb"]
+    assert modify["StreamViewType"] == view
+    assert {k for k in modify if k.endswith("Image")} == present
+    assert modify["Keys"] == {"id": {"N": "1"}}
+
+
+def test_batch_item_failures_retry_from_the_first_failed_record(
+    project: Path, r: redis.Redis, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed = feed_for(make_project(project, retries=1), redis_url)
+    app = app_db(project / "app.db")
+    feed.step()
+    app.executemany("INSERT INTO items(name) VALUES (?)", [(str(i),) for i in range(5)])
+    feed.step()
+    event = queued_events(r)[0]
+    seqs = [x["dynamodb"]["SequenceNumber"] for x in event["payload"]["Records"]]
+    failures = {"batchItemFailures": [{"itemIdentifier": seqs[3]}, {"itemIdentifier": seqs[2]}]}
+    finish(r, event["id"], result=failures)
+    feed.step()
+    retry = queued_events(r)[0]
+    assert [x["dynamodb"]["SequenceNumber"] for x in retry["payload"]["Records"]] == seqs[2:]
+    finish(r, retry["id"], result={"batchItemFailures": [{"itemIdentifier": seqs[4]}]})
+    app.execute("INSERT INTO items(name) VALUES ('later')")
+    with caplog.at_level(logging.ERROR):
+        feed.step()
+    assert "still failed after 1 retries" in caplog.text
+    key = cursor_key("feed", (project / "app.db").resolve(), "items")
+    assert r.hget(key + ":stats", "records_failed") == b"1"
+    later = queued_events(r)[0]["payload"]["Records"]
+    assert [x["dynamodb"]["NewImage"]["name"] for x in later] == [{"S": "later"}]
+
+
+def test_an_unknown_item_identifier_retries_the_whole_batch(
+    project: Path, r: redis.Redis, redis_url: str
+) -> None:
+    feed = feed_for(make_project(project), redis_url)
+    app = app_db(project / "app.db")
+    feed.step()
+    app.executemany("INSERT INTO items(name) VALUES (?)", [("a",), ("b",)])
+    feed.step()
+    event = queued_events(r)[0]
+    finish(r, event["id"], result={"batchItemFailures": [{"itemIdentifier": "nonsense"}]})
+    feed.step()
+    assert len(queued_events(r)[0]["payload"]["Records"]) == 2
+
+
+def test_a_dead_batch_is_passed_over(project: Path, r: redis.Redis, redis_url: str,
+                                    caplog: pytest.LogCaptureFixture) -> None:
+    feed = feed_for(make_project(project, batch_size=1), redis_url)
+    app = app_db(project / "app.db")
+    feed.step()
+    app.executemany("INSERT INTO items(name) VALUES (?)", [("a",), ("b",)])
+    feed.step()
+    first = queued_events(r)[0]
+    feed.step()
+    assert [e["id"] for e in queued_events(r)] == [first["id"]], "blocked behind the failing batch"
+    with caplog.at_level(logging.ERROR):
+        finish(r, first["id"], status="dead")
+        feed.step()
+    assert "is dead after its retries; moving on" in caplog.text
+    nxt = queued_events(r)[0]["payload"]["Records"]
+    assert nxt[0]["dynamodb"]["NewImage"]["name"] == {"S": "b"}
+
+
+def test_batching_window_waits_to_fill_a_batch(project: Path, r: redis.Redis, redis_url: str) -> None:
+    now = [time.time()]
+    feed = feed_for(make_project(project, batch_size=3, window=5), redis_url, clock=lambda: now[0])
+    app = app_db(project / "app.db")
+    feed.step()
+    app.executemany("INSERT INTO items(name) VALUES (?)", [("a",), ("b",)])
+    feed.step()
+    assert queued_events(r) == []
+    now[0] += 6
+    feed.step()
+    assert len(queued_events(r)[0]["payload"]["Records"]) == 2
+    finish(r, queued_events(r)[0]["id"])
+    app.executemany("INSERT INTO items(name) VALUES (?)", [("c",), ("d",), ("e",)])
+    feed.step()  # a full batch goes at once
+    assert len(queued_events(r)[0]["payload"]["Records"]) == 3
+
+
+def test_published_changes_are_pruned_once_done(project: Path, r: redis.Redis, redis_url: str) -> None:
+    now = [time.time()]
+    feed = feed_for(make_project(project, batch_size=700), redis_url, clock=lambda: now[0])
+    app = app_db(project / "app.db")
+    feed.step()
+    app.executemany("INSERT INTO items(name) VALUES (?)", [(str(i),) for i in range(600)])
+    feed.step()
+    count = "SELECT count(*) FROM _lambdalite_changes"
+    assert app.execute(count).fetchone()[0] == 600
+    finish(r, queued_events(r)[0]["id"])
+    app.execute("INSERT INTO items(name) VALUES ('new')")
+    now[0] += 1
+    feed.step()
+    assert app.execute(count).fetchone()[0] == 601, "too soon: Redis may not have the outcome on disk"
+    for _ in range(3):
+        now[0] += 6
+        feed.step()
+    assert app.execute(count).fetchone()[0] == 1, "pruned in small batches, the unfinished one kept"
+
+
+def test_bad_input_is_logged_once_and_waited_out(project: Path, r: redis.Redis, redis_url: str,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    now = [time.time()]
+    extra = ('[functions.other]\nhandler = "h.h"\n[[functions.other.triggers]]\n'
+             'source = "sqlite"\ndatabase = "junk.db"\ntable = "x"\n')
+    registry = make_project(project, extra=extra)
+    (project / "junk.db").write_bytes(b"not sqlite " * 20)
+    feed = feed_for(registry, redis_url, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING):
+        for _ in range(5):
+            feed.step()
+            now[0] += 1.1
+    assert caplog.text.count("app.db: no such database file") == 1
+    assert caplog.text.count("junk.db: not a SQLite database") == 1
+    app = app_db(project / "app.db", schema="")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            feed.step()
+            now[0] += 1.1
+    assert caplog.text.count("no table 'items' yet") == 1
+    app.execute("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, n)")
+    feed.step()
+    app.execute("INSERT INTO items VALUES (1, 'a', 1)")
+    feed.step()
+    assert summary(queued_events(r)[0]["payload"]["Records"]) == [("INSERT", '{"id": {"N": "1"}}')]
+
+
+def test_a_corrupt_change_row_is_logged_and_skipped(project: Path, r: redis.Redis, redis_url: str,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    feed = feed_for(make_project(project), redis_url)
+    app = app_db(project / "app.db")
+    feed.step()
+    app.execute("INSERT INTO items VALUES (1, 'a', 1)")
+    app.execute("INSERT INTO _lambdalite_changes(tbl, op, key, at) VALUES ('items', 'INSERT', '{bad', 0)")
+    app.execute("INSERT INTO items VALUES (2, 'b', 2)")
+    with caplog.at_level(logging.ERROR):
+        feed.step()
+    assert "is unreadable" in caplog.text
+    assert [x[0] for x in summary(queued_events(r)[0]["payload"]["Records"])] == ["INSERT", "INSERT"]
+
+
+def test_redis_outage_keeps_the_cursor_and_carries_on(project: Path, tmp_path_factory: pytest.TempPathFactory,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path_factory.mktemp("r2")
+    sock = folder / "r.sock"
+    args = [redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--dir", str(folder),
+            "--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+    server = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    url = f"unix://{sock}"
+    try:
+        client = redis.Redis.from_url(url)
+        _wait_ping(client)
+        feed = feed_for(make_project(project, batch_size=2), url)
+        app = app_db(project / "app.db")
+        feed.step()
+        app.executemany("INSERT INTO items(name) VALUES (?)", [("a",), ("b",), ("c",)])
+        feed.step()
+        first = queued_events(client)[0]
+        server.terminate()
+        server.wait(10)
+        with caplog.at_level(logging.WARNING):
+            for _ in range(5):
+                feed.step()
+                feed.wait(0.01)
+                feed.redis_down_until = 0.0  # skip the back-off: the test drives the clock
+        assert caplog.text.count("redis unavailable") == 1
+        server = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        _wait_ping(client)
+        finish(client, first["id"])
+        with caplog.at_level(logging.INFO):
+            feed.step()
+        assert "redis reachable again" in caplog.text
+        names = [x["dynamodb"]["NewImage"]["name"] for x in records_of(queued_events(client))]
+        assert names == [{"S": "c"}]
+        client.close()
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _wait_ping(client: redis.Redis) -> None:
+    for _ in range(200):
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            time.sleep(0.025)
+    raise AssertionError("redis-server did not start")
+
+
+def test_rollback_journal_database_and_a_busy_writer(project: Path, r: redis.Redis, redis_url: str) -> None:
+    feed = feed_for(make_project(project), redis_url)
+    app = app_db(project / "app.db", journal="delete")
+    feed.step()
+    app.execute("BEGIN IMMEDIATE")
+    app.execute("INSERT INTO items VALUES (1, 'a', 1)")
+    feed.step()  # the application holds the write lock: the feed reads around it
+    app.execute("COMMIT")
+    feed.step()
+    assert len(queued_events(r)[0]["payload"]["Records"]) == 1
+    assert app.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert sqlite_capture.CHANGES in {n for (n,) in app.execute("SELECT name FROM sqlite_master")}
