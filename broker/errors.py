@@ -34,6 +34,10 @@ class InvocationError(LambdaliteError):
     """Raised when a synchronous invocation cannot be completed (no result arrived in time)."""
 
 
+class BucketsError(LambdaliteError):
+    """Raised at start-up of the files source when ``LAMBDALITE_BUCKETS`` is not a folder."""
+
+
 class ChangeFeedError(LambdaliteError):
     """Raised when a SQLite database or table cannot be captured (missing, not SQLite, locked),
     or when a captured change cannot be turned into a DynamoDB Streams record."""

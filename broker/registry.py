@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from broker.errors import ConfigError, UnknownFunctionError
 
@@ -24,14 +24,38 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: The event types a files trigger may name, as in S3's notification configuration.
+FILES_EVENT_TYPES = (
+    "s3:ObjectCreated:*",
+    "s3:ObjectCreated:Put",
+    "s3:ObjectCreated:Post",
+    "s3:ObjectCreated:Copy",
+    "s3:ObjectCreated:CompleteMultipartUpload",
+    "s3:ObjectRemoved:*",
+    "s3:ObjectRemoved:Delete",
+    "s3:ObjectRemoved:DeleteMarkerCreated",
+)
+
+
 class FilesTrigger(_Strict):
-    """A bucket folder: S3-style ``ObjectCreated`` / ``ObjectRemoved`` events."""
+    """A bucket folder: S3-style ``ObjectCreated`` / ``ObjectRemoved`` events.
+
+    ``prefix`` and ``suffix`` filter on the object key (not URL-encoded), as S3's filter rules do.
+    """
 
     source: Literal["files"]
-    bucket: str = Field(pattern=r"^[^/\\]+$")
-    events: tuple[str, ...] = ("s3:ObjectCreated:*",)
+    bucket: str = Field(pattern=r"^[^/\\.][^/\\]*$")
+    events: tuple[str, ...] = Field(("s3:ObjectCreated:*",), min_length=1)
     prefix: str = ""
     suffix: str = ""
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, events: tuple[str, ...]) -> tuple[str, ...]:
+        for name in events:
+            if name not in FILES_EVENT_TYPES:
+                raise ValueError(f"unknown event type {name!r} (one of: {', '.join(FILES_EVENT_TYPES)})")
+        return events
 
 
 class SqliteTrigger(_Strict):

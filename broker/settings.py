@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     )
     var_dir: Path = Field(Path("var"), description="Runtime state: the embedded Redis's socket and AOF.")
     buckets: Path = Field(Path("buckets"), description="Each sub-folder is a bucket.")
+    region: str = Field("us-east-1", min_length=1, description="The awsRegion written into event records.")
     max_workers: int = Field(default_factory=_default_max_workers, ge=1, description="Global worker cap.")
     idle_timeout: float = Field(30.0, gt=0, description="Seconds before an idle worker is retired.")
     memory_budget: int = Field(

@@ -1,0 +1,152 @@
+"""The buckets folder: which paths are objects, and reading an object's size, mtime and eTag.
+
+Each sub-folder of the root is a bucket and each regular file below it an object whose key is its
+path relative to the bucket, with ``/`` between folders. Temporary names that tools write before
+renaming a finished file into place are never objects: any path part starting with ``.``
+(rsync's ``.name.XXXXXX``, editors' swap files, ``.gitkeep``), and names ending in ``.part``,
+``.tmp``, ``~`` or ``.crdownload``.
+
+Symbolic links are never objects, wherever they point: they are not followed when walking, and a
+path is accepted only when its real path stays inside the root. A key must be valid UTF-8, as in S3.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+TEMP_SUFFIXES = (".part", ".tmp", "~", ".crdownload")
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """Where an object lives: its bucket, its key and its absolute local path."""
+
+    bucket: str
+    key: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What was read from an object: ``etag`` is the MD5 hex of the content, like a single-part upload."""
+
+    size: int
+    mtime_ns: int
+    etag: str
+    owner_uid: int
+
+
+class NotAnObject(OSError):
+    """Raised by :func:`read_object` when the path is a link, not a regular file or unreadable."""
+
+
+class Unsettled(NotAnObject):
+    """Raised by :func:`read_object` when the file vanished or changed while it was read.
+
+    Not a fault: the event that follows (its removal, or its next close) tells the rest.
+    """
+
+
+def is_temporary(part: str) -> bool:
+    """Whether one path part is a name tools use before the final rename."""
+    return part.startswith(".") or part.endswith(TEMP_SUFFIXES)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # os.fsdecode's surrogate escapes of non-UTF-8 bytes
+        return False
+    return True
+
+
+class BucketRoot:
+    """The folder whose sub-folders are buckets."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = os.path.abspath(root)
+
+    def locate(self, path: str) -> ObjectRef | None:
+        """The object at ``path``, or None when the path cannot be an object (temp name, outside)."""
+        rel = os.path.relpath(os.path.abspath(path), self.path)
+        parts = rel.split(os.sep)
+        if len(parts) < 2 or parts[0] in (os.curdir, os.pardir):
+            return None
+        if any(is_temporary(part) for part in parts) or not _is_utf8(rel):
+            return None
+        return ObjectRef(parts[0], "/".join(parts[1:]), os.path.join(self.path, rel))
+
+    def folder(self, bucket: str, prefix: str = "") -> str:
+        """The local folder of a bucket, or of a key prefix ending in ``/`` inside it."""
+        return os.path.join(self.path, bucket, *prefix.split("/")) if prefix else self.bucket_folder(bucket)
+
+    def bucket_folder(self, bucket: str) -> str:
+        return os.path.join(self.path, bucket)
+
+    def buckets(self) -> list[str]:
+        """The bucket names present now (real folders only, no links, no temporary names)."""
+        try:
+            entries = list(os.scandir(self.path))
+        except OSError:  # gone or unreadable: no buckets to see now
+            return []
+        return sorted(
+            e.name for e in entries
+            if e.is_dir(follow_symlinks=False) and not is_temporary(e.name) and _is_utf8(e.name)
+        )
+
+    def walk(self, folder: str) -> Iterator[ObjectRef]:
+        """Every object below ``folder`` (a bucket or a folder inside one), links not followed."""
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+            dirnames[:] = [d for d in dirnames if not is_temporary(d)]
+            for name in filenames:
+                ref = self.locate(os.path.join(dirpath, name))
+                if ref is not None:
+                    yield ref
+
+    def inside(self, path: str) -> bool:
+        """Whether the real path (links resolved) of ``path`` stays inside the root."""
+        real_root = os.path.realpath(self.path)
+        return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
+
+
+def read_object(root: BucketRoot, ref: ObjectRef) -> ObjectInfo:
+    """Stat and hash one object; raises :class:`NotAnObject` with the reason.
+
+    The file is opened with ``O_NOFOLLOW`` and measured through the open descriptor, so a link
+    swapped in between the check and the read is refused, and the size matches the hashed bytes.
+    """
+    if not root.inside(os.path.dirname(ref.path)):
+        raise NotAnObject(f"{ref.path}: its folder leads outside {root.path}")
+    try:
+        fd = os.open(ref.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError as e:
+        raise Unsettled(f"{ref.path}: vanished before it was read") from e
+    except OSError as e:
+        reason = "a symbolic link" if e.errno == errno.ELOOP else (e.strerror or str(e))
+        raise NotAnObject(f"{ref.path}: {reason}") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAnObject(f"{ref.path}: not a regular file")
+        digest = hashlib.md5(usedforsecurity=False)
+        size = 0
+        while chunk := os.read(fd, _CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+        after = os.fstat(fd)
+    except NotAnObject:
+        raise
+    except OSError as e:
+        raise NotAnObject(f"{ref.path}: {e.strerror or e}") from e
+    finally:
+        os.close(fd)
+    if after.st_mtime_ns != st.st_mtime_ns or size != after.st_size:
+        raise Unsettled(f"{ref.path}: changed while it was read")
+    return ObjectInfo(size=size, mtime_ns=after.st_mtime_ns, etag=digest.hexdigest(), owner_uid=st.st_uid)

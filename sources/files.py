@@ -1,0 +1,489 @@
+"""The files source (``python -m sources.files``): buckets folder in, S3 event notifications out.
+
+A watchdog observer watches ``LAMBDALITE_BUCKETS``; :class:`BucketWatcher` turns what it sees into
+one S3 event notification per completed object and per matching function, and keeps the
+manifest (what has been published) in the same Redis transaction as the events.
+
+* Completed means closed after writing (``IN_CLOSE_WRITE``) or renamed into a final name. Opening,
+  creating or modifying alone never publishes, so a file written slowly in one open gives one
+  event, after its last byte.
+* A rename of a published object to another key is ``ObjectCreated:Copy`` for the new key plus
+  ``ObjectRemoved:Delete`` for the old one, as S3 would report a copy and a delete; every other
+  completed object is ``ObjectCreated:Put``.
+* At start, after an inotify queue overflow, after the observer had to be restarted and after a
+  Redis outage, every bucket is rescanned against the manifest: new or changed objects are
+  published once, manifest entries whose file is gone become removals. A folder that appears
+  (created or moved in) is scanned the same way once the events before it are handled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import redis
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileClosedNoWriteEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileOpenedEvent,
+    FileSystemEvent,
+)
+
+from broker import logs
+from broker.connection import TRANSIENT, connect
+from broker.envelope import Event
+from broker.errors import BucketsError, LambdaliteError
+from broker.queues import Publisher
+from broker.registry import Registry, load_registry
+from broker.settings import load_settings
+from sources import s3event
+from sources.bucket_triggers import BucketTriggers
+from sources.buckets import (
+    BucketRoot,
+    NotAnObject,
+    ObjectInfo,
+    ObjectRef,
+    Unsettled,
+    is_temporary,
+    read_object,
+)
+from sources.manifest import Entry, Manifest
+from sources.observer import BucketObserver, Inbox, watch
+
+log = logging.getLogger("lambdalite.files")
+
+BATCH = 200  # objects per publishing transaction during a scan
+SETTLE_NS = 1_000_000_000  # a scanned file modified more recently than this may still be written
+RECHECK = 0.5  # seconds before such a file is looked at again
+EVENTS_PER_STEP = 500  # so a burst of events never delays a stop
+MAX_BACKOFF = 5.0
+
+
+def _path(raw: bytes | str) -> str:
+    return os.fsdecode(raw)
+
+
+class _Change:
+    """One object change to publish: created (with ``info``) or removed (``info`` None)."""
+
+    __slots__ = ("ref", "info", "event_name")
+
+    def __init__(self, ref: ObjectRef, info: ObjectInfo | None, event_name: str) -> None:
+        self.ref, self.info, self.event_name = ref, info, event_name
+
+
+class BucketWatcher:
+    """Watches a buckets root and publishes S3-style events; driven one :meth:`step` at a time."""
+
+    def __init__(
+        self,
+        root: Path,
+        registry: Registry,
+        client: redis.Redis,
+        *,
+        region: str = "us-east-1",
+        stopping: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.root = BucketRoot(root)
+        self.triggers = BucketTriggers(registry)
+        self.client = client
+        self.publisher = Publisher(client, registry)
+        self.manifest = Manifest(client)
+        self.region = region
+        self.stopping = stopping
+        self.clock = clock
+        self.sequencer = s3event.Sequencer()
+        self.inbox = Inbox()
+        self.observer: BucketObserver | None = None
+        self.published = 0  # events stored, for logs and tests
+        self._watched: tuple[int, int] | None = None
+        self._overflowed = threading.Event()
+        self._rescan = True
+        self._dirty: set[str] = set()
+        self._open: dict[str, int] = {}
+        self._recheck: dict[str, float] = {}  # path -> when to look again (a scan found it unsettled)
+        self._redis_down = False
+        self._retry_at = 0.0
+        self._backoff = 0.1
+        self._said_no_root = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start watching; the first :meth:`step` scans every bucket against the manifest."""
+        self._ensure_observer()
+
+    def stop(self) -> None:
+        """Stop the observer and its threads."""
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(timeout=4)
+            self.observer = None
+
+    def step(self, timeout: float = 0.2) -> None:
+        """Do what is due: restart a dead observer, rescan, handle events (waiting up to ``timeout``)."""
+        self._ensure_observer()
+        if self._overflowed.is_set():
+            self._overflowed.clear()
+            log.warning("inotify dropped events (queue overflow); rescanning the buckets")
+            self._open.clear()
+            self._rescan = True
+        if self._redis_down and not self._redis_back():
+            self._drain_while_down(timeout)
+            return
+        try:
+            if self._rescan and self._watched is not None:
+                self._rescan = not self._reconcile_all()
+            self._handle_events(timeout)
+        except TRANSIENT as e:
+            self._redis_lost(e)
+        except Exception:  # a bug must not end the watcher; the next trigger rescans
+            log.exception("scan failed")
+            self._rescan = False
+
+    # -- the observer ----------------------------------------------------------------------------
+
+    def _root_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.root.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino) if os.path.isdir(self.root.path) else None
+
+    def _ensure_observer(self) -> None:
+        identity = self._root_identity()
+        if self.observer is not None and identity == self._watched and self.observer.healthy():
+            return
+        if self.observer is not None:
+            log.warning("the buckets watch stopped (folder replaced or observer died); restarting it")
+            self.stop()
+            self._watched = None
+        if identity is None:
+            if not self._said_no_root:
+                log.warning("buckets folder %s does not exist; waiting for it", self.root.path)
+                self._said_no_root = True
+            return
+        self._said_no_root = False
+        self.observer = watch(self.root.path, self.inbox, on_overflow=self._overflowed.set)
+        self._watched = identity
+        self._rescan = True
+
+    # -- Redis outages ---------------------------------------------------------------------------
+
+    def _redis_lost(self, error: BaseException) -> None:
+        if not self._redis_down:
+            log.warning("redis unavailable (%s); will rescan the buckets when it is back", error)
+        self._redis_down = True
+        self._rescan = True
+        self._dirty.clear()
+        self._recheck.clear()
+        self._retry_at = self.clock() + self._backoff
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+
+    def _redis_back(self) -> bool:
+        if self.clock() < self._retry_at:
+            return False
+        try:
+            self.client.ping()
+        except TRANSIENT as e:
+            self._redis_lost(e)
+            return False
+        log.info("redis is reachable again; rescanning the buckets")
+        self._redis_down = False
+        self._backoff = 0.1
+        return True
+
+    def _drain_while_down(self, timeout: float) -> None:
+        """Keep the open-file count current; the rescan after the outage covers every other event."""
+        deadline = self.clock() + timeout
+        while not self.stopping():
+            try:
+                event = self.inbox.events.get(timeout=max(0.0, deadline - self.clock()))
+            except queue.Empty:
+                return
+            self._track_open(event)
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def _handle_events(self, timeout: float) -> None:
+        try:
+            event = self.inbox.events.get(timeout=timeout)
+        except queue.Empty:
+            event = None
+        handled = 0
+        while event is not None:
+            try:
+                self._handle(event)
+            except TRANSIENT:
+                raise
+            except Exception:  # a bug must cost one event, not the watcher
+                log.exception("could not handle %r", event)
+            handled += 1
+            if handled >= EVENTS_PER_STEP or self.stopping():
+                return
+            try:
+                event = self.inbox.events.get_nowait()
+            except queue.Empty:
+                event = None
+        for folder in sorted(self._dirty):
+            if self.stopping():
+                return
+            self._reconcile_folder(folder)
+            self._dirty.discard(folder)
+        now = self.clock()
+        for path, due in list(self._recheck.items()):
+            if due <= now and not self.stopping():
+                del self._recheck[path]
+                ref = self.root.locate(path)
+                if ref is not None:
+                    self._created(ref, s3event.CREATED_PUT, scanned=True)
+
+    def _track_open(self, event: FileSystemEvent) -> None:
+        path = _path(event.src_path)
+        if isinstance(event, FileOpenedEvent):
+            self._open[path] = self._open.get(path, 0) + 1
+        elif isinstance(event, FileClosedEvent | FileClosedNoWriteEvent):
+            left = self._open.pop(path, 0) - 1
+            if left > 0:
+                self._open[path] = left
+
+    def _handle(self, event: FileSystemEvent) -> None:
+        self._track_open(event)
+        src, dest = _path(event.src_path), _path(event.dest_path)
+        if isinstance(event, FileClosedEvent):
+            self._created(self.root.locate(src), s3event.CREATED_PUT)
+        elif isinstance(event, FileMovedEvent):
+            old = self.root.locate(src) if src else None
+            was_object = old is not None and self.manifest.get(old.bucket, old.key) is not None
+            if dest:
+                name = s3event.CREATED_COPY if was_object else s3event.CREATED_PUT
+                self._created(self.root.locate(dest), name)
+            if was_object:
+                self._removed(src)
+        elif isinstance(event, FileDeletedEvent):
+            self._removed(src)
+        elif isinstance(event, DirCreatedEvent | DirMovedEvent | DirDeletedEvent):
+            self._dirty.update(p for p in (src, dest) if p and p != self.root.path)
+
+    def _created(self, ref: ObjectRef | None, event_name: str, scanned: bool = False) -> None:
+        """Publish ``ref`` unless this version is published; ``scanned``: no event said it is complete."""
+        if ref is None:
+            return
+        try:
+            st = os.lstat(ref.path)
+        except OSError:
+            return  # gone already; its removal event follows
+        entry = self.manifest.get(ref.bucket, ref.key)
+        if entry is not None and entry.same_stat(st.st_size, st.st_mtime_ns):
+            return  # this very version is published already (a scan got there first)
+        if scanned and not self._settled(ref.path, st.st_mtime_ns):
+            return
+        info = self._read(ref)
+        if info is not None:
+            self._publish([_Change(ref, info, event_name)])
+
+    def _settled(self, path: str, mtime_ns: int) -> bool:
+        """Whether a file that a scan found (not an event) looks finished.
+
+        A file known to be open is not: its close publishes it. A file modified within the last
+        second may be written by a writer that opened it before its folder was watched: it is
+        looked at again shortly, and published once it has been left alone for a second.
+        """
+        if self._open.get(path):
+            return False
+        if time.time_ns() - mtime_ns < SETTLE_NS:
+            self._recheck[path] = self.clock() + RECHECK
+            return False
+        return True
+
+    def _removed(self, path: str) -> None:
+        ref = self.root.locate(path)
+        if ref is not None and self.manifest.get(ref.bucket, ref.key) is not None:
+            self._publish([_Change(ref, None, s3event.REMOVED_DELETE)])
+
+    def _read(self, ref: ObjectRef) -> ObjectInfo | None:
+        try:
+            return read_object(self.root, ref)
+        except Unsettled as e:
+            log.info("not published yet: %s", e)
+            return None
+        except NotAnObject as e:
+            log.warning("not published: %s", e)
+            return None
+
+    # -- scans -----------------------------------------------------------------------------------
+
+    def _reconcile_all(self) -> bool:
+        """Scan every bucket against the manifest; False when a stop cut it short."""
+        if self._root_identity() is None:
+            return False  # a missing root is not a reason to report every object removed
+        stale = [p for p in self._open if not os.path.lexists(p)]
+        for path in stale:
+            del self._open[path]
+        buckets = sorted(set(self.root.buckets()) | self.manifest.buckets())
+        return all(self._reconcile(bucket, "") for bucket in buckets)  # stops at the first cut short
+
+    def _reconcile_folder(self, folder: str) -> None:
+        """Scan a folder that appeared (created or moved in), moved away or vanished."""
+        rel = os.path.relpath(folder, self.root.path).split(os.sep)
+        if rel[0] in (os.curdir, os.pardir) or any(is_temporary(part) for part in rel):
+            return  # outside the root, or a temporary folder
+        prefix = "/".join(rel[1:]) + "/" if len(rel) > 1 else ""
+        self._reconcile(rel[0], prefix)
+
+    def _reconcile(self, bucket: str, prefix: str) -> bool:
+        folder = self.root.folder(bucket, prefix.rstrip("/"))
+        known = dict(self.manifest.entries(bucket, prefix))
+        present: set[str] = set()
+        changes: list[_Change] = []
+        quiet: list[tuple[ObjectRef, Entry]] = []
+        refs = () if os.path.islink(folder) else self.root.walk(folder)
+        for ref in refs:
+            if self.stopping():
+                return False
+            present.add(ref.key)
+            entry = known.get(ref.key)
+            try:
+                st = os.lstat(ref.path)
+            except OSError:
+                continue
+            if entry is not None and entry.same_stat(st.st_size, st.st_mtime_ns):
+                continue
+            if not self._settled(ref.path, st.st_mtime_ns):
+                continue
+            info = self._read(ref)
+            if info is None:
+                continue
+            if entry is not None and (entry.size, entry.etag) == (info.size, info.etag):
+                quiet.append((ref, Entry(info.size, info.mtime_ns, info.etag)))  # touched only
+            else:
+                changes.append(_Change(ref, info, s3event.CREATED_PUT))
+            if len(changes) + len(quiet) >= BATCH:
+                self._publish(changes, quiet)
+                changes, quiet = [], []
+        for key in sorted(set(known) - present):
+            ref = ObjectRef(bucket, key, os.path.join(self.root.path, bucket, *key.split("/")))
+            changes.append(_Change(ref, None, s3event.REMOVED_DELETE))
+            if len(changes) >= BATCH:
+                self._publish(changes)
+                changes = []
+        self._publish(changes, quiet)
+        return True
+
+    # -- publishing ------------------------------------------------------------------------------
+
+    def _record(self, change: _Change, function: str, now: float) -> dict[str, Any]:
+        info = change.info
+        return s3event.record(
+            event_name=change.event_name,
+            bucket=change.ref.bucket,
+            key=change.ref.key,
+            sequencer=self.sequencer.next(),
+            local_path=change.ref.path,
+            configuration_id=function,
+            region=self.region,
+            when=now,
+            principal=_principal(info.owner_uid) if info else s3event.OWNER,
+            size=info.size if info else None,
+            etag=info.etag if info else None,
+        )
+
+    def _publish(self, changes: Iterable[_Change], quiet: Iterable[tuple[ObjectRef, Entry]] = ()) -> None:
+        """Store the events of ``changes`` and their manifest updates in one transaction."""
+        changes, quiet = list(changes), list(quiet)
+        if not changes and not quiet:
+            return
+        now = time.time()
+        events = []
+        for change in changes:
+            names = self.triggers.functions(change.ref.bucket, change.ref.key, change.event_name)
+            for name in names:
+                payload = s3event.notification(self._record(change, name, now))
+                events.append(Event(function=name, payload=payload, source="files", created_at=now))
+
+        def manifest_update(pipe: Any) -> None:
+            for change in changes:
+                if change.info is None:
+                    Manifest.remove(pipe, change.ref.bucket, change.ref.key)
+                else:
+                    info = change.info
+                    Manifest.put(pipe, change.ref.bucket, change.ref.key,
+                                 Entry(info.size, info.mtime_ns, info.etag))
+            for ref, entry in quiet:
+                Manifest.put(pipe, ref.bucket, ref.key, entry)
+
+        self.publisher.publish_many(events, also=manifest_update)
+        self.published += len(events)
+        for change in changes:
+            log.debug("%s %s/%s", change.event_name, change.ref.bucket, change.ref.key)
+
+
+_names: dict[int, str] = {}
+
+
+def _principal(uid: int) -> str:
+    """The file owner's user name (or uid), as the ``userIdentity`` of a created object."""
+    if uid not in _names:
+        try:
+            _names[uid] = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            _names[uid] = str(uid)
+    return _names[uid]
+
+
+def prepare_root(root: Path) -> Path:
+    """Create the buckets folder if it is missing; raises :class:`BucketsError` if it is not a folder."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise BucketsError(f"{root}: LAMBDALITE_BUCKETS is not a folder") from None
+    except OSError as e:
+        raise BucketsError(f"{root}: cannot create the buckets folder: {e.strerror or e}") from e
+    return root
+
+
+def main() -> None:
+    try:
+        settings = load_settings()
+        registry = load_registry(settings.config)
+        root = prepare_root(settings.buckets)
+    except LambdaliteError as e:
+        print(f"lambdalite: {e}", file=sys.stderr)
+        sys.exit(1)
+    logs.configure(settings.log_level)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    client = connect(settings.redis_dsn)
+    watcher = BucketWatcher(root, registry, client, region=settings.region, stopping=stop.is_set)
+    missing = sorted(b for b in watcher.triggers.buckets if not os.path.isdir(root / b))
+    log.info("watching %s (buckets: %s)", watcher.root.path, ", ".join(watcher.root.buckets()) or "none yet")
+    if missing:
+        log.warning("triggers name buckets with no folder yet: %s", ", ".join(missing))
+    watcher.start()
+    try:
+        while not stop.is_set():
+            watcher.step(0.2)
+    finally:
+        watcher.stop()
+        client.close()
+    log.info("stopped")
+
+
+if __name__ == "__main__":
+    main()
