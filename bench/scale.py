@@ -1,0 +1,234 @@
+"""Autoscaling figures beside plain RQ, in one run: ``python bench/scale.py [--quick]``.
+
+1. cold start: no worker -> handler running, vs. a new ``rq worker`` process starting an
+   already-queued job (goal: <= 0.15 x);
+2. burst: 30 one-second invocations, max_concurrency 10, no warm worker: drain time / ideal 3 s
+   (goal <= 1.15), beside 10 plain RQ workers already running;
+3. CPU-bound: 200 invocations of 50 ms CPU, max_concurrency = cores: drain time / (CPU time /
+   cores) (goal <= 1.10), beside one plain RQ worker per core already running;
+4. backlog -> new worker running: one worker busy, a second event arrives (goal <= 100 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+from rq import Queue  # noqa: E402
+
+from broker.embedded import redis_server_binary  # noqa: E402
+from broker.envelope import Event  # noqa: E402
+from broker.queues import Publisher  # noqa: E402
+from broker.registry import load_registry  # noqa: E402
+
+BIN = Path(sys.executable).parent
+CORES = os.cpu_count() or 1
+
+
+class Bench:
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="ll-scale-"))
+        sock = self.dir / "redis.sock"
+        self.redis = subprocess.Popen([redis_server_binary(), "--port", "0", "--unixsocket", str(sock),
+                                       "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        self.url = f"unix://{sock}"
+        self.client = redis.Redis.from_url(self.url)
+        for _ in range(200):
+            try:
+                self.client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        shutil.copy(ROOT / "bench" / "scale_handlers.py", self.dir / "scale_handlers.py")
+        (self.dir / "lambdalite.toml").write_text(f"""
+[functions.cold]
+handler = "scale_handlers.mark"
+max_concurrency = 1
+idle_timeout = 0.3
+[functions.burst]
+handler = "scale_handlers.mark"
+timeout = 10
+max_concurrency = 10
+[functions.cpu]
+handler = "scale_handlers.mark"
+max_concurrency = {CORES}
+[functions.backlog]
+handler = "scale_handlers.mark"
+timeout = 10
+max_concurrency = 2
+""")
+        self.registry = load_registry(self.dir / "lambdalite.toml")
+        self.publisher = Publisher(self.client, self.registry)
+        self.env = {**os.environ, "LAMBDALITE_REDIS_URL": self.url, "PYTHONPATH": f"{ROOT}:{self.dir}"}
+        self.scaler = subprocess.Popen([sys.executable, "-m", "workers.scaler"], cwd=self.dir, env=self.env,
+                                       stdout=(self.dir / "scaler.log").open("w"), stderr=subprocess.STDOUT)
+        time.sleep(1.5)
+
+    def log(self, name: str) -> Path:
+        path = self.dir / f"{name}-{time.monotonic_ns()}.log"
+        path.touch()
+        return path
+
+    def close(self) -> None:
+        self.scaler.terminate()
+        self.scaler.wait(10)
+        self.redis.terminate()
+        self.redis.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def wait_for(path: Path, starts: int = 0, ends: int = 0, timeout: float = 120) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = lines(path)
+        if sum("start" in g for g in got) >= starts and sum("end" in g for g in got) >= ends:
+            return got
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {path}")
+        time.sleep(0.002)
+
+
+def workers_of(b: Bench, function: str) -> int:
+    raw = b.client.hvals(f"lambdalite:scaler:{function}")
+    return sum(sum(json.loads(v)["workers"].values()) for v in raw)
+
+
+def cold_start(b: Bench, runs: int) -> tuple[list[float], list[float]]:
+    ours, theirs = [], []
+    queue = Queue("rq-cold", connection=b.client)
+    for _ in range(runs):
+        deadline = time.monotonic() + 30
+        while workers_of(b, "cold") and time.monotonic() < deadline:  # back at zero workers
+            time.sleep(0.05)
+        time.sleep(0.4)
+        log = b.log("cold")
+        t0 = time.time()
+        b.publisher.publish(Event("cold", {"log": str(log)}))
+        ours.append((wait_for(log, starts=1)[0]["start"] - t0) * 1000)
+
+        log = b.log("rq-cold")
+        queue.enqueue("scale_handlers.rq_mark", str(log))
+        t0 = time.time()
+        subprocess.run([str(BIN / "rq"), "worker", "--burst", "--url", b.url, "rq-cold", "-q"], env=b.env,
+                       cwd=b.dir, check=True, capture_output=True)
+        theirs.append((wait_for(log, starts=1)[0]["start"] - t0) * 1000)
+    return ours, theirs
+
+
+def drain(log: Path, n: int) -> tuple[float, int]:
+    got = wait_for(log, starts=n, ends=n)
+    starts = sorted(g["start"] for g in got if "start" in g)
+    ends = sorted(g["end"] for g in got if "end" in g)
+    edges = sorted([(s, 1) for s in starts] + [(e, -1) for e in ends])
+    most = now = 0
+    for _, d in edges:
+        now += d
+        most = max(most, now)
+    return ends[-1], most
+
+
+def burst(b: Bench, n: int = 30) -> tuple[float, int, float]:
+    log = b.log("burst")
+    t0 = time.time()
+    b.publisher.publish_many([Event("burst", {"log": str(log), "sleep": 1}) for _ in range(n)])
+    last, most = drain(log, n)
+    ours = last - t0
+    # plain RQ: 10 workers already running (RQ cannot start them itself)
+    queue = Queue("rq-burst", connection=b.client)
+    workers = [subprocess.Popen([str(BIN / "rq"), "worker", "--url", b.url, "rq-burst", "-q", "-w",
+                                 "rq.worker.SimpleWorker"], env=b.env, cwd=b.dir) for _ in range(10)]
+    time.sleep(3)
+    rlog = b.log("rq-burst")
+    t0 = time.time()
+    for _ in range(n):
+        queue.enqueue("scale_handlers.rq_mark", str(rlog), sleep=1)
+    rq_last, _ = drain(rlog, n)
+    for w in workers:
+        w.terminate()
+    for w in workers:
+        w.wait(10)
+    return ours, most, rq_last - t0
+
+
+def cpu_bound(b: Bench, n: int = 200, cpu: float = 0.05) -> tuple[float, float]:
+    log = b.log("cpu")
+    t0 = time.time()
+    b.publisher.publish_many([Event("cpu", {"log": str(log), "cpu": cpu}) for _ in range(n)])
+    last, _ = drain(log, n)
+    ours = last - t0
+    queue = Queue("rq-cpu", connection=b.client)
+    workers = [subprocess.Popen([str(BIN / "rq"), "worker", "--url", b.url, "rq-cpu", "-q", "-w",
+                                 "rq.worker.SimpleWorker"], env=b.env, cwd=b.dir) for _ in range(CORES)]
+    time.sleep(3)
+    rlog = b.log("rq-cpu")
+    t0 = time.time()
+    for _ in range(n):
+        queue.enqueue("scale_handlers.rq_mark", str(rlog), cpu=cpu)
+    rq_last, _ = drain(rlog, n)
+    for w in workers:
+        w.terminate()
+    for w in workers:
+        w.wait(10)
+    return ours, rq_last - t0
+
+
+def backlog(b: Bench, runs: int) -> list[float]:
+    out = []
+    for _ in range(runs):
+        log = b.log("backlog")
+        b.publisher.publish(Event("backlog", {"log": str(log), "sleep": 1.5}))
+        wait_for(log, starts=1)
+        time.sleep(0.2)
+        t0 = time.time()
+        b.publisher.publish(Event("backlog", {"log": str(log), "sleep": 0}))
+        got = wait_for(log, starts=2)
+        out.append((sorted(g["start"] for g in got if "start" in g)[1] - t0) * 1000)
+        wait_for(log, ends=2)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10)
+    args = parser.parse_args()
+    b = Bench()
+    try:
+        print(f"lambdalite scale bench: {CORES} cores, load {os.getloadavg()[0]:.2f}, {args.runs} runs where repeated")
+        ours, theirs = cold_start(b, args.runs)
+        mo, mt = statistics.median(ours), statistics.median(theirs)
+        print(f"cold start, no worker -> handler running: {mo:7.1f} ms median | new `rq worker` process -> "
+              f"queued job running: {mt:7.1f} ms median | ratio {mo / mt:.3f} (goal <= 0.15)")
+        took, most, rq_took = burst(b)
+        print(f"burst, 30 x 1 s, max_concurrency 10, from zero: drained in {took:.2f} s = {took / 3:.2f} x ideal "
+              f"(goal <= 1.15), at most {most} at once | 10 warm plain RQ workers: {rq_took:.2f} s = "
+              f"{rq_took / 3:.2f} x")
+        took, rq_took = cpu_bound(b)
+        ideal = 200 * 0.05 / CORES
+        print(f"CPU-bound, 200 x 50 ms, max_concurrency {CORES}: drained in {took:.2f} s = {took / ideal:.2f} x "
+              f"(CPU time / cores) (goal <= 1.10) | {CORES} warm plain RQ workers: {rq_took:.2f} s = "
+              f"{rq_took / ideal:.2f} x")
+        lat = backlog(b, args.runs)
+        print(f"backlog -> new worker running: {statistics.median(lat):.1f} ms median, {max(lat):.1f} ms max "
+              f"(goal <= 100 ms)")
+    finally:
+        b.close()
+
+
+if __name__ == "__main__":
+    main()
