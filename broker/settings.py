@@ -21,7 +21,8 @@ from broker.errors import SettingsError
 
 
 def _default_max_workers() -> int:
-    return max(4, 4 * (os.cpu_count() or 1))
+    # Handlers often wait on I/O, so several per core; the memory budget guards the machine.
+    return max(16, 4 * (os.cpu_count() or 1))
 
 
 class _PrefixedDotEnv(DotEnvSettingsSource):

@@ -161,3 +161,15 @@ def test_min_workers_stay_warm(project: Path, redis_url: str, min_workers: int) 
         wait_until(lambda: len(workers_of(scaler)) == min_workers)
         time.sleep(1.5)
         assert len(workers_of(scaler)) == min_workers
+
+
+def test_idle_workers_of_one_function_make_room_for_another_at_the_cap(project: Path, redis_url: str) -> None:
+    toml = RECORD.format(cap=10) + RECORD.format(cap=10).replace("functions.rec", "functions.other")
+    log = setup(project, toml)
+    with Scaler(project, LAMBDALITE_MAX_WORKERS="2", LAMBDALITE_IDLE_TIMEOUT="120") as scaler:
+        first = [publish(redis_url, project, "rec", {"log": str(log), "seconds": 0.2}) for _ in range(2)]
+        wait_until(lambda: finished(log) >= {e.id for e in first})
+        wait_until(lambda: len(workers_of(scaler)) == 2)  # both idle now, far from their idle_timeout
+        other = publish(redis_url, project, "other", {"log": str(log), "seconds": 0.1})
+        wait_until(lambda: other.id in finished(log), timeout=10)
+    assert "idle, and other waits for a worker" in scaler.output()

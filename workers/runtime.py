@@ -79,16 +79,17 @@ class Runtime:
 
         When ``abandon()`` turns true the invocation is killed and returns status "abandoned".
         """
-        if not self.sandbox.running:
-            self.sandbox.start()
-        init_ms, self.sandbox.init_ms = self.sandbox.init_ms, None
+        self.prepare()
         tmpdir = tempfile.mkdtemp(prefix=f"lambdalite-{self.fn.name}-")
         self._out(f"START RequestId: {request_id} Version: $LATEST")
         started = time.perf_counter()
         deadline = started + self.limits.timeout
         peak_rss = peak_disk = 0
         status, reply = "crash", None
+        init_ms = None
         try:
+            self.sandbox.ready()
+            init_ms, self.sandbox.init_ms = self.sandbox.init_ms, None
             self.sandbox.send({"id": request_id, "event": event, "tmpdir": tmpdir,
                                "deadline": time.time() + self.limits.timeout})
             while True:
@@ -131,6 +132,8 @@ class Runtime:
         limits.kill_tree(self.me, keep=None if broken else self.sandbox.pid)
         exit_status = self._reap(wait_for_sandbox=broken)
         shutil.rmtree(tmpdir, ignore_errors=True)
+        if broken:
+            self.prepare()  # the next invocation finds a fresh sandbox already set up
         error = reply.get("error") if reply else self._error(status, request_id, duration_ms, peak_rss,
                                                               peak_disk, exit_status)
         inv = Invocation(
@@ -141,6 +144,11 @@ class Runtime:
         self._out(f"END RequestId: {request_id}")
         self._out(report_line(inv, self.fn))
         return inv
+
+    def prepare(self) -> None:
+        """Start the sandbox if there is none; it gets ready in parallel with the caller."""
+        if not self.sandbox.running:
+            self.sandbox.start()
 
     def _reap(self, wait_for_sandbox: bool) -> int | None:
         """Collect exited children; returns the sandbox's wait status when it is gone."""

@@ -73,11 +73,14 @@ class Sandbox:
         self.requests = self.replies = -1
         self.init_ms: float | None = None  # reported with the first invocation, then None
         self._forked_at = 0.0
+        self._ready = False
 
     def start(self) -> None:
+        """Fork the sandbox; it sets itself up while the worker goes on (see :meth:`ready`)."""
         req_r, req_w = os.pipe()
         rep_r, rep_w = os.pipe()
-        self._forked_at = time.perf_counter()
+        self._forked_at = time.time()
+        self._ready = False
         pid = os.fork()
         if pid == 0:  # the sandbox
             os.close(req_w)
@@ -89,8 +92,13 @@ class Sandbox:
         os.close(req_r)
         os.close(rep_w)
         self.pid, self.requests, self.replies = pid, req_w, rep_r
-        read_frame(self.replies)  # "ready": the sandbox has set itself up
-        self.init_ms = (time.perf_counter() - self._forked_at) * 1000
+
+    def ready(self) -> None:
+        """Wait for the sandbox's "ready" frame once; its init time is fork to ready, as it saw it."""
+        if not self._ready:
+            frame = read_frame(self.replies)
+            self.init_ms = max(0.0, (frame["at"] - self._forked_at) * 1000)
+            self._ready = True
 
     @property
     def running(self) -> bool:
@@ -122,7 +130,7 @@ def _serve(
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     me = os.getpid()
-    write_frame(replies, {"ready": True})
+    write_frame(replies, {"ready": True, "at": time.time()})
     while True:
         try:
             request = read_frame(requests)

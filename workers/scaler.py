@@ -11,6 +11,7 @@ scaler sharing one Redis (a Lua-guarded slot count per function).
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -34,6 +35,8 @@ from broker.registry import Function, Registry, load_registry, resolve_handler
 from broker.settings import Settings, load_settings
 from workers import recovery
 from workers.limits import MB, die_with_parent
+from workers.runtime import Runtime
+from workers.worker import FunctionWorker
 
 log = logging.getLogger("lambdalite.scaler")
 
@@ -95,6 +98,7 @@ class FunctionView:
     workers: dict[int, WorkerProc] = field(default_factory=dict)
     decision: Decision | None = None
     pending: str = ""  # why the last step wanted more workers
+    keep: int = 0  # workers the function needs now (desired, at least min_workers)
 
 
 class Scaler:
@@ -209,21 +213,37 @@ class Scaler:
                 reason = f"queued={queued} running={running} workers={total} desired={desired}"
                 view.pending = reason
             idle_timeout = fn.idle_timeout or self.settings.idle_timeout
-            keep = max(fn.min_workers, desired)
+            keep = view.keep = max(fn.min_workers, desired)
             idle = sorted((p for p in live if p.state == "idle" and p.idle_since is not None
                            and now - p.idle_since >= idle_timeout), key=lambda p: p.idle_since or 0)
             for proc in idle[: max(0, len(live) - keep)]:
                 self.retire(proc, now, f"idle for {now - (proc.idle_since or now):.1f}s")
-        self.grow(wants, now)
-        if wants:
-            self.rebalance(wants, max(1, self.settings.max_workers // max(1, active)), now)
+        waiting = self.grow(wants, now)
+        if waiting:
+            self.rebalance(waiting, max(1, self.settings.max_workers // max(1, active)), now)
 
     def rebalance(self, wants: dict[str, int], share: int, now: float) -> None:
-        """At the host cap, let a function above its fair share give a worker to one below it.
+        """At the host cap (or the memory budget), make room for functions that want workers.
 
-        The donor's worker stops warm (after its current invocation), and the next step hands
-        the freed slot to the starved function.
+        First, idle workers that their own function does not need stop at once, whatever their
+        ``idle_timeout`` says. Then a function above its fair share gives one busy worker to one
+        below it. Either way the worker stops warm (after its current invocation), and the next
+        step hands the freed slot to the function that waits.
         """
+        need = sum(wants.values())
+        waiting = min(wants)
+        for name, view in self.views.items():
+            if name in wants:
+                continue
+            live = [p for p in view.workers.values() if not p.retiring]
+            idle = sorted((p for p in live if p.state == "idle"), key=lambda p: p.idle_since or now)
+            for proc in idle[: max(0, len(live) - view.keep)]:
+                if need <= 0:
+                    return
+                self.retire(proc, now, f"idle, and {waiting} waits for a worker")
+                need -= 1
+        if need <= 0:
+            return
         starved = [n for n in wants if len(self.views[n].workers) < share]
         if not starved:
             return
@@ -234,8 +254,12 @@ class Scaler:
         proc = min(counts[donor], key=lambda p: (p.state != "idle", p.started))
         self.retire(proc, now, f"fair share ({share}) for {starved[0]}")
 
-    def grow(self, wants: dict[str, int], now: float) -> None:
-        """Hand out new workers one at a time, to the function with the fewest first (fairness)."""
+    def grow(self, wants: dict[str, int], now: float) -> dict[str, int]:
+        """Hand out new workers one at a time, to the function with the fewest first (fairness).
+
+        Returns what is still wanted for lack of room on this host (its cap or memory budget).
+        """
+        blocked: dict[str, int] = {}
         mine = sum(len(v.workers) for v in self.views.values())
         while wants and mine < self.settings.max_workers:
             name = min(wants, key=lambda n: (len(self.views[n].workers), n))
@@ -243,7 +267,7 @@ class Scaler:
             reason = self.views[name].pending
             if not self.memory_allows(fn):
                 self.decide(name, now, "hold", f"memory budget: {reason}")
-                del wants[name]
+                blocked[name] = wants.pop(name)  # idle workers of others may make room
                 continue
             if not self.slots(fn, take=True)[1]:
                 self.decide(name, now, "hold", f"max_concurrency reached: {reason}")
@@ -257,6 +281,7 @@ class Scaler:
             wants[name] -= 1
             if not wants[name]:
                 del wants[name]
+        return {**wants, **blocked}
 
     def slots(self, fn: Function, take: bool) -> tuple[int, int]:
         """(workers of ``fn`` across live scalers, whether one more slot was taken)."""
@@ -342,8 +367,12 @@ class Scaler:
 
     def _fork_worker(self, fn: Function, scaler_id: str) -> int:
         sys.stdout.flush()
+        # Frozen objects are left alone by the child's garbage collector, so it does not touch
+        # (and copy) every page of the warm heap it shares with the scaler.
+        gc.freeze()
         pid = os.fork()
         if pid:
+            gc.unfreeze()
             return pid
         code = 0
         try:
@@ -362,9 +391,6 @@ def worker_name(scaler_id: str, function: str, pid: int) -> str:
 
 
 def _run_worker(settings: Settings, registry: Registry, fn: Function, handler: Any, scaler_id: str) -> None:
-    from workers.runtime import Runtime
-    from workers.worker import FunctionWorker
-
     parent = os.getppid()
     die_with_parent(signal.SIGUSR1)  # the scaler is gone: hand the event back and stop
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -51,8 +52,11 @@ class FunctionWorker(SimpleWorker):
 
     def __init__(self, fn: Function, registry: Registry, client: redis.Redis, runtime: Runtime,
                  name: str) -> None:
+        # prepare_for_work=False skips RQ's CLIENT SETNAME / CLIENT INFO round trips at start;
+        # the facts they would record are set here.
         super().__init__([function_queue(client, fn.name)], connection=client, name=name,
-                         serializer=JSONSerializer)
+                         serializer=JSONSerializer, prepare_for_work=False)
+        self.hostname, self.pid, self.ip_address = socket.gethostname(), os.getpid(), "local"
         self.fn = fn
         self.registry = registry
         self.runtime = runtime
@@ -80,8 +84,9 @@ class FunctionWorker(SimpleWorker):
     def serve(self) -> None:
         """Register with RQ and run jobs until asked to stop or the parent scaler is gone."""
         self.install_signals()
+        self.runtime.prepare()  # the sandbox forks and sets up while the worker registers
         self.register_birth()
-        self.set_state(WorkerStatus.STARTED)
+        self._last_beat = time.monotonic()  # the birth set the key's lifetime
         backoff = 0.05
         try:
             while not self.stop_requested and os.getppid() == self.parent:
