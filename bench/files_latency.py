@@ -42,7 +42,7 @@ from watchdog.observers import Observer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from broker.embedded import redis_server_binary  # noqa: E402
+from broker.embedded import RedisServer  # noqa: E402
 
 MARKER = '''
 import os, time
@@ -82,25 +82,6 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.0005)
 
 
-def start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    sock = folder / "redis.sock"
-    proc = subprocess.Popen(
-        [redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-         "--dir", str(folder), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-         "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"unix://{sock}"
-    client = redis.Redis.from_url(url)
-    wait_for(lambda: sock.exists(), 10, "redis-server start")
-    for _ in range(200):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.02)
-    client.close()
-    return proc, url
 
 
 def bench_watchdog(folder: Path, n: int) -> list[float]:
@@ -248,7 +229,8 @@ def main() -> None:
     if args.files < 200:
         raise SystemExit("bench: use at least 200 files")
     work = Path(tempfile.mkdtemp(prefix="ll-bench-"))
-    server, url = start_redis(work)
+    server = RedisServer(work, appendonly=True).start()
+    url = server.url
     try:
         rows = [
             ("inotify close -> watchdog callback (bare observer)", bench_watchdog(work / "bare", args.files)),
@@ -258,8 +240,7 @@ def main() -> None:
             ("lambdalite: file closed -> handler started", bench_lambdalite(work / "project", url, args.files)),
         ]
     finally:
-        server.terminate()
-        server.wait(10)
+        server.stop()
         shutil.rmtree(work, ignore_errors=True)
     print(f"files_latency: {args.files} samples each, one at a time, {os.cpu_count()} CPUs")
     for name, samples in rows:

@@ -166,26 +166,24 @@ def main() -> None:
     if shutil.which("wrk"):
         print("note: wrk is installed, but this script uses its own generator for all three figures "
               "so that they are comparable")
-    from broker.embedded import redis_server_binary
+    from broker.embedded import RedisServer
 
     work = Path(tempfile.mkdtemp(prefix="ll-bench-"))
     (work / "lambdalite.toml").write_text(TOML)
     (work / "bench_noop.py").write_text("def handler(event, context):\n    return None\n")
-    sock = work / "redis.sock"
+    server = RedisServer(work, appendonly=True)
     procs: list[subprocess.Popen] = []
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("LAMBDALITE_")},
-           "LAMBDALITE_REDIS_URL": f"unix://{sock}", "LAMBDALITE_LOG_LEVEL": "WARNING",
+           "LAMBDALITE_REDIS_URL": server.url, "LAMBDALITE_LOG_LEVEL": "WARNING",
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(work)])}
     try:
-        procs.append(subprocess.Popen(
-            [redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--dir", str(work),
-             "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""], stdout=subprocess.DEVNULL))
+        server.start()
         hello_port, app_port = free_port(), free_port()
         procs.append(subprocess.Popen([sys.executable, "-c", HELLO.replace("{port}", str(hello_port))]))
         procs.append(subprocess.Popen([sys.executable, "-m", "sources.webhook"], cwd=work,
                                       env={**env, "LAMBDALITE_HTTP_PORT": str(app_port)}))
-        wait_http(hello_port, procs[1])
-        wait_http(app_port, procs[2], "/healthz")
+        wait_http(hello_port, procs[0])
+        wait_http(app_port, procs[1], "/healthz")
         print(f"{os.cpu_count()} cores, {args.connections} connections, {args.seconds:.0f} s per figure, "
               f"python generator on the same machine")
         # The same request bytes for both (a POST with the same headers and JSON body): the
@@ -198,7 +196,7 @@ def main() -> None:
         if (ROOT / "workers" / "scaler.py").exists():
             import redis
 
-            redis.Redis.from_url(f"unix://{sock}").flushall()  # the accepts above are not for the worker
+            redis.Redis.from_url(server.url).flushall()  # the accepts above are not for the worker
             procs.append(subprocess.Popen([sys.executable, "-m", "workers.scaler"], cwd=work, env=env,
                                           stdout=subprocess.DEVNULL))
             sync = load(app_port, invoke_request(app_port, "RequestResponse"), args.seconds, args.connections)
@@ -206,13 +204,14 @@ def main() -> None:
         else:
             print("sync round trips: not measured (workers/scaler.py is not in this tree)")
     finally:
-        for proc in reversed(procs):  # the scaler and servers first, Redis last
+        for proc in reversed(procs):  # the scaler and servers first, Redis last (below)
             proc.terminate()
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

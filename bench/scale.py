@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 from rq import Queue  # noqa: E402
 
-from broker.embedded import redis_server_binary  # noqa: E402
+from broker.embedded import RedisServer  # noqa: E402
 from broker.envelope import Event  # noqa: E402
 from broker.queues import Publisher  # noqa: E402
 from broker.registry import load_registry  # noqa: E402
@@ -46,17 +46,9 @@ CORES = os.cpu_count() or 1
 class Bench:
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="ll-scale-"))
-        sock = self.dir / "redis.sock"
-        self.redis = subprocess.Popen([redis_server_binary(), "--port", "0", "--unixsocket", str(sock),
-                                       "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-        self.url = f"unix://{sock}"
+        self.redis = RedisServer(self.dir).start()
+        self.url = self.redis.url
         self.client = redis.Redis.from_url(self.url)
-        for _ in range(200):
-            try:
-                self.client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.02)
         shutil.copy(ROOT / "bench" / "scale_handlers.py", self.dir / "scale_handlers.py")
         (self.dir / "lambdalite.toml").write_text(f"""
 [functions.cold]
@@ -90,8 +82,7 @@ max_concurrency = 2
     def close(self) -> None:
         self.scaler.terminate()
         self.scaler.wait(10)
-        self.redis.terminate()
-        self.redis.wait(10)
+        self.redis.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from broker import stats  # noqa: E402
-from broker.embedded import redis_server_binary  # noqa: E402
+from broker.embedded import RedisServer  # noqa: E402
 from broker.envelope import Event  # noqa: E402
 from broker.queues import Publisher  # noqa: E402
 from broker.registry import load_registry  # noqa: E402
@@ -211,21 +211,13 @@ def pct(values: list[float], q: float) -> float:
 
 def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="ll-bench-"))
-    sock = folder / "redis.sock"
-    server = subprocess.Popen([redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--dir",
-                               str(folder), "--save", "", "--appendonly", "yes"], stdout=subprocess.DEVNULL)
-    url = f"unix://{sock}"
+    server = RedisServer(folder, appendonly=True).start()
+    url = server.url
     client = redis.Redis.from_url(url)
     project = folder / "project"
     project.mkdir()
     (project / "benchhandler.py").write_text(HANDLER)
     try:
-        for _ in range(200):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.025)
         print("SQLite change feed benchmark (real scaler, workers and feed; no-op handlers)")
         print(f"machine: {os.cpu_count()} cores; SQLite {sqlite3.sqlite_version}")
         ref = direct_rate(project, url, client, 300)
@@ -245,8 +237,7 @@ def main() -> None:
         print(f"command: {sys.executable} bench/sqlite_feed.py")
     finally:
         client.close()
-        server.terminate()
-        server.wait(10)
+        server.stop()
         shutil.rmtree(folder, ignore_errors=True)
 
 

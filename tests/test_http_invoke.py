@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from serving import StandInWorker, echo, serve
 
-from broker.embedded import redis_server_binary
+from broker.embedded import RedisServer
 from broker.envelope import Event
 from broker.queues import function_queue
 from broker.registry import load_registry
@@ -160,33 +159,15 @@ def test_token_is_required_when_set(registry, redis_url: str) -> None:
 
 
 def test_redis_down_is_a_prompt_503_and_recovers(registry) -> None:
-    folder = Path(tempfile.mkdtemp(prefix="ll-down-"))
-    sock = folder / "r.sock"
-    url = f"unix://{sock}"
-
-    def start() -> subprocess.Popen[bytes]:
-        args = [redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--save", "",
-                "--appendonly", "no", "--dir", str(folder)]
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-        client = redis.Redis.from_url(url)
-        for _ in range(200):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.025)
-        client.close()
-        return proc
-
-    proc = start()
+    server = RedisServer(Path(tempfile.mkdtemp(prefix="ll-down-"))).start()
+    url = server.url
     try:
         with serve(create_app(registry, url)) as base, httpx.Client(timeout=10) as http:
             path = f"{base}/2015-03-31/functions/echo/invocations"
             event = {"X-Amz-Invocation-Type": "Event"}
             assert http.post(path, content=b"{}", headers=event).status_code == 202
             assert http.get(f"{base}/healthz").status_code == 200
-            proc.terminate()
-            proc.wait(10)
+            server.stop()
             for _ in range(3):
                 started = time.monotonic()
                 down = http.post(path, content=b"{}", headers=event)
@@ -196,12 +177,11 @@ def test_redis_down_is_a_prompt_503_and_recovers(registry) -> None:
             assert http.get(f"{base}/healthz").status_code == 503
             assert http.post(path, content=b"{}", headers={"X-Amz-Invocation-Type": "RequestResponse"}
                              ).status_code == 503
-            proc = start()
+            server.start()
             deadline = time.monotonic() + 10
             while (status := http.post(path, content=b"{}", headers=event).status_code) != 202:
                 assert status == 503 and time.monotonic() < deadline
                 time.sleep(0.2)
             assert len(function_queue(redis.Redis.from_url(url), "echo")) == 1  # the 503s stored nothing
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()

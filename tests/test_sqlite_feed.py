@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import redis
 from sqlite_support import app_db, finish, make_project, queued_events, records_of, summary
 
 from broker.connection import connect
-from broker.embedded import redis_server_binary
+from broker.embedded import RedisServer
 from sources import sqlite_capture
 from sources.sqlite import Feed, cursor_key
 
@@ -216,31 +215,24 @@ def test_a_corrupt_change_row_is_logged_and_skipped(project: Path, r: redis.Redi
 
 def test_redis_outage_keeps_the_cursor_and_carries_on(project: Path, tmp_path_factory: pytest.TempPathFactory,
                                                        caplog: pytest.LogCaptureFixture) -> None:
-    folder = tmp_path_factory.mktemp("r2")
-    sock = folder / "r.sock"
-    args = [redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--dir", str(folder),
-            "--save", "", "--appendonly", "yes", "--appendfsync", "always"]
-    server = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-    url = f"unix://{sock}"
+    server = RedisServer(tmp_path_factory.mktemp("r2"), appendonly=True, appendfsync="always").start()
+    url = server.url
     try:
         client = redis.Redis.from_url(url)
-        _wait_ping(client)
         feed = feed_for(make_project(project, batch_size=2), url)
         app = app_db(project / "app.db")
         feed.step()
         app.executemany("INSERT INTO items(name) VALUES (?)", [("a",), ("b",), ("c",)])
         feed.step()
         first = queued_events(client)[0]
-        server.terminate()
-        server.wait(10)
+        server.stop()
         with caplog.at_level(logging.WARNING):
             for _ in range(5):
                 feed.step()
                 feed.wait(0.01)
                 feed.redis_down_until = 0.0  # skip the back-off: the test drives the clock
         assert caplog.text.count("redis unavailable") == 1
-        server = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-        _wait_ping(client)
+        server.start()
         finish(client, first["id"])
         with caplog.at_level(logging.INFO):
             feed.step()
@@ -249,18 +241,7 @@ def test_redis_outage_keeps_the_cursor_and_carries_on(project: Path, tmp_path_fa
         assert names == [{"S": "c"}]
         client.close()
     finally:
-        server.terminate()
-        server.wait(10)
-
-
-def _wait_ping(client: redis.Redis) -> None:
-    for _ in range(200):
-        try:
-            client.ping()
-            return
-        except redis.ConnectionError:
-            time.sleep(0.025)
-    raise AssertionError("redis-server did not start")
+        server.stop()
 
 
 def test_rollback_journal_database_and_a_busy_writer(project: Path, r: redis.Redis, redis_url: str) -> None:
