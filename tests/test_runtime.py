@@ -223,3 +223,84 @@ def test_foreign_jobs_are_refused_without_running(stack: Scaler, r: redis.Redis,
     assert job.get_status(refresh=True) == "failed"
     assert not marker.exists()
     assert "refused job" in stack.output()
+
+
+DESTINATIONS = """
+[functions.flaky]
+handler = "hostile.boom"
+retries = 1
+retry_backoff = 0.05
+on_failure = "sink"
+[functions.fine]
+handler = "hostile.echo"
+on_success = "sink"
+[functions.sink]
+handler = "hostile.record_destination"
+[functions.killer]
+handler = "hostile.kill_worker"
+retries = 1
+retry_backoff = 0.05
+"""
+
+
+@pytest.fixture
+def dest_stack(project: Path, redis_url: str) -> Iterator[Scaler]:
+    shutil.copy(FIXTURES / "hostile.py", project / "hostile.py")
+    (project / "lambdalite.toml").write_text(DESTINATIONS)
+    with Scaler(project) as scaler:
+        yield scaler
+
+
+def _records(path: Path, n: int, timeout: float = 20) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and len(lines := path.read_text().splitlines()) >= n:
+            return [json.loads(x) for x in lines]
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {n} destination records")
+
+
+def test_destinations_receive_lambdas_records(dest_stack: Scaler, redis_url: str, project: Path) -> None:
+    log = project / "sink.log"
+    ok = publish(redis_url, project, "fine", {"log": str(log)})
+    bad = publish(redis_url, project, "flaky", {"log": str(log)})
+    records = {r["requestContext"]["requestId"]: r for r in _records(log, 2)}
+    success, failure = records[ok.id], records[bad.id]
+    assert success["requestContext"]["condition"] == "Success"
+    assert success["responsePayload"]["aws_request_id"] == ok.id
+    assert "functionError" not in success["responseContext"]
+    assert failure["requestContext"]["condition"] == "RetriesExhausted"
+    assert failure["requestContext"]["approximateInvokeCount"] == 2
+    assert failure["responseContext"]["functionError"] == "Unhandled"
+    assert failure["responsePayload"]["errorType"] == "ValueError"
+    assert failure["requestPayload"] == {"log": str(log)}
+
+
+def test_too_old_events_are_dead_lettered_without_running(dest_stack: Scaler, r: redis.Redis, redis_url: str,
+                                                          project: Path) -> None:
+
+    from broker.envelope import Event
+    from broker.queues import Publisher
+    from broker.registry import load_registry
+
+    log = project / "sink.log"
+    old = Event(function="flaky", payload={"log": str(log)}, created_at=time.time() - 7 * 3600)
+    Publisher(r, load_registry(project / "lambdalite.toml")).publish(old)
+    [record] = _records(log, 1)
+    assert record["requestContext"]["condition"] == "EventAgeExceeded"
+    assert record["requestContext"]["approximateInvokeCount"] == 1
+    [entry] = deadletter.entries(r, "flaky")
+    assert entry["reason"] == "EventAgeExceeded" and entry["error"]["errorType"] == "EventAgeExceeded"
+    assert status(project)["flaky"]["retried"] == 0, "it never ran"
+
+
+def test_an_event_that_keeps_killing_its_worker_is_dead_lettered(dest_stack: Scaler, r: redis.Redis,
+                                                                 redis_url: str, project: Path) -> None:
+    event = publish(redis_url, project, "killer", {})
+    deadline = time.monotonic() + 30
+    while not deadletter.entries(r, "killer"):
+        assert time.monotonic() < deadline, dest_stack.output()
+        time.sleep(0.05)
+    [entry] = deadletter.entries(r, "killer")
+    assert entry["id"] == event.id and entry["attempts"] == 2
+    assert entry["error"]["errorType"] == "Runtime.ExitError" and "died" in entry["error"]["errorMessage"]

@@ -1,0 +1,57 @@
+"""The command line and the process entry points: one clear line and exit status 1 for a broken set-up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.stack import cli, env
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], *expected: str) -> None:
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lambdalite: "), done.stderr
+    assert "Traceback" not in done.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("process", ["workers.scaler", "sources.files", "sources.sqlite", "sources.webhook"])
+def test_every_process_refuses_a_broken_registry_in_one_line(project: Path, redis_url: str, process: str) -> None:
+    (project / "lambdalite.toml").write_text('[functions.f]\nhandler = "a.b"\ntimout = 3\n')
+    done = subprocess.run([sys.executable, "-m", process], cwd=project, env=env(), capture_output=True, text=True,
+                          timeout=60)
+    one_line_error(done, "lambdalite.toml", "function 'f'", "unknown key 'timout'")
+
+
+def test_scaler_refuses_a_handler_that_does_not_import(project: Path, redis_url: str) -> None:
+    (project / "lambdalite.toml").write_text('[functions.f]\nhandler = "nowhere.handler"\n')
+    done = subprocess.run([sys.executable, "-m", "workers.scaler"], cwd=project, env=env(), capture_output=True,
+                          text=True, timeout=60)
+    one_line_error(done, "function 'f'", "cannot import 'nowhere'")
+    one_line_error(cli(project, "check"), "cannot import 'nowhere'")
+
+
+def test_cli_errors_and_status_json(project: Path, redis_url: str) -> None:
+    (project / "lambdalite.toml").write_text('[functions.f]\nhandler = "mod.handler"\n')
+    one_line_error(cli(project, "invoke", "nope"), "no function named 'nope'")
+    (project / "bad.json").write_text("{not json")
+    one_line_error(cli(project, "invoke", "f", "--event", "bad.json"), "bad.json")
+    one_line_error(cli(project, "status", LAMBDALITE_REDIS_URL="unix:///nonexistent/redis.sock"),
+                   "redis unavailable")
+    done = cli(project, "status", "--json")
+    assert done.returncode == 0
+    row = json.loads(done.stdout)["functions"]["f"]
+    assert {k: row[k] for k in ("queued", "running", "workers", "succeeded", "failed", "dead")} == dict.fromkeys(
+        ("queued", "running", "workers", "succeeded", "failed", "dead"), 0)
+    queued = cli(project, "invoke", "f", "--async")
+    assert queued.returncode == 0 and len(queued.stdout.strip()) == 36
+    assert json.loads(cli(project, "status", "--json").stdout)["functions"]["f"]["queued"] == 1
+    table = cli(project, "status").stdout.splitlines()
+    assert table[0].split()[:7] == ["function", "queued", "running", "workers", "succeeded", "failed", "dead"]
+    assert table[1].split()[:2] == ["f", "1"]
