@@ -57,6 +57,8 @@ def test_honcho_stack_makes_a_thumbnail_and_stops_cleanly_on_ctrl_c(project: Pat
         subprocess.run(["cp", str(photo), str(project / "buckets" / "uploads" / "red flower.jpg")], check=True)
         subprocess.run(["cp", str(project / "notes.txt"), str(project / "buckets" / "uploads" / "notes.txt")],
                        check=True)
+        subprocess.run(["cp", str(project / "notes.txt"), str(project / "buckets" / "uploads" / "broken.jpg")],
+                       check=True)
         copied = time.monotonic()
         thumb = project / "buckets" / "thumbnails" / "red flower.jpg"
         while not thumb.exists():
@@ -67,9 +69,18 @@ def test_honcho_stack_makes_a_thumbnail_and_stops_cleanly_on_ctrl_c(project: Pat
             assert image.size == (128, 96) and image.format == "JPEG"
         print(f"cp -> thumbnail: {took:.2f}s")
 
-        row = json.loads(lambdalite(project, env, "status", "--json").stdout)["functions"]["thumbnail"]
-        assert (row["succeeded"], row["failed"], row["dead"], row["queued"]) == (1, 0, 0, 0), row
+        # broken.jpg is not an image: it fails, is retried twice (1 s, then 2 s later), then dead-lettered
+        deadline = time.monotonic() + 30
+        while (row := json.loads(lambdalite(project, env, "status", "--json").stdout)["functions"]["thumbnail"]
+               )["dead"] == 0:
+            assert time.monotonic() < deadline, row
+            time.sleep(0.2)
+        assert (row["succeeded"], row["failed"], row["retried"], row["dead"], row["queued"]) == (1, 3, 2, 1, 0), row
         assert not (project / "buckets" / "thumbnails" / "notes.txt").exists(), "no trigger for .txt"
+        assert not (project / "buckets" / "thumbnails" / "broken.jpg").exists()
+        [dead] = json.loads(lambdalite(project, env, "dlq", "list", "thumbnail").stdout)
+        assert dead["error"]["errorType"] == "UnidentifiedImageError"
+        assert dead["event"]["payload"]["Records"][0]["s3"]["object"]["key"] == "broken.jpg"
         # idle_timeout 2 s: the worker is retired and the function scales back to zero
         deadline = time.monotonic() + 20
         while json.loads(lambdalite(project, env, "status", "--json").stdout)["functions"]["thumbnail"]["workers"]:
@@ -89,3 +100,4 @@ def test_honcho_stack_makes_a_thumbnail_and_stops_cleanly_on_ctrl_c(project: Pat
     assert alive == [], f"left behind: {alive}"
     text = (project / "honcho.log").read_text()
     assert "REPORT RequestId:" in text and "thumbnail: scale-up" in text
+    assert "[ERROR] UnidentifiedImageError: cannot identify image file" in text
