@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import redis
@@ -77,6 +78,9 @@ class RedisServer:
         """Start it and wait until it answers PING; raises :class:`LambdaliteError` if it does not."""
         self.folder.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while not self.socket.exists() and time.monotonic() < deadline and self.proc.poll() is None:
+            time.sleep(0.005)  # the socket appears within milliseconds; then PING decides
         client = redis.Redis.from_url(self.url)
         try:
             wait_for_redis(client, timeout=timeout)

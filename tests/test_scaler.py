@@ -173,3 +173,12 @@ def test_idle_workers_of_one_function_make_room_for_another_at_the_cap(project: 
         other = publish(redis_url, project, "other", {"log": str(log), "seconds": 0.1})
         wait_until(lambda: other.id in finished(log), timeout=10)
     assert "idle, and other waits for a worker" in scaler.output()
+
+
+def test_workers_that_never_got_a_job_are_retired_too(project: Path, redis_url: str) -> None:
+    log = setup(project, RECORD.format(cap=3))
+    with Scaler(project, LAMBDALITE_IDLE_TIMEOUT="1") as scaler:
+        events = [publish(redis_url, project, "rec", {"log": str(log), "seconds": 0}) for _ in range(3)]
+        wait_until(lambda: finished(log) >= {e.id for e in events})
+        wait_until(lambda: workers_of(scaler) == [], timeout=15)
+        assert status(project)["rec"]["workers"] == 0

@@ -26,7 +26,7 @@ from workers import limits
 from workers.limits import MB, Limits
 from workers.sandbox import Sandbox, SandboxGone, error_object
 
-SAMPLE_INTERVAL = 0.02  # seconds between memory / disk samples while an invocation runs
+SAMPLE_INTERVAL = 0.05  # seconds between memory / disk samples while an invocation runs
 MAX_LEFTOVERS = 64  # more processes than this left behind by an invocation: recycle the sandbox
 
 

@@ -102,6 +102,10 @@ class FunctionWorker(SimpleWorker):
             with contextlib.suppress(TRANSIENT):
                 self.register_death()
 
+    def serialize(self) -> dict[str, Any]:
+        # Born idle: the scaler retires a worker that never got a job like any other idle one.
+        return {**super().serialize(), "state": WorkerStatus.IDLE.value}
+
     def step(self) -> bool:
         """Take one job if one arrives within DEQUEUE_TIMEOUT and run it; returns whether one ran."""
         if time.monotonic() - self._last_beat >= HEARTBEAT_EVERY:
