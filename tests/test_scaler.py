@@ -149,9 +149,24 @@ def test_two_scalers_share_max_concurrency(project: Path, redis_url: str) -> Non
     log = setup(project, RECORD.format(cap=2))
     with Scaler(project), Scaler(project):
         events = [publish(redis_url, project, "rec", {"log": str(log), "seconds": 0.4}) for _ in range(10)]
-        wait_until(lambda: finished(log) >= {e.id for e in events}, timeout=30)
+        # Longer than a recovery sweep (every 2 s): neither scaler may take the other's running
+        # work for a dead worker's.
+        events += [publish(redis_url, project, "rec", {"log": str(log), "seconds": 3}) for _ in range(2)]
+        wait_until(lambda: finished(log) >= {e.id for e in events}, timeout=40)
     assert max_overlap(log) == 2
     assert len({c["pid"] for c in calls(log)}) >= 2
+    starts = [c["id"] for c in calls(log) if c["phase"] == "start"]
+    assert sorted(starts) == sorted(e.id for e in events), "every event ran exactly once"
+    assert status(project)["rec"]["failed"] == 0
+
+
+def test_worker_names_parse_back() -> None:
+    from workers.scaler import parse_worker_name, worker_name
+
+    name = worker_name("box.example.org", "1a2b3c4d", "thumb_nail-2", 4242)
+    assert parse_worker_name(name) == ("box.example.org", "1a2b3c4d", 4242)
+    assert parse_worker_name("some-rq-worker.123") is None
+    assert parse_worker_name("host|sid.fn.notapid") is None
 
 
 @pytest.mark.parametrize("min_workers", [1])

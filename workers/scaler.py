@@ -105,13 +105,14 @@ class Scaler:
     """Decides and acts one step at a time; tests drive :meth:`step` directly."""
 
     def __init__(self, settings: Settings, registry: Registry, client: redis.Redis,
-                 spawn: Callable[[Function, str], int] | None = None,
+                 spawn: Callable[[Function], int] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.registry = registry
         self.client = client
         self.publisher = Publisher(client, registry)
-        self.id = f"{socket.gethostname()}.{uuid.uuid4().hex[:8]}"
+        self.host, self.sid = socket.gethostname(), uuid.uuid4().hex[:8]
+        self.id = f"{self.host}.{self.sid}"
         self.spawn = spawn or self._fork_worker
         self.clock = clock
         self.views = {fn.name: FunctionView() for fn in registry}
@@ -159,16 +160,19 @@ class Scaler:
             recovery.recover(self.client, self.registry, self.is_dead)
 
     def is_dead(self, worker_name: str) -> bool:
-        """Whether the worker that RQ names ``worker_name`` is gone."""
-        host, _, rest = worker_name.partition("|")
-        if host == socket.gethostname():
-            try:
-                pid = int(rest.rsplit(".", 1)[-1])
-            except ValueError:
-                return False
-            if not any(pid in v.workers for v in self.views.values()):
-                return not _is_our_child(pid)
-            return False
+        """Whether the worker that RQ names ``worker_name`` is gone.
+
+        Ours: it is no longer among our workers. Another scaler's on this host (or one of an
+        earlier run): its process is gone. Another host's: its RQ worker key expired.
+        """
+        owner = parse_worker_name(worker_name)
+        if owner is None:
+            return False  # not a lambdalite worker's name: not ours to settle
+        host, sid, pid = owner
+        if host == self.host and sid == self.sid:
+            return not any(pid in v.workers for v in self.views.values())
+        if host == self.host:
+            return not psutil.pid_exists(pid)
         return not self.client.exists(f"rq:worker:{worker_name}")
 
     def observe(self, now: float) -> None:
@@ -273,8 +277,8 @@ class Scaler:
                 self.decide(name, now, "hold", f"max_concurrency reached: {reason}")
                 del wants[name]
                 continue
-            pid = self.spawn(fn, self.id)
-            wname = worker_name(self.id, fn.name, pid)
+            pid = self.spawn(fn)
+            wname = worker_name(self.host, self.sid, fn.name, pid)
             self.views[name].workers[pid] = WorkerProc(pid, name, wname, now)
             self.decide(name, now, "scale-up", reason)
             mine += 1
@@ -365,7 +369,7 @@ class Scaler:
 
     # -- workers ------------------------------------------------------------------------------------
 
-    def _fork_worker(self, fn: Function, scaler_id: str) -> int:
+    def _fork_worker(self, fn: Function) -> int:
         sys.stdout.flush()
         # Frozen objects are left alone by the child's garbage collector, so it does not touch
         # (and copy) every page of the warm heap it shares with the scaler.
@@ -376,7 +380,8 @@ class Scaler:
             return pid
         code = 0
         try:
-            _run_worker(self.settings, self.registry, fn, self.handlers.get(fn.name), scaler_id)
+            _run_worker(self.settings, self.registry, fn, self.handlers.get(fn.name),
+                        worker_name(self.host, self.sid, fn.name, os.getpid()))
         except BaseException:  # noqa: B036 - a forked child must never return into the scaler
             log.exception("worker for %s failed", fn.name)
             code = 1
@@ -385,12 +390,21 @@ class Scaler:
             os._exit(code)
 
 
-def worker_name(scaler_id: str, function: str, pid: int) -> str:
-    host, _, sid = scaler_id.partition(".")
+def worker_name(host: str, sid: str, function: str, pid: int) -> str:
+    """``host|scaler.function.pid``: a host name may hold dots, never "|"; the rest never dots."""
     return f"{host}|{sid}.{function}.{pid}"
 
 
-def _run_worker(settings: Settings, registry: Registry, fn: Function, handler: Any, scaler_id: str) -> None:
+def parse_worker_name(name: str) -> tuple[str, str, int] | None:
+    """(host, scaler id, pid) of a name made by :func:`worker_name`, or None for any other name."""
+    host, bar, rest = name.partition("|")
+    parts = rest.split(".")
+    if not bar or len(parts) != 3 or not parts[2].isdigit():
+        return None
+    return host, parts[0], int(parts[2])
+
+
+def _run_worker(settings: Settings, registry: Registry, fn: Function, handler: Any, name: str) -> None:
     parent = os.getppid()
     die_with_parent(signal.SIGUSR1)  # the scaler is gone: hand the event back and stop
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
@@ -398,7 +412,6 @@ def _run_worker(settings: Settings, registry: Registry, fn: Function, handler: A
     if os.getppid() != parent:
         return
     client = connect(settings.redis_dsn)
-    name = worker_name(scaler_id, fn.name, os.getpid())
     runtime = Runtime(fn, handler, name)
     worker = FunctionWorker(fn, registry, client, runtime, name)
     worker.serve()
@@ -407,13 +420,6 @@ def _run_worker(settings: Settings, registry: Registry, fn: Function, handler: A
 def _signal(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-
-
-def _is_our_child(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).ppid() == os.getpid()
-    except psutil.Error:
-        return False
 
 
 class _Flag:
