@@ -116,6 +116,9 @@ class Scaler:
         self.spawn = spawn or self._fork_worker
         self.clock = clock
         self.views = {fn.name: FunctionView() for fn in registry}
+        self.queues = {fn.name: function_queue(client, fn.name) for fn in registry}
+        self._published: dict[str, str] = {}
+        self._last_view = -1e9
         self.handlers = {fn.name: resolve_handler(fn, registry.path) for fn in registry if fn.handler}
         self._slots = client.register_script(_SLOTS)
         self._last_sweep = -1e9
@@ -200,17 +203,20 @@ class Scaler:
         """Grow toward each function's desired count fairly; retire workers idle too long."""
         wants: dict[str, int] = {}
         active = 0
-        for fn in self.registry:
-            view = self.views[fn.name]
-            queue = function_queue(self.client, fn.name)
-            with self.client.pipeline(transaction=False) as pipe:
+        functions = list(self.registry)
+        with self.client.pipeline(transaction=False) as pipe:  # one round trip for every function
+            for fn in functions:
+                queue = self.queues[fn.name]
                 pipe.llen(queue.key)
                 pipe.zcard(queue.started_job_registry.key)
-                queued, running = pipe.execute()
+                self._slots(keys=[slots_key(fn.name)], args=self._slot_args(fn, take=False), client=pipe)
+            rows = pipe.execute()
+        for i, fn in enumerate(functions):
+            view = self.views[fn.name]
+            queued, running, (total, _) = rows[3 * i], rows[3 * i + 1], rows[3 * i + 2]
             cap = fn.concurrency(self.settings.max_workers)
             desired = max(fn.min_workers, min(queued + running, cap))
             active += desired > 0
-            total = self.slots(fn, take=False)[0]
             live = [p for p in view.workers.values() if not p.retiring]
             if desired > total:
                 wants[fn.name] = desired - total
@@ -287,10 +293,12 @@ class Scaler:
                 del wants[name]
         return {**wants, **blocked}
 
+    def _slot_args(self, fn: Function, take: bool) -> list[Any]:
+        return [self.id, fn.concurrency(self.settings.max_workers), alive_key(""), int(take)]
+
     def slots(self, fn: Function, take: bool) -> tuple[int, int]:
         """(workers of ``fn`` across live scalers, whether one more slot was taken)."""
-        cap = fn.concurrency(self.settings.max_workers)
-        total, taken = self._slots(keys=[slots_key(fn.name)], args=[self.id, cap, alive_key(""), int(take)])
+        total, taken = self._slots(keys=[slots_key(fn.name)], args=self._slot_args(fn, take))
         return int(total), int(taken)
 
     def memory_allows(self, fn: Function) -> bool:
@@ -311,15 +319,21 @@ class Scaler:
             log.info("%s: %s (%s)", fn, action, reason)
 
     def publish_view(self, now: float) -> None:
+        """Write this scaler's view of each function for ``status``: when it changes, else every 1 s."""
+        views = {}
+        for name, view in self.views.items():
+            states = {"starting": 0, "idle": 0, "busy": 0}
+            for p in view.workers.values():
+                states[p.state] += 1
+            views[name] = json.dumps({"workers": states, "decision": view.decision.__dict__ if view.decision
+                                      else None})
+        if views == self._published and now - self._last_view < 1.0:
+            return
         with self.client.pipeline(transaction=False) as pipe:
-            for name, view in self.views.items():
-                states = {"starting": 0, "idle": 0, "busy": 0}
-                for p in view.workers.values():
-                    states[p.state] += 1
-                decision = view.decision.__dict__ if view.decision else None
-                pipe.hset(stats.scaler_key(name), self.id,
-                          json.dumps({"workers": states, "decision": decision, "at": time.time()}))
+            for name, view_json in views.items():
+                pipe.hset(stats.scaler_key(name), self.id, view_json)
             pipe.execute()
+        self._published, self._last_view = views, now
 
     # -- stopping -----------------------------------------------------------------------------------
 
