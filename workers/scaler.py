@@ -479,6 +479,10 @@ def main() -> None:
             pubsub = None
             time.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
+        except Exception:  # a bug costs one step, not the stack (honcho stops all when one exits)
+            log.exception("scaler step failed; carrying on")
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
     log.info("scaler stopping")
     scaler.stop()
     log.info("scaler stopped")
