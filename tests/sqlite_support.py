@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -113,3 +116,42 @@ def records_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def summary(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(eventName, Keys as JSON) per record: compact to assert on."""
     return [(r["eventName"], json.dumps(r["dynamodb"]["Keys"], sort_keys=True)) for r in records]
+
+
+def write_acceptance_changes(db: Path) -> None:
+    """The acceptance scenario's writers, at the same time: the ``sqlite3`` shell inserts 300 rows
+    in one transaction, updates 100 and deletes 50, while a Python process inserts 200 rows, one
+    per transaction."""
+    inserts = "".join(f"INSERT INTO items VALUES ({i}, 'shell{i}', {i});\n" for i in range(1, 301))
+    script = (".timeout 10000\nBEGIN;\n" + inserts + "COMMIT;\n"
+              "UPDATE items SET n = n + 1000 WHERE id <= 100;\n"
+              "DELETE FROM items WHERE id > 250 AND id <= 300;\n")
+    other = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3\n"
+        f"c = sqlite3.connect({str(db)!r}, isolation_level=None, timeout=10)\n"
+        "for i in range(200):\n"
+        "    c.execute('INSERT INTO items(id, name, n) VALUES (?, ?, ?)', (10000 + i, 'py', i))\n"
+    )])
+    try:
+        shell = subprocess.run(["sqlite3", str(db)], input=script.encode(), capture_output=True, timeout=60)
+        assert shell.returncode == 0, shell.stderr
+        assert other.wait(60) == 0
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+
+
+def assert_acceptance_records(records: list[dict[str, Any]]) -> None:
+    """Exactly 500 INSERT, 100 MODIFY and 50 REMOVE records, in order per key and overall."""
+    counts: dict[str, int] = defaultdict(int)
+    per_key: dict[int, list[str]] = defaultdict(list)
+    for rec in records:
+        counts[rec["eventName"]] += 1
+        per_key[int(rec["dynamodb"]["Keys"]["id"]["N"])].append(rec["eventName"])
+    assert dict(counts) == {"INSERT": 500, "MODIFY": 100, "REMOVE": 50}
+    for key, ops in per_key.items():
+        expected = ["INSERT", "MODIFY"] if key <= 100 else ["INSERT", "REMOVE"] if 250 < key <= 300 else ["INSERT"]
+        assert ops == expected, (key, ops)
+    seqs = [int(x["dynamodb"]["SequenceNumber"]) for x in records]
+    assert seqs == sorted(seqs)

@@ -9,13 +9,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from sqlite_support import Consumer, app_db, make_project, queued_events, records_of, wait_until
+from sqlite_support import (
+    Consumer,
+    app_db,
+    assert_acceptance_records,
+    make_project,
+    queued_events,
+    records_of,
+    wait_until,
+    write_acceptance_changes,
+)
 
 from sources.sqlite import FAULT_ENV
 
@@ -170,41 +178,11 @@ def test_sqlite3_shell_and_another_process_write_at_once(project: Path, redis_ur
 
 def shell_and_python_writers(project: Path, consumer: Consumer) -> None:
     proc = start_feed(project)
-    other = None
     try:
         wait_until(lambda: _triggers(project) > 0, what="the capture triggers")
-        inserts = "".join(f"INSERT INTO items VALUES ({i}, 'shell{i}', {i});\n" for i in range(1, 301))
-        script = (
-            ".timeout 10000\nBEGIN;\n" + inserts + "COMMIT;\n"
-            "UPDATE items SET n = n + 1000 WHERE id <= 100;\n"
-            "DELETE FROM items WHERE id > 250 AND id <= 300;\n"
-        )
-        other = subprocess.Popen([sys.executable, "-c", (
-            "import sqlite3\n"
-            f"c = sqlite3.connect({str(project / 'app.db')!r}, isolation_level=None, timeout=10)\n"
-            "for i in range(200):\n"
-            "    c.execute('INSERT INTO items(id, name, n) VALUES (?, ?, ?)', (10000 + i, 'py', i))\n"
-        )])
-        shell = subprocess.run(["sqlite3", str(project / "app.db")], input=script.encode(),
-                               capture_output=True, timeout=60)
-        assert shell.returncode == 0, shell.stderr
-        assert other.wait(60) == 0
+        write_acceptance_changes(project / "app.db")
         wait_until(lambda: len(delivered(consumer)) >= 650, timeout=60, what="650 records")
         time.sleep(0.5)
     finally:
-        if other is not None and other.poll() is None:
-            other.kill()
-            other.wait()
         stop(proc)
-    records = delivered(consumer)
-    counts: dict[str, int] = defaultdict(int)
-    per_key: dict[str, list[str]] = defaultdict(list)
-    for rec in records:
-        counts[rec["eventName"]] += 1
-        per_key[rec["dynamodb"]["Keys"]["id"]["N"]].append(rec["eventName"])
-    assert dict(counts) == {"INSERT": 500, "MODIFY": 100, "REMOVE": 50}
-    assert all(ops == ["INSERT", "MODIFY"] for k, ops in per_key.items() if int(k) <= 100)
-    assert all(ops == ["INSERT", "REMOVE"] for k, ops in per_key.items() if 250 < int(k) <= 300)
-    assert all(ops == ["INSERT"] for k, ops in per_key.items() if 100 < int(k) <= 250 or int(k) > 300)
-    seqs = [int(x["dynamodb"]["SequenceNumber"]) for x in records]
-    assert seqs == sorted(seqs)
+    assert_acceptance_records(delivered(consumer))

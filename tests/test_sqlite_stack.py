@@ -8,13 +8,12 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from sqlite_support import app_db, wait_until
+from sqlite_support import app_db, assert_acceptance_records, wait_until, write_acceptance_changes
 
 from tests.stack import Scaler, env
 
@@ -78,41 +77,14 @@ def test_acceptance_shell_and_a_second_writer_through_the_real_stack(stack_proje
     project = stack_project
     with Scaler(project, LAMBDALITE_IDLE_TIMEOUT="60"):
         feed = FeedProcess(project)
-        other = None
         try:
             wait_until(lambda: captured(project), timeout=60, what="the capture triggers")
-            inserts = "".join(f"INSERT INTO items VALUES ({i}, 'shell{i}', {i});\n" for i in range(1, 301))
-            script = (".timeout 10000\nBEGIN;\n" + inserts + "COMMIT;\n"
-                      "UPDATE items SET n = n + 1000 WHERE id <= 100;\n"
-                      "DELETE FROM items WHERE id > 250 AND id <= 300;\n")
-            other = subprocess.Popen([sys.executable, "-c", (
-                "import sqlite3\n"
-                f"c = sqlite3.connect({str(project / 'app.db')!r}, isolation_level=None, timeout=10)\n"
-                "for i in range(200):\n"
-                "    c.execute('INSERT INTO items VALUES (?, ?, ?)', (10000 + i, 'py', i))\n"
-            )])
-            shell = subprocess.run(["sqlite3", str(project / "app.db")], input=script.encode(),
-                                   capture_output=True, timeout=60)
-            assert shell.returncode == 0, shell.stderr
-            assert other.wait(60) == 0
+            write_acceptance_changes(project / "app.db")
             wait_until(lambda: len(records(project)) >= 650, timeout=90, what="650 records")
             time.sleep(1.0)
         finally:
-            if other is not None and other.poll() is None:
-                other.kill()
-                other.wait()
             feed.stop()
-    got = records(project)
-    counts: dict[str, int] = defaultdict(int)
-    per_key: dict[int, list[str]] = defaultdict(list)
-    for rec in got:
-        counts[rec["eventName"]] += 1
-        per_key[int(rec["dynamodb"]["Keys"]["id"]["N"])].append(rec["eventName"])
-    assert dict(counts) == {"INSERT": 500, "MODIFY": 100, "REMOVE": 50}
-    for key, ops in per_key.items():
-        expected = ["INSERT", "MODIFY"] if key <= 100 else ["INSERT", "REMOVE"] if key <= 300 and key > 250 else [
-            "INSERT"]
-        assert ops == expected, (key, ops)
+    assert_acceptance_records(records(project))
 
     with Scaler(project, LAMBDALITE_IDLE_TIMEOUT="60"):  # a restart of the stack re-delivers nothing
         feed = FeedProcess(project)
