@@ -24,6 +24,13 @@ from broker.envelope import Event
 from broker.queues import function_queue
 
 
+def queued(r: redis.Redis, function: str) -> list[Event]:
+    """The events waiting in ``function``'s queue, in order."""
+    queue = function_queue(r, function)
+    jobs = [Job.fetch(i, connection=r, serializer=JSONSerializer) for i in queue.job_ids]
+    return [Event.from_dict(job.args[0]) for job in jobs]
+
+
 @contextmanager
 def serve(app: Any) -> Iterator[str]:
     """Run ``app`` on uvicorn in a thread on a free 127.0.0.1 port; yields the base URL."""

@@ -12,12 +12,9 @@ import httpx
 import pytest
 import redis
 from botocore.config import Config
-from rq.job import Job
-from rq.serializers import JSONSerializer
-from serving import StandInWorker, echo, serve
+from serving import StandInWorker, echo, queued, serve
 
 from broker.embedded import RedisServer
-from broker.envelope import Event
 from broker.queues import function_queue
 from broker.registry import load_registry
 from sources.webhook import create_app
@@ -43,12 +40,6 @@ def lambda_client(url: str):  # type: ignore[no-untyped-def]
 def registry(project: Path):  # type: ignore[no-untyped-def]
     (project / "lambdalite.toml").write_text(TOML)
     return load_registry(project / "lambdalite.toml")
-
-
-def queued(r: redis.Redis, function: str) -> list[Event]:
-    queue = function_queue(r, function)
-    jobs = [Job.fetch(i, connection=r, serializer=JSONSerializer) for i in queue.job_ids]
-    return [Event.from_dict(job.args[0]) for job in jobs]
 
 
 def test_boto3_request_response_returns_the_result_or_the_error(registry, redis_url: str) -> None:

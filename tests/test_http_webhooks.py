@@ -16,14 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from rq.job import Job
-from rq.serializers import JSONSerializer
-from serving import StandInWorker, serve
+from serving import StandInWorker, queued, serve
 
 from broker import results
 from broker.envelope import Event
 from broker.errors import ConfigError
-from broker.queues import function_queue
 from broker.registry import load_registry
 from sources.webhook import create_app
 
@@ -79,12 +76,6 @@ def registry(project: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no
     monkeypatch.setenv("PAGE_TOKEN", "page-token")
     (project / "lambdalite.toml").write_text(TOML)
     return load_registry(project / "lambdalite.toml")
-
-
-def queued(r: redis.Redis, function: str) -> list[Event]:
-    queue = function_queue(r, function)
-    jobs = [Job.fetch(i, connection=r, serializer=JSONSerializer) for i in queue.job_ids]
-    return [Event.from_dict(job.args[0]) for job in jobs]
 
 
 def test_github_documented_example_over_http(registry, redis_url: str, r: redis.Redis) -> None:
