@@ -128,8 +128,10 @@ class Runtime:
             # The sandbox leads its own process group, and whatever it forked is in it unless it
             # moved out: one killpg stops them all at once, however fast they multiply.
             limits.kill_group(self.sandbox.pid)
-        # Nothing an invocation started outlives it; a broken sandbox goes too.
-        limits.kill_tree(self.me, keep=None if broken else self.sandbox.pid)
+        # Nothing an invocation started outlives it; a broken sandbox goes too. (The usual case,
+        # the sandbox alone below the worker, needs no second walk of the tree.)
+        if broken or any(p.pid != self.sandbox.pid for p in leftovers):
+            limits.kill_tree(self.me, keep=None if broken else self.sandbox.pid)
         exit_status = self._reap(wait_for_sandbox=broken)
         shutil.rmtree(tmpdir, ignore_errors=True)
         if broken:
