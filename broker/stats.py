@@ -23,6 +23,11 @@ def scaler_key(function: str) -> str:
     return f"lambdalite:scaler:{function}"
 
 
+def alive_key(scaler_id: str) -> str:
+    """Set by each running scaler with a short expiry: a scaler whose key is gone no longer counts."""
+    return f"lambdalite:scaler-alive:{scaler_id}"
+
+
 def count(pipe: redis.Redis | Any, function: str, counter: str, n: int = 1) -> None:
     """Add ``n`` to one counter (use inside the pipeline that records the outcome)."""
     pipe.hincrby(stats_key(function), counter, n)
@@ -41,7 +46,16 @@ def status(client: redis.Redis, registry: Registry) -> dict[str, Any]:
             pipe.hgetall(scaler_key(fn.name))
             queued, running, counters, scalers = pipe.execute()
         row: dict[str, Any] = {"queued": queued, "running": running}
-        views = [json.loads(v) for v in scalers.values()]
+        ids = list(scalers)
+        alive = client.exists(*[alive_key(i.decode()) for i in ids]) if ids else 0
+        # Views of scalers that died without cleaning up (SIGKILL) stop counting with their key.
+        views = []
+        for scaler_id in ids:
+            if alive == len(ids) or client.exists(alive_key(scaler_id.decode())):
+                try:
+                    views.append(json.loads(scalers[scaler_id]))
+                except ValueError:
+                    continue
         states = {"starting": 0, "idle": 0, "busy": 0}
         for view in views:
             for state in states:

@@ -141,6 +141,8 @@ def test_sigkill_of_the_scaler_leaves_no_worker_and_loses_nothing(project: Path,
     scaler.stop(signal.SIGKILL)
     gone, alive = psutil.wait_procs(kids, timeout=5)
     assert alive == [], "workers and sandboxes notice their parent is gone"
+    # The dead scaler's view stops counting once its liveness key expires (a few seconds).
+    wait_until(lambda: status(project)["rec"]["workers"] == 0, timeout=10)
     with Scaler(project):
         wait_until(lambda: finished(log) >= {e.id for e in events}, timeout=20)
 

@@ -33,6 +33,7 @@ from broker.errors import LambdaliteError
 from broker.queues import WAKE_CHANNEL, Publisher, function_queue
 from broker.registry import Function, Registry, load_registry, resolve_handler
 from broker.settings import Settings, load_settings
+from broker.stats import alive_key
 from workers import recovery
 from workers.limits import MB, die_with_parent
 from workers.runtime import Runtime
@@ -66,10 +67,6 @@ return {total, 0}
 
 def slots_key(function: str) -> str:
     return f"lambdalite:slots:{function}"
-
-
-def alive_key(scaler_id: str) -> str:
-    return f"lambdalite:scaler-alive:{scaler_id}"
 
 
 @dataclass
