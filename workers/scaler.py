@@ -28,7 +28,7 @@ import psutil
 import redis
 
 from broker import delayed, stats
-from broker.connection import TRANSIENT, connect, wait_for_redis
+from broker.connection import TRANSIENT, Backoff, connect, wait_for_redis
 from broker.errors import LambdaliteError
 from broker.queues import WAKE_CHANNEL, Publisher, function_queue
 from broker.registry import Function, Registry, load_registry, resolve_handler
@@ -460,7 +460,7 @@ def main() -> None:
     log.info("scaler %s: %d function(s), up to %d workers", scaler.id, len(registry.functions),
              settings.max_workers)
     pubsub = None
-    backoff = 0.05
+    backoff = Backoff(log)
     while not stop.set:
         try:
             if pubsub is None:
@@ -470,16 +470,13 @@ def main() -> None:
             message = pubsub.get_message(timeout=STEP)
             while message is not None:  # drain: one step serves every wake-up so far
                 message = pubsub.get_message(timeout=0)
-            backoff = 0.05
+            backoff.succeeded()
         except TRANSIENT as e:
-            log.warning("redis unavailable (%s); retrying in %.2fs", e, backoff)
             pubsub = None
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            time.sleep(backoff.failed(e))
         except Exception:  # a bug costs one step, not the stack (honcho stops all when one exits)
             log.exception("scaler step failed; carrying on")
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            time.sleep(STEP)
     log.info("scaler stopping")
     scaler.stop()
     log.info("scaler stopped")

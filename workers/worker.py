@@ -29,7 +29,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from broker.connection import TRANSIENT
+from broker.connection import TRANSIENT, Backoff
 from broker.envelope import Event
 from broker.errors import EnvelopeError
 from broker.queues import RUNNER, Publisher, function_queue
@@ -87,16 +87,14 @@ class FunctionWorker(SimpleWorker):
         self.runtime.prepare()  # the sandbox forks and sets up while the worker registers
         self.register_birth()
         self._last_beat = time.monotonic()  # the birth set the key's lifetime
-        backoff = 0.05
+        backoff = Backoff(log, f"worker {self.name} retrying")
         try:
             while not self.stop_requested and os.getppid() == self.parent:
                 try:
                     self.step()
-                    backoff = 0.05
+                    backoff.succeeded()
                 except TRANSIENT as e:
-                    log.warning("worker %s: redis unavailable (%s); retrying in %.2fs", self.name, e, backoff)
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    time.sleep(backoff.failed(e))
         finally:
             self.runtime.close()
             with contextlib.suppress(TRANSIENT):

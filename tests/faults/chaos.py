@@ -1,0 +1,521 @@
+"""Fault runs over the whole stack: events from all three sources while processes are SIGKILLed.
+
+The stack is the shipped Procfile under ``honcho start`` in a project folder (what ``make run``
+starts once the venv exists). Events are files written into a bucket, rows committed to a SQLite
+table and async webhook requests answered 202; each goes to a function whose handler
+(``recorder.py``) appends the event's key to a file. Meanwhile the run SIGKILLs, at random moments,
+each kind of process: a source, the scaler, redis-server, a worker, an invocation's own process.
+Killing a Procfile process makes honcho stop the rest, as it does in production; the run then
+starts the stack again, as an operator would. At the end every accepted event must have been
+recorded at least once.
+
+Used by ``tests/faults`` (a short run in CI) and ``bench/chaos.py`` (a long one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import redis
+
+from broker.embedded import RedisServer
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+
+PROCFILE_KINDS = ("files", "sqlite", "webhook", "scaler", "redis")
+INNER_KINDS = ("worker", "invocation")
+KINDS = PROCFILE_KINDS + INNER_KINDS
+FAULTS = KINDS + ("ctrl-c", "outage")
+
+CONFIG = """
+[functions.from_files]
+handler = "recorder.handler"
+timeout = 10
+retries = 8
+max_concurrency = 2
+
+[[functions.from_files.triggers]]
+source = "files"
+bucket = "inbox"
+suffix = ".txt"
+
+[functions.from_rows]
+handler = "recorder.handler"
+timeout = 10
+retries = 8
+max_concurrency = 1
+
+[[functions.from_rows.triggers]]
+source = "sqlite"
+database = "app.db"
+table = "items"
+batch_size = 25
+
+[functions.from_http]
+handler = "recorder.handler"
+timeout = 10
+retries = 8
+max_concurrency = 2
+
+[[functions.from_http.triggers]]
+source = "http"
+path = "/hooks/chaos"
+mode = "async"
+auth = "none"
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Stack:
+    """The Procfile under ``honcho start`` in ``project``; started again after each stop."""
+
+    def __init__(self, project: Path, external_redis: bool = False, outage: float = 10.0,
+                 **settings: str) -> None:
+        self.project = project
+        self.port = free_port()
+        self.outage = outage
+        # the Procfile's redis process then only waits; the run stops and starts this server itself
+        self.redis = RedisServer(project / "redis", appendonly=True).start() if external_redis else None
+        if self.redis is not None:
+            settings = {"LAMBDALITE_REDIS_URL": self.redis.url, **settings}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDALITE_")}
+        env.update(PATH=f"{BIN}:{env['PATH']}", PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1",
+                   LAMBDALITE_HTTP_PORT=str(self.port), CHAOS_RECORDS=str(project / "records"))
+        env.update(settings)
+        self.env = env
+        self.honcho: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.log = (project / "honcho.log").open("ab")
+
+    def start(self) -> None:
+        self.starts += 1
+        self.log.write(f"---- start {self.starts} at {time.time():.3f}\n".encode())
+        self.log.flush()
+        self.honcho = subprocess.Popen([str(BIN / "honcho"), "start"], cwd=self.project, env=self.env,
+                                       stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url if self.redis is not None else f"unix://{self.project / 'var' / 'redis.sock'}"
+
+    def running(self) -> bool:
+        return self.honcho is not None and self.honcho.poll() is None
+
+    def procs(self) -> dict[str, psutil.Process]:
+        """The Procfile's processes that are up, by kind (``redis`` is redis-server itself)."""
+        found: dict[str, psutil.Process] = {}
+        if not self.running():
+            return found
+        assert self.honcho is not None
+        try:
+            family = psutil.Process(self.honcho.pid).children(recursive=True)
+        except psutil.Error:
+            return found
+        launchers = {self.honcho.pid}  # honcho, its fork per process, and the `sh -c` under each
+        commands = []
+        for proc in family:
+            try:
+                cmd = proc.cmdline()
+                parent = proc.ppid()
+            except psutil.Error:
+                continue
+            if cmd and (cmd[0].endswith("sh") or any("honcho" in part for part in cmd[:2])):
+                launchers.add(proc.pid)
+            else:
+                commands.append((proc, parent, " ".join(cmd)))
+        for proc, parent, line in commands:
+            if parent not in launchers:
+                continue  # the scaler's workers and their sandboxes: forks with the scaler's command line
+            if "redis-server" in line:
+                found["redis"] = proc
+            for kind, module in (("redis", "broker.embedded"), ("files", "sources.files"), ("sqlite", "sources.sqlite"),
+                                 ("webhook", "sources.webhook"), ("scaler", "workers.scaler")):
+                if f"-m {module}" in line:
+                    found[kind] = proc
+        return found
+
+    def healthy(self) -> bool:
+        """All five processes up, Redis answering, the webhook answering /healthz."""
+        if set(self.procs()) != set(PROCFILE_KINDS):
+            return False
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+            conn.request("GET", "/healthz")
+            ok = conn.getresponse().status == 200
+            conn.close()
+            return ok
+        except OSError:
+            return False
+
+    def wait_healthy(self, timeout: float = 60) -> float:
+        started = time.monotonic()
+        while not self.healthy():
+            if not self.running():
+                raise RuntimeError(f"the stack exited while starting; see {self.log.name}")
+            if time.monotonic() - started > timeout:
+                raise RuntimeError(f"the stack did not come up in {timeout}s; see {self.log.name}")
+            time.sleep(0.05)
+        return time.monotonic() - started
+
+    def workers(self) -> list[psutil.Process]:
+        scaler = self.procs().get("scaler")
+        if scaler is None:
+            return []
+        try:
+            return [p for p in scaler.children() if p.is_running()]
+        except psutil.Error:
+            return []
+
+    def wait_exit(self, timeout: float = 15) -> float:
+        """Wait for honcho to have stopped everything (after one process died); the time it took."""
+        assert self.honcho is not None
+        started = time.monotonic()
+        self.honcho.wait(timeout)
+        return time.monotonic() - started
+
+    def stop(self, timeout: float = 15) -> float:
+        """Ctrl-C, as in the terminal: SIGINT to honcho's process group; the time until it exited."""
+        if not self.running():
+            return 0.0
+        assert self.honcho is not None
+        started = time.monotonic()
+        os.killpg(self.honcho.pid, signal.SIGINT)
+        self.honcho.wait(timeout)
+        return time.monotonic() - started
+
+    def close(self) -> None:
+        """Leave nothing behind: whatever is still up is SIGKILLed."""
+        if self.honcho is not None:
+            family = []
+            with contextlib.suppress(psutil.Error):
+                family = psutil.Process(self.honcho.pid).children(recursive=True)
+            if self.honcho.poll() is None:
+                try:
+                    self.stop()
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.honcho.pid, signal.SIGKILL)
+                    self.honcho.wait(5)
+            _, alive = psutil.wait_procs(family, timeout=3)
+            for proc in alive:
+                proc.kill()
+        if self.redis is not None:
+            self.redis.stop()
+        self.log.close()
+
+
+@dataclass
+class Report:
+    accepted: int = 0
+    lost: list[str] = field(default_factory=list)
+    duplicated: int = 0
+    # (fault, seconds from the fault, seconds from the stack being back) until every source flowed
+    recoveries: list[tuple[str, float, float]] = field(default_factory=list)
+    stops: list[float] = field(default_factory=list)  # honcho's shutdown after a process died
+    graceful_stops: list[float] = field(default_factory=list)  # Ctrl-C until honcho exited
+    http_refused: dict[int, int] = field(default_factory=dict)  # status (0: no connection) -> count
+    no_retry_after: int = 0  # 503s without a Retry-After header
+    elapsed: float = 0.0
+
+    def lines(self) -> list[str]:
+        out = [f"accepted {self.accepted} events; lost {len(self.lost)}; duplicated {self.duplicated} "
+               f"({100 * self.duplicated / max(self.accepted, 1):.2f}%); {self.elapsed:.1f} s"]
+        for fault in FAULTS:
+            times = [(a, b) for f, a, b in self.recoveries if f == fault]
+            if times:
+                since = [a for a, _ in times]
+                back = [b for _, b in times]
+                out.append(f"  {fault:<10} x{len(times):<3} all flowing {statistics.median(since):5.2f} s "
+                           f"after it (max {max(since):.2f}); {statistics.median(back):.2f} s after the restart "
+                           f"(max {max(back):.2f})")
+        if self.stops:
+            out.append(f"  honcho's stop after a process died: median {statistics.median(self.stops):.2f} s, "
+                       f"max {max(self.stops):.2f} s")
+        if self.graceful_stops:
+            out.append(f"  Ctrl-C to stopped: median {statistics.median(self.graceful_stops):.2f} s, "
+                       f"max {max(self.graceful_stops):.2f} s")
+        refused = ", ".join(f"{'no connection' if k == 0 else k}: {v}" for k, v in sorted(self.http_refused.items()))
+        out.append(f"  webhook requests refused, then retried by the sender: {refused or 'none'}")
+        if self.lost:
+            out.append(f"  LOST: {self.lost[:20]}")
+        return out
+
+
+class Load:
+    """Three producers, one per source, each making ``per_source`` events at ``rate`` per second."""
+
+    def __init__(self, stack: Stack, per_source: int, rate: float) -> None:
+        self.stack = stack
+        self.per_source = per_source
+        self.interval = 1 / rate
+        self.accepted: dict[str, float] = {}  # key -> time accepted
+        self.refused: Counter[int] = Counter()  # status (0: no connection) -> count
+        self.no_retry_after = 0  # 503s without Retry-After: the contract says there is one
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=f, daemon=True, name=f.__name__)
+                        for f in (self._files, self._rows, self._http)]
+        self.failure: BaseException | None = None
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def done(self) -> bool:
+        return not any(t.is_alive() for t in self.threads)
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if self.failure is not None:
+            raise self.failure
+        if not self.done():
+            raise RuntimeError("the producers did not finish")
+
+    def _accept(self, key: str) -> None:
+        with self.lock:
+            self.accepted[key] = time.time()
+
+    def _paced(self, produce) -> None:  # type: ignore[no-untyped-def]
+        try:
+            next_at = time.monotonic()
+            for n in range(self.per_source):
+                produce(n)
+                next_at += self.interval
+                time.sleep(max(0.0, next_at - time.monotonic()))
+        except BaseException as e:  # surfaced by join()
+            self.failure = e
+
+    def _files(self) -> None:
+        bucket = self.stack.project / "buckets" / "inbox"
+
+        def produce(n: int) -> None:
+            (bucket / f"{n}.txt").write_text(f"event {n}\n")  # closed: accepted
+            self._accept(f"files:{n}")
+
+        self._paced(produce)
+
+    def _rows(self) -> None:
+        db = sqlite3.connect(self.stack.project / "app.db", timeout=30, isolation_level=None)
+
+        def produce(n: int) -> None:
+            db.execute("INSERT INTO items (id, note) VALUES (?, ?)", (n, f"row {n}"))  # committed: accepted
+            self._accept(f"sqlite:{n}")
+
+        try:
+            self._paced(produce)
+        finally:
+            db.close()
+
+    def _http(self) -> None:
+        def produce(n: int) -> None:
+            body = json.dumps({"n": n})
+            while True:  # a webhook sender retries until it gets a 2xx
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.stack.port, timeout=10)
+                    conn.request("POST", "/hooks/chaos", body=body, headers={"Content-Type": "application/json"})
+                    response = conn.getresponse()
+                    status, retry_after = response.status, response.getheader("Retry-After")
+                    conn.close()
+                except OSError:
+                    status, retry_after = 0, None
+                if status == 202:
+                    self._accept(f"http:{n}")
+                    return
+                with self.lock:
+                    self.refused[status] += 1
+                    if status == 503 and retry_after is None:
+                        self.no_retry_after += 1
+                time.sleep(0.1)
+
+        self._paced(produce)
+
+
+def records(project: Path) -> tuple[Counter[str], dict[str, float]]:
+    """How many times each key was recorded, and when it was first."""
+    seen: Counter[str] = Counter()
+    first: dict[str, float] = {}
+    for path in (project / "records").glob("*.log"):
+        for line in path.read_text().splitlines():
+            key, at = line.split()
+            seen[key] += 1
+            first[key] = min(first.get(key, float("inf")), float(at))
+    return seen, first
+
+
+def prepare(project: Path) -> None:
+    """A project folder with the shipped Procfile, the fault run's functions, a bucket and a table."""
+    project.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "Procfile", project / "Procfile")
+    shutil.copy(HERE / "recorder.py", project / "recorder.py")
+    (project / "lambdalite.toml").write_text(CONFIG)
+    (project / "buckets" / "inbox").mkdir(parents=True, exist_ok=True)
+    (project / "records").mkdir(exist_ok=True)
+    with sqlite3.connect(project / "app.db") as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, note TEXT)")
+    db.close()
+
+
+def capture_installed(project: Path) -> bool:
+    with sqlite3.connect(project / "app.db") as db:
+        found = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' "
+                           "AND name LIKE '_lambdalite_items_%'").fetchone()[0]
+    db.close()
+    return bool(found)
+
+
+def busy_sandbox(stack: Stack) -> psutil.Process | None:
+    """The sandbox (invocation process) of a worker that is running an invocation, if one is."""
+    client = redis.Redis.from_url(stack.redis_url, socket_timeout=1)
+    try:
+        for worker in stack.workers():
+            name = next((n for n in client.smembers("rq:workers") if n.decode().endswith(f".{worker.pid}")), None)
+            if name is None:
+                continue
+            state = client.hget(b"rq:worker:" + name.split(b":", 2)[-1], "state")
+            if state == b"busy":
+                kids = worker.children()
+                if kids:
+                    return kids[0]
+    except (redis.RedisError, psutil.Error):
+        return None
+    finally:
+        client.close()
+    return None
+
+
+def victim(stack: Stack, kind: str, rng: random.Random) -> psutil.Process | None:
+    if kind in PROCFILE_KINDS:
+        return stack.procs().get(kind)
+    if kind == "worker":
+        workers = stack.workers()
+        return rng.choice(workers) if workers else None
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:  # prefer an invocation in progress
+        found = busy_sandbox(stack)
+        if found is not None:
+            return found
+        time.sleep(0.005)
+    sandboxes = [kid for worker in stack.workers() for kid in worker.children()]
+    return rng.choice(sandboxes) if sandboxes else None
+
+
+def _disrupt(stack: Stack, fault: str, rng: random.Random, report: Report, say) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Inflict one fault; returns (when it struck, when the stack was back in business) as wall times."""
+    if fault == "ctrl-c":  # a graceful stop, then the operator starts the stack again
+        at = time.time()
+        took = stack.stop()
+        report.graceful_stops.append(took)
+        say(f"ctrl-c: stopped in {took:.2f}s")
+        stack.start()
+        return at, time.time()
+    if fault == "outage":  # Redis stopped for OUTAGE seconds: nothing may exit
+        assert stack.redis is not None, "an outage needs the stack on an external Redis"
+        before = {kind: proc.pid for kind, proc in stack.procs().items()}
+        at = time.time()
+        stack.redis.stop()
+        time.sleep(stack.outage)
+        after = {kind: proc.pid for kind, proc in stack.procs().items()}
+        if after != before or not stack.running():
+            raise AssertionError(f"a process exited during the Redis outage: {before} -> {after}")
+        stack.redis.start()
+        say(f"redis was down {time.time() - at:.1f}s")
+        return at, time.time()
+    target = None
+    while target is None:
+        target = victim(stack, fault, rng)
+        if target is None:
+            time.sleep(0.05)
+    at = time.time()
+    with contextlib.suppress(psutil.NoSuchProcess):
+        target.send_signal(signal.SIGKILL)
+    say(f"killed {fault} (pid {target.pid})")
+    if fault in PROCFILE_KINDS:  # honcho stops the rest; the operator runs the stack again
+        report.stops.append(stack.wait_exit())
+        stack.start()
+    return at, time.time()
+
+
+def run(project: Path, per_source: int, rate: float, faults: list[str], seed: int = 0,
+        settle: float = 90, say=print, **settings: str) -> Report:  # type: ignore[no-untyped-def]
+    """One fault run: ``faults`` (a kind of process to SIGKILL, ``ctrl-c`` or ``outage``) happen in
+    order, each at a random moment while ``per_source`` events per source flow at ``rate`` a second.
+
+    With ``outage`` among the faults the stack uses a Redis of its own (``LAMBDALITE_REDIS_URL``)
+    that the run stops and starts; otherwise the Procfile's embedded one.
+    """
+    rng = random.Random(seed)
+    prepare(project)
+    stack = Stack(project, external_redis="outage" in faults, **settings)
+    report = Report()
+    began = time.monotonic()
+    try:
+        stack.start()
+        stack.wait_healthy()
+        deadline = time.monotonic() + 30
+        while not capture_installed(project):
+            assert time.monotonic() < deadline, "the sqlite feed did not install its triggers"
+            time.sleep(0.05)
+        load = Load(stack, per_source, rate)
+        load.start()
+        struck: list[tuple[str, float, float]] = []
+        for fault in faults:
+            time.sleep(rng.uniform(0.3, 2.0))
+            stack.wait_healthy()
+            at, resumed = _disrupt(stack, fault, rng, report, say)
+            struck.append((fault, at, resumed))
+            stack.wait_healthy()
+        load.join(timeout=per_source / rate + 120)
+        report.accepted = len(load.accepted)
+        report.http_refused = dict(load.refused)
+        report.no_retry_after = load.no_retry_after
+        deadline = time.monotonic() + settle
+        while True:
+            seen, first = records(project)
+            missing = [k for k in load.accepted if k not in seen]
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        report.lost = sorted(missing)
+        report.duplicated = sum(seen.values()) - len(seen)
+        for fault, at, resumed in struck:
+            # recovered once, from every source, an event accepted since the fault struck has finished
+            # after the stack was back (a worker finishing during honcho's shutdown does not count)
+            finishes = []
+            for source in ("files", "sqlite", "http"):
+                done = [first[k] for k, t in load.accepted.items()
+                        if k.startswith(source) and t >= at and first.get(k, 0) >= resumed]
+                if done:
+                    finishes.append(min(done))
+            if len(finishes) == 3:
+                report.recoveries.append((fault, max(finishes) - at, max(finishes) - resumed))
+        report.graceful_stops.append(stack.stop())
+    finally:
+        stack.close()
+        report.elapsed = time.monotonic() - began
+    return report
