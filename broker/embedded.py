@@ -2,7 +2,8 @@
 
 It listens only on a unix socket under ``var/`` (no TCP port), with the append-only file on
 (``appendfsync everysec``, or ``always`` with ``LAMBDALITE_REDIS_APPENDFSYNC``) and its data under
-``var/``. When ``LAMBDALITE_REDIS_URL`` names
+``var/``. On a stop it is the last one out: it waits for the stack's other processes to disconnect
+(see :func:`serve`). When ``LAMBDALITE_REDIS_URL`` names
 another server this process just waits for a stop signal: honcho stops the whole stack when any
 of its processes exits.
 """
@@ -16,12 +17,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
 
 from broker.connection import wait_for_redis
 from broker.errors import LambdaliteError, RedisUnavailableError
+from broker.kernel import die_with_parent
 from broker.settings import load_settings
 
 log = logging.getLogger("lambdalite.redis")
@@ -113,6 +116,48 @@ class RedisServer:
         self.stop()
 
 
+SUPERVISOR = "lambdalite-embedded"  # this process's client name, not counted as the stack's
+LAST_OUT = 4.0  # seconds a stop waits for the other processes to let go of Redis (honcho kills at 5)
+
+
+def serve(args: list[str], socket: Path, stopping: Callable[[], bool], last_out: float = LAST_OUT) -> int:
+    """Run redis-server until it exits (its status is returned) or ``stopping()`` turns true.
+
+    redis-server gets a session of its own, so the stop signal honcho sends to every process group
+    does not reach it: on a stop, the server stays up until the stack's other processes have
+    disconnected (workers recording their last outcomes, sources storing what they accepted) or
+    ``last_out`` seconds pass, and is then shut down, writing its append-only file. If this process
+    is killed, the kernel stops the server with it.
+    """
+    server = subprocess.Popen(args, start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
+    client = redis.Redis.from_url(f"unix://{socket}", socket_timeout=1, client_name=SUPERVISOR)
+    try:
+        while server.poll() is None and not stopping():
+            time.sleep(0.05)
+        if server.poll() is not None:
+            log.error("redis-server exited with status %s", server.returncode)
+            return 1
+        deadline = time.monotonic() + last_out
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if _other_clients(client) == 0:
+                    break
+            except redis.RedisError:
+                break
+            time.sleep(0.05)
+        server.terminate()  # redis-server's SIGTERM: write the append-only file and exit
+        return 0 if server.wait(10) in (0, -signal.SIGTERM) else 1
+    finally:
+        client.close()
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def _other_clients(client: redis.Redis) -> int:
+    return sum(1 for c in client.client_list() if c.get("name") != SUPERVISOR)
+
+
 def main() -> None:
     from broker import logs
 
@@ -135,8 +180,12 @@ def main() -> None:
         sys.exit(1)
     args = server_args(socket, settings.var_dir.resolve(), appendfsync=settings.redis_appendfsync)
     log.info("starting %s on %s (appendfsync %s)", args[0], socket, settings.redis_appendfsync)
-    sys.stdout.flush()
-    os.execv(args[0], args)  # redis-server itself receives honcho's signals and saves the AOF
+    stop: list[bool] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.append(True))
+    code = serve(args, socket, stopping=lambda: bool(stop))
+    log.info("redis-server stopped")
+    sys.exit(code)
 
 
 if __name__ == "__main__":

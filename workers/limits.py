@@ -8,7 +8,6 @@ worker, so the tree is always "every descendant of the worker".
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -21,21 +20,6 @@ import psutil
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def become_subreaper() -> None:
-    """Make orphaned descendants of this process its children (Linux), so they stay in the tree."""
-    _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """Have the kernel send ``sig`` to this process when its parent exits (Linux)."""
-    _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-
-
 @dataclass(frozen=True, slots=True)
 class Limits:
     """What one invocation may use: seconds of wall time, MB of RSS, MB of TMPDIR."""

@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 
+from broker import kernel
 from broker.registry import Function
 from workers import limits
 from workers.limits import MB, Limits
@@ -72,7 +73,7 @@ class Runtime:
         self.sandbox = Sandbox(fn, handler, worker_name)
         self.me = psutil.Process()
         self._out = out or _stdout
-        limits.become_subreaper()
+        kernel.become_subreaper()
 
     def invoke(self, request_id: str, event: Any, abandon: Callable[[], bool] = lambda: False) -> Invocation:
         """Run ``event``; always returns (a handler's failure is an :class:`Invocation` too).

@@ -20,9 +20,10 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from broker.kernel import die_with_parent
 from broker.registry import Function
 from workers.context import LambdaContext
-from workers.limits import die_with_parent, reap
+from workers.limits import reap
 
 _HEADER = struct.Struct("!I")
 

@@ -30,12 +30,13 @@ import redis
 from broker import delayed, stats
 from broker.connection import TRANSIENT, Backoff, connect, wait_for_redis
 from broker.errors import LambdaliteError
+from broker.kernel import die_with_parent
 from broker.queues import WAKE_CHANNEL, Publisher, function_queue
 from broker.registry import Function, Registry, load_registry, resolve_handler
 from broker.settings import Settings, load_settings
 from broker.stats import alive_key
 from workers import recovery
-from workers.limits import MB, die_with_parent
+from workers.limits import MB
 from workers.runtime import Runtime
 from workers.worker import FunctionWorker
 

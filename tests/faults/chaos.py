@@ -149,10 +149,10 @@ class Stack:
             else:
                 commands.append((proc, parent, " ".join(cmd)))
         for proc, parent, line in commands:
+            if "redis-server" in line:
+                found["redis-server"] = proc  # a child of the Procfile's redis process
             if parent not in launchers:
                 continue  # the scaler's workers and their sandboxes: forks with the scaler's command line
-            if "redis-server" in line:
-                found["redis"] = proc
             for kind, module in (("redis", "broker.embedded"), ("files", "sources.files"), ("sqlite", "sources.sqlite"),
                                  ("webhook", "sources.webhook"), ("scaler", "workers.scaler")):
                 if f"-m {module}" in line:
@@ -161,7 +161,7 @@ class Stack:
 
     def healthy(self) -> bool:
         """All five processes up, Redis answering, the webhook answering /healthz."""
-        if set(self.procs()) != set(PROCFILE_KINDS):
+        if not set(PROCFILE_KINDS) <= set(self.procs()):
             return False
         try:
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
@@ -410,6 +410,9 @@ def busy_sandbox(stack: Stack) -> psutil.Process | None:
 
 
 def victim(stack: Stack, kind: str, rng: random.Random) -> psutil.Process | None:
+    if kind == "redis":  # the server itself, not what runs it
+        procs = stack.procs()
+        return procs.get("redis-server", procs.get("redis"))
     if kind in PROCFILE_KINDS:
         return stack.procs().get(kind)
     if kind == "worker":
