@@ -15,11 +15,12 @@
 
 Each key has one record in Redis, per function name (and, for :func:`idempotent_function`, per
 decorated function). The first delivery claims it with ``SET NX``: an in-progress record that
-expires when the invocation's time is up, so the claim of a killed invocation frees itself. The
-body runs, and its result becomes the completed record for ``expires_after_seconds``. A later
-delivery with the same key gets the stored result without running the body; one that arrives
-while the first is still running raises :class:`IdempotencyAlreadyInProgressError`. A body that
-raises releases the claim, so a retry runs it again.
+expires when the invocation's time is up, so the claim of a killed invocation frees itself (and
+its worker, or the scaler when the worker died, releases it at once). The body runs, and its
+result becomes the completed record for ``expires_after_seconds``. A later delivery with the
+same key gets the stored result without running the body; one that arrives while the first is
+still running raises :class:`IdempotencyAlreadyInProgressError`. A body that raises releases the
+claim, so a retry runs it again.
 """
 
 from __future__ import annotations

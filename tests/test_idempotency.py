@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import redis
 
@@ -124,6 +127,27 @@ def test_a_handler_that_raises_releases_its_claim_and_the_retry_runs(stack: Scal
     assert out.ok and out.attempts == 2
     assert [line[0] for line in ledger(project)] == ["start", "done", "start", "done"]
     assert stored(r, record_key("pay", event.id))["result"] == out.result
+
+
+@pytest.mark.parametrize("victim", ["sandbox", "worker"])
+def test_the_claim_of_a_killed_invocation_is_released_for_the_retry(stack: Scaler, r: redis.Redis,
+                                                                     project: Path, victim: str) -> None:
+    (project / "stall").touch()
+    event = Event(function="pay", payload={})
+    deliver(r, project, event)
+    wait_for(lambda: len(ledger(project)) == 1)
+    sandbox = int(ledger(project)[0][2])
+    key = record_key("pay", event.id)
+    assert stored(r, key)["status"] == "INPROGRESS"
+    pid = sandbox if victim == "sandbox" else psutil.Process(sandbox).ppid()
+    os.kill(pid, signal.SIGKILL)
+    started = time.monotonic()
+    (out,) = outcomes(r, event.id, 1)
+    # Well before the 30 s the claim would last: its worker (or the scaler) released it.
+    assert out.ok and out.attempts == 2 and time.monotonic() - started < 10
+    assert [line[0] for line in ledger(project)] == ["start", "start", "done"]
+    assert stored(r, key)["status"] == "COMPLETED"
+    assert r.keys(f"{idempotency.HELD_PREFIX}*") == []
 
 
 def test_a_claim_left_behind_is_taken_over_once_it_expires(stack: Scaler, r: redis.Redis, project: Path) -> None:
