@@ -53,6 +53,8 @@ handler = "idem.not_json"
 handler = "idem.checkout"
 retries = 1
 retry_backoff = 0.05
+[functions.payments]
+handler = "handlers.payments.handler"
 """
 
 
@@ -60,7 +62,7 @@ retry_backoff = 0.05
 def stack(project: Path, redis_url: str) -> Iterator[Scaler]:
     shutil.copy(FIXTURES / "idem.py", project / "idem.py")
     (project / "lambdalite.toml").write_text(FUNCTIONS)
-    with Scaler(project, LAMBDALITE_IDLE_TIMEOUT="60") as scaler:
+    with Scaler(project, LAMBDALITE_IDLE_TIMEOUT="60", PAYMENTS_LEDGER=str(project / "payments.ledger")) as scaler:
         yield scaler
 
 
@@ -227,10 +229,9 @@ def test_a_function_level_helper_survives_a_failure_of_its_handler(stack: Scaler
     assert r.get(record_key("checkout", event.id)) is None, "the handler itself is not guarded"
 
 
-def test_a_result_that_is_not_json_is_an_error_and_never_runs_again(stack: Scaler, redis_url: str,
+def test_a_result_that_is_not_json_is_an_error_and_never_runs_again(stack: Scaler, r: redis.Redis,
                                                                     project: Path) -> None:
     event = Event(function="not_json", payload={}, invocation_type="RequestResponse")
-    r = redis.Redis.from_url(redis_url)
     deliver(r, project, event)
     outcomes(r, event.id, 1)
     deliver(r, project, dataclasses.replace(event, attempt=1))
@@ -250,6 +251,18 @@ def test_a_corrupt_record_fails_and_stays(stack: Scaler, r: redis.Redis, project
     (out,) = outcomes(r, event.id, 1)
     assert out.error["errorType"] == "IdempotencyRecordError" and key in out.error["errorMessage"]
     assert ledger(project) == [] and r.get(key) == b"\x00 not a record"
+
+
+def test_the_shipped_payments_example(stack: Scaler, r: redis.Redis, redis_url: str, project: Path) -> None:
+    first = invoke(redis_url, project, "payments", {"order_id": "A-1001", "amount": 42.5})
+    again = invoke(redis_url, project, "payments", {"order_id": "A-1001", "amount": 42.5})
+    refused = invoke(redis_url, project, "payments", {"order_id": "A-1002", "amount": 0})
+    assert first.ok and again.result == first.result and first.result["amount"] == 42.5
+    assert refused.error["errorType"] == "ValueError"
+    charged = [json.loads(line) for line in (project / "payments.ledger").read_text().splitlines()]
+    assert charged == [first.result]
+    assert r.get(record_key("payments", "A-1002")) is None, "a failed charge leaves no claim"
+    assert 24 * 3600 - 10 < r.ttl(record_key("payments", "A-1001")) <= 24 * 3600
 
 
 # -- the helper on its own ----------------------------------------------------------------------
