@@ -60,3 +60,44 @@ class IdempotencyConflictError(LambdaliteError):
 
 class PayloadTooLargeError(LambdaliteError):
     """Raised while reading an HTTP body that exceeds its limit (answered with 413)."""
+
+
+class IdempotencyError(LambdaliteError):
+    """Base of the errors of the handlers' idempotency helper (:mod:`broker.idempotency`).
+
+    Each one fails the invocation, so an asynchronous event is retried as after any failure.
+    Raised at import time too, for a decorator given options it cannot use.
+    """
+
+
+class IdempotencyAlreadyInProgressError(IdempotencyError):
+    """Raised when another invocation holds the key's claim and has not finished yet.
+
+    The body does not run; a retry finds the stored result once that invocation completes, or
+    runs the body if it failed or its claim expired.
+    """
+
+
+class IdempotencyKeyError(IdempotencyError):
+    """Raised when the idempotency key cannot be taken from the event or the arguments (missing,
+    None, or not JSON). The body does not run."""
+
+
+class IdempotencyPersistenceLayerError(IdempotencyError):
+    """Raised when Redis cannot be reached or refuses a command; the body never runs unguarded."""
+
+
+class IdempotencyRecordError(IdempotencyError):
+    """Raised when the key's record in Redis is not one the helper wrote (corrupt or foreign data).
+
+    Nothing runs and the record is left as it is; the message names the Redis key to inspect or
+    delete.
+    """
+
+
+class IdempotencyResultError(IdempotencyError):
+    """Raised when the body's result is not JSON, so it cannot be stored.
+
+    The body did run: the key is recorded as completed without a result, and deliveries within
+    its expiry raise this error again instead of running the body a second time.
+    """

@@ -16,6 +16,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from broker import idempotency
 from broker.envelope import Event
 from broker.errors import EnvelopeError
 from broker.queues import Publisher, function_queue
@@ -41,6 +42,8 @@ def recover(client: redis.Redis, registry: Registry, is_dead: Callable[[str], bo
                 continue
             if not job.worker_name or not is_dead(job.worker_name):
                 continue
+            # Its sandbox died with it: the idempotency keys it claimed are free for the next attempt.
+            idempotency.release_held(client, job.worker_name)
             with client.pipeline() as pipe:
                 started.remove_executions(job, pipeline=pipe)
                 job.delete(pipeline=pipe, remove_from_queue=True)

@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from broker import idempotency
 from broker.kernel import die_with_parent
 from broker.registry import Function
 from workers.context import LambdaContext
@@ -171,6 +172,7 @@ def _invoke(
     )
     if handler is None:
         return _run_command(fn, request, context)
+    idempotency.invocation_started(context, worker_name)
     try:
         result = handler(request["event"], context)
     except Exception as e:
@@ -181,6 +183,8 @@ def _invoke(
     except BaseException as e:  # SystemExit, KeyboardInterrupt raised by the handler
         return {"ok": False, "error": error_object(
             "Runtime.ExitError", f"RequestId: {request['id']} Error: Runtime exited: {type(e).__name__}: {e}")}
+    finally:
+        idempotency.invocation_ended()
     try:
         json.dumps(result)
     except (TypeError, ValueError) as e:

@@ -29,6 +29,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now
 from rq.worker import WorkerStatus
 
+from broker import idempotency
 from broker.connection import TRANSIENT, Backoff
 from broker.envelope import Event
 from broker.errors import EnvelopeError
@@ -152,6 +153,8 @@ class FunctionWorker(SimpleWorker):
                 pipe, event, error, 0.0, condition="EventAgeExceeded", dead=True))
             return False
         inv = self.runtime.invoke(event.id, event.payload, abandon=lambda: self.abandon_requested)
+        if inv.status not in ("success", "error"):
+            self.release_claims(event)  # the sandbox was killed mid-handler: its claims die with it
         if inv.status == "abandoned":
             self.requeue(job, queue, event, execution)
             return False
@@ -211,6 +214,17 @@ class FunctionWorker(SimpleWorker):
         if event.function != self.fn.name or event.function not in self.registry:
             raise Refused(f"event for {event.function!r} arrived on {self.fn.name!r}'s queue")
         return event
+
+    def release_claims(self, event: Event) -> None:
+        """Free the idempotency keys the killed sandbox claimed, so the next attempt need not wait
+        for them to expire (they do expire, if Redis cannot be reached now)."""
+        try:
+            released = idempotency.release_held(self.connection, self.name)
+        except TRANSIENT as e:
+            log.warning("worker %s: could not release the idempotency claims of %s: %s", self.name, event.id, e)
+            return
+        if released:
+            log.info("worker %s: released %d idempotency claim(s) of %s", self.name, released, event.id)
 
     def requeue(self, job: Job, queue: Queue, event: Event, execution: Any) -> None:
         """Put an abandoned event back at the front of its queue; not counted as an attempt."""
