@@ -39,6 +39,14 @@ def function_of_queue(name: str) -> str | None:
     return name[len(QUEUE_PREFIX) :] if name.startswith(QUEUE_PREFIX) else None
 
 
+def taking_key(worker_name: str) -> str:
+    """The list a worker moves a job id into as it takes it from its queue (BLMOVE), until the job
+    is in RQ's started registry: a worker killed in between leaves the id there to be put back,
+    not nowhere. (RQ's own intermediate list is shared by every worker of a queue, so nobody can
+    tell whose job it is; RQ sweeps it on its maintenance pass.)"""
+    return f"lambdalite:taking:{worker_name}"
+
+
 def function_queue(client: redis.Redis, function: str) -> Queue:
     """The RQ queue of ``function``, with lambdalite's JSON serializer."""
     return Queue(queue_name(function), connection=client, serializer=JSONSerializer)

@@ -116,6 +116,36 @@ def test_sigkill_of_a_worker_reruns_its_event(project: Path, redis_url: str) -> 
         assert status(project)["rec"]["succeeded"] == 1
 
 
+def test_a_job_taken_by_a_worker_killed_before_it_started_goes_back(project: Path, redis_url: str,
+                                                                     r: redis.Redis) -> None:
+    """A worker SIGKILLed between taking a job id off its queue and starting the job (one round
+    trip wide; found by the fault runs) leaves the id in its taking list, not nowhere."""
+    import socket
+    import subprocess
+    import sys
+
+    from broker.queues import taking_key
+    from workers.scaler import worker_name
+
+    log = setup(project, RECORD.format(cap=1))
+    event = publish(redis_url, project, "rec", {"log": str(log), "seconds": 0})
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer exists: a worker of an earlier run that was killed
+    name = worker_name(socket.gethostname(), "0ldrun00", "rec", gone.pid)
+    queue = function_queue(r, "rec")
+    r.sadd("rq:workers", f"rq:worker:{name}")
+    r.sadd(f"rq:workers:{queue.name}", f"rq:worker:{name}")
+    assert r.lmove(queue.key, taking_key(name)) == event.id.encode()  # what the worker's BLMOVE did
+    assert queue.count == 0
+    with Scaler(project) as scaler:
+        wait_until(lambda: event.id in finished(log))
+        assert "died holding" in scaler.output()
+    assert r.llen(taking_key(name)) == 0
+    assert not r.sismember(f"rq:workers:{queue.name}", f"rq:worker:{name}"), "the dead worker is deregistered"
+    row = status(project)["rec"]
+    assert (row["succeeded"], row["failed"]) == (1, 0), "put back, not a failed attempt"
+
+
 def test_stop_hands_back_running_events_and_nothing_is_lost(project: Path, redis_url: str, r: redis.Redis) -> None:
     log = setup(project, RECORD.format(cap=3))
     with Scaler(project) as scaler:

@@ -14,12 +14,14 @@ from collections.abc import Callable
 import redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.queue import Queue
 from rq.serializers import JSONSerializer
+from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
 from broker import idempotency
 from broker.envelope import Event
 from broker.errors import EnvelopeError
-from broker.queues import Publisher, function_queue
+from broker.queues import Publisher, function_queue, taking_key
 from broker.registry import Registry
 from workers.outcomes import Outcomes
 from workers.sandbox import error_object
@@ -27,12 +29,38 @@ from workers.sandbox import error_object
 log = logging.getLogger(__name__)
 
 
+def _put_back_taken(client: redis.Redis, queue: Queue, is_dead: Callable[[str], bool]) -> int:
+    """Jobs a dead worker took from ``queue`` (BLMOVE into its taking list) but was killed before
+    starting go back to the front of the queue, not counted as an attempt: nothing ran. The dead
+    worker's RQ registration goes too (RQ leaves it until its own maintenance pass)."""
+    put_back = 0
+    registered = WORKERS_BY_QUEUE_KEY % queue.name
+    for key in client.smembers(registered):  # members are RQ worker keys, rq:worker:<name>
+        name = key.decode().removeprefix("rq:worker:")
+        if not is_dead(name):
+            continue
+        taking = taking_key(name)
+        while (job_id := client.lindex(taking, -1)) is not None:
+            client.lmove(taking, queue.key, "RIGHT", "LEFT")
+            log.warning("worker %s died holding %s before starting it; back on %s", name, job_id.decode(),
+                        queue.name)
+            put_back += 1
+        with client.pipeline() as pipe:
+            pipe.srem(registered, key)
+            pipe.srem(REDIS_WORKER_KEYS, key)
+            pipe.execute()
+    return put_back
+
+
 def recover(client: redis.Redis, registry: Registry, is_dead: Callable[[str], bool]) -> int:
-    """Settle every started job whose worker ``is_dead(worker_name)``; returns how many."""
+    """Settle every started job whose worker ``is_dead(worker_name)``, and put back what dead
+    workers had taken but not started; returns how many jobs that concerned."""
     publisher = Publisher(client, registry)
     recovered = 0
     for fn in registry:
-        started = function_queue(client, fn.name).started_job_registry
+        queue = function_queue(client, fn.name)
+        recovered += _put_back_taken(client, queue, is_dead)
+        started = queue.started_job_registry
         for job_id, _execution in started.get_job_and_execution_ids(cleanup=False):
             try:
                 job = Job.fetch(job_id, connection=client, serializer=JSONSerializer)

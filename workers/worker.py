@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 from rq import SimpleWorker
-from rq.exceptions import DequeueTimeout
+from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
@@ -33,7 +33,7 @@ from broker import idempotency
 from broker.connection import TRANSIENT, Backoff
 from broker.envelope import Event
 from broker.errors import EnvelopeError
-from broker.queues import RUNNER, Publisher, function_queue
+from broker.queues import RUNNER, Publisher, function_queue, taking_key
 from broker.registry import Function, Registry
 from workers.outcomes import Outcomes
 from workers.runtime import Runtime
@@ -61,6 +61,7 @@ class FunctionWorker(SimpleWorker):
         self.fn = fn
         self.registry = registry
         self.runtime = runtime
+        self.taking = taking_key(name)
         self.publisher = Publisher(client, registry)
         self.outcomes = Outcomes(client, self.publisher, fn)
         self.stop_requested = False
@@ -110,14 +111,17 @@ class FunctionWorker(SimpleWorker):
         if time.monotonic() - self._last_beat >= HEARTBEAT_EVERY:
             self.heartbeat()
             self._last_beat = time.monotonic()
+        queue = self.queues[0]
+        taken = self.connection.blmove(queue.key, self.taking, DEQUEUE_TIMEOUT)
+        if taken is None:
+            return False
+        job_id = taken.decode()
         try:
-            found = Queue.dequeue_any(self.queues, DEQUEUE_TIMEOUT, connection=self.connection,
-                                      job_class=self.job_class, serializer=self.serializer)
-        except DequeueTimeout:
+            job = Job.fetch(job_id, connection=self.connection, serializer=self.serializer)
+        except NoSuchJobError:
+            log.warning("worker %s: job %s on %s has no job hash; dropped", self.name, job_id, queue.name)
+            self.connection.lrem(self.taking, 1, job_id)
             return False
-        if found is None:
-            return False
-        job, queue = found
         self.execute_job(job, queue)
         return True
 
@@ -134,7 +138,7 @@ class FunctionWorker(SimpleWorker):
             self.heartbeat(ttl, pipeline=pipe)
             job.prepare_for_execution(self.name, pipeline=pipe)
             pipe.persist(job.key)
-            pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            pipe.lrem(self.taking, 1, job.id)
             pipe.execute()
         self.perform_job(job, queue, execution)
 

@@ -507,12 +507,11 @@ def run(project: Path, per_source: int, rate: float, faults: list[str], seed: in
         report.lost = sorted(missing)
         report.duplicated = sum(seen.values()) - len(seen)
         for fault, at, resumed in struck:
-            # recovered once, from every source, an event accepted since the fault struck has finished
-            # after the stack was back (a worker finishing during honcho's shutdown does not count)
+            # flowing again once every source has had an event finish after the stack was back (a
+            # worker finishing during honcho's shutdown does not count; a backlog does not delay it)
             finishes = []
             for source in ("files", "sqlite", "http"):
-                done = [first[k] for k, t in load.accepted.items()
-                        if k.startswith(source) and t >= at and first.get(k, 0) >= resumed]
+                done = [t for k, t in first.items() if k.startswith(source) and t >= resumed]
                 if done:
                     finishes.append(min(done))
             if len(finishes) == 3:
