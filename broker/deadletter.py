@@ -34,6 +34,14 @@ def add(pipe: Any, event: Event, error: dict[str, Any] | None, reason: str) -> N
     pipe.hset(dlq_key(event.function), event.id, json.dumps(record, default=repr))
 
 
+def add_unreadable(pipe: Any, function: str, entry_id: str, error: dict[str, Any], reason: str) -> None:
+    """Queue the commands that park, as ``entry_id``, something that was to run as ``function`` but
+    holds no event that can run again (listed by ``dlq list``, skipped by ``dlq replay``)."""
+    record = {"event": None, "error": error, "attempts": 0, "reason": reason, "at": time.time()}
+    quarantine.guard(pipe, {dlq_key(function): "hash"})
+    pipe.hset(dlq_key(function), entry_id, json.dumps(record))
+
+
 def entries(client: redis.Redis, function: str) -> list[dict[str, Any]]:
     """The dead letters of ``function``, oldest first; a corrupt entry is shown as such, not hidden.
 
