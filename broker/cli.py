@@ -15,7 +15,7 @@ from typing import Any
 import redis
 
 from broker import deadletter, results
-from broker.connection import TRANSIENT, connect
+from broker.connection import TRANSIENT, RedisRefusesWrites, connect
 from broker.envelope import Event
 from broker.errors import InvocationError, LambdaliteError, RedisUnavailableError
 from broker.queues import Publisher
@@ -99,6 +99,8 @@ def _run(args: argparse.Namespace, settings: Settings, registry: Registry) -> in
     client = connect(settings.redis_dsn)
     try:
         client.ping()
+    except RedisRefusesWrites as e:  # reads still work: status and dlq list can still answer
+        logging.getLogger(__name__).warning("redis refuses writes (%s); a command that writes will fail", e)
     except TRANSIENT as e:
         raise RedisUnavailableError(f"redis unavailable at {settings.redis_dsn}: {e}") from e
     if args.command == "status":

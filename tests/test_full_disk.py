@@ -260,8 +260,12 @@ def test_redis_refusing_writes_is_an_outage_and_applies_nothing(project: Path, h
         with pytest.raises(RedisRefusesWrites):
             client.ping()
         done = cli(project, "invoke", "f", "--async", LAMBDALITE_REDIS_URL=server.url)
-        assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
-        assert done.stderr.startswith("lambdalite: redis unavailable at ") and reason in done.stderr
+        assert done.returncode == 1 and done.stderr.count("\n") == 2, done.stderr
+        assert done.stderr.startswith("lambdalite: redis refuses writes (MISCONF") and reason in done.stderr
+        assert done.stderr.splitlines()[1].startswith("lambdalite: redis unavailable at ")
+        shown = cli(project, "status", "--json", LAMBDALITE_REDIS_URL=server.url)
+        assert shown.returncode == 0 and json.loads(shown.stdout)["functions"]["f"]["queued"] == 1, shown.stderr
+        assert shown.stderr.startswith("lambdalite: redis refuses writes (MISCONF") and shown.stderr.count("\n") == 1
         disk.free()
         wait_until(lambda: _writable(client), "writes accepted again")
         publisher.publish_many([Event("f", {"n": 1})], also=cursor, keys={"lambdalite:test:cursor": "hash"})
