@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from broker import deadletter, results
-from broker.connection import TRANSIENT, connect
+from broker.connection import TRANSIENT, RedisRefusesWrites, connect
 from broker.envelope import Event
 from broker.errors import InvocationError, LambdaliteError, RedisUnavailableError
 from broker.queues import Publisher
@@ -49,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    _warnings_to_stderr()
     try:
         settings = load_settings()
         registry = load_registry(settings.config)
@@ -57,9 +61,30 @@ def main(argv: list[str] | None = None) -> None:
         print(f"lambdalite: {e}", file=sys.stderr)
         sys.exit(1)
     except TRANSIENT as e:
-        print(f"lambdalite: redis unavailable at {load_settings().redis_dsn}: {e}", file=sys.stderr)
+        print(f"lambdalite: redis unavailable at {load_settings().redis_dsn}: {_reason(e)}", file=sys.stderr)
+        sys.exit(1)
+    except redis.RedisError as e:
+        print(f"lambdalite: redis refused the command: {_reason(e)}", file=sys.stderr)
         sys.exit(1)
     sys.exit(code)
+
+
+def _reason(e: BaseException) -> str:
+    """Redis's own words (with the error code redis-py keeps apart), without redis-py's account of
+    which pipeline command it was."""
+    text = str(e).rpartition(" of pipeline caused error: ")[2]
+    code = getattr(e, "status_code", None)
+    return f"{code} {text}" if isinstance(code, str) and not text.startswith(code) else text
+
+
+def _warnings_to_stderr() -> None:
+    """What the library logs at WARNING (a corrupt entry skipped, a key of the wrong type) goes to
+    stderr as one ``lambdalite: ...`` line each; stdout keeps only the command's output."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("lambdalite: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
 
 
 def _run(args: argparse.Namespace, settings: Settings, registry: Registry) -> int:
@@ -74,6 +99,8 @@ def _run(args: argparse.Namespace, settings: Settings, registry: Registry) -> in
     client = connect(settings.redis_dsn)
     try:
         client.ping()
+    except RedisRefusesWrites as e:  # reads still work: status and dlq list can still answer
+        logging.getLogger(__name__).warning("redis refuses writes (%s); a command that writes will fail", e)
     except TRANSIENT as e:
         raise RedisUnavailableError(f"redis unavailable at {settings.redis_dsn}: {e}") from e
     if args.command == "status":

@@ -8,11 +8,33 @@ from collections.abc import Callable
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.connection import DefaultParser
 from redis.retry import Retry
 
 from broker.errors import RedisUnavailableError
 
 log = logging.getLogger(__name__)
+
+
+class RedisRefusesWrites(redis.ConnectionError):
+    """Redis refuses writes (and PING) because it cannot write its append-only file: a full or
+    failing disk (``MISCONF``). Nothing of the refused command or transaction was applied.
+
+    A :class:`redis.ConnectionError`, so every process rides it out like an outage: it holds its
+    events and retries with backoff until the disk has room again.
+    """
+
+
+class Parser(DefaultParser):  # type: ignore[misc,valid-type]
+    """redis-py's parser, raising :class:`RedisRefusesWrites` for ``MISCONF`` replies, also when a
+    script's write was refused (``ERR Error running script ...: -MISCONF ...``)."""
+
+    @classmethod
+    def parse_error(cls, response: str) -> Exception:
+        if response.startswith("MISCONF ") or "-MISCONF " in response:
+            return RedisRefusesWrites(response)
+        return super().parse_error(response)  # type: ignore[no-any-return]
+
 
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
 
@@ -58,6 +80,7 @@ def connect(dsn: str) -> redis.Redis:
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        parser_class=Parser,
     )
 
 

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from typing import Any
 
 import redis
 
+from broker import quarantine
 from broker.envelope import Event
-from broker.errors import EnvelopeError
+from broker.errors import EnvelopeError, UnknownFunctionError
 from broker.queues import Publisher
+
+log = logging.getLogger(__name__)
 
 
 def dlq_key(function: str) -> str:
@@ -26,31 +30,67 @@ def add(pipe: Any, event: Event, error: dict[str, Any] | None, reason: str) -> N
     """Queue the commands that park ``event`` on ``pipe``."""
     record = {"event": event.to_dict(), "error": error, "attempts": event.attempt + 1,
               "reason": reason, "at": time.time()}
+    quarantine.guard(pipe, {dlq_key(event.function): "hash"})
     pipe.hset(dlq_key(event.function), event.id, json.dumps(record, default=repr))
 
 
+def add_unreadable(pipe: Any, function: str, entry_id: str, error: dict[str, Any], reason: str) -> None:
+    """Queue the commands that park, as ``entry_id``, something that was to run as ``function`` but
+    holds no event that can run again (listed by ``dlq list``, skipped by ``dlq replay``)."""
+    record = {"event": None, "error": error, "attempts": 0, "reason": reason, "at": time.time()}
+    quarantine.guard(pipe, {dlq_key(function): "hash"})
+    pipe.hset(dlq_key(function), entry_id, json.dumps(record))
+
+
 def entries(client: redis.Redis, function: str) -> list[dict[str, Any]]:
-    """The dead letters of ``function``, oldest first; a corrupt entry is shown as such, not hidden."""
+    """The dead letters of ``function``, oldest first; a corrupt entry is shown as such, not hidden.
+
+    An entry that is not a dead letter, or a key that is not a hash, is also logged (one line
+    naming the key).
+    """
+    key = dlq_key(function)
+    try:
+        stored = client.hgetall(key)
+    except redis.ResponseError as e:
+        if not quarantine.wrong_type(e):
+            raise
+        log.warning("%s; no dead letters of %s can be read from it", quarantine.describe(client, key, "hash"),
+                    function)
+        return []
     out = []
-    for event_id, raw in client.hgetall(dlq_key(function)).items():
+    for raw_id, raw in stored.items():
+        entry_id = raw_id.decode(errors="replace") if isinstance(raw_id, bytes) else raw_id
         try:
             record = json.loads(raw)
-        except ValueError:
-            record = {"event": None, "error": {"errorType": "CorruptEntry"}, "at": 0}
-        record["id"] = event_id.decode() if isinstance(event_id, bytes) else event_id
+            if not isinstance(record, dict):
+                raise ValueError(f"a JSON {type(record).__name__}, not an object")
+            if not isinstance(record.get("at", 0), int | float):
+                raise ValueError("'at' is not a time")
+        except ValueError as e:
+            log.warning("redis key %s: dead letter %s is not readable (%s); listed as CorruptEntry", key,
+                        entry_id, e)
+            record = {"event": None, "error": {"errorType": "CorruptEntry", "errorMessage": str(e)}, "at": 0}
+        record["id"] = entry_id
         out.append(record)
     return sorted(out, key=lambda r: r.get("at", 0))
 
 
 def replay(client: redis.Redis, publisher: Publisher, function: str, ids: list[str] | None = None) -> list[str]:
-    """Publish dead letters again as fresh events (attempt 0) and remove them; returns their ids."""
+    """Publish dead letters again as fresh events (attempt 0) and remove them; returns their ids.
+
+    An entry that holds no event is logged and left where it is.
+    """
     done = []
     for record in entries(client, function):
         if ids and record["id"] not in ids:
             continue
         try:
-            event = Event.from_dict(record["event"])
-        except EnvelopeError:
+            event = Event.from_dict(record.get("event"))
+            publisher.registry.get(event.function)
+        except (EnvelopeError, UnknownFunctionError) as e:
+            if (record.get("error") or {}).get("errorType") != "CorruptEntry":  # else entries() told of it
+                log.warning("redis key %s: dead letter %s holds no event to replay (%s); left in place",
+                            dlq_key(function), record["id"], e)
             continue
         fresh = dataclasses.replace(event, attempt=0, created_at=time.time())
         entry_id: str = record["id"]
@@ -58,15 +98,21 @@ def replay(client: redis.Redis, publisher: Publisher, function: str, ids: list[s
         def remove(pipe: Any, entry_id: str = entry_id) -> None:
             pipe.hdel(dlq_key(function), entry_id)
 
-        publisher.publish_many([fresh], also=remove)
+        publisher.publish_many([fresh], also=remove, keys={dlq_key(function): "hash"})
         done.append(record["id"])
     return done
 
 
 def purge(client: redis.Redis, function: str) -> int:
-    """Drop every dead letter of ``function``; returns how many there were."""
+    """Drop every dead letter of ``function``; returns how many there were (a key of another type
+    is dropped too, with one log line)."""
+    key = dlq_key(function)
     with client.pipeline() as pipe:
-        pipe.hlen(dlq_key(function))
-        pipe.delete(dlq_key(function))
-        n, _ = pipe.execute()
+        pipe.type(key)
+        pipe.hlen(key)
+        pipe.delete(key)
+        found, n, _ = pipe.execute(raise_on_error=False)
+    if isinstance(n, Exception):
+        log.warning("redis key %s held a %s, not dead letters; removed", key, found.decode())
+        return 0
     return int(n)

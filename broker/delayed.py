@@ -6,26 +6,36 @@ published exactly once and never lost between the set and its queue.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
 
+from broker import quarantine
 from broker.envelope import Event
 from broker.errors import EnvelopeError, UnknownFunctionError
 from broker.queues import Publisher
+
+log = logging.getLogger(__name__)
 
 DELAYED_KEY = "lambdalite:delayed"
 
 
 def schedule(pipe: Any, event: Event, due: float) -> None:
-    """Queue the command that runs ``event`` at epoch time ``due``."""
+    """Queue the commands that run ``event`` at epoch time ``due``."""
+    quarantine.guard(pipe, {DELAYED_KEY: "zset"})
     pipe.zadd(DELAYED_KEY, {event.encode(): due})
 
 
 def release_due(client: redis.Redis, publisher: Publisher, now: float, batch: int = 100) -> int:
-    """Publish every event due by ``now``; returns how many. Foreign entries are dropped."""
+    """Publish every event due by ``now``; returns how many.
+
+    An entry that is not an event, or names a function that is not in the registry, is dropped
+    with one log line (nothing can run it); a key of another type is moved aside.
+    """
     released = 0
     while True:
+        dropped: list[tuple[bytes, Exception]] = []
         with client.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(DELAYED_KEY)  # type: ignore[no-untyped-call]
@@ -38,14 +48,21 @@ def release_due(client: redis.Redis, publisher: Publisher, now: float, batch: in
                         event = Event.decode(member)
                         publisher.registry.get(event.function)
                         events.append(event)
-                    except (EnvelopeError, UnknownFunctionError):
-                        continue  # dropped below with the rest; nothing can run it
+                    except (EnvelopeError, UnknownFunctionError) as e:
+                        dropped.append((member, e))  # removed below with the rest; nothing can run it
                 pipe.multi()
                 publisher.publish_many(events, pipeline=pipe)
                 pipe.zrem(DELAYED_KEY, *raw)
-                pipe.execute()
+                quarantine.report(pipe.execute())
                 released += len(events)
             except redis.WatchError:
                 continue
-            if len(raw) < batch:
-                return released
+            except redis.ResponseError as e:
+                if quarantine.wrong_type(e) and quarantine.repair(client, {DELAYED_KEY: "zset"}):
+                    continue
+                raise
+        for member, error in dropped:
+            log.warning("redis key %s: entry %r is not an event that can run (%s); dropped", DELAYED_KEY,
+                        member[:80], error)
+        if len(raw) < batch:
+            return released

@@ -26,6 +26,10 @@ class EnvelopeError(LambdaliteError):
     """Raised when bytes that should hold an event envelope do not decode to one."""
 
 
+class OutcomeError(LambdaliteError):
+    """Raised when an entry of an outcome stream (``lambdalite:result:<id>``) does not decode to an outcome."""
+
+
 class RedisUnavailableError(LambdaliteError):
     """Raised when Redis cannot be reached within the time a caller is willing to wait."""
 

@@ -8,7 +8,7 @@ up by function name in the registry, and a worker refuses any other job.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import redis
@@ -19,6 +19,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now as utcnow
 from rq.utils import utcformat
 
+from broker import quarantine
 from broker.envelope import Event
 from broker.registry import Function, Registry
 
@@ -91,34 +92,49 @@ class Publisher:
         at_front: bool = False,
         also: Callable[[Pipeline], None] | None = None,
         pipeline: Pipeline | None = None,
+        keys: Mapping[str, str] | None = None,
     ) -> list[str]:
         """Enqueue events in one round trip (a MULTI/EXEC transaction): all stored, or none.
 
         ``also(pipe)`` may add commands to the same transaction (a source's cursor or manifest
-        update), so that they take effect exactly when the events are stored. With ``pipeline``
-        the commands are queued on the caller's transaction, which the caller executes.
+        update), so that they take effect exactly when the events are stored; ``keys`` gives the
+        Redis type of each key it writes. A key of another type, there or among the queues and job
+        hashes, is moved aside in the same transaction (see :mod:`broker.quarantine`), so no
+        command of it fails on its own. With ``pipeline`` the commands are queued on the caller's
+        transaction, which the caller executes (and whose replies it passes to
+        :func:`broker.quarantine.report`).
         """
         if pipeline is not None:
-            return self._queue_on(pipeline, events, at_front, also)
+            return self._queue_on(pipeline, events, at_front, also, keys)
         with self.client.pipeline(transaction=True) as pipe:
-            jobs = self._queue_on(pipe, events, at_front, also)
-            pipe.execute()
+            jobs = self._queue_on(pipe, events, at_front, also, keys)
+            quarantine.report(pipe.execute())
         return jobs
 
     def _queue_on(
-        self, pipe: Pipeline, events: Iterable[Event], at_front: bool, also: Callable[[Pipeline], None] | None
+        self, pipe: Pipeline, events: Iterable[Event], at_front: bool, also: Callable[[Pipeline], None] | None,
+        keys: Mapping[str, str] | None,
     ) -> list[str]:
         ids = []
         queues: set[str] = set()
         stamp = utcformat(utcnow())
+        jobs = []
+        expected = {Queue.redis_queues_keys: "set", **(keys or {})}
         for event in events:
             fn = self.registry.get(event.function)
             queue = self._queue(fn.name)
             job_id, mapping = self._job_hash(fn, event, stamp)
-            pipe.hset(Job.redis_job_namespace_prefix + job_id, mapping=mapping)  # type: ignore[arg-type]
-            (pipe.lpush if at_front else pipe.rpush)(queue.key, job_id)
+            job_key = Job.redis_job_namespace_prefix + job_id
+            jobs.append((job_key, mapping, queue.key, job_id))
+            expected[job_key] = "hash"
+            expected[queue.key] = "list"
             ids.append(job_id)
             queues.add(fn.name)
+        quarantine.guard(pipe, expected)
+        push = pipe.lpush if at_front else pipe.rpush
+        for job_key, mapping, queue_key, job_id in jobs:
+            pipe.hset(job_key, mapping=mapping)  # type: ignore[arg-type]
+            push(queue_key, job_id)
         for name in queues:
             pipe.sadd(Queue.redis_queues_keys, self._queue(name).key)
         if also is not None:

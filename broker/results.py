@@ -3,18 +3,28 @@
 A worker records one outcome when an event is done for good: it succeeded, it failed a
 synchronous invocation, or it was dead-lettered after its retries. Each outcome is a one-entry
 Redis stream, so any number of waiters can block on it (XREAD) and a late waiter still finds it.
+Readers skip, with one log line, stream entries that are not outcomes (a foreign writer's), and
+move aside a result key of another type, so that the real outcome still reaches them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import redis
 
+from broker import quarantine
+from broker.errors import OutcomeError
+
+log = logging.getLogger(__name__)
+
 RESULT_TTL = 900  # seconds an outcome stays readable
 Status = Literal["succeeded", "failed", "dead"]
+_STATUSES = ("succeeded", "failed", "dead")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +46,22 @@ class Outcome:
         return json.dumps(asdict(self), separators=(",", ":"), default=repr).encode()
 
     @classmethod
-    def decode(cls, raw: bytes) -> Outcome:
-        return cls(**json.loads(raw))
+    def decode(cls, raw: bytes | str) -> Outcome:
+        """Parse what :meth:`encode` wrote; raises :class:`OutcomeError` for anything else."""
+        try:
+            data = json.loads(raw)
+        except ValueError as e:  # UnicodeDecodeError included
+            raise OutcomeError(f"not JSON: {e}") from e
+        if not isinstance(data, dict) or data.get("status") not in _STATUSES:
+            raise OutcomeError(f"not an outcome object: {str(raw)[:80]}")
+        try:
+            outcome = cls(**data)
+        except TypeError as e:
+            raise OutcomeError(f"malformed outcome: {e}") from e
+        if not (isinstance(outcome.error, dict | None) and isinstance(outcome.attempts, int)
+                and isinstance(outcome.duration_ms, int | float) and isinstance(outcome.extra, dict)):
+            raise OutcomeError("malformed outcome: a field has the wrong type")
+        return outcome
 
 
 def result_key(event_id: str) -> str:
@@ -47,26 +71,47 @@ def result_key(event_id: str) -> str:
 def record(pipe: Any, event_id: str, outcome: Outcome, ttl: int = RESULT_TTL) -> None:
     """Queue the commands that store ``outcome`` on ``pipe`` (a pipeline or a client)."""
     key = result_key(event_id)
+    quarantine.guard(pipe, {key: "stream"})
     pipe.xadd(key, {"outcome": outcome.encode()})
     pipe.expire(key, ttl)
 
 
-def _first(entries: Any) -> Outcome | None:
-    if not entries:
-        return None
-    _key, messages = entries[0]
-    if not messages:
-        return None
-    _id, fields = messages[0]
-    return Outcome.decode(fields[b"outcome"])
+def _read(client: redis.Redis, event_id: str, timeout: float | None) -> Outcome | None:
+    """The first entry of the event's stream that is an outcome; waits up to ``timeout`` s for one
+    (not at all when None)."""
+    key = result_key(event_id)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    after = b"0-0"
+    while True:
+        block = None
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            block = max(1, int(left * 1000))
+        try:
+            entries: Any = client.xread({key: after}, count=10, block=block)
+        except redis.ResponseError as e:
+            if not quarantine.wrong_type(e) or not quarantine.repair(client, {key: "stream"}):
+                raise
+            continue
+        messages: list[tuple[bytes, dict[bytes, bytes]]] = entries[0][1] if entries else []
+        for entry_id, fields in messages:
+            after = entry_id
+            try:
+                return Outcome.decode(fields[b"outcome"])
+            except (OutcomeError, KeyError) as e:
+                log.warning("redis key %s: entry %s is not an outcome (%s); skipped", key,
+                            entry_id.decode(errors="replace"), e)
+        if not messages and deadline is None:
+            return None
 
 
 def fetch(client: redis.Redis, event_id: str) -> Outcome | None:
     """The outcome if there is one already, without waiting."""
-    return _first(client.xread({result_key(event_id): "0-0"}, count=1))
+    return _read(client, event_id, None)
 
 
 def wait(client: redis.Redis, event_id: str, timeout: float) -> Outcome | None:
     """Block up to ``timeout`` seconds for the outcome; None when none arrived in time."""
-    block = max(1, int(timeout * 1000))
-    return _first(client.xread({result_key(event_id): "0-0"}, count=1, block=block))
+    return _read(client, event_id, max(timeout, 0.001))

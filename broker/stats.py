@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import redis
 from rq.registry import StartedJobRegistry
 
+from broker import quarantine
 from broker.queues import function_queue
 from broker.registry import Registry
+
+log = logging.getLogger(__name__)
 
 COUNTERS = ("succeeded", "failed", "dead", "retried")
 
@@ -29,42 +33,101 @@ def alive_key(scaler_id: str) -> str:
 
 
 def count(pipe: redis.Redis | Any, function: str, counter: str, n: int = 1) -> None:
-    """Add ``n`` to one counter (use inside the pipeline that records the outcome)."""
-    pipe.hincrby(stats_key(function), counter, n)
+    """Add ``n`` to one counter (use inside the pipeline that records the outcome).
+
+    A counter that is not a count (or a stats key of another type) is reset, not an error: see
+    :func:`broker.quarantine.incr`.
+    """
+    quarantine.incr(pipe, stats_key(function), counter, n)
 
 
 def status(client: redis.Redis, registry: Registry) -> dict[str, Any]:
-    """``{"functions": {name: {queued, running, workers, succeeded, failed, dead, ...}}}``."""
+    """``{"functions": {name: {queued, running, workers, succeeded, failed, dead, ...}}}``.
+
+    Read-only: a key of the wrong type, a counter that is not a count or a scaler's view that is
+    not one is logged (one line naming the key) and counted as nothing; the processes that write
+    those keys repair them.
+    """
     out: dict[str, Any] = {}
     for fn in registry:
         queue = function_queue(client, fn.name)
         started = StartedJobRegistry(queue=queue)
+        keys = {queue.key: "list", started.key: "zset", stats_key(fn.name): "hash", scaler_key(fn.name): "hash"}
         with client.pipeline(transaction=False) as pipe:
             pipe.llen(queue.key)
             pipe.zcard(started.key)
             pipe.hgetall(stats_key(fn.name))
             pipe.hgetall(scaler_key(fn.name))
-            queued, running, counters, scalers = pipe.execute()
+            replies = pipe.execute(raise_on_error=False)
+        values: list[Any] = []
+        for (key, kind), reply, empty in zip(keys.items(), replies, (0, 0, {}, {}), strict=True):
+            if isinstance(reply, Exception):
+                if not quarantine.wrong_type(reply):
+                    raise reply
+                log.warning("%s; counted as empty", quarantine.describe(client, key, kind))
+                reply = empty
+            values.append(reply)
+        queued, running, counters, scalers = values
         row: dict[str, Any] = {"queued": queued, "running": running}
-        ids = list(scalers)
-        alive = client.exists(*[alive_key(i.decode()) for i in ids]) if ids else 0
-        # Views of scalers that died without cleaning up (SIGKILL) stop counting with their key.
-        views = []
-        for scaler_id in ids:
-            if alive == len(ids) or client.exists(alive_key(scaler_id.decode())):
-                try:
-                    views.append(json.loads(scalers[scaler_id]))
-                except ValueError:
-                    continue
         states = {"starting": 0, "idle": 0, "busy": 0}
-        for view in views:
+        decisions = []
+        for view in _live_views(client, fn.name, scalers):
             for state in states:
-                states[state] += int(view.get("workers", {}).get(state, 0))
+                states[state] += view["workers"].get(state, 0)
+            if view["decision"]:
+                decisions.append(view["decision"])
         row["workers"] = sum(states.values())
         row["worker_states"] = states
         for name in COUNTERS:
-            row[name] = int(counters.get(name.encode(), 0))
-        decisions = [v["decision"] for v in views if v.get("decision")]
+            row[name] = _count(fn.name, name, counters.get(name.encode()))
         row["last_decision"] = max(decisions, key=lambda d: d["at"]) if decisions else None
         out[fn.name] = row
     return {"functions": out}
+
+
+def _count(function: str, name: str, raw: bytes | None) -> int:
+    if raw is None:
+        return 0
+    if raw.isdigit():
+        return int(raw)
+    log.warning("redis key %s has field '%s' = %r, not a count; shown as 0", stats_key(function), name,
+                raw.decode(errors="replace")[:40])
+    return 0
+
+
+def _live_views(client: redis.Redis, function: str, scalers: dict[bytes, bytes]) -> list[dict[str, Any]]:
+    """The views of scalers whose liveness key still exists, each checked: a view that is not one is
+    logged and left out."""
+    ids = [i.decode(errors="replace") for i in scalers]
+    if not ids:
+        return []
+    # Views of scalers that died without cleaning up (SIGKILL) stop counting with their key.
+    alive = client.exists(*[alive_key(i) for i in ids])
+    views = []
+    for scaler_id, raw in zip(ids, scalers.values(), strict=True):
+        if alive != len(ids) and not client.exists(alive_key(scaler_id)):
+            continue
+        view = _view(raw)
+        if view is None:
+            log.warning("redis key %s: the view of scaler %s is not one (%r); left out", scaler_key(function),
+                        scaler_id, raw[:60])
+            continue
+        views.append(view)
+    return views
+
+
+def _view(raw: bytes) -> dict[str, Any] | None:
+    """A scaler's view as :func:`status` uses it, or None when ``raw`` is not one."""
+    try:
+        data = json.loads(raw)
+        workers = data["workers"]
+        decision = data.get("decision")
+        counts = {state: int(workers.get(state, 0)) for state in ("starting", "idle", "busy")}
+        if decision is not None:
+            decision = {"at": float(decision["at"]), "action": str(decision["action"]),
+                        "reason": str(decision["reason"])}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if min(counts.values()) < 0:
+        return None
+    return {"workers": counts, "decision": decision}

@@ -423,7 +423,9 @@ class BucketWatcher:
             for ref, entry in quiet:
                 Manifest.put(pipe, ref.bucket, ref.key, entry)
 
-        self.publisher.publish_many(events, also=manifest_update)
+        buckets = {c.ref.bucket for c in changes} | {ref.bucket for ref, _ in quiet}
+        self.publisher.publish_many(events, also=manifest_update,
+                                    keys={Manifest.hash_key(b): "hash" for b in buckets})
         self.published += len(events)
         for change in changes:
             log.debug("%s %s/%s", change.event_name, change.ref.bucket, change.ref.key)

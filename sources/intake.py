@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 import redis
 from redis.client import Pipeline
 
-from broker import results
+from broker import quarantine, results
 from broker.connection import TRANSIENT
 from broker.envelope import Event
 from broker.errors import IdempotencyConflictError, RedisUnavailableError, ThrottledError
@@ -38,6 +39,7 @@ KEY_TTL = 24 * 3600  # seconds an idempotency key (or a webhook-id) maps to its 
 CLAIM_TTL = 30  # seconds a claim lives if its holder dies before storing the event
 PENDING = "pending:"
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_EVENT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def idempotency_key(scope: str, key: str) -> str:
@@ -200,12 +202,23 @@ class Intake:
     def _claim(self, key: str, event_id: str, patience: float = 3.0) -> str | None:
         deadline = time.monotonic() + patience
         while True:
-            if self.client.set(key, PENDING + event_id, nx=True, ex=CLAIM_TTL):
-                return None
-            value = self.client.get(key)
+            try:
+                if self.client.set(key, PENDING + event_id, nx=True, ex=CLAIM_TTL):
+                    return None
+                value = self.client.get(key)
+            except redis.ResponseError as e:
+                if quarantine.wrong_type(e) and quarantine.repair(self.client, {key: "string"}):
+                    continue
+                raise
             if value is None:
                 continue  # the holder gave up between our SET and GET
-            text = value.decode() if isinstance(value, bytes) else str(value)
+            text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+            if not _EVENT_ID.fullmatch(text.removeprefix(PENDING)):
+                # Not what a request stored (a foreign value): answering with it would acknowledge
+                # an event that was never stored. Dropped (only if unchanged) and claimed afresh.
+                log.warning("redis key %s holds %r, not an event id; replaced", key, text[:60])
+                self.client.eval(_RELEASE, 1, key, value)
+                continue
             if not text.startswith(PENDING):
                 return text
             if time.monotonic() >= deadline:

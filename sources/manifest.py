@@ -9,11 +9,16 @@ manifest entry whose file is gone as one removal.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+
+from broker import quarantine
+
+log = logging.getLogger("lambdalite.files")
 
 PREFIX = "lambdalite:files:manifest:"
 
@@ -32,8 +37,8 @@ class Entry:
     @classmethod
     def decode(cls, raw: bytes | str) -> Entry | None:
         """The entry, or None for a value this version cannot read (it is then treated as absent)."""
-        text = raw.decode() if isinstance(raw, bytes) else raw
         try:
+            text = raw.decode() if isinstance(raw, bytes) else raw
             size, mtime_ns, etag = text.split(":", 2)
             return cls(int(size), int(mtime_ns), etag)
         except ValueError:
@@ -48,7 +53,13 @@ def _glob_escape(text: str) -> str:
 
 
 class Manifest:
-    """Reads the manifest; writes go through :meth:`put` / :meth:`remove` on a transaction."""
+    """Reads the manifest; writes go through :meth:`put` / :meth:`remove` on a transaction.
+
+    What it cannot read is logged with the key and read as "not published": an entry that is not
+    ``SIZE:MTIME_NS:ETAG`` (its object is published again), a field that is not a UTF-8 key
+    (removed: no object can have it), a manifest key of another type (moved aside; its bucket's
+    objects are published again at the next scan). At least once, never lost.
+    """
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
@@ -58,18 +69,54 @@ class Manifest:
         return PREFIX + bucket
 
     def get(self, bucket: str, key: str) -> Entry | None:
-        raw = self.client.hget(self.hash_key(bucket), key)
-        return None if raw is None else Entry.decode(raw)
+        hash_key = self.hash_key(bucket)
+        try:
+            raw = self.client.hget(hash_key, key)
+        except redis.ResponseError as e:
+            if not (quarantine.wrong_type(e) and quarantine.repair(self.client, {hash_key: "hash"})):
+                raise
+            return None
+        if raw is None:
+            return None
+        entry = Entry.decode(raw)
+        if entry is None:
+            log.warning("redis key %s: the entry of %r is %r, not SIZE:MTIME_NS:ETAG; read as not published",
+                        hash_key, key, raw[:60])
+        return entry
 
     def entries(self, bucket: str, prefix: str = "") -> Iterator[tuple[str, Entry | None]]:
         """Every ``(key, entry)`` of a bucket whose key starts with ``prefix``."""
+        hash_key = self.hash_key(bucket)
         match = _glob_escape(prefix) + "*" if prefix else None
-        for field, raw in self.client.hscan_iter(self.hash_key(bucket), match=match, count=1000):
-            yield field.decode(), Entry.decode(raw)
+        unreadable: list[str] = []
+        try:
+            for field, raw in self.client.hscan_iter(hash_key, match=match, count=1000):
+                try:
+                    key = field.decode()
+                except UnicodeDecodeError:
+                    log.warning("redis key %s: field %r is not a UTF-8 object key; removed", hash_key, field[:60])
+                    self.client.hdel(hash_key, field)
+                    continue
+                entry = Entry.decode(raw)
+                if entry is None:
+                    unreadable.append(key)
+                yield key, entry
+        except redis.ResponseError as e:
+            if not (quarantine.wrong_type(e) and quarantine.repair(self.client, {hash_key: "hash"})):
+                raise
+        if unreadable:
+            log.warning("redis key %s: %d entr%s not SIZE:MTIME_NS:ETAG (first: %r); read as not published",
+                        hash_key, len(unreadable), "y is" if len(unreadable) == 1 else "ies are", unreadable[0])
 
     def buckets(self) -> set[str]:
         """Every bucket that has a manifest (some may no longer have a folder)."""
-        return {k.decode()[len(PREFIX) :] for k in self.client.scan_iter(match=PREFIX + "*", count=1000)}
+        names = set()
+        for raw in self.client.scan_iter(match=PREFIX + "*", count=1000):
+            try:
+                names.add(raw.decode()[len(PREFIX) :])
+            except UnicodeDecodeError:
+                log.warning("redis key %r is not a manifest of a bucket (not UTF-8); left alone", raw[:80])
+        return names
 
     @classmethod
     def put(cls, pipe: Any, bucket: str, key: str, entry: Entry) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 
 import redis
 
-from broker import results
+from broker import quarantine, results
 from broker.connection import TRANSIENT, Backoff, connect
 from broker.envelope import Event
 from broker.errors import ChangeFeedError, LambdaliteError
@@ -124,6 +124,8 @@ class Stream:
     safe: int = 0
     next_check: float = 0.0
     waiting_said: bool = False
+    trouble: str = ""  # the last unexpected error of this stream, logged once
+    resume_at: float = 0.0  # after an unexpected error, the stream pauses until then
 
     @property
     def table(self) -> str:
@@ -174,17 +176,25 @@ class Feed:
             return
         fine = True
         for stream in self.streams:
+            if now < stream.resume_at:
+                continue
             conn = self._capture(stream, now)
             if conn is None:
                 continue
             try:
                 self._advance(stream, conn, now)
+                stream.trouble = ""
             except TRANSIENT as e:
                 self._redis_down(e, now)
                 fine = False
                 break
             except sqlite3.Error as e:
                 stream.db.fail(e)
+            except Exception as e:  # one stream's fault pauses that stream for a second, never the feed
+                if str(e) != stream.trouble:
+                    log.exception("%s: stream of table %r failed; retrying every second", stream.function.name,
+                                  stream.table)
+                stream.trouble, stream.resume_at, stream.loaded = str(e), now + RETRY_DB_EVERY, False
         if fine:
             self.backoff.succeeded()
         if now >= self.next_prune and fine:
@@ -206,6 +216,8 @@ class Feed:
                               block=max(1, int(timeout * 1000)))
         except TRANSIENT as e:
             self._redis_down(e, self.clock())
+        except redis.ResponseError:  # a result key of another type: the next step's read repairs it
+            time.sleep(timeout)
 
     # -- capture ------------------------------------------------------------------------------
 
@@ -243,12 +255,19 @@ class Feed:
     # -- delivery -----------------------------------------------------------------------------
 
     def _load(self, stream: Stream) -> None:
-        state = {k.decode(): v.decode() for k, v in self.client.hgetall(stream.key).items()}
-        stream.last = int(state.get("last", 0))
-        stream.done = int(state.get("done", 0))
-        stream.event_id = state.get("event", "")
-        stream.records = json.loads(state["records"]) if stream.event_id else []
-        stream.retries = int(state.get("retries", 0))
+        try:
+            stored = self.client.hgetall(stream.key)
+        except redis.ResponseError as e:
+            if not (quarantine.wrong_type(e) and quarantine.repair(self.client, {stream.key: "hash"})):
+                raise
+            log.warning("%s: the cursor of table %r is gone; starting at the oldest change in the table",
+                        stream.function.name, stream.table)
+            stored = {}
+        cursor, problems = read_cursor(stored)
+        if problems:
+            log.warning("redis key %s: %s", stream.key, "; ".join(problems))
+        stream.last, stream.done = cursor["last"], cursor["done"]
+        stream.event_id, stream.records, stream.retries = cursor["event"], cursor["records"], cursor["retries"]
         stream.loaded = True
         stream.done_history.append((self.clock(), stream.done))
         if stream.event_id:
@@ -298,10 +317,10 @@ class Feed:
 
         def also(pipe: Any) -> None:
             pipe.hset(stream.key, mapping=fields)
-            pipe.hincrby(stream.key + ":stats", "batches", 1)
-            pipe.hincrby(stream.key + ":stats", "records", len(records))
+            quarantine.incr(pipe, stream.key + ":stats", "batches", 1)
+            quarantine.incr(pipe, stream.key + ":stats", "records", len(records))
 
-        self.publisher.publish_many([event], also=also)
+        self.publisher.publish_many([event], also=also, keys={stream.key: "hash"})
         if os.environ.get(FAULT_ENV) == "after-publish":
             os._exit(9)
         stream.last, stream.event_id, stream.records, stream.retries = last, event.id, records, retries
@@ -312,7 +331,7 @@ class Feed:
         if outcome.status != "succeeded":
             log.error("%s: batch of %d records (%s..%s) of table %r is %s after its retries; moving on",
                       name, len(records), _seq(records[0]), _seq(records[-1]), stream.table, outcome.status)
-            self.client.hincrby(stream.key + ":stats", "batches_dead", 1)
+            self._count(stream, "batches_dead", 1)
             self._finish(stream, stream.last, now)
             return
         first = _first_failure(outcome.result, records)
@@ -327,14 +346,20 @@ class Feed:
             return
         log.error("%s: %d records from %s to %s of table %r still failed after %d retries; skipped",
                   name, len(rest), _seq(rest[0]), _seq(rest[-1]), stream.table, stream.retries)
-        self.client.hincrby(stream.key + ":stats", "records_failed", len(rest))
+        self._count(stream, "records_failed", len(rest))
         self._finish(stream, stream.last, now)
+
+    def _count(self, stream: Stream, counter: str, n: int) -> None:
+        with self.client.pipeline(transaction=False) as pipe:
+            quarantine.incr(pipe, stream.key + ":stats", counter, n)
+            quarantine.report(pipe.execute())
 
     def _finish(self, stream: Stream, last: int, now: float) -> None:
         with self.client.pipeline(transaction=True) as pipe:
+            quarantine.guard(pipe, {stream.key: "hash"})
             pipe.hset(stream.key, mapping={"last": last, "done": last, "event": "", "records": "",
                                            "retries": 0})
-            pipe.execute()
+            quarantine.report(pipe.execute())
         stream.last, stream.done, stream.event_id, stream.records, stream.retries = last, last, "", [], 0
         stream.done_history.append((now, last))
 
@@ -365,6 +390,57 @@ class Feed:
             if db.conn is not None:
                 db.conn.close()
                 db.conn = None
+
+
+def read_cursor(stored: dict[bytes, bytes]) -> tuple[dict[str, Any], list[str]]:
+    """A stream's cursor from its Redis hash, and what in it could not be read.
+
+    A field that cannot be read falls back to what still holds: ``last`` to ``done`` (or 0, the
+    oldest change still in the table: changes are delivered again rather than lost); an in-flight
+    batch whose records cannot be read is no longer waited for (the event itself still runs, or
+    is dead-lettered, in the worker; only a partial-failure retry of it is lost).
+    """
+    problems: list[str] = []
+    bad: set[str] = set()
+
+    def text(name: str) -> str | None:
+        raw = stored.get(name.encode())
+        try:
+            return None if raw is None else raw.decode()
+        except UnicodeDecodeError:
+            problems.append(f"field {name!r} is not UTF-8")
+            bad.add(name)
+            return None
+
+    def number(name: str) -> int:
+        raw = text(name)
+        if raw is None or raw.isdigit():
+            return int(raw or 0)
+        problems.append(f"field {name!r} is {raw[:40]!r}, not a change id or count")
+        bad.add(name)
+        return 0
+
+    done = number("done")
+    last = number("last")
+    if "last" in bad:
+        last = done
+        problems.append(f"carrying on after change {last}" if last else
+                        "carrying on from the oldest change still in the table (delivered again: at least once)")
+    retries = number("retries")
+    event = text("event") or ""
+    records: Any = []
+    if event:
+        try:
+            records = json.loads(text("records") or "")
+            if not (isinstance(records, list) and records and all(
+                    isinstance(r, dict) and isinstance(r.get("dynamodb"), dict) and "SequenceNumber" in r["dynamodb"]
+                    for r in records)):
+                raise ValueError("not a list of records")
+        except ValueError as e:
+            problems.append(f"the records of in-flight batch {event} cannot be read ({e}); not waiting for its "
+                            "outcome (the worker still runs it, or dead-letters it)")
+            event, records, retries = "", [], 0
+    return {"last": last, "done": done, "event": event, "records": records, "retries": retries}, problems
 
 
 def _seq(record: dict[str, Any]) -> str:

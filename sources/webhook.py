@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from broker.connection import TRANSIENT
+from broker.connection import TRANSIENT, Parser
 from broker.errors import ConfigError, LambdaliteError
 from broker.queues import Publisher
 from broker.registry import Registry, load_registry
@@ -93,9 +93,10 @@ def webhook_routes(
 def _store_client(dsn: str, socket_timeout: float | None) -> redis.Redis:
     # One retry, only for a connection error (a stale pooled socket after a Redis restart): a
     # retried timeout could store a transaction twice, and long backoffs would hold requests.
+    # Parser: a full disk (MISCONF) is an outage too (503), see broker.connection.
     return redis.Redis.from_url(
         dsn, socket_connect_timeout=1, socket_timeout=socket_timeout, health_check_interval=30,
-        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)), parser_class=Parser,
     )
 
 

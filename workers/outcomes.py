@@ -11,11 +11,12 @@ from typing import Any
 
 import redis
 
-from broker import deadletter, delayed, results, stats
+from broker import deadletter, delayed, quarantine, results, stats
 from broker.envelope import Event
 from broker.queues import Publisher
 from broker.registry import Function
 from workers.context import function_arn
+from workers.sandbox import error_object
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,28 @@ class Outcomes:
         return (f"{self.fn.name}: event {event.id} dead-lettered after {event.attempt + 1} attempt(s): "
                 f"{(error or {}).get('errorType')}")
 
+    def invalid_job(self, pipe: Any, job_id: str, event: Event | None, reason: str) -> str:
+        """Queue on ``pipe`` what a job this function's worker cannot run changes (one RQ cannot
+        read, or that is not a lambdalite job); returns the line for the log.
+
+        It counts as failed and dead, and is parked as a dead letter with reason ``InvalidJob``:
+        with its event when the job still holds one (``dlq replay`` runs it again; a synchronous
+        caller gets the error as its outcome), else as an entry with no event.
+        """
+        error = error_object("Runtime.InvalidJob", f"RequestId: {event.id if event else job_id} Error: {reason}")
+        if event is not None:
+            line = self.failure(pipe, event, error, 0.0, condition="InvalidJob", dead=True)
+            return f"{reason}; " + (line or f"the caller of {event.id} gets the error")
+        deadletter.add_unreadable(pipe, self.fn.name, job_id, error, "InvalidJob")
+        stats.count(pipe, self.fn.name, "failed")
+        stats.count(pipe, self.fn.name, "dead")
+        return f"{reason}; listed as dead letter {job_id} of {self.fn.name} (no event in it to run again)"
+
     def settle_failure(self, event: Event, error: dict[str, Any] | None, reason: str) -> None:
         """:meth:`failure` in a transaction of its own (for work found abandoned by a dead worker)."""
         with self.connection.pipeline(transaction=True) as pipe:
             line = self.failure(pipe, event, error, 0.0)
-            pipe.execute()
+            quarantine.report(pipe.execute())
         log.warning("%s: %s; %s", self.fn.name, reason, line or "settled as a failed attempt")
 
     def send_destination(self, pipe: Any, target: str, event: Event, condition: str, payload: Any,

@@ -81,8 +81,11 @@ class Runtime:
         When ``abandon()`` turns true the invocation is killed and returns status "abandoned".
         """
         self.prepare()
-        tmpdir = tempfile.mkdtemp(prefix=f"lambdalite-{self.fn.name}-")
         self._out(f"START RequestId: {request_id} Version: $LATEST")
+        try:
+            tmpdir = tempfile.mkdtemp(prefix=f"lambdalite-{self.fn.name}-")
+        except OSError as e:  # a full disk (ENOSPC), a temp root gone or read-only: this invocation fails
+            return self._without_tmpdir(request_id, e)
         started = time.perf_counter()
         deadline = started + self.limits.timeout
         peak_rss = peak_disk = 0
@@ -144,6 +147,18 @@ class Runtime:
             error=error, duration_ms=duration_ms, max_memory_mb=math.ceil(peak_rss / MB),
             max_storage_mb=round(peak_disk / MB, 1), init_ms=init_ms,
         )
+        self._out(f"END RequestId: {request_id}")
+        self._out(report_line(inv, self.fn))
+        return inv
+
+    def _without_tmpdir(self, request_id: str, e: OSError) -> Invocation:
+        """The invocation that could not get its TMPDIR: a failure like any other, nothing run."""
+        where = tempfile.gettempdir()
+        error = error_object("Runtime.EphemeralStorageUnavailable",
+                             f"RequestId: {request_id} Error: cannot create the invocation's TMPDIR in {where}: "
+                             f"{e.strerror or e}")
+        inv = Invocation(request_id=request_id, status="error", result=None, error=error, duration_ms=0.0,
+                         max_memory_mb=0, max_storage_mb=0.0, init_ms=None)
         self._out(f"END RequestId: {request_id}")
         self._out(report_line(inv, self.fn))
         return inv

@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 import redis
 
-from broker import delayed, stats
+from broker import delayed, quarantine, stats
 from broker.connection import TRANSIENT, Backoff, connect, wait_for_redis
 from broker.errors import LambdaliteError
 from broker.kernel import die_with_parent
@@ -46,23 +46,37 @@ STEP = 0.1  # seconds between decisions when nothing wakes the scaler
 STOP_GRACE = 3.5  # seconds running invocations get to finish on a stop before they are handed back
 ALIVE_TTL = 3  # seconds a scaler's liveness key lasts without being refreshed
 
-# Count a function's workers across every live scaler (dropping the slots of scalers whose
-# liveness key expired), and with ARGV[4] == "1" take one more slot if that stays within the cap.
+# Count a function's workers across every live scaler, and with ARGV[4] == "1" take one more slot
+# if that stays within the cap. This scaler's own count is set to ARGV[5], the workers it has (so
+# the count heals itself if it was lost or damaged); the slots of scalers whose liveness key
+# expired are dropped, and so is a count that is not one (returned, for the log).
 _SLOTS = """
-local total = 0
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[5] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[5])
+end
+local total = tonumber(ARGV[5])
+local bad = {}
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
-  if fields[i] == ARGV[1] or redis.call('EXISTS', ARGV[3] .. fields[i]) == 1 then
-    total = total + tonumber(fields[i + 1])
-  else
-    redis.call('HDEL', KEYS[1], fields[i])
+  if fields[i] ~= ARGV[1] then
+    local alive = redis.call('EXISTS', ARGV[3] .. fields[i]) == 1
+    local count = string.match(fields[i + 1], '^%d+$') and #fields[i + 1] < 10
+    if alive and count then
+      total = total + tonumber(fields[i + 1])
+    else
+      redis.call('HDEL', KEYS[1], fields[i])
+      if alive then
+        table.insert(bad, fields[i])
+        table.insert(bad, string.sub(fields[i + 1], 1, 40))
+      end
+    end
   end
 end
 if ARGV[4] == "1" and total < tonumber(ARGV[2]) then
   redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-  return {total + 1, 1}
+  return {total + 1, 1, bad}
 end
-return {total, 0}
+return {total, 0, bad}
 """
 
 
@@ -149,11 +163,10 @@ class Scaler:
                 break
             if pid == 0:
                 break
-            for name, view in self.views.items():
+            for view in self.views.values():
                 proc = view.workers.pop(pid, None)
                 if proc is None:
                     continue
-                self.client.hincrby(slots_key(name), self.id, -1)
                 if status != 0:
                     crashed = True
                     log.warning("worker %s exited abnormally (status %d)", proc.name, status)
@@ -164,11 +177,12 @@ class Scaler:
         """Whether the worker that RQ names ``worker_name`` is gone.
 
         Ours: it is no longer among our workers. Another scaler's on this host (or one of an
-        earlier run): its process is gone. Another host's: its RQ worker key expired.
+        earlier run): its process is gone. Another host's, or a name that is not a lambdalite
+        worker's (a plain RQ worker's, or a damaged one): its RQ worker key expired.
         """
         owner = parse_worker_name(worker_name)
         if owner is None:
-            return False  # not a lambdalite worker's name: not ours to settle
+            return not self.client.exists(f"rq:worker:{worker_name}")
         host, sid, pid = owner
         if host == self.host and sid == self.sid:
             return not any(pid in v.workers for v in self.views.values())
@@ -184,11 +198,12 @@ class Scaler:
         with self.client.pipeline(transaction=False) as pipe:
             for p in procs:
                 pipe.hmget(f"rq:worker:{p.name}", "state", "successful_job_count", "failed_job_count")
-            rows = pipe.execute()
-        for p, (state, ok, failed) in zip(procs, rows, strict=True):
-            if state is None:
-                continue  # not registered yet: still starting
-            jobs = int(ok or 0) + int(failed or 0)
+            rows = pipe.execute(raise_on_error=False)
+        for p, row in zip(procs, rows, strict=True):
+            if isinstance(row, Exception) or row[0] is None:
+                continue  # not registered yet (still starting), or its key is damaged: the worker repairs it
+            state, ok, failed = row
+            jobs = _count(ok) + _count(failed)
             busy = state == b"busy" or jobs != p.jobs_seen
             p.jobs_seen = jobs
             if busy:
@@ -205,13 +220,17 @@ class Scaler:
         with self.client.pipeline(transaction=False) as pipe:  # one round trip for every function
             for fn in functions:
                 queue = self.queues[fn.name]
+                quarantine.guard(pipe, {queue.key: "list", queue.started_job_registry.key: "zset",
+                                        slots_key(fn.name): "hash"})
                 pipe.llen(queue.key)
                 pipe.zcard(queue.started_job_registry.key)
                 self._slots(keys=[slots_key(fn.name)], args=self._slot_args(fn, take=False), client=pipe)
             rows = pipe.execute()
+        quarantine.report(rows)
         for i, fn in enumerate(functions):
             view = self.views[fn.name]
-            queued, running, (total, _) = rows[3 * i], rows[3 * i + 1], rows[3 * i + 2]
+            queued, running, (total, _, bad) = rows[4 * i + 1], rows[4 * i + 2], rows[4 * i + 3]
+            _report_slots(fn.name, bad)
             cap = fn.concurrency(self.settings.max_workers)
             desired = max(fn.min_workers, min(queued + running, cap))
             active += desired > 0
@@ -292,11 +311,13 @@ class Scaler:
         return {**wants, **blocked}
 
     def _slot_args(self, fn: Function, take: bool) -> list[Any]:
-        return [self.id, fn.concurrency(self.settings.max_workers), alive_key(""), int(take)]
+        mine = len(self.views[fn.name].workers)
+        return [self.id, fn.concurrency(self.settings.max_workers), alive_key(""), int(take), mine]
 
     def slots(self, fn: Function, take: bool) -> tuple[int, int]:
         """(workers of ``fn`` across live scalers, whether one more slot was taken)."""
-        total, taken = self._slots(keys=[slots_key(fn.name)], args=self._slot_args(fn, take))
+        total, taken, bad = self._slots(keys=[slots_key(fn.name)], args=self._slot_args(fn, take))
+        _report_slots(fn.name, bad)
         return int(total), int(taken)
 
     def memory_allows(self, fn: Function) -> bool:
@@ -328,9 +349,10 @@ class Scaler:
         if views == self._published and now - self._last_view < 1.0:
             return
         with self.client.pipeline(transaction=False) as pipe:
+            quarantine.guard(pipe, {stats.scaler_key(name): "hash" for name in views})
             for name, view_json in views.items():
                 pipe.hset(stats.scaler_key(name), self.id, view_json)
-            pipe.execute()
+            quarantine.report(pipe.execute())
         self._published, self._last_view = views, now
 
     # -- stopping -----------------------------------------------------------------------------------
@@ -400,6 +422,17 @@ class Scaler:
         finally:
             sys.stdout.flush()
             os._exit(code)
+
+
+def _count(raw: bytes | None) -> int:
+    """A job count from a worker's RQ hash; anything that is not one counts as 0."""
+    return int(raw) if raw is not None and raw.isdigit() else 0
+
+
+def _report_slots(function: str, bad: list[bytes]) -> None:
+    for scaler_id, value in zip(bad[0::2], bad[1::2], strict=True):
+        log.warning("redis key %s: the count of scaler %s was %r, not a number of workers; dropped",
+                    slots_key(function), scaler_id.decode(errors="replace"), value.decode(errors="replace"))
 
 
 def worker_name(host: str, sid: str, function: str, pid: int) -> str:

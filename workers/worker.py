@@ -16,32 +16,35 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
-from rq import SimpleWorker
-from rq.exceptions import NoSuchJobError
-from rq.executions import Execution
+from rq import SimpleWorker, worker_registration
+from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.results import Result
 from rq.serializers import JSONSerializer
-from rq.utils import now
+from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
-from broker import idempotency
+from broker import idempotency, quarantine
 from broker.connection import TRANSIENT, Backoff
 from broker.envelope import Event
 from broker.errors import EnvelopeError
 from broker.queues import RUNNER, Publisher, function_queue, taking_key
 from broker.registry import Function, Registry
+from workers import jobs
 from workers.outcomes import Outcomes
 from workers.runtime import Runtime
+from workers.sandbox import error_object
 
 log = logging.getLogger(__name__)
 
 DEQUEUE_TIMEOUT = 1  # seconds a blocking dequeue waits before the loop looks at its flags again
 HEARTBEAT_EVERY = 5.0  # seconds between an idle worker's heartbeats (a job's start sends one too)
+T = TypeVar("T")
 
 
 class Refused(Exception):
@@ -97,6 +100,9 @@ class FunctionWorker(SimpleWorker):
                     backoff.succeeded()
                 except TRANSIENT as e:
                     time.sleep(backoff.failed(e))
+                except Exception:  # a bug costs one step, not the worker
+                    log.exception("worker %s: step failed; carrying on", self.name)
+                    time.sleep(0.1)
         finally:
             self.runtime.close()
             with contextlib.suppress(TRANSIENT):
@@ -109,45 +115,157 @@ class FunctionWorker(SimpleWorker):
     def step(self) -> bool:
         """Take one job if one arrives within DEQUEUE_TIMEOUT and run it; returns whether one ran."""
         if time.monotonic() - self._last_beat >= HEARTBEAT_EVERY:
-            self.heartbeat()
+            with self.connection.pipeline() as pipe:
+                quarantine.guard(pipe, {self.key: "hash"})
+                self.heartbeat(pipeline=pipe)
+                quarantine.report(pipe.execute())
             self._last_beat = time.monotonic()
         queue = self.queues[0]
-        taken = self.connection.blmove(queue.key, self.taking, DEQUEUE_TIMEOUT)
-        if taken is None:
-            return False
-        job_id = taken.decode()
         try:
-            job = Job.fetch(job_id, connection=self.connection, serializer=self.serializer)
-        except NoSuchJobError:
-            log.warning("worker %s: job %s on %s has no job hash; dropped", self.name, job_id, queue.name)
-            self.connection.lrem(self.taking, 1, job_id)
+            raw = self.connection.blmove(queue.key, self.taking, DEQUEUE_TIMEOUT)
+        except redis.ResponseError as e:
+            moved = quarantine.wrong_type(e) and quarantine.repair(
+                self.connection, {queue.key: "list", self.taking: "list"})
+            if not moved:
+                raise
             return False
-        self.execute_job(job, queue)
+        if raw is None:
+            return False
+        job = self.hold(lambda: self.load(queue, raw), "reading a job")
+        if job is not None:
+            self.execute_job(job, queue)
         return True
+
+    def register_birth(self) -> None:
+        """RQ's registration in one transaction, its keys checked first (see :mod:`broker.quarantine`).
+
+        RQ's own check for a live worker of the same name is left out: names hold the scaler's
+        random id and the pid.
+        """
+        with self.connection.pipeline() as pipe:
+            quarantine.guard(pipe, {self.key: "hash", self.redis_workers_keys: "set",
+                                    WORKERS_BY_QUEUE_KEY % self.queues[0].name: "set"})
+            pipe.delete(self.key)
+            self.birth_date = self.last_heartbeat = now()
+            pipe.hset(self.key, mapping=self.serialize())
+            worker_registration.register(self, pipe)
+            pipe.expire(self.key, self.worker_ttl + 60)
+            quarantine.report(pipe.execute())
+
+    def register_death(self) -> None:
+        """RQ's deregistration, its keys checked first (see :mod:`broker.quarantine`)."""
+        with self.connection.pipeline() as pipe:
+            quarantine.guard(pipe, {self.key: "hash", self.redis_workers_keys: "set",
+                                    WORKERS_BY_QUEUE_KEY % self.queues[0].name: "set"})
+            worker_registration.unregister(self, pipe)
+            pipe.hset(self.key, "death", utcformat(now()))
+            pipe.expire(self.key, 60)
+            pipe.delete(self.executions_key)
+            quarantine.report(pipe.execute())
+
+    def hold(self, action: Callable[[], T], what: str) -> T:
+        """Run ``action`` (Redis work a job depends on) until Redis takes it.
+
+        An outage or a full disk (Redis refusing writes) is waited out here with the job held,
+        rather than leaving it half done. Only a worker told to abandon its work (the scaler is
+        stopping or gone) gives up; recovery then hands the job back.
+        """
+        backoff = Backoff(log, f"worker {self.name} holding the job while {what}, retrying")
+        while True:
+            try:
+                result = action()
+            except TRANSIENT as e:
+                if self.abandon_requested:
+                    raise
+                time.sleep(backoff.failed(e))
+                continue
+            backoff.succeeded()
+            return result
+
+    # -- reading a job ----------------------------------------------------------------------------
+
+    def load(self, queue: Queue, raw: bytes) -> Job | None:
+        """The job whose id ``raw`` was just taken from ``queue``, or None when there is none to run.
+
+        A job that cannot be read (no hash, a key of another type, fields or data RQ cannot
+        decode) never stops the worker: it is logged and settled as an invalid job (see
+        :meth:`Outcomes.invalid_job`), its event parked as a dead letter when one can be read.
+        """
+        job_id = jobs.job_id(raw)
+        if job_id is None:
+            log.error("worker %s: redis key %s held %r, not a job id; dropped", self.name, queue.key, raw[:80])
+            self.connection.lrem(self.taking, 1, raw)
+            return None
+        try:
+            return jobs.read(self.connection, job_id)
+        except jobs.UnreadableJob as e:
+            unreadable = e
+        if unreadable.missing:
+            log.error("worker %s: job %s taken from %s: %s; dropped (nothing to run)", self.name, job_id,
+                      queue.key, unreadable)
+            self.connection.lrem(self.taking, 1, job_id)
+            return None
+        event = jobs.salvage(self.connection, unreadable.key)
+        if event is not None and event.function != self.fn.name:
+            event = None
+        with self.connection.pipeline(transaction=True) as pipe:
+            quarantine.set_aside(pipe, unreadable.key, "is not a job RQ can read")
+            line = self.outcomes.invalid_job(pipe, job_id, event, str(unreadable))
+            pipe.lrem(self.taking, 1, job_id)
+            replies = pipe.execute()
+        moved = quarantine.report(replies[:1], quiet=True)  # told in the line below
+        quarantine.report(replies[1:])
+        log.error("worker %s: %s%s", self.name, line, f"; the hash was {moved[0][2]}" if moved else "")
+        return None
 
     # -- one job --------------------------------------------------------------------------------
     # RQ's own bookkeeping (its registries, executions, results, worker counters) in two round
-    # trips a job, one before and one after the invocation, instead of RQ's dozen or so.
+    # trips a job, one before and one after the invocation, instead of RQ's dozen or so. Each
+    # transaction first moves aside any of those keys that holds another type (see
+    # broker.quarantine), so no command in it fails alone, and is held until Redis takes it.
+
+    def rq_keys(self, job: Job) -> dict[str, str]:
+        """The Redis type of every key of RQ's that the two transactions of ``job`` write."""
+        queue = self.queues[0]
+        return {
+            job.key: "hash", self.key: "hash", self.executions_key: "set", self.taking: "list",
+            queue.started_job_registry.key: "zset", queue.finished_job_registry.key: "zset",
+            queue.failed_job_registry.key: "zset", ExecutionRegistry(job.id, self.connection).key: "zset",
+            Result.get_key(job.id): "stream",
+        }
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        execution = self.hold(lambda: self.start(job, queue), "starting a job")
+        self.perform_job(job, queue, execution)
+
+    def start(self, job: Job, queue: Queue) -> Execution:
         with self.connection.pipeline() as pipe:
+            quarantine.guard(pipe, self.rq_keys(job))
             ttl = self.get_heartbeat_ttl(job)
             execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
-            self.executions[execution.id] = execution
             self.set_state(WorkerStatus.BUSY, pipeline=pipe)
             self.heartbeat(ttl, pipeline=pipe)
             job.prepare_for_execution(self.name, pipeline=pipe)
             pipe.persist(job.key)
             pipe.lrem(self.taking, 1, job.id)
-            pipe.execute()
-        self.perform_job(job, queue, execution)
+            quarantine.report(pipe.execute())
+        self.executions[execution.id] = execution
+        return execution
 
     def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
         try:
             event = self.accept(job)
         except Refused as e:
-            log.error("worker %s: refused job %s: %s", self.name, job.id, e)
-            self.finish(job, execution, None, f"Refused: {e}", lambda pipe: "")
+            reason = f"redis key {job.key} is not a lambdalite job ({e})"
+            line = ""
+
+            def refuse(pipe: Any) -> str:
+                nonlocal line
+                line = self.outcomes.invalid_job(pipe, job.id, None, reason)
+                return ""
+
+            self.finish(job, execution, None, f"Refused: {e}", refuse)
+            log.error("worker %s: refused job %s: %s", self.name, job.id, line)
             return False
         if event.invocation_type == "Event" and event.age > self.fn.maximum_event_age:
             limit = self.fn.maximum_event_age
@@ -156,7 +274,14 @@ class FunctionWorker(SimpleWorker):
             self.finish(job, execution, None, json.dumps(error), lambda pipe: self.outcomes.failure(
                 pipe, event, error, 0.0, condition="EventAgeExceeded", dead=True))
             return False
-        inv = self.runtime.invoke(event.id, event.payload, abandon=lambda: self.abandon_requested)
+        try:
+            inv = self.runtime.invoke(event.id, event.payload, abandon=lambda: self.abandon_requested)
+        except Exception as e:  # a fault of the runtime's own costs this attempt, not the job or the worker
+            log.exception("worker %s: the runtime failed during %s", self.name, event.id)
+            error = error_object("Runtime.Unknown", f"RequestId: {event.id} Error: {type(e).__name__}: {e}")
+            self.finish(job, execution, None, json.dumps(error), lambda pipe: self.outcomes.failure(
+                pipe, event, error, 0.0))
+            return False
         if inv.status not in ("success", "error"):
             self.release_claims(event)  # the sandbox was killed mid-handler: its claims die with it
         if inv.status == "abandoned":
@@ -172,35 +297,42 @@ class FunctionWorker(SimpleWorker):
 
     def finish(self, job: Job, execution: Any, result: Any, failure: str | None,
                settle: Callable[[Any], str]) -> None:
-        """Record the end of a job in RQ's terms and lambdalite's, in one transaction."""
+        """Record the end of a job in RQ's terms and lambdalite's, in one transaction (held until
+        Redis takes it: the outcome is never dropped)."""
         job.ended_at = now()
         worked = job.ended_at - (job.started_at or job.ended_at)
-        with self.connection.pipeline(transaction=True) as pipe:
-            if failure is None:
-                job._result = result
-                self.increment_successful_job_count(pipeline=pipe)
-                result_ttl = job.get_result_ttl(self.default_result_ttl)
-                if result_ttl == 0:
-                    # What Job.delete() removes, without the reads it makes first (nothing else
-                    # refers to a finished asynchronous job: it is in no registry any more).
-                    pipe.delete(job.key, job.dependents_key, job.dependencies_key, Result.get_key(job.id),
-                                job.execution_registry.key)
+
+        def transaction() -> str:
+            with self.connection.pipeline(transaction=True) as pipe:
+                quarantine.guard(pipe, self.rq_keys(job))
+                if failure is None:
+                    job._result = result
+                    self.increment_successful_job_count(pipeline=pipe)
+                    result_ttl = job.get_result_ttl(self.default_result_ttl)
+                    if result_ttl == 0:
+                        # What Job.delete() removes, without the reads it makes first (nothing else
+                        # refers to a finished asynchronous job: it is in no registry any more).
+                        pipe.delete(job.key, job.dependents_key, job.dependencies_key, Result.get_key(job.id),
+                                    job.execution_registry.key)
+                    else:
+                        job._handle_success(result_ttl, pipeline=pipe, worker_name=self.name,
+                                            execution_id=execution.id, execution_started_at=execution.created_at,
+                                            execution_ended_at=job.ended_at)
+                        job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+                    job._status = JobStatus.FINISHED
                 else:
-                    job._handle_success(result_ttl, pipeline=pipe, worker_name=self.name,
-                                        execution_id=execution.id, execution_started_at=execution.created_at,
-                                        execution_ended_at=job.ended_at)
-                    job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
-                job._status = JobStatus.FINISHED
-            else:
-                job.set_status(JobStatus.FAILED, pipeline=pipe)
-                job._handle_failure(failure, pipeline=pipe, worker_name=self.name, execution_id=execution.id,
-                                    execution_started_at=execution.created_at, execution_ended_at=job.ended_at)
-                self.increment_failed_job_count(pipeline=pipe)
-            self.increment_total_working_time(worked, pipe)
-            self.cleanup_execution(job, pipeline=pipe, execution=execution)
-            self.set_state(WorkerStatus.IDLE, pipeline=pipe)
-            line = settle(pipe)
-            pipe.execute()
+                    job.set_status(JobStatus.FAILED, pipeline=pipe)
+                    job._handle_failure(failure, pipeline=pipe, worker_name=self.name, execution_id=execution.id,
+                                        execution_started_at=execution.created_at, execution_ended_at=job.ended_at)
+                    self.increment_failed_job_count(pipeline=pipe)
+                self.increment_total_working_time(worked, pipe)
+                self.cleanup_execution(job, pipeline=pipe, execution=execution)
+                self.set_state(WorkerStatus.IDLE, pipeline=pipe)
+                line = settle(pipe)
+                quarantine.report(pipe.execute())
+            return line
+
+        line = self.hold(transaction, f"recording the outcome of job {job.id}")
         if line:
             log.info("%s", line)
 
@@ -209,7 +341,7 @@ class FunctionWorker(SimpleWorker):
         if job.func_name != RUNNER:
             raise Refused(f"job function {job.func_name!r} is not lambdalite's runner")
         args = job.args
-        if len(args) != 1 or job.kwargs:
+        if not isinstance(args, list | tuple) or len(args) != 1 or job.kwargs:
             raise Refused("a lambdalite job has exactly one argument, the event envelope")
         try:
             event = Event.from_dict(args[0])
@@ -232,9 +364,13 @@ class FunctionWorker(SimpleWorker):
 
     def requeue(self, job: Job, queue: Queue, event: Event, execution: Any) -> None:
         """Put an abandoned event back at the front of its queue; not counted as an attempt."""
-        with self.connection.pipeline() as pipe:
-            self.cleanup_execution(job, pipeline=pipe, execution=execution)
-            pipe.delete(job.key)
-            pipe.execute()
-        self.publisher.publish(event, at_front=True)
+
+        def transaction() -> None:
+            with self.connection.pipeline(transaction=True) as pipe:
+                self.cleanup_execution(job, pipeline=pipe, execution=execution)
+                pipe.delete(job.key)
+                self.publisher.publish_many([event], at_front=True, pipeline=pipe)
+                quarantine.report(pipe.execute())
+
+        self.hold(transaction, f"handing back {event.id}")
         log.info("worker %s: stopped during %s; event put back on the queue", self.name, event.id)

@@ -1,0 +1,136 @@
+"""Keys of lambdalite's that hold what lambdalite cannot use: reported in one log line, moved aside.
+
+Every key lambdalite (or RQ, for lambdalite) writes has one Redis type. A key of another type (a
+foreign program's value, a mistake by hand) makes each write to it fail with WRONGTYPE, and inside
+a MULTI/EXEC the transaction's other commands would still apply: a queue push could fail while the
+source's cursor moved on. So writers queue :func:`guard` at the start of their transaction: a key
+of the wrong type is renamed to ``lambdalite:quarantine:<key>:<ms>`` (kept 7 days for a look) in
+the same transaction, and the writes after it go to a fresh key. A counter goes through
+:func:`incr`, which also resets a field that is not a count. Readers that meet WRONGTYPE call
+:func:`repair`. Whoever executes the transaction passes its replies to :func:`report`, which logs
+one line per key moved or field reset.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import redis
+
+log = logging.getLogger(__name__)
+
+PREFIX = "lambdalite:quarantine:"
+KEEP = 7 * 24 * 3600  # seconds a moved-aside value is kept
+_MARK = "lambdalite:quarantined"
+
+# KEYS: the keys; ARGV[i]: the type KEYS[i] must have; then the prefix, a stamp and KEEP.
+# Returns {MARK, key, problem, action, ...} for what it moved, or an empty table.
+_MOVE = """
+local function move(key, expected, n, out)
+  local found = redis.call('TYPE', key).ok
+  if found ~= 'none' and found ~= expected then
+    local aside = ARGV[n + 1] .. key .. ':' .. ARGV[n + 2]
+    redis.call('RENAME', key, aside)
+    redis.call('EXPIRE', aside, ARGV[n + 3])
+    if #out == 0 then table.insert(out, ARGV[n + 4]) end
+    table.insert(out, key)
+    table.insert(out, 'holds a ' .. found .. ', not a ' .. expected)
+    table.insert(out, 'moved to ' .. aside)
+  end
+end
+"""
+
+_GUARD = _MOVE + """
+local out = {}
+for i, key in ipairs(KEYS) do move(key, ARGV[i], #KEYS, out) end
+return out
+"""
+
+# KEYS[1]: a hash of counters; ARGV: field, increment, then the prefix, stamp, KEEP and MARK.
+_INCR = _MOVE + """
+local out = {}
+move(KEYS[1], 'hash', 2, out)
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if value and (not string.match(value, '^%d+$') or #value > 18) then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  if #out == 0 then table.insert(out, ARGV[6]) end
+  table.insert(out, KEYS[1])
+  table.insert(out, "has field '" .. ARGV[1] .. "' = '" .. string.sub(value, 1, 40) .. "', not a count")
+  table.insert(out, 'counted again from 0')
+end
+redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+return out
+"""
+
+
+# KEYS[1]: a key to move aside whatever it holds; ARGV[1]: what is wrong with it; then as above.
+_SET_ASIDE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+local aside = ARGV[2] .. KEYS[1] .. ':' .. ARGV[3]
+redis.call('RENAME', KEYS[1], aside)
+redis.call('EXPIRE', aside, ARGV[4])
+return {ARGV[5], KEYS[1], ARGV[1], 'moved to ' .. aside}
+"""
+
+
+def _tail() -> list[Any]:
+    return [PREFIX, int(time.time() * 1000), KEEP, _MARK]
+
+
+def guard(pipe: Any, expected: Mapping[str, str]) -> None:
+    """Queue on ``pipe`` the move-aside of every key in ``expected`` whose type is not the one given
+    (``"list"``, ``"hash"``, ``"set"``, ``"zset"``, ``"stream"`` or ``"string"``); absent keys are fine."""
+    if expected:
+        keys = list(expected)
+        pipe.eval(_GUARD, len(keys), *keys, *expected.values(), *_tail())
+
+
+def incr(pipe: Any, key: str, field: str, n: int = 1) -> None:
+    """Queue ``HINCRBY key field n`` on ``pipe``, first moving aside a ``key`` that is not a hash
+    and dropping a ``field`` that is not a non-negative count (it is counted again from 0)."""
+    pipe.eval(_INCR, 1, key, field, n, *_tail())
+
+
+def set_aside(pipe: Any, key: str, problem: str) -> None:
+    """Queue on ``pipe`` the move-aside of ``key`` (if it exists), whatever its type; ``problem`` says
+    what is wrong with it (``"is not a job RQ can read"``) for :func:`report`."""
+    pipe.eval(_SET_ASIDE, 1, key, problem, *_tail())
+
+
+def report(replies: Iterable[Any], quiet: bool = False) -> list[tuple[str, str, str]]:
+    """Log one line for each key moved aside or counter reset that ``replies`` (a pipeline's
+    results) tell of (unless ``quiet``: the caller tells of it); returns ``(key, problem, action)``
+    for each."""
+    found = []
+    for reply in replies:
+        if not (isinstance(reply, list) and reply and reply[0] in (_MARK, _MARK.encode())):
+            continue
+        items = [x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in reply[1:]]
+        for key, problem, action in zip(items[0::3], items[1::3], items[2::3], strict=True):
+            if not quiet:
+                log.warning("redis key %s %s; %s", key, problem, action)
+            found.append((key, problem, action))
+    return found
+
+
+def repair(client: redis.Redis, expected: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """Move aside now, with one log line each, the keys of ``expected`` of another type; returns
+    what was moved (see :func:`report`)."""
+    with client.pipeline(transaction=False) as pipe:
+        guard(pipe, expected)
+        return report(pipe.execute())
+
+
+def wrong_type(error: BaseException) -> bool:
+    """Whether ``error`` is Redis's WRONGTYPE reply."""
+    return isinstance(error, redis.ResponseError) and "WRONGTYPE" in str(error)
+
+
+def describe(client: redis.Redis, key: str, expected: str) -> str:
+    """``"KEY holds a string, not a list"``, for a key a read-only command cannot use."""
+    found = client.type(key)
+    text = found.decode() if isinstance(found, bytes) else str(found)
+    return f"{key} holds a {text}, not a {expected}"
