@@ -20,6 +20,7 @@ from rq.utils import now as utcnow
 from rq.utils import utcformat
 
 from broker.envelope import Event
+from broker.errors import EnvelopeError
 from broker.registry import Function, Registry
 
 RUNNER = "workers.runtime.run"
@@ -88,7 +89,9 @@ class Publisher:
 
         ``also(pipe)`` may add commands to the same transaction (a source's cursor or manifest
         update), so that they take effect exactly when the events are stored. With ``pipeline``
-        the commands are queued on the caller's transaction, which the caller executes.
+        the commands are queued on the caller's transaction, which the caller executes. Raises
+        :class:`EnvelopeError`, storing nothing, for an event that is not strict JSON (a NaN or an
+        infinity in its payload): no worker could retry or dead-letter it.
         """
         if pipeline is not None:
             return self._queue_on(pipeline, events, at_front, also)
@@ -135,7 +138,11 @@ class Publisher:
             queue._prepare_for_queue(job)
             template = self._templates[key] = job.to_dict()
             template["status"] = JobStatus.QUEUED.value
-        data = JSONSerializer.dumps((RUNNER, None, (event.to_dict(),), {}))  # type: ignore[no-untyped-call]
+        try:
+            data = JSONSerializer.dumps(  # type: ignore[no-untyped-call]
+                (RUNNER, None, (event.to_dict(),), {}), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise EnvelopeError(f"event for {event.function!r} is not JSON-serializable: {e}") from e
         mapping = {**template, "created_at": stamp, "enqueued_at": stamp, "data": zlib.compress(data),
                    "description": options["description"]}
         return options["job_id"], mapping

@@ -153,6 +153,17 @@ def test_dump_json_refuses_what_parse_json_refuses() -> None:
 TOML = '[functions.f]\nhandler = "handlers.echo.handler"\n'
 
 
+def test_the_publisher_stores_nothing_that_is_not_strict_json(project: Path, r: redis.Redis) -> None:
+    (project / "lambdalite.toml").write_text(TOML)
+    publisher = Publisher(r, load_registry(project / "lambdalite.toml"))
+    good, bad = Event("f", {"n": 1}), Event("f", {"n": math.inf})
+    with pytest.raises(EnvelopeError, match="not JSON-serializable"):
+        publisher.publish_many([good, bad])
+    assert function_queue(r, "f").count == 0 and r.keys("rq:job:*") == []
+    publisher.publish(good)
+    assert function_queue(r, "f").job_ids == [good.id]
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.binary(max_size=60) | json_values.map(lambda v: json.dumps(v).encode()), max_size=5))
 def test_delayed_release_drops_garbage_and_publishes_the_rest(project: Path, r: redis.Redis,

@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from broker.envelope import dump_json, parse_json
 from broker.registry import Function
 from workers.context import LambdaContext
 from workers.limits import die_with_parent, reap
@@ -181,7 +182,7 @@ def _invoke(
         return {"ok": False, "error": error_object(
             "Runtime.ExitError", f"RequestId: {request['id']} Error: Runtime exited: {type(e).__name__}: {e}")}
     try:
-        json.dumps(result)
+        dump_json(result)  # what the envelope and the outcome carry: strict JSON, as Lambda marshals it
     except (TypeError, ValueError) as e:
         return {"ok": False, "error": error_object("Runtime.MarshalError", f"Unable to marshal response: {e}")}
     return {"ok": True, "result": result}
@@ -221,6 +222,6 @@ def _run_command(fn: Function, request: dict[str, Any], context: LambdaContext) 
     if not out:
         return {"ok": True, "result": None}
     try:
-        return {"ok": True, "result": json.loads(out)}
+        return {"ok": True, "result": parse_json(out)}
     except ValueError:
         return {"ok": False, "error": error_object("Runtime.InvalidResponse", f"stdout is not JSON: {out[:200]!r}")}
