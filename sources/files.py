@@ -59,6 +59,8 @@ from sources.buckets import (
     ObjectRef,
     Unsettled,
     is_temporary,
+    is_utf8,
+    printable,
     read_object,
 )
 from sources.manifest import Entry, Manifest
@@ -243,13 +245,18 @@ class BucketWatcher:
         for folder in sorted(self._dirty):
             if self.stopping():
                 return
-            self._reconcile_folder(folder)
             self._dirty.discard(folder)
+            try:
+                self._reconcile_folder(folder)
+            except TRANSIENT:
+                raise
+            except Exception:  # a bug must cost one folder's scan, not the others' (nor a log flood)
+                log.exception("could not scan %s", printable(folder))
         now = self.clock()
         for path, due in list(self._recheck.items()):
             if due <= now and not self.stopping():
                 del self._recheck[path]
-                ref = self.root.locate(path)
+                ref = self.root.locate(path, report=True)
                 if ref is not None:
                     self._created(ref, s3event.CREATED_PUT, scanned=True)
 
@@ -266,13 +273,13 @@ class BucketWatcher:
         self._track_open(event)
         src, dest = _path(event.src_path), _path(event.dest_path)
         if isinstance(event, FileClosedEvent):
-            self._created(self.root.locate(src), s3event.CREATED_PUT)
+            self._created(self.root.locate(src, report=True), s3event.CREATED_PUT)
         elif isinstance(event, FileMovedEvent):
             old = self.root.locate(src) if src else None
             was_object = old is not None and self.manifest.get(old.bucket, old.key) is not None
             if dest:
                 name = s3event.CREATED_COPY if was_object else s3event.CREATED_PUT
-                self._created(self.root.locate(dest), name)
+                self._created(self.root.locate(dest, report=True), name)
             if was_object:
                 self._removed(src)
         elif isinstance(event, FileDeletedEvent):
@@ -343,6 +350,9 @@ class BucketWatcher:
         rel = os.path.relpath(folder, self.root.path).split(os.sep)
         if rel[0] in (os.curdir, os.pardir) or any(is_temporary(part) for part in rel):
             return  # outside the root, or a temporary folder
+        if not is_utf8(os.sep.join(rel)):  # no key can start with its name: nothing below is an object
+            self.root.refuse_name(folder)
+            return
         prefix = "/".join(rel[1:]) + "/" if len(rel) > 1 else ""
         self._reconcile(rel[0], prefix)
 
