@@ -122,7 +122,7 @@ class BucketWatcher:
         self._redis_down = False
         self._retry_at = 0.0
         self._backoff = 0.1
-        self._said_no_root = False
+        self._said_no_root = ""  # why the buckets folder is not watched, as last logged
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -172,18 +172,29 @@ class BucketWatcher:
         if self.observer is not None and identity == self._watched and self.observer.healthy():
             return
         if self.observer is not None:
-            log.warning("the buckets watch stopped (folder replaced or observer died); restarting it")
+            if identity is not None:  # a vanished root has its own line below
+                log.warning("the buckets watch stopped (folder replaced or observer died); restarting it")
             self.stop()
             self._watched = None
         if identity is None:
-            if not self._said_no_root:
-                log.warning("buckets folder %s does not exist; waiting for it", self.root.path)
-                self._said_no_root = True
+            self._no_root("does not exist; waiting for it")
             return
-        self._said_no_root = False
-        self.observer = watch(self.root.path, self.inbox, on_overflow=self._overflowed.set)
+        try:
+            self.observer = watch(self.root.path, self.inbox, on_overflow=self._overflowed.set)
+        except OSError as e:  # gone again since the check, or the inotify watch limit is reached
+            self._no_root(f"cannot be watched ({e.strerror or e}); trying again")
+            return
+        if self._said_no_root:
+            log.info("buckets folder %s is watched again; rescanning it", self.root.path)
+        self._said_no_root = ""
         self._watched = identity
         self._rescan = True
+
+    def _no_root(self, why: str) -> None:
+        """Log once (until the reason changes) that the buckets folder cannot be watched now."""
+        if why != self._said_no_root:
+            log.warning("buckets folder %s %s", self.root.path, why)
+            self._said_no_root = why
 
     # -- Redis outages ---------------------------------------------------------------------------
 
@@ -353,6 +364,14 @@ class BucketWatcher:
         if not is_utf8(os.sep.join(rel)):  # no key can start with its name: nothing below is an object
             self.root.refuse_name(folder)
             return
+        if self._root_identity() != self._watched:
+            return  # the whole buckets folder went: the rescan when it is back covers this folder
+        if len(rel) == 1:
+            if os.path.isdir(folder) and not os.path.islink(folder):
+                log.info("bucket %r: folder %s appeared; scanning it", rel[0], folder)
+            else:
+                log.warning("bucket %r: folder %s is gone; its objects are reported removed, and the bucket "
+                            "is picked up again when the folder comes back", rel[0], folder)
         prefix = "/".join(rel[1:]) + "/" if len(rel) > 1 else ""
         self._reconcile(rel[0], prefix)
 
