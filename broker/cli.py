@@ -16,7 +16,7 @@ import redis
 
 from broker import deadletter, results
 from broker.connection import TRANSIENT, RedisRefusesWrites, connect
-from broker.envelope import Event
+from broker.envelope import Event, parse_json
 from broker.errors import InvocationError, LambdaliteError, RedisUnavailableError
 from broker.queues import Publisher
 from broker.registry import Registry, load_registry
@@ -117,7 +117,7 @@ def _invoke(args: argparse.Namespace, client: Any, registry: Registry) -> int:
     payload: Any = {}
     if args.event is not None:
         try:
-            payload = json.loads(args.event.read_text())
+            payload = parse_json(args.event.read_bytes())
         except (OSError, ValueError) as e:
             raise InvocationError(f"{args.event}: not a readable JSON file: {e}") from e
     event = Event(function=fn.name, payload=payload, source="invoke",

@@ -1,13 +1,18 @@
 """The event envelope: what a source hands to a worker, immutable and versioned.
 
 One :meth:`Event.encode` and one :meth:`Event.decode`; bytes that are not an envelope raise
-:class:`EnvelopeError` chained to the cause.
+:class:`EnvelopeError` chained to the cause. What decodes also encodes again: the envelope is
+strict JSON (no NaN or Infinity), and :func:`parse_json` is the reader every edge that takes JSON
+from outside (the Invoke API, ``lambdalite invoke``) shares with :meth:`Event.decode`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -18,6 +23,68 @@ from broker.errors import EnvelopeError
 VERSION = 1
 InvocationType = Literal["Event", "RequestResponse"]
 _TYPES = ("Event", "RequestResponse")
+#: Deepest nesting of arrays and objects a payload may have. Python code walks payloads recursively
+#: (``dataclasses.asdict``, ``copy.deepcopy``, handlers' own code), so a deeper one would end the
+#: process that touches it with a RecursionError instead of failing one request.
+MAX_DEPTH = 128
+_ID = re.compile(r"[A-Za-z0-9_-]+")  # what RQ accepts in a job id, which an event id becomes
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return number
+
+
+def _constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_ONLY_BRACKETS = {c: None for c in range(128) if chr(c) not in "[]{}"}
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def _too_deep(text: str, max_depth: int) -> bool:
+    """Whether arrays and objects nest deeper than ``max_depth`` in ``text``, valid JSON.
+
+    Counted on the text in C-speed steps (walking the decoded value in Python would cost more than
+    decoding it, and recursion is what this guards against): escapes dropped, then what lies
+    between quotes, then all but the brackets.
+    """
+    if text.count("[") + text.count("{") <= max_depth:
+        return False
+    outside = "".join(text.replace("\\\\", "").replace('\\"', "").split('"')[::2])
+    brackets = outside.translate(_ONLY_BRACKETS)  # outside strings valid JSON is ASCII
+    return max(itertools.accumulate(map(_STEP.__getitem__, brackets)), default=0) > max_depth
+
+
+def parse_json(raw: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
+    """Strict JSON from outside: raises ValueError for text that is not JSON, for NaN, Infinity
+    and numbers too large for a float, and for arrays and objects nested over ``max_depth`` levels."""
+    try:
+        # bytes as json.loads reads them: UTF-8, -16 or -32
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass") if isinstance(raw, bytes) else raw
+        value = json.loads(text, parse_float=_finite, parse_constant=_constant)
+    except RecursionError:
+        raise ValueError(f"nested more than {max_depth} levels deep") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(str(e)) from e
+    if _too_deep(text, max_depth):
+        raise ValueError(f"nested more than {max_depth} levels deep")
+    return value
+
+
+def dump_json(value: Any, max_depth: int = MAX_DEPTH) -> str:
+    """``value`` as strict JSON text, what :func:`parse_json` reads back; raises ValueError (or
+    TypeError for a type JSON does not have) for what it would refuse."""
+    try:
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except RecursionError:
+        raise ValueError(f"nested more than {max_depth} levels deep") from None
+    if _too_deep(text, max_depth):
+        raise ValueError(f"nested more than {max_depth} levels deep")
+    return text
 
 
 def new_id() -> str:
@@ -52,43 +119,53 @@ class Event:
         }
 
     def encode(self) -> bytes:
-        """Compact JSON bytes."""
+        """Compact, strict JSON bytes; raises :class:`EnvelopeError` for a payload that is not
+        JSON (NaN, an infinity, a set, nesting over :data:`MAX_DEPTH`)."""
         try:
-            return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False).encode()
+            return dump_json(self.to_dict(), MAX_DEPTH + 1).encode()
         except (TypeError, ValueError) as e:
             raise EnvelopeError(f"event for {self.function!r} is not JSON-serializable: {e}") from e
 
     @classmethod
     def from_dict(cls, data: Any) -> Event:
-        """Validate a decoded envelope; raises :class:`EnvelopeError`."""
+        """Validate a decoded envelope; raises :class:`EnvelopeError`.
+
+        Every field must have the type :meth:`to_dict` writes (no conversions: ``"3"`` is not an
+        attempt count), ``created_at`` a finite number of seconds.
+        """
         if not isinstance(data, dict):
             raise EnvelopeError(f"envelope must be a JSON object, got {type(data).__name__}")
-        if data.get("v") != VERSION:
-            raise EnvelopeError(f"unsupported envelope version {data.get('v')!r}")
+        version = data.get("v")
+        if type(version) is not int or version != VERSION:
+            raise EnvelopeError(f"unsupported envelope version {version!r:.40}")
+        missing = [k for k in ("function", "payload", "id", "source", "invocation_type", "created_at", "attempt")
+                   if k not in data]
+        if missing:
+            raise EnvelopeError(f"malformed envelope: no {', '.join(map(repr, missing))}")
+        function, event_id, source = data["function"], data["id"], data["source"]
+        kind, created_at, attempt = data["invocation_type"], data["created_at"], data["attempt"]
+        if not isinstance(function, str) or not isinstance(event_id, str) or not _ID.fullmatch(event_id):
+            raise EnvelopeError("malformed envelope: 'function' must be a string, 'id' letters, digits, '_' or '-'")
+        if not isinstance(source, str) or not isinstance(kind, str) or kind not in _TYPES:
+            raise EnvelopeError(f"malformed envelope: bad source or invocation_type in {event_id!r:.80}")
+        if type(attempt) is not int or attempt < 0:
+            raise EnvelopeError(f"malformed envelope: bad attempt {attempt!r:.40} in {event_id!r:.80}")
         try:
-            event = cls(
-                function=data["function"],
-                payload=data["payload"],
-                id=data["id"],
-                source=data["source"],
-                invocation_type=data["invocation_type"],
-                created_at=float(data["created_at"]),
-                attempt=int(data["attempt"]),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise EnvelopeError(f"malformed envelope: {type(e).__name__}: {e}") from e
-        if not isinstance(event.function, str) or not isinstance(event.id, str) or not event.id:
-            raise EnvelopeError("malformed envelope: 'function' and 'id' must be strings")
-        if event.invocation_type not in _TYPES or event.attempt < 0:
-            raise EnvelopeError(f"malformed envelope: bad invocation_type/attempt in {event.id!r}")
-        return event
+            when = float(created_at) if type(created_at) in (int, float) else math.nan
+        except OverflowError:  # an int beyond any float
+            when = math.nan
+        if not math.isfinite(when):
+            raise EnvelopeError(f"malformed envelope: bad created_at {created_at!r:.40} in {event_id!r:.80}")
+        invocation_type: InvocationType = "Event" if kind == "Event" else "RequestResponse"
+        return cls(function=function, payload=data["payload"], id=event_id, source=source,
+                   invocation_type=invocation_type, created_at=when, attempt=attempt)
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Event:
         """Parse envelope bytes; raises :class:`EnvelopeError`."""
         try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
+            data = parse_json(raw, MAX_DEPTH + 1)  # the payload sits one level down
+        except ValueError as e:
             raise EnvelopeError(f"envelope is not JSON: {e}") from e
         return cls.from_dict(data)
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 
 
 def configure(level: str = "INFO") -> None:
-    """Send every logger's records to stdout as ``LEVEL name: message``."""
+    """Send every logger's records to stdout as ``LEVEL name: message``.
+
+    Text that has no UTF-8 form (a file name that is not UTF-8, decoded with surrogate escapes) is
+    written with backslash escapes rather than making the line fail.
+    """
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

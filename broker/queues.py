@@ -21,6 +21,7 @@ from rq.utils import utcformat
 
 from broker import quarantine
 from broker.envelope import Event
+from broker.errors import EnvelopeError
 from broker.registry import Function, Registry
 
 RUNNER = "workers.runtime.run"
@@ -102,7 +103,9 @@ class Publisher:
         hashes, is moved aside in the same transaction (see :mod:`broker.quarantine`), so no
         command of it fails on its own. With ``pipeline`` the commands are queued on the caller's
         transaction, which the caller executes (and whose replies it passes to
-        :func:`broker.quarantine.report`).
+        :func:`broker.quarantine.report`). Raises :class:`EnvelopeError`, storing nothing, for an
+        event that is not strict JSON (a NaN or an infinity in its payload): no worker could retry
+        or dead-letter it.
         """
         if pipeline is not None:
             return self._queue_on(pipeline, events, at_front, also, keys)
@@ -159,7 +162,11 @@ class Publisher:
             queue._prepare_for_queue(job)
             template = self._templates[key] = job.to_dict()
             template["status"] = JobStatus.QUEUED.value
-        data = JSONSerializer.dumps((RUNNER, None, (event.to_dict(),), {}))  # type: ignore[no-untyped-call]
+        try:
+            data = JSONSerializer.dumps(  # type: ignore[no-untyped-call]
+                (RUNNER, None, (event.to_dict(),), {}), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise EnvelopeError(f"event for {event.function!r} is not JSON-serializable: {e}") from e
         mapping = {**template, "created_at": stamp, "enqueued_at": stamp, "data": zlib.compress(data),
                    "description": options["description"]}
         return options["job_id"], mapping

@@ -131,9 +131,20 @@ def _valid_header(name: str, value: str) -> bool:
     return True
 
 
+def _utf8(text: str) -> bytes | None:
+    """The body bytes of a text, or None for a text with lone surrogates (no UTF-8 form)."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return None
+
+
 def _json_response(value: Any) -> HttpResponse:
-    body = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-    return HttpResponse(200, [("content-type", "application/json")], body.encode())
+    try:
+        body = _utf8(value) if isinstance(value, str) else json.dumps(value, separators=(",", ":")).encode()
+    except (TypeError, ValueError):
+        return INTERNAL_ERROR
+    return INTERNAL_ERROR if body is None else HttpResponse(200, [("content-type", "application/json")], body)
 
 
 def response_from_result(result: Any) -> HttpResponse:
@@ -160,12 +171,18 @@ def response_from_result(result: Any) -> HttpResponse:
     if body is None:
         raw = b""
     elif not isinstance(body, str):
-        raw = json.dumps(body, separators=(",", ":")).encode()
+        try:
+            raw = json.dumps(body, separators=(",", ":")).encode()
+        except (TypeError, ValueError):
+            return INTERNAL_ERROR
     elif result.get("isBase64Encoded"):
         try:
             raw = base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
             return INTERNAL_ERROR
     else:
-        raw = body.encode()
+        text = _utf8(body)
+        if text is None:
+            return INTERNAL_ERROR
+        raw = text
     return HttpResponse(status, headers, raw)

@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 TEMP_SUFFIXES = (".part", ".tmp", "~", ".crdownload")
 _CHUNK = 1 << 20
+_REPORTED_MAX = 10_000  # names remembered as reported, so a rescan does not log them again
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +63,7 @@ def is_temporary(part: str) -> bool:
     return part.startswith(".") or part.endswith(TEMP_SUFFIXES)
 
 
-def _is_utf8(text: str) -> bool:
+def is_utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # os.fsdecode's surrogate escapes of non-UTF-8 bytes
@@ -67,19 +71,43 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
+def printable(path: str) -> str:
+    """A path for a log line: bytes that are not UTF-8 shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 class BucketRoot:
     """The folder whose sub-folders are buckets."""
 
     def __init__(self, root: Path) -> None:
         self.path = os.path.abspath(root)
+        self._reported: set[str] = set()
 
-    def locate(self, path: str) -> ObjectRef | None:
-        """The object at ``path``, or None when the path cannot be an object (temp name, outside)."""
+    def refuse_name(self, path: str) -> None:
+        """Log, once, that the file or folder at ``path`` (below the root) cannot be an object
+        because its name is not UTF-8; for a path inside such a folder, the folder is named."""
+        parts = os.path.relpath(path, self.path).split(os.sep)
+        bad = next((i for i, part in enumerate(parts) if not is_utf8(part)), len(parts) - 1)
+        named = os.path.join(self.path, *parts[: bad + 1])
+        if named in self._reported:
+            return
+        if len(self._reported) >= _REPORTED_MAX:
+            self._reported.clear()
+        self._reported.add(named)
+        log.warning("not published: %s: the name is not valid UTF-8 (S3 keys must be)", printable(named))
+
+    def locate(self, path: str, report: bool = False) -> ObjectRef | None:
+        """The object at ``path``, or None when the path cannot be an object (temp name, outside,
+        not UTF-8). ``report``: log the refusal of a name that is not UTF-8 (once per path)."""
         rel = os.path.relpath(os.path.abspath(path), self.path)
         parts = rel.split(os.sep)
         if len(parts) < 2 or parts[0] in (os.curdir, os.pardir):
             return None
-        if any(is_temporary(part) for part in parts) or not _is_utf8(rel):
+        if any(is_temporary(part) for part in parts):
+            return None
+        if not is_utf8(rel):
+            if report:
+                self.refuse_name(path)
             return None
         return ObjectRef(parts[0], "/".join(parts[1:]), os.path.join(self.path, rel))
 
@@ -96,17 +124,22 @@ class BucketRoot:
             entries = list(os.scandir(self.path))
         except OSError:  # gone or unreadable: no buckets to see now
             return []
-        return sorted(
-            e.name for e in entries
-            if e.is_dir(follow_symlinks=False) and not is_temporary(e.name) and _is_utf8(e.name)
-        )
+        names = []
+        for e in entries:
+            if not e.is_dir(follow_symlinks=False) or is_temporary(e.name):
+                continue
+            if is_utf8(e.name):
+                names.append(e.name)
+            else:
+                self.refuse_name(e.path)
+        return sorted(names)
 
     def walk(self, folder: str) -> Iterator[ObjectRef]:
         """Every object below ``folder`` (a bucket or a folder inside one), links not followed."""
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
             dirnames[:] = [d for d in dirnames if not is_temporary(d)]
             for name in filenames:
-                ref = self.locate(os.path.join(dirpath, name))
+                ref = self.locate(os.path.join(dirpath, name), report=True)
                 if ref is not None:
                     yield ref
 

@@ -50,9 +50,7 @@ def attribute(value: Any, where: tuple[str, str] = ("?", "?")) -> dict[str, Any]
     if isinstance(value, int):
         return {"N": str(value)}
     if isinstance(value, float):
-        if math.isfinite(value):
-            return {"N": repr(value)}
-        return _infinite(value, where)
+        return _real(value, where)
     if isinstance(value, str):
         return {"S": value}
     if isinstance(value, list) and len(value) == 2 and isinstance(value[1], str):
@@ -66,9 +64,17 @@ def attribute(value: Any, where: tuple[str, str] = ("?", "?")) -> dict[str, Any]
             try:
                 number = float(text)
             except ValueError as e:
-                raise ChangeFeedError(f"{where[0]}.{where[1]}: bad real encoding {text!r}") from e
-            return {"N": repr(number)} if math.isfinite(number) else _infinite(number, where)
+                raise ChangeFeedError(f"{where[0]}.{where[1]}: bad real encoding {text!r:.80}") from e
+            return _real(number, where)
     raise ChangeFeedError(f"{where[0]}.{where[1]}: unexpected stored value {value!r:.80}")
+
+
+def _real(number: float, where: tuple[str, str]) -> dict[str, Any]:
+    if math.isfinite(number):
+        return {"N": repr(number)}
+    if math.isnan(number):  # SQLite stores NaN as NULL: the triggers never write one
+        raise ChangeFeedError(f"{where[0]}.{where[1]}: unexpected NaN")
+    return _infinite(number, where)
 
 
 def _infinite(number: float, where: tuple[str, str]) -> dict[str, Any]:

@@ -59,6 +59,8 @@ from sources.buckets import (
     ObjectRef,
     Unsettled,
     is_temporary,
+    is_utf8,
+    printable,
     read_object,
 )
 from sources.manifest import Entry, Manifest
@@ -119,7 +121,7 @@ class BucketWatcher:
         self._redis_down = False
         self._retry_at = 0.0
         self._backoff = Backoff(log, "will rescan the buckets when it is back")
-        self._said_no_root = False
+        self._said_no_root = ""  # why the buckets folder is not watched, as last logged
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -169,18 +171,29 @@ class BucketWatcher:
         if self.observer is not None and identity == self._watched and self.observer.healthy():
             return
         if self.observer is not None:
-            log.warning("the buckets watch stopped (folder replaced or observer died); restarting it")
+            if identity is not None:  # a vanished root has its own line below
+                log.warning("the buckets watch stopped (folder replaced or observer died); restarting it")
             self.stop()
             self._watched = None
         if identity is None:
-            if not self._said_no_root:
-                log.warning("buckets folder %s does not exist; waiting for it", self.root.path)
-                self._said_no_root = True
+            self._no_root("does not exist; waiting for it")
             return
-        self._said_no_root = False
-        self.observer = watch(self.root.path, self.inbox, on_overflow=self._overflowed.set)
+        try:
+            self.observer = watch(self.root.path, self.inbox, on_overflow=self._overflowed.set)
+        except OSError as e:  # gone again since the check, or the inotify watch limit is reached
+            self._no_root(f"cannot be watched ({e.strerror or e}); trying again")
+            return
+        if self._said_no_root:
+            log.info("buckets folder %s is watched again; rescanning it", self.root.path)
+        self._said_no_root = ""
         self._watched = identity
         self._rescan = True
+
+    def _no_root(self, why: str) -> None:
+        """Log once (until the reason changes) that the buckets folder cannot be watched now."""
+        if why != self._said_no_root:
+            log.warning("buckets folder %s %s", self.root.path, why)
+            self._said_no_root = why
 
     # -- Redis outages ---------------------------------------------------------------------------
 
@@ -239,13 +252,18 @@ class BucketWatcher:
         for folder in sorted(self._dirty):
             if self.stopping():
                 return
-            self._reconcile_folder(folder)
             self._dirty.discard(folder)
+            try:
+                self._reconcile_folder(folder)
+            except TRANSIENT:
+                raise
+            except Exception:  # a bug must cost one folder's scan, not the others' (nor a log flood)
+                log.exception("could not scan %s", printable(folder))
         now = self.clock()
         for path, due in list(self._recheck.items()):
             if due <= now and not self.stopping():
                 del self._recheck[path]
-                ref = self.root.locate(path)
+                ref = self.root.locate(path, report=True)
                 if ref is not None:
                     self._created(ref, s3event.CREATED_PUT, scanned=True)
 
@@ -262,13 +280,13 @@ class BucketWatcher:
         self._track_open(event)
         src, dest = _path(event.src_path), _path(event.dest_path)
         if isinstance(event, FileClosedEvent):
-            self._created(self.root.locate(src), s3event.CREATED_PUT)
+            self._created(self.root.locate(src, report=True), s3event.CREATED_PUT)
         elif isinstance(event, FileMovedEvent):
             old = self.root.locate(src) if src else None
             was_object = old is not None and self.manifest.get(old.bucket, old.key) is not None
             if dest:
                 name = s3event.CREATED_COPY if was_object else s3event.CREATED_PUT
-                self._created(self.root.locate(dest), name)
+                self._created(self.root.locate(dest, report=True), name)
             if was_object:
                 self._removed(src)
         elif isinstance(event, FileDeletedEvent):
@@ -339,6 +357,17 @@ class BucketWatcher:
         rel = os.path.relpath(folder, self.root.path).split(os.sep)
         if rel[0] in (os.curdir, os.pardir) or any(is_temporary(part) for part in rel):
             return  # outside the root, or a temporary folder
+        if not is_utf8(os.sep.join(rel)):  # no key can start with its name: nothing below is an object
+            self.root.refuse_name(folder)
+            return
+        if self._root_identity() != self._watched:
+            return  # the whole buckets folder went: the rescan when it is back covers this folder
+        if len(rel) == 1:
+            if os.path.isdir(folder) and not os.path.islink(folder):
+                log.info("bucket %r: folder %s appeared; scanning it", rel[0], folder)
+            else:
+                log.warning("bucket %r: folder %s is gone; its objects are reported removed, and the bucket "
+                            "is picked up again when the folder comes back", rel[0], folder)
         prefix = "/".join(rel[1:]) + "/" if len(rel) > 1 else ""
         self._reconcile(rel[0], prefix)
 

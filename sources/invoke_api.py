@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from broker.envelope import Event
+from broker.envelope import Event, parse_json
 from broker.errors import (
     IdempotencyConflictError,
     PayloadTooLargeError,
@@ -69,10 +69,6 @@ def _authorized(request: Request, token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _timed_out(timeout: float) -> dict[str, Any]:
     return {"errorType": "Sandbox.Timedout",
             "errorMessage": f"Task timed out: no result within {timeout:.2f} seconds"}
@@ -101,8 +97,8 @@ async def invoke(request: Request) -> Response:
         return lambda_error(413, "RequestTooLargeException", f"Request must be smaller than {limit} bytes "
                             f"for the {kind} invocation type ({e})")
     try:
-        payload = json.loads(body, parse_constant=_no_constants) if body.strip() else {}
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        payload = parse_json(body) if body.strip() else {}
+    except ValueError as e:
         return lambda_error(400, "InvalidRequestContentException",
                             f"Could not parse request body into json: {e}")
     if kind == "DryRun":

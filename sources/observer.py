@@ -117,8 +117,18 @@ class Inbox(FileSystemEventHandler):
 
 
 def watch(root: str, inbox: Inbox, on_overflow: Callable[[], None]) -> BucketObserver:
-    """A started observer watching ``root`` recursively, links not followed."""
+    """A started observer watching ``root`` recursively, links not followed.
+
+    Raises OSError when ``root`` cannot be watched (gone by now, or the inotify watch limit is
+    reached), after stopping every thread it started.
+    """
     observer = BucketObserver(on_overflow)
-    observer.schedule(inbox, root, recursive=True, event_filter=EVENT_FILTER, follow_symlink=False)
-    observer.start()
+    try:
+        observer.schedule(inbox, root, recursive=True, event_filter=EVENT_FILTER, follow_symlink=False)
+        observer.start()
+    except BaseException:
+        observer.stop()
+        if observer.is_alive():
+            observer.join(timeout=4)
+        raise
     return observer

@@ -466,10 +466,22 @@ def _first_failure(result: Any, records: list[dict[str, Any]]) -> int | None:
     return min(found) if found else 0
 
 
-def run(feed: Feed, stop: Callable[[], bool]) -> None:
-    """Step until ``stop()``; waits between steps on outcomes or the poll interval."""
+def run(feed: Feed, stop: Callable[[], bool], sleep: Callable[[float], None] = time.sleep) -> None:
+    """Step until ``stop()``; waits between steps on outcomes or the poll interval.
+
+    A step that fails unexpectedly is logged with its traceback and tried again after a backoff
+    (up to 2 s): a bug costs a step, not the process (and honcho stops the stack when one exits).
+    """
+    backoff = 0.0
     while not stop():
-        feed.step()
+        try:
+            feed.step()
+        except Exception:
+            backoff = min(max(backoff * 2, 0.1), 2.0)
+            log.exception("sqlite step failed; trying again in %.1f s", backoff)
+            sleep(backoff)
+            continue
+        backoff = 0.0
         if stop():
             break
         feed.wait(feed.poll_interval)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 CHANGES = "_lambdalite_changes"
 STATE = "_lambdalite_capture"
-CAPTURE_VERSION = 1  # bump when the generated SQL changes: every table is re-installed
+CAPTURE_VERSION = 2  # bump when the generated SQL changes: every table is re-installed
 PREFIX = "_lambdalite_"
 BUSY_TIMEOUT = 5.0  # seconds the feed waits for the write lock when installing triggers
 _REAL_MAX = "1.7976931348623157e308"
@@ -139,8 +140,13 @@ def describe(conn: sqlite3.Connection, table: str) -> TableShape | None:
 
 
 def _value(expr: str) -> str:
-    """SQL turning one value into its exact JSON-safe encoding (see sources.dynamodb)."""
-    printed = f"printf('%!.17g', {expr})"
+    """SQL turning one value into its exact JSON-safe encoding (see sources.dynamodb).
+
+    A REAL is printed with 18 significant digits: SQLite before 3.43 does not round its 17th digit
+    correctly (1.7976931348623157e308 printed with 17 reads back as 1.7976931348623155e308); the
+    18th makes up for that, and the reader rounds to the nearest double.
+    """
+    printed = f"printf('%!.18g', {expr})"
     return (
         f"CASE typeof({expr}) "
         f"WHEN 'real' THEN CASE WHEN abs({expr}) <= {_REAL_MAX} THEN json({printed}) "
@@ -306,10 +312,20 @@ class Change:
 def _load(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
-    value = json.loads(text)
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
     if not isinstance(value, dict):
         raise ValueError(f"expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def _when(at: Any) -> float:
+    """The change's time, seconds since the epoch; ValueError for anything the triggers never write."""
+    if type(at) not in (int, float) or not math.isfinite(at):
+        raise ValueError(f"bad time {at!r:.40}")
+    return float(at)
 
 
 def read_changes(conn: sqlite3.Connection, table: str, after: int, limit: int) -> tuple[list[Change], int]:
@@ -333,7 +349,8 @@ def read_changes(conn: sqlite3.Connection, table: str, after: int, limit: int) -
         try:
             keys, old, new = _load(key_text), _load(old_text), _load(new_text)
             if keys is None or op not in ("INSERT", "MODIFY", "REMOVE", "REPLACED"):
-                raise ValueError(f"unknown operation {op!r}")
+                raise ValueError(f"unknown operation {op!r:.40}")
+            at = _when(at)
         except ValueError as e:
             log.error("change %d of table %r is unreadable (%s); skipped", change_id, table, e)
             if not pending:

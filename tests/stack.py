@@ -1,4 +1,4 @@
-"""Running the real scaler (and through it the workers) for tests."""
+"""Running the real scaler (and through it the workers) and the files process for tests."""
 
 from __future__ import annotations
 
@@ -56,6 +56,24 @@ class Scaler:
     def __exit__(self, *exc: Any) -> None:
         if self.proc.poll() is None:
             self.stop()
+
+
+class FilesProcess:
+    """``python -m sources.files`` in a project folder, stopped by SIGTERM on exit."""
+
+    def __init__(self, project: Path, **settings: str) -> None:
+        self.log = project / f"files-{time.monotonic_ns()}.log"
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "sources.files"], cwd=project,
+                                         env=env(**settings), stdout=out, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(10)
+
+    def output(self) -> str:
+        return self.log.read_text()
 
 
 def publish(url: str, project: Path, function: str, payload: Any, sync: bool = False) -> Event:

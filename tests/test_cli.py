@@ -40,8 +40,10 @@ def test_scaler_refuses_a_handler_that_does_not_import(project: Path, redis_url:
 def test_cli_errors_and_status_json(project: Path, redis_url: str) -> None:
     (project / "lambdalite.toml").write_text('[functions.f]\nhandler = "mod.handler"\n')
     one_line_error(cli(project, "invoke", "nope"), "no function named 'nope'")
-    (project / "bad.json").write_text("{not json")
-    one_line_error(cli(project, "invoke", "f", "--event", "bad.json"), "bad.json")
+    for name, text in [("bad.json", b"{not json"), ("nan.json", b'{"n": NaN}'), ("big.json", b"[1e999]"),
+                       ("deep.json", b"[" * 100_000), ("latin1.json", b'"\xe9"')]:
+        (project / name).write_bytes(text)
+        one_line_error(cli(project, "invoke", "f", "--async", "--event", name), name, "not a readable JSON file")
     one_line_error(cli(project, "status", LAMBDALITE_REDIS_URL="unix:///nonexistent/redis.sock"),
                    "redis unavailable")
     done = cli(project, "status", "--json")

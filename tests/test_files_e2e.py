@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +16,7 @@ import pytest
 from bucketkit import ALL, write_config
 from PIL import Image
 
-from tests.stack import Scaler, env
+from tests.stack import FilesProcess, Scaler
 
 RECORDER = '''
 import json, os
@@ -28,21 +26,6 @@ def handler(event, context):
         out.write(json.dumps(event) + "\\n")
     return {"records": len(event["Records"])}
 '''
-
-
-class FilesProcess:
-    """``python -m sources.files`` in a project folder, stopped by SIGTERM on exit."""
-
-    def __init__(self, project: Path, **settings: str) -> None:
-        self.log = project / f"files-{time.monotonic_ns()}.log"
-        with self.log.open("w") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "sources.files"], cwd=project,
-                                         env=env(**settings), stdout=out, stderr=subprocess.STDOUT)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(10)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ Every test runs the real scaler, which forks real workers and sandboxes, against
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Iterator
@@ -240,6 +241,8 @@ handler = "hostile.record_destination"
 handler = "hostile.kill_worker"
 retries = 1
 retry_backoff = 0.05
+[functions.marshal]
+handler = "hostile.bad_result"
 """
 
 
@@ -304,3 +307,34 @@ def test_an_event_that_keeps_killing_its_worker_is_dead_lettered(dest_stack: Sca
     [entry] = deadletter.entries(r, "killer")
     assert entry["id"] == event.id and entry["attempts"] == 2
     assert entry["error"]["errorType"] == "Runtime.ExitError" and "died" in entry["error"]["errorMessage"]
+
+
+def test_results_and_events_that_are_not_strict_json_fail_one_invocation(
+    dest_stack: Scaler, r: redis.Redis, redis_url: str, project: Path,
+) -> None:
+    """A NaN or a too-deep result is Lambda's MarshalError; an event stored with a NaN by something
+    other than a source cannot wait for a retry, so it is dead-lettered at once. No worker dies."""
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    from broker.envelope import Event
+    from broker.queues import RUNNER, queue_name
+
+    for kind in ("nan", "deep"):
+        out = invoke(redis_url, project, "marshal", {"kind": kind})
+        assert not out.ok and out.error["errorType"] == "Runtime.MarshalError", out
+    log = project / "sink.log"
+    foreign = Event("flaky", {"log": str(log), "n": math.nan})
+    Queue(queue_name("flaky"), connection=r, serializer=JSONSerializer).enqueue(
+        RUNNER, foreign.to_dict(), job_id=foreign.id)  # RQ writes NaN; lambdalite's publisher would refuse
+    deadline = time.monotonic() + 20
+    while not deadletter.entries(r, "flaky"):
+        assert time.monotonic() < deadline, dest_stack.output()
+        time.sleep(0.05)
+    [entry] = deadletter.entries(r, "flaky")
+    assert entry["id"] == foreign.id and entry["attempts"] == 1
+    assert entry["error"]["errorType"] == "ValueError"
+    assert invoke(redis_url, project, "fine", {"log": str(log)}).ok
+    output = dest_stack.output()
+    assert "cannot be kept for a retry" in output and "destination record" in output
+    assert "exited abnormally" not in output and "step failed" not in output, output

@@ -13,6 +13,7 @@ import redis
 
 from broker import deadletter, delayed, quarantine, results, stats
 from broker.envelope import Event
+from broker.errors import EnvelopeError
 from broker.queues import Publisher
 from broker.registry import Function
 from workers.context import function_arn
@@ -50,7 +51,13 @@ class Outcomes:
         stats.count(pipe, self.fn.name, "failed")
         if retry:
             backoff = self.fn.retry_backoff * (2 ** event.attempt)
-            delayed.schedule(pipe, event.retried(), time.time() + backoff)
+            try:
+                delayed.schedule(pipe, event.retried(), time.time() + backoff)
+            except EnvelopeError as e:  # stored by something other than a source: cannot wait for a retry
+                log.error("%s: event %s cannot be kept for a retry (%s); dead-lettering it now", self.fn.name,
+                          event.id, e)
+                retry = False
+        if retry:
             stats.count(pipe, self.fn.name, "retried")
             return f"{self.fn.name}: attempt {event.attempt + 1} of {event.id} failed; retrying in {backoff:g}s"
         status: results.Status = "failed" if sync else "dead"
@@ -102,4 +109,8 @@ class Outcomes:
                                 **({"functionError": "Unhandled"} if error else {})},
             "responsePayload": payload,
         }
-        self.publisher.publish_many([Event(function=target, payload=record, source="destination")], pipeline=pipe)
+        try:
+            self.publisher.publish_many([Event(function=target, payload=record, source="destination")],
+                                        pipeline=pipe)
+        except EnvelopeError as e:
+            log.error("%s: destination record of %s for %r not sent: %s", self.fn.name, event.id, target, e)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broker import idempotency
+from broker.envelope import dump_json, parse_json
 from broker.kernel import die_with_parent
 from broker.registry import Function
 from workers.context import LambdaContext
@@ -186,7 +187,7 @@ def _invoke(
     finally:
         idempotency.invocation_ended()
     try:
-        json.dumps(result)
+        dump_json(result)  # what the envelope and the outcome carry: strict JSON, as Lambda marshals it
     except (TypeError, ValueError) as e:
         return {"ok": False, "error": error_object("Runtime.MarshalError", f"Unable to marshal response: {e}")}
     return {"ok": True, "result": result}
@@ -226,6 +227,6 @@ def _run_command(fn: Function, request: dict[str, Any], context: LambdaContext) 
     if not out:
         return {"ok": True, "result": None}
     try:
-        return {"ok": True, "result": json.loads(out)}
+        return {"ok": True, "result": parse_json(out)}
     except ValueError:
         return {"ok": False, "error": error_object("Runtime.InvalidResponse", f"stdout is not JSON: {out[:200]!r}")}
