@@ -55,6 +55,18 @@ def read(client: redis.Redis, job_id: str) -> Job:
     raise UnreadableJob(key, f"is not a job RQ can read ({problem})")
 
 
+def decode(client: redis.Redis, job_id: str, fields: list[bytes]) -> Job:
+    """The job whose hash holds ``fields`` (HGETALL's reply as a flat list), fully decoded as
+    :func:`read` decodes it; raises :class:`UnreadableJob`."""
+    job = Job(job_id, connection=client, serializer=JSONSerializer)
+    try:
+        job.restore(dict(zip(fields[0::2], fields[1::2], strict=True)))
+        _ = job.func_name, job.args, job.kwargs
+        return job
+    except Exception as e:  # as in read: RQ's parsing raises anything
+        raise UnreadableJob(job.key, f"is not a job RQ can read ({f'{type(e).__name__}: {e}'[:200]})") from e
+
+
 def salvage(client: redis.Redis, key: str) -> Event | None:
     """The event envelope still in the ``data`` of an unreadable job hash, if there is one."""
     try:

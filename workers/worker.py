@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
+from redis.client import Pipeline
 from rq import SimpleWorker, worker_registration
 from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
@@ -30,6 +31,7 @@ from rq.worker import WorkerStatus
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from broker import idempotency, quarantine
+from broker.conditional import Conditional, recorded
 from broker.connection import TRANSIENT, Backoff
 from broker.envelope import Event
 from broker.errors import EnvelopeError
@@ -45,6 +47,13 @@ log = logging.getLogger(__name__)
 DEQUEUE_TIMEOUT = 1  # seconds a blocking dequeue waits before the loop looks at its flags again
 HEARTBEAT_EVERY = 5.0  # seconds between an idle worker's heartbeats (a job's start sends one too)
 T = TypeVar("T")
+
+#: Start a job only if its hash holds one (a hash with RQ's ``data``); hands back the hash as it was
+#: before the start, for the worker to decode.
+_TAKE = Conditional("""
+if redis.call('TYPE', c[1]).ok ~= 'hash' then return false end
+return redis.call('HEXISTS', c[1], 'data') == 1, redis.call('HGETALL', c[1])
+""")
 
 
 class Refused(Exception):
@@ -131,9 +140,9 @@ class FunctionWorker(SimpleWorker):
             return False
         if raw is None:
             return False
-        job = self.hold(lambda: self.load(queue, raw), "reading a job")
-        if job is not None:
-            self.execute_job(job, queue)
+        taken = self.hold(lambda: self.take(queue, raw), "starting a job")
+        if taken is not None:
+            self.perform_job(taken[0], queue, taken[1])
         return True
 
     def register_birth(self) -> None:
@@ -182,47 +191,11 @@ class FunctionWorker(SimpleWorker):
             backoff.succeeded()
             return result
 
-    # -- reading a job ----------------------------------------------------------------------------
-
-    def load(self, queue: Queue, raw: bytes) -> Job | None:
-        """The job whose id ``raw`` was just taken from ``queue``, or None when there is none to run.
-
-        A job that cannot be read (no hash, a key of another type, fields or data RQ cannot
-        decode) never stops the worker: it is logged and settled as an invalid job (see
-        :meth:`Outcomes.invalid_job`), its event parked as a dead letter when one can be read.
-        """
-        job_id = jobs.job_id(raw)
-        if job_id is None:
-            log.error("worker %s: redis key %s held %r, not a job id; dropped", self.name, queue.key, raw[:80])
-            self.connection.lrem(self.taking, 1, raw)
-            return None
-        try:
-            return jobs.read(self.connection, job_id)
-        except jobs.UnreadableJob as e:
-            unreadable = e
-        if unreadable.missing:
-            log.error("worker %s: job %s taken from %s: %s; dropped (nothing to run)", self.name, job_id,
-                      queue.key, unreadable)
-            self.connection.lrem(self.taking, 1, job_id)
-            return None
-        event = jobs.salvage(self.connection, unreadable.key)
-        if event is not None and event.function != self.fn.name:
-            event = None
-        with self.connection.pipeline(transaction=True) as pipe:
-            quarantine.set_aside(pipe, unreadable.key, "is not a job RQ can read")
-            line = self.outcomes.invalid_job(pipe, job_id, event, str(unreadable))
-            pipe.lrem(self.taking, 1, job_id)
-            replies = pipe.execute()
-        moved = quarantine.report(replies[:1], quiet=True)  # told in the line below
-        quarantine.report(replies[1:])
-        log.error("worker %s: %s%s", self.name, line, f"; the hash was {moved[0][2]}" if moved else "")
-        return None
-
-    # -- one job --------------------------------------------------------------------------------
+    # -- taking a job ---------------------------------------------------------------------------
     # RQ's own bookkeeping (its registries, executions, results, worker counters) in two round
-    # trips a job, one before and one after the invocation, instead of RQ's dozen or so. Each
-    # transaction first moves aside any of those keys that holds another type (see
-    # broker.quarantine), so no command in it fails alone, and is held until Redis takes it.
+    # trips a job, one to read and start it and one after the invocation, instead of RQ's dozen or
+    # so. Each first moves aside any of those keys that holds another type (see broker.quarantine),
+    # so no command in it fails alone, and is held until Redis takes it.
 
     def rq_keys(self, job: Job) -> dict[str, str]:
         """The Redis type of every key of RQ's that the two transactions of ``job`` write."""
@@ -234,23 +207,83 @@ class FunctionWorker(SimpleWorker):
             Result.get_key(job.id): "stream",
         }
 
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        execution = self.hold(lambda: self.start(job, queue), "starting a job")
-        self.perform_job(job, queue, execution)
+    def take(self, queue: Queue, raw: bytes) -> tuple[Job, Execution] | None:
+        """Read and start the job whose id ``raw`` was just taken from ``queue``, in one round trip:
+        the job and its execution, or None when there is none to run.
 
-    def start(self, job: Job, queue: Queue) -> Execution:
-        with self.connection.pipeline() as pipe:
-            quarantine.guard(pipe, self.rq_keys(job))
-            ttl = self.get_heartbeat_ttl(job)
-            execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
-            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
-            self.heartbeat(ttl, pipeline=pipe)
-            job.prepare_for_execution(self.name, pipeline=pipe)
-            pipe.persist(job.key)
-            pipe.lrem(self.taking, 1, job.id)
-            quarantine.report(pipe.execute())
+        The start (RQ's execution, started registry, worker state and heartbeat, the job's status)
+        is written only if the job hash holds a job (see :data:`_TAKE`). A job that cannot be read
+        (no hash, a key of another type, fields or data RQ cannot decode) never stops the worker:
+        it is logged and settled as an invalid job (see :meth:`settle_unreadable`).
+        """
+        job_id = jobs.job_id(raw)
+        if job_id is None:
+            log.error("worker %s: redis key %s held %r, not a job id; dropped", self.name, queue.key, raw[:80])
+            self.connection.lrem(self.taking, 1, raw)
+            return None
+        # What the start writes depends only on the id and the queue (RQ sizes the heartbeat from
+        # the job's timeout, which for a lambdalite job always exceeds RQ's monitoring interval).
+        shell = Job(job_id, connection=self.connection, serializer=JSONSerializer)
+        shell.origin = queue.name
+        with recorded(self.connection) as pipe:
+            execution = self.start(shell, pipe)
+            started, fields = _TAKE.run(self.connection, [shell.key], self.rq_keys(shell), pipe)
+        if not started:  # nothing was written
+            try:
+                jobs.read(self.connection, job_id)
+            except jobs.UnreadableJob as e:
+                self.settle_unreadable(queue, e)
+                return None
+            return self.take(queue, raw)  # a job hash written in between: take it as it is now
+        try:
+            job = jobs.decode(self.connection, job_id, fields)
+        except jobs.UnreadableJob as e:
+            self.settle_unreadable(queue, e, started=(shell, execution))
+            return None
+        job.worker_name, job.started_at, job.last_heartbeat = shell.worker_name, shell.started_at, shell.last_heartbeat
+        job._status = JobStatus.STARTED
+        execution._job = job
         self.executions[execution.id] = execution
+        return job, execution
+
+    def start(self, job: Job, pipe: Pipeline) -> Execution:
+        """Queue RQ's start of ``job`` on ``pipe``, as RQ's worker writes it."""
+        ttl = self.get_heartbeat_ttl(job)
+        execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
+        self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+        self.heartbeat(ttl, pipeline=pipe)
+        job.prepare_for_execution(self.name, pipeline=pipe)
+        pipe.persist(job.key)
+        pipe.lrem(self.taking, 1, job.id)
         return execution
+
+    def settle_unreadable(self, queue: Queue, unreadable: jobs.UnreadableJob,
+                          started: tuple[Job, Execution] | None = None) -> None:
+        """Settle a job that cannot be read, as an invalid job (see :meth:`Outcomes.invalid_job`): its
+        hash moved aside, its event parked as a dead letter when one can be read; a missing one is
+        only dropped. ``started``: the start written for it, undone in the same transaction."""
+        job_id = unreadable.key[len(Job.redis_job_namespace_prefix):]
+        if unreadable.missing:
+            log.error("worker %s: job %s taken from %s: %s; dropped (nothing to run)", self.name, job_id,
+                      queue.key, unreadable)
+            self.connection.lrem(self.taking, 1, job_id)
+            return
+        event = jobs.salvage(self.connection, unreadable.key)
+        if event is not None and event.function != self.fn.name:
+            event = None
+        with self.connection.pipeline(transaction=True) as pipe:
+            quarantine.set_aside(pipe, unreadable.key, "is not a job RQ can read")
+            line = self.outcomes.invalid_job(pipe, job_id, event, str(unreadable))
+            pipe.lrem(self.taking, 1, job_id)
+            if started is not None:
+                self.cleanup_execution(started[0], pipeline=pipe, execution=started[1])
+                self.set_state(WorkerStatus.IDLE, pipeline=pipe)
+            replies = pipe.execute()
+        moved = quarantine.report(replies[:1], quiet=True)  # told in the line below
+        quarantine.report(replies[1:])
+        log.error("worker %s: %s%s", self.name, line, f"; the hash was {moved[0][2]}" if moved else "")
+
+    # -- one job --------------------------------------------------------------------------------
 
     def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
         try:
