@@ -10,6 +10,7 @@ import pytest
 import redis
 from rq.serializers import JSONSerializer
 
+from broker.conditional import Conditional, recorded
 from broker.connection import connect
 from broker.envelope import Event
 from broker.errors import ConfigError, EnvelopeError, SettingsError, UnknownFunctionError
@@ -170,3 +171,26 @@ def test_published_jobs_are_what_rq_itself_would_write(project: Path, r: redis.R
         assert ours.enqueued_at is not None and ours.created_at is not None
     assert function_queue(r, "thumbnail").job_ids[0] == Event.from_dict(
         Job.fetch(function_queue(r, "thumbnail").job_ids[0], connection=r, serializer=JSONSerializer).args[0]).id
+
+
+def test_a_conditional_applies_all_its_writes_or_none(r: redis.Redis) -> None:
+    only_if_absent = Conditional("return redis.call('EXISTS', c[1]) == 0, {redis.call('GET', c[2])}")
+    r.set("other", "seen")
+    r.set("list-key", "a string where a list belongs")
+    with recorded(r) as pipe:
+        pipe.set("marker", "1")
+        pipe.rpush("list-key", "x")
+        pipe.hset("h", mapping={"a": 1, "b": b"\xff"})
+        assert only_if_absent.run(r, ["marker", "other"], {"list-key": "list"}, pipe) == (True, [b"seen"])
+    assert r.get("marker") == b"1" and r.lrange("list-key", 0, -1) == [b"x"]
+    assert r.hgetall("h") == {b"a": b"1", b"b": b"\xff"}
+    assert [r.get(k) for k in r.keys("lambdalite:quarantine:list-key:*")] == [b"a string where a list belongs"]
+    with recorded(r) as pipe:
+        pipe.rpush("list-key", "y")
+        assert only_if_absent.run(r, ["marker", "other"], {"list-key": "list"}, pipe) == (False, [b"seen"])
+    assert r.lrange("list-key", 0, -1) == [b"x"], "nothing applied when the condition fails"
+    r.script_flush()  # a restarted Redis has forgotten the script: it is loaded again
+    with recorded(r) as pipe:
+        pipe.delete("marker")
+        assert only_if_absent.run(r, ["nothing", "other"], {}, pipe)[0]
+    assert not r.exists("marker")
