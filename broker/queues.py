@@ -8,7 +8,7 @@ up by function name in the registry, and a worker refuses any other job.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -20,6 +20,7 @@ from rq.utils import now as utcnow
 from rq.utils import utcformat
 
 from broker import quarantine
+from broker.conditional import Conditional, recorded
 from broker.envelope import Event
 from broker.errors import EnvelopeError
 from broker.registry import Function, Registry
@@ -108,16 +109,34 @@ class Publisher:
         or dead-letter it.
         """
         if pipeline is not None:
-            return self._queue_on(pipeline, events, at_front, also, keys)
+            return self._queue_on(pipeline, events, at_front, also, keys)[0]
         with self.client.pipeline(transaction=True) as pipe:
-            jobs = self._queue_on(pipe, events, at_front, also, keys)
+            jobs = self._queue_on(pipe, events, at_front, also, keys)[0]
             quarantine.report(pipe.execute())
         return jobs
 
+    def publish_if(
+        self,
+        condition: Conditional,
+        args: Sequence[Any],
+        events: Iterable[Event],
+        also: Callable[[Pipeline], None] | None = None,
+        keys: Mapping[str, str] | None = None,
+    ) -> list[str] | None:
+        """Enqueue events as :meth:`publish_many` does, all or none, only if ``condition`` holds on
+        ``args`` (the condition and the writes in one round trip: see :mod:`broker.conditional`);
+        returns their job ids, or None when the condition did not hold and nothing was stored."""
+        with recorded(self.client) as pipe:
+            ids, expected = self._queue_on(pipe, events, False, also, keys, guarded=False)
+            applied, _ = condition.run(self.client, args, expected, pipe)
+        return ids if applied else None
+
     def _queue_on(
         self, pipe: Pipeline, events: Iterable[Event], at_front: bool, also: Callable[[Pipeline], None] | None,
-        keys: Mapping[str, str] | None,
-    ) -> list[str]:
+        keys: Mapping[str, str] | None, guarded: bool = True,
+    ) -> tuple[list[str], dict[str, str]]:
+        """Queue the writes on ``pipe``, after the guard of every key they write unless not ``guarded``;
+        returns the job ids and the type of each of those keys."""
         ids = []
         queues: set[str] = set()
         stamp = utcformat(utcnow())
@@ -133,7 +152,8 @@ class Publisher:
             expected[queue.key] = "list"
             ids.append(job_id)
             queues.add(fn.name)
-        quarantine.guard(pipe, expected)
+        if guarded:
+            quarantine.guard(pipe, expected)
         push = pipe.lpush if at_front else pipe.rpush
         for job_key, mapping, queue_key, job_id in jobs:
             pipe.hset(job_key, mapping=mapping)  # type: ignore[arg-type]
@@ -144,7 +164,7 @@ class Publisher:
             also(pipe)
         for name in queues:
             pipe.publish(WAKE_CHANNEL, name)
-        return ids
+        return ids, expected
 
     def _job_hash(self, fn: Function, event: Event, stamp: str) -> tuple[str, dict[str, Any]]:
         """The RQ job hash for ``event``: RQ's own fields for such a job, with this event's values.

@@ -44,6 +44,7 @@ from watchdog.events import (
 )
 
 from broker import logs
+from broker.conditional import Conditional
 from broker.connection import TRANSIENT, Backoff, connect
 from broker.envelope import Event
 from broker.errors import BucketsError, LambdaliteError
@@ -302,14 +303,12 @@ class BucketWatcher:
             st = os.lstat(ref.path)
         except OSError:
             return  # gone already; its removal event follows
-        entry = self.manifest.get(ref.bucket, ref.key)
-        if entry is not None and entry.same_stat(st.st_size, st.st_mtime_ns):
-            return  # this very version is published already (a scan got there first)
         if scanned and not self._settled(ref.path, st.st_mtime_ns):
             return
         info = self._read(ref)
-        if info is not None:
-            self._publish([_Change(ref, info, event_name)])
+        if info is not None:  # unless this very version is published already (a scan got there first)
+            entry = Entry(info.size, info.mtime_ns, info.etag)
+            self._publish([_Change(ref, info, event_name)], only_if=Manifest.unpublished(ref.bucket, ref.key, entry))
 
     def _settled(self, path: str, mtime_ns: int) -> bool:
         """Whether a file that a scan found (not an event) looks finished.
@@ -428,8 +427,10 @@ class BucketWatcher:
             etag=info.etag if info else None,
         )
 
-    def _publish(self, changes: Iterable[_Change], quiet: Iterable[tuple[ObjectRef, Entry]] = ()) -> None:
-        """Store the events of ``changes`` and their manifest updates in one transaction."""
+    def _publish(self, changes: Iterable[_Change], quiet: Iterable[tuple[ObjectRef, Entry]] = (),
+                 only_if: tuple[Conditional, list[str]] | None = None) -> None:
+        """Store the events of ``changes`` and their manifest updates in one transaction (only if the
+        condition ``only_if`` holds on its arguments, when given)."""
         changes, quiet = list(changes), list(quiet)
         if not changes and not quiet:
             return
@@ -453,8 +454,12 @@ class BucketWatcher:
                 Manifest.put(pipe, ref.bucket, ref.key, entry)
 
         buckets = {c.ref.bucket for c in changes} | {ref.bucket for ref, _ in quiet}
-        self.publisher.publish_many(events, also=manifest_update,
-                                    keys={Manifest.hash_key(b): "hash" for b in buckets})
+        keys = {Manifest.hash_key(b): "hash" for b in buckets}
+        if only_if is not None:
+            if self.publisher.publish_if(*only_if, events, also=manifest_update, keys=keys) is None:
+                return
+        else:
+            self.publisher.publish_many(events, also=manifest_update, keys=keys)
         self.published += len(events)
         for change in changes:
             log.debug("%s %s/%s", change.event_name, change.ref.bucket, change.ref.key)

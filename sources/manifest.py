@@ -17,6 +17,7 @@ from typing import Any
 import redis
 
 from broker import quarantine
+from broker.conditional import Conditional
 
 log = logging.getLogger("lambdalite.files")
 
@@ -46,6 +47,16 @@ class Entry:
 
     def same_stat(self, size: int, mtime_ns: int) -> bool:
         return self.size == size and self.mtime_ns == mtime_ns
+
+
+# c[1]: a manifest, c[2]: a key, c[3]: "SIZE:MTIME_NS:" of a version of its object. Holds unless
+# that version is published already (a manifest of another type holds nothing: the writes move it
+# aside).
+_UNPUBLISHED = Conditional("""
+if redis.call('TYPE', c[1]).ok ~= 'hash' then return true end
+local entry = redis.call('HGET', c[1], c[2])
+return not entry or string.sub(entry, 1, #c[3]) ~= c[3]
+""")
 
 
 def _glob_escape(text: str) -> str:
@@ -117,6 +128,14 @@ class Manifest:
             except UnicodeDecodeError:
                 log.warning("redis key %r is not a manifest of a bucket (not UTF-8); left alone", raw[:80])
         return names
+
+    @classmethod
+    def unpublished(cls, bucket: str, key: str, entry: Entry) -> tuple[Conditional, list[str]]:
+        """The condition, and its arguments, that this version of an object (its size and mtime) is
+        not in the manifest yet: writes made under it publish one version once (see
+        :meth:`broker.queues.Publisher.publish_if`). An entry this version cannot read does not
+        count (the object is published again)."""
+        return _UNPUBLISHED, [cls.hash_key(bucket), key, f"{entry.size}:{entry.mtime_ns}:"]
 
     @classmethod
     def put(cls, pipe: Any, bucket: str, key: str, entry: Entry) -> None:

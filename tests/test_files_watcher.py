@@ -66,6 +66,19 @@ def test_cp_of_a_real_file_gives_one_put_with_size_and_md5(
     assert rec["s3"]["bucket"]["name"] == "uploads" and rec["s3"]["configurationId"] == "fn"
 
 
+def test_a_close_that_changed_nothing_publishes_nothing_again(
+    driver: Driver, r: redis.Redis, bucket_project: Path,
+) -> None:
+    uploads = bucket_project / "buckets" / "uploads"
+    (uploads / "a.jpg").write_bytes(b"a")
+    driver.until(lambda: keys(r, "fn") == ["a.jpg"])
+    with (uploads / "a.jpg").open("ab"):
+        pass  # opened for writing and closed (IN_CLOSE_WRITE), the same version: published already
+    sentinel(driver, r, uploads)
+    assert keys(r, "fn") == ["a.jpg", "zz-sentinel"]
+    assert Manifest(r).get("uploads", "a.jpg") is not None
+
+
 def test_slow_writer_gives_one_event_after_the_last_byte(
     driver: Driver, r: redis.Redis, bucket_project: Path,
 ) -> None:

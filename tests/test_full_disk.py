@@ -28,6 +28,7 @@ import redis
 from diskkit import FullDisk
 
 from broker import results
+from broker.conditional import Conditional
 from broker.connection import RedisRefusesWrites, connect
 from broker.envelope import Event
 from broker.queues import Publisher
@@ -257,6 +258,10 @@ def test_redis_refusing_writes_is_an_outage_and_applies_nothing(project: Path, h
             publisher.publish_many([Event("f", {"n": 1})], also=cursor, keys={"lambdalite:test:cursor": "hash"})
         assert client.llen("rq:queue:lambdalite.f") == 1 and not client.exists("lambdalite:test:cursor"), \
             "all or nothing: neither the event nor the source's own bookkeeping"
+        with pytest.raises(RedisRefusesWrites):  # the same for writes made under a condition (one script)
+            publisher.publish_if(Conditional("return true"), [], [Event("f", {"n": 1})], also=cursor,
+                                 keys={"lambdalite:test:cursor": "hash"})
+        assert client.llen("rq:queue:lambdalite.f") == 1 and not client.exists("lambdalite:test:cursor")
         with pytest.raises(RedisRefusesWrites):
             client.ping()
         done = cli(project, "invoke", "f", "--async", LAMBDALITE_REDIS_URL=server.url)
