@@ -99,6 +99,8 @@ class BucketRoot:
     def locate(self, path: str, report: bool = False) -> ObjectRef | None:
         """The object at ``path``, or None when the path cannot be an object (temp name, outside,
         not UTF-8). ``report``: log the refusal of a name that is not UTF-8 (once per path)."""
+        if any(part in (os.curdir, os.pardir) for part in path.split(os.sep)):
+            return None  # no file is named "." or "..": not a path of an object, however it normalizes
         rel = os.path.relpath(os.path.abspath(path), self.path)
         parts = rel.split(os.sep)
         if len(parts) < 2 or parts[0] in (os.curdir, os.pardir):
