@@ -1,6 +1,7 @@
 """The scaler: parent of every worker process, growing and shrinking them with the queues.
 
-Each step (at least every 100 ms, and at once when a source publishes) it decides, per function,
+Each step (every 100 ms, and at once when a source publishes for a function that may be short of
+workers) it decides, per function,
 ``desired = clamp(queued + running, min_workers, max_concurrency)``, within the host's worker cap
 and memory budget, sharing the cap fairly between functions. Workers are forked from this warm
 process, which has already imported lambdalite and every handler, so a cold start costs a fork.
@@ -14,13 +15,14 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import os
 import signal
 import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,6 +154,36 @@ class Scaler:
         self.observe(now)
         self.scale(now)
         self.publish_view(now)
+
+    def short_of_workers(self, functions: Iterable[str]) -> bool:
+        """Whether a step may have to start workers for ``functions`` (their sources just published):
+        one of them has fewer workers here (not retiring) than
+        ``clamp(queued + running, min_workers, max_concurrency)``.
+
+        One round trip (none for a function with no worker here), where a step makes several: when
+        an idle worker is there to take the event, the step waits for the next tick rather than
+        compete with that worker for Redis and the CPU. Counting this scaler's workers only errs
+        towards a step, which counts every scaler's.
+        """
+        names = [name for name in functions if name in self.views]
+        live = {name: sum(not p.retiring for p in self.views[name].workers.values()) for name in names}
+        if not all(live.values()):
+            return True
+        if not names:
+            return False
+        with self.client.pipeline(transaction=False) as pipe:
+            for name in names:
+                queue = self.queues[name]
+                pipe.llen(queue.key)
+                pipe.zcard(queue.started_job_registry.key)
+            rows = pipe.execute(raise_on_error=False)
+        for name, queued, running in zip(names, rows[0::2], rows[1::2], strict=True):
+            if not (isinstance(queued, int) and isinstance(running, int)):
+                return True  # a key of another type: the step repairs it
+            fn = self.registry.get(name)
+            if max(fn.min_workers, min(queued + running, fn.concurrency(self.settings.max_workers))) > live[name]:
+                return True
+        return False
 
     def reap(self) -> None:
         """Collect exited workers; work of one that died mid-invocation is settled at once."""
@@ -495,14 +527,21 @@ def main() -> None:
              settings.max_workers)
     pubsub = None
     backoff = Backoff(log)
+    last_step = -math.inf
+    woken: set[str] = set()
     while not stop.set:
         try:
             if pubsub is None:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(WAKE_CHANNEL)
-            scaler.step()
-            message = pubsub.get_message(timeout=STEP)
+            if time.monotonic() - last_step >= STEP or scaler.short_of_workers(woken):
+                scaler.step()
+                last_step = time.monotonic()
+            woken.clear()
+            message = pubsub.get_message(timeout=max(0.0, last_step + STEP - time.monotonic()))
             while message is not None:  # drain: one step serves every wake-up so far
+                data = message.get("data")
+                woken.add(data.decode(errors="replace") if isinstance(data, bytes) else str(data))
                 message = pubsub.get_message(timeout=0)
             backoff.succeeded()
         except TRANSIENT as e:
