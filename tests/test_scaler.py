@@ -229,3 +229,33 @@ def test_workers_that_never_got_a_job_are_retired_too(project: Path, redis_url: 
         wait_until(lambda: finished(log) >= {e.id for e in events})
         wait_until(lambda: workers_of(scaler) == [], timeout=15)
         assert status(project)["rec"]["workers"] == 0
+
+
+def test_a_wake_up_steps_at_once_only_when_the_function_may_be_short_of_workers(
+        project: Path, redis_url: str, r: redis.Redis) -> None:
+    from broker.envelope import Event
+    from broker.queues import Publisher
+    from broker.registry import load_registry
+    from broker.settings import load_settings
+    from workers.scaler import Scaler as InProcess
+    from workers.scaler import WorkerProc
+
+    setup(project, RECORD.format(cap=2) + RECORD.format(cap=1).replace("functions.rec", "functions.one"))
+    registry = load_registry(project / "lambdalite.toml")
+    scaler = InProcess(load_settings(), registry, r, spawn=lambda fn: 0)
+    publisher = Publisher(r, registry)
+    assert not scaler.short_of_workers([]) and not scaler.short_of_workers(["not-a-function"])
+    assert scaler.short_of_workers(["rec"]), "no worker here: step at once (a cold start)"
+    scaler.views["rec"].workers[1] = WorkerProc(1, "rec", "w1", 0.0, state="idle")
+    scaler.views["one"].workers[2] = WorkerProc(2, "one", "w2", 0.0, state="idle")
+    publisher.publish_many([Event("rec", {}), Event("one", {}), Event("one", {})])
+    assert not scaler.short_of_workers(["rec", "one"]), "an idle worker takes it; one is at its cap"
+    publisher.publish(Event("rec", {}))
+    assert scaler.short_of_workers(["rec"]), "two queued, one worker, a cap of two"
+    r.delete(function_queue(r, "rec").key)
+    assert not scaler.short_of_workers(["rec"])
+    scaler.views["rec"].workers[1].retiring = True
+    assert scaler.short_of_workers(["rec"]), "a retiring worker takes nothing more"
+    scaler.views["rec"].workers[1].retiring = False
+    r.set(function_queue(r, "rec").key, "garbage")
+    assert scaler.short_of_workers(["rec"]), "a damaged queue key: the step repairs it"
