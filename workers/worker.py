@@ -227,7 +227,8 @@ class FunctionWorker(SimpleWorker):
         shell.origin = queue.name
         with recorded(self.connection) as pipe:
             execution = self.start(shell, pipe)
-            started, fields = _TAKE.run(self.connection, [shell.key], self.rq_keys(shell), pipe)
+            started, fields = _TAKE.run(self.connection, [shell.key], self.rq_keys(shell), pipe,
+                                        meanwhile=self.runtime.prepare_tmpdir)
         if not started:  # nothing was written
             try:
                 jobs.read(self.connection, job_id)
