@@ -12,14 +12,13 @@ write of a script it cannot persist, ``MISCONF``) or on any error before the fir
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import redis
 from redis.client import Pipeline
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
 
 from broker import quarantine
 
@@ -66,7 +65,7 @@ class Conditional:
         self._script: Script | None = None
 
     def run(self, client: redis.Redis, condition: Sequence[Any], expected: Mapping[str, str],
-            writes: Pipeline, meanwhile: Callable[[], object] | None = None) -> tuple[bool, list[Any]]:
+            writes: Pipeline) -> tuple[bool, list[Any]]:
         """Apply the commands queued on ``writes`` if the condition on ``condition`` holds, first moving
         aside each key of ``expected`` that holds another type (reported in the log, as
         :func:`broker.quarantine.report` does); returns whether they were applied and the condition's
@@ -75,9 +74,6 @@ class Conditional:
         As with redis-py's transactions, a reply lost to a broken connection makes the very same
         script go again: its writes must be harmless the second time, or its condition must fail
         once they are applied (then the second answer is "not applied", though the first applied).
-
-        ``meanwhile()``, if given, is called once, while Redis works on the script (after it is sent
-        and before its reply is read), so that its time overlaps the round trip.
         """
         keys = list(expected)
         args: list[Any] = [*expected.values(), *quarantine.tail(), len(condition), *condition]
@@ -86,41 +82,6 @@ class Conditional:
             args.extend(command)
         if self._script is None:
             self._script = client.register_script(self.text)  # EVALSHA, loaded again after NOSCRIPT
-        reply = None if meanwhile is None else self._overlapped(client, keys, args, meanwhile)
-        if reply is None:  # redis-py's own call: NOSCRIPT and retries on a broken connection handled there
-            reply = self._script(keys=keys, args=args, client=client)
-        applied, moved, value = reply
+        applied, moved, value = self._script(keys=keys, args=args, client=client)
         quarantine.report([moved])
         return applied == 1, value
-
-    def _overlapped(self, client: redis.Redis, keys: list[str], args: list[Any],
-                    meanwhile: Callable[[], object]) -> Any:
-        """EVALSHA sent, ``meanwhile()`` called, the reply read: the reply, or None when Redis did not
-        know the script or the connection failed (the caller then runs it the usual way, with the
-        same arguments: the same writes, should the first try have been applied)."""
-        if self._script is None:
-            raise RuntimeError("the script is registered first")
-        pool = client.connection_pool
-        conn = pool.get_connection()
-        failed = (redis.ConnectionError, redis.TimeoutError, OSError)
-        try:
-            try:
-                conn.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
-            except failed:
-                conn.disconnect()  # type: ignore[no-untyped-call]
-                meanwhile()
-                return None
-            try:
-                meanwhile()
-            except BaseException:
-                conn.disconnect()  # type: ignore[no-untyped-call]  # its reply unread
-                raise
-            try:
-                return client.parse_response(conn, "EVALSHA")  # type: ignore[no-untyped-call]
-            except NoScriptError:
-                return None
-            except failed:
-                conn.disconnect()  # type: ignore[no-untyped-call]
-                return None
-        finally:
-            pool.release(conn)

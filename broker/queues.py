@@ -55,14 +55,19 @@ def function_queue(client: redis.Redis, function: str) -> Queue:
     return Queue(queue_name(function), connection=client, serializer=JSONSerializer)
 
 
+def rq_timeout(fn: Function) -> int:
+    """RQ's timeout of a function's jobs: it only sizes RQ's heartbeats (the worker enforces the
+    real limit), with room for the sandbox's start and the outcome's recording."""
+    return int(fn.timeout) + 30
+
+
 def job_options(fn: Function, event: Event) -> dict[str, Any]:
     """The RQ options for an event's job: id, RQ's own timeout and result lifetimes."""
     sync = event.invocation_type == "RequestResponse"
     return {
         # Each attempt is its own RQ job; the event (request) id stays the same.
         "job_id": event.id if event.attempt == 0 else f"{event.id}-a{event.attempt}",
-        # RQ's timeout only sizes its heartbeats here; the worker enforces the real limit.
-        "timeout": int(fn.timeout) + 30,
+        "timeout": rq_timeout(fn),
         "result_ttl": SYNC_RESULT_TTL if sync else 0,
         "failure_ttl": FAILURE_TTL,
         "description": f"{fn.name} {event.source} {event.id}",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import zlib
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -195,36 +194,3 @@ def test_a_conditional_applies_all_its_writes_or_none(r: redis.Redis) -> None:
         pipe.delete("marker")
         assert only_if_absent.run(r, ["nothing", "other"], {}, pipe)[0]
     assert not r.exists("marker")
-
-
-class _LosesOneReply(redis.Redis):
-    """A client whose connection breaks once, after Redis has run a script but before its reply is read."""
-
-    lose = False
-
-    def parse_response(self, connection: Any, command_name: str, **options: Any) -> Any:
-        if command_name == "EVALSHA" and self.lose:
-            self.lose = False
-            raise redis.ConnectionError("connection lost")
-        return super().parse_response(connection, command_name, **options)
-
-
-def test_a_conditional_overlaps_work_with_its_round_trip_and_survives_a_lost_reply(redis_url: str) -> None:
-    r = _LosesOneReply.from_url(redis_url)
-    unless_done = Conditional("return redis.call('SISMEMBER', 'done', c[1]) == 0")
-    calls: list[str] = []
-
-    def run(n: str) -> bool:
-        with recorded(r) as pipe:
-            pipe.sadd("done", n)
-            pipe.rpush("log", n)
-            return unless_done.run(r, [n], {"done": "set", "log": "list"}, pipe, meanwhile=lambda: calls.append(n))[0]
-
-    assert run("a")  # the first call: NOSCRIPT, sent again the usual way
-    assert run("b")
-    r.lose = True
-    assert not run("c"), "sent again after the lost reply: applied by the first, held by the condition"
-    assert not r.lose and not run("c")
-    assert calls == ["a", "b", "c", "c"], "the work in between is done once a call"
-    assert r.lrange("log", 0, -1) == [b"a", b"b", b"c"]
-    r.close()

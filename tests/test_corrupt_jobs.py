@@ -119,6 +119,22 @@ def test_unreadable_jobs_never_stop_a_worker_and_the_events_around_them_run(
     assert r.keys("lambdalite:quarantine:rq:job:string-job:*") and r.keys("lambdalite:quarantine:rq:job:not-json:*")
 
 
+def test_a_job_id_rq_refuses_is_settled_and_leaves_nothing_taken(
+        project: Path, redis_url: str, r: redis.Redis, publisher: Publisher) -> None:
+    r.rpush(QUEUE, "bad id!")  # UTF-8 and no colon, but not an id RQ accepts: letters, digits, _ and -
+    r.hset("rq:job:bad id!", mapping={"data": "{not a job", "status": "queued"})
+    after = Event("echo", {"n": 1}, invocation_type="RequestResponse")
+    publisher.publish(after)
+    with Scaler(project) as scaler:
+        assert results.wait(r, after.id, 30).ok
+        wait_until(lambda: deadletter.entries(r, "echo"), what="the dead letter")
+    assert [e["id"] for e in deadletter.entries(r, "echo")] == ["bad id!"]
+    out = scaler.output()
+    clean(out)
+    assert len(lines_naming(out, "rq:job:bad id!")) == 1, out
+    assert all(r.llen(k) == 0 for k in r.keys("lambdalite:taking:*")), "nothing left half-taken"
+
+
 SCALER_KEYS = {  # what the scaler reads every step or so, as the wrong type
     QUEUE: "list", "rq:wip:lambdalite.echo": "zset", "lambdalite:slots:echo": "hash",
     "lambdalite:scaler:echo": "hash", delayed.DELAYED_KEY: "zset",

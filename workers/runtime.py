@@ -8,7 +8,6 @@ Lambda's ``START`` / ``END`` / ``REPORT`` lines to stdout.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import select
@@ -74,7 +73,6 @@ class Runtime:
         self.sandbox = Sandbox(fn, handler, worker_name)
         self.me = psutil.Process()
         self._out = out or _stdout
-        self._tmpdir: str | None = None  # made ahead for the next invocation (see prepare_tmpdir)
         kernel.become_subreaper()
 
     def invoke(self, request_id: str, event: Any, abandon: Callable[[], bool] = lambda: False) -> Invocation:
@@ -84,12 +82,10 @@ class Runtime:
         """
         self.prepare()
         self._out(f"START RequestId: {request_id} Version: $LATEST")
-        tmpdir, self._tmpdir = self._tmpdir, None
-        if tmpdir is None:
-            try:
-                tmpdir = self._mkdtemp()
-            except OSError as e:  # a full disk (ENOSPC), a temp root gone or read-only: this invocation fails
-                return self._without_tmpdir(request_id, e)
+        try:
+            tmpdir = tempfile.mkdtemp(prefix=f"lambdalite-{self.fn.name}-")
+        except OSError as e:  # a full disk (ENOSPC), a temp root gone or read-only: this invocation fails
+            return self._without_tmpdir(request_id, e)
         started = time.perf_counter()
         deadline = started + self.limits.timeout
         peak_rss = peak_disk = 0
@@ -172,17 +168,6 @@ class Runtime:
         if not self.sandbox.running:
             self.sandbox.start()
 
-    def prepare_tmpdir(self) -> None:
-        """Make the TMPDIR of the next invocation now, if there is none ready (the worker does it while
-        Redis starts the job, to take it off the path to the handler). On failure nothing is kept:
-        :meth:`invoke` tries again, and reports the failure."""
-        if self._tmpdir is None:
-            with contextlib.suppress(OSError):
-                self._tmpdir = self._mkdtemp()
-
-    def _mkdtemp(self) -> str:
-        return tempfile.mkdtemp(prefix=f"lambdalite-{self.fn.name}-")
-
     def _reap(self, wait_for_sandbox: bool) -> int | None:
         """Collect exited children; returns the sandbox's wait status when it is gone."""
         pid = self.sandbox.pid
@@ -212,14 +197,11 @@ class Runtime:
         return error_object("Runtime.ExitError", f"{prefix}Runtime exited with error: {_describe(exit_status)}")
 
     def close(self) -> None:
-        """Kill the sandbox and everything below the worker (used on stop); remove a TMPDIR made ahead."""
+        """Kill the sandbox and everything below the worker (used on stop)."""
         if self.sandbox.pid:
             limits.kill_group(self.sandbox.pid)
         limits.kill_tree(self.me)
         self._reap(wait_for_sandbox=self.sandbox.running)
-        if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-            self._tmpdir = None
 
 
 def _describe(wait_status: int | None) -> str:

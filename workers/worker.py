@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
-from redis.client import Pipeline
 from rq import SimpleWorker, worker_registration
 from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
@@ -31,16 +30,16 @@ from rq.worker import WorkerStatus
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from broker import idempotency, quarantine
-from broker.conditional import Conditional, recorded
 from broker.connection import TRANSIENT, Backoff
 from broker.envelope import Event
 from broker.errors import EnvelopeError
-from broker.queues import RUNNER, Publisher, function_queue, taking_key
+from broker.queues import RUNNER, Publisher, function_queue, rq_timeout, taking_key
 from broker.registry import Function, Registry
 from workers import jobs
 from workers.outcomes import Outcomes
 from workers.runtime import Runtime
 from workers.sandbox import error_object
+from workers.taking import Started, Taker
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +47,6 @@ DEQUEUE_TIMEOUT = 1  # seconds a blocking dequeue waits before the loop looks at
 HEARTBEAT_EVERY = 5.0  # seconds between an idle worker's heartbeats (a job's start sends one too)
 T = TypeVar("T")
 
-#: Start a job only if its hash holds one (a hash with RQ's ``data``); hands back the hash as it was
-#: before the start, for the worker to decode.
-_TAKE = Conditional("""
-if redis.call('TYPE', c[1]).ok ~= 'hash' then return false end
-return redis.call('HEXISTS', c[1], 'data') == 1, redis.call('HGETALL', c[1])
-""")
 
 
 class Refused(Exception):
@@ -74,6 +67,10 @@ class FunctionWorker(SimpleWorker):
         self.registry = registry
         self.runtime = runtime
         self.taking = taking_key(name)
+        probe = Job("ttl", connection=client, serializer=JSONSerializer)
+        probe.timeout = rq_timeout(fn)  # the heartbeat's lifetime, as RQ sizes it for this function's jobs
+        self.taker = Taker(client, self.queues[0], name, self.key, self.executions_key, self.taking,
+                           self.get_heartbeat_ttl(probe))
         self.publisher = Publisher(client, registry)
         self.outcomes = Outcomes(client, self.publisher, fn)
         self.stop_requested = False
@@ -131,16 +128,16 @@ class FunctionWorker(SimpleWorker):
             self._last_beat = time.monotonic()
         queue = self.queues[0]
         try:
-            raw = self.connection.blmove(queue.key, self.taking, DEQUEUE_TIMEOUT)
+            raw, started = self.taker.wait(DEQUEUE_TIMEOUT)
         except redis.ResponseError as e:
             moved = quarantine.wrong_type(e) and quarantine.repair(
                 self.connection, {queue.key: "list", self.taking: "list"})
             if not moved:
                 raise
             return False
-        if raw is None:
+        if raw is None and started is None:
             return False
-        taken = self.hold(lambda: self.take(queue, raw), "starting a job")
+        taken = self.hold(lambda: self.take(queue, raw, started), "starting a job")
         if taken is not None:
             self.perform_job(taken[0], queue, taken[1])
         return True
@@ -193,9 +190,9 @@ class FunctionWorker(SimpleWorker):
 
     # -- taking a job ---------------------------------------------------------------------------
     # RQ's own bookkeeping (its registries, executions, results, worker counters) in two round
-    # trips a job, one to read and start it and one after the invocation, instead of RQ's dozen or
-    # so. Each first moves aside any of those keys that holds another type (see broker.quarantine),
-    # so no command in it fails alone, and is held until Redis takes it.
+    # trips a job, instead of RQ's dozen or so: the wait that takes the job also starts it (see
+    # workers.taking), and one transaction records its end. Each first moves aside any of those
+    # keys that holds another type (see broker.quarantine), so no command in it fails alone.
 
     def rq_keys(self, job: Job) -> dict[str, str]:
         """The Redis type of every key of RQ's that the two transactions of ``job`` write."""
@@ -207,62 +204,50 @@ class FunctionWorker(SimpleWorker):
             Result.get_key(job.id): "stream",
         }
 
-    def take(self, queue: Queue, raw: bytes) -> tuple[Job, Execution] | None:
-        """Read and start the job whose id ``raw`` was just taken from ``queue``, in one round trip:
-        the job and its execution, or None when there is none to run.
+    def take(self, queue: Queue, raw: bytes | None, started: Started | None) -> tuple[Job, Execution] | None:
+        """The job just taken from ``queue`` (``raw``: its id as the queue held it), started: by the take
+        script as it was taken (``started``), else here; returns it and its execution, or None when
+        there is none to run.
 
-        The start (RQ's execution, started registry, worker state and heartbeat, the job's status)
-        is written only if the job hash holds a job (see :data:`_TAKE`). A job that cannot be read
-        (no hash, a key of another type, fields or data RQ cannot decode) never stops the worker:
-        it is logged and settled as an invalid job (see :meth:`settle_unreadable`).
+        A job that cannot be read (an id RQ refuses, no hash, a key of another type, fields or data
+        RQ cannot decode) never stops the worker: it is logged and settled as an invalid job (see
+        :meth:`settle_unreadable`), its start undone if it was written.
         """
-        job_id = jobs.job_id(raw)
-        if job_id is None:
-            log.error("worker %s: redis key %s held %r, not a job id; dropped", self.name, queue.key, raw[:80])
-            self.connection.lrem(self.taking, 1, raw)
-            return None
-        # What the start writes depends only on the id and the queue (RQ sizes the heartbeat from
-        # the job's timeout, which for a lambdalite job always exceeds RQ's monitoring interval).
-        shell = Job(job_id, connection=self.connection, serializer=JSONSerializer)
-        shell.origin = queue.name
-        with recorded(self.connection) as pipe:
-            execution = self.start(shell, pipe)
-            started, fields = _TAKE.run(self.connection, [shell.key], self.rq_keys(shell), pipe,
-                                        meanwhile=self.runtime.prepare_tmpdir)
-        if not started:  # nothing was written
-            try:
-                jobs.read(self.connection, job_id)
-            except jobs.UnreadableJob as e:
-                self.settle_unreadable(queue, e)
+        if started is None:
+            job_id = jobs.job_id(raw or b"")
+            if job_id is None:
+                log.error("worker %s: redis key %s held %r, not a job id; dropped", self.name, queue.key,
+                          (raw or b"")[:80])
+                self.connection.lrem(self.taking, 1, raw or b"")
                 return None
-            return self.take(queue, raw)  # a job hash written in between: take it as it is now
+            started = self.taker.start(job_id)
+            if started is None:  # nothing was written
+                try:
+                    jobs.read(self.connection, job_id)
+                except jobs.UnreadableJob as e:
+                    self.settle_unreadable(queue, e)
+                    return None
+                return self.take(queue, raw, None)  # a job hash written in between: take it as it is now
+        execution = Execution(started.execution_id, started.job_id, self.connection, worker_name=self.name)
+        execution.created_at = execution.last_heartbeat = started.at
         try:
-            job = jobs.decode(self.connection, job_id, fields)
+            job = jobs.decode(self.connection, started.job_id, started.fields)
         except jobs.UnreadableJob as e:
-            self.settle_unreadable(queue, e, started=(shell, execution))
+            self.settle_unreadable(queue, e, execution)
             return None
-        job.worker_name, job.started_at, job.last_heartbeat = shell.worker_name, shell.started_at, shell.last_heartbeat
+        # What the script wrote, on the Python side: the job's start and the worker's state.
+        job.worker_name, job.started_at, job.last_heartbeat = self.name, started.at, started.at
         job._status = JobStatus.STARTED
         execution._job = job
         self.executions[execution.id] = execution
+        self._state, self.last_heartbeat = WorkerStatus.BUSY, started.at
         return job, execution
 
-    def start(self, job: Job, pipe: Pipeline) -> Execution:
-        """Queue RQ's start of ``job`` on ``pipe``, as RQ's worker writes it."""
-        ttl = self.get_heartbeat_ttl(job)
-        execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
-        self.set_state(WorkerStatus.BUSY, pipeline=pipe)
-        self.heartbeat(ttl, pipeline=pipe)
-        job.prepare_for_execution(self.name, pipeline=pipe)
-        pipe.persist(job.key)
-        pipe.lrem(self.taking, 1, job.id)
-        return execution
-
     def settle_unreadable(self, queue: Queue, unreadable: jobs.UnreadableJob,
-                          started: tuple[Job, Execution] | None = None) -> None:
+                          started: Execution | None = None) -> None:
         """Settle a job that cannot be read, as an invalid job (see :meth:`Outcomes.invalid_job`): its
         hash moved aside, its event parked as a dead letter when one can be read; a missing one is
-        only dropped. ``started``: the start written for it, undone in the same transaction."""
+        only dropped. ``started``: the execution started for it, undone in the same transaction."""
         job_id = unreadable.key[len(Job.redis_job_namespace_prefix):]
         if unreadable.missing:
             log.error("worker %s: job %s taken from %s: %s; dropped (nothing to run)", self.name, job_id,
@@ -277,7 +262,9 @@ class FunctionWorker(SimpleWorker):
             line = self.outcomes.invalid_job(pipe, job_id, event, str(unreadable))
             pipe.lrem(self.taking, 1, job_id)
             if started is not None:
-                self.cleanup_execution(started[0], pipeline=pipe, execution=started[1])
+                shell = Job(job_id, connection=self.connection, serializer=JSONSerializer)
+                shell.origin = queue.name
+                self.cleanup_execution(shell, pipeline=pipe, execution=started)
                 self.set_state(WorkerStatus.IDLE, pipeline=pipe)
             replies = pipe.execute()
         moved = quarantine.report(replies[:1], quiet=True)  # told in the line below
