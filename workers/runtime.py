@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import select
 import shutil
 import sys
@@ -73,6 +74,7 @@ class Runtime:
         self.sandbox = Sandbox(fn, handler, worker_name)
         self.me = psutil.Process()
         self._out = out or _stdout
+        self._tmpdir: str | None = None  # the next invocation's, being made ahead (see prepare_tmpdir)
         kernel.become_subreaper()
 
     def invoke(self, request_id: str, event: Any, abandon: Callable[[], bool] = lambda: False) -> Invocation:
@@ -82,10 +84,7 @@ class Runtime:
         """
         self.prepare()
         self._out(f"START RequestId: {request_id} Version: $LATEST")
-        try:
-            tmpdir = tempfile.mkdtemp(prefix=f"lambdalite-{self.fn.name}-")
-        except OSError as e:  # a full disk (ENOSPC), a temp root gone or read-only: this invocation fails
-            return self._without_tmpdir(request_id, e)
+        tmpdir, self._tmpdir = self._tmpdir or self._tmpdir_name(), None  # the sandbox makes it
         started = time.perf_counter()
         deadline = started + self.limits.timeout
         peak_rss = peak_disk = 0
@@ -101,6 +100,9 @@ class Runtime:
                 wait = min(SAMPLE_INTERVAL, deadline - now)
                 if wait > 0 and select.select([self.sandbox.replies], [], [], wait)[0]:
                     reply = self.sandbox.receive()
+                    if "tmpdir_error" in reply:  # a full disk (ENOSPC), a temp root gone or read-only
+                        self.sandbox.init_ms = init_ms  # reported with the first invocation that runs
+                        return self._without_tmpdir(request_id, reply["tmpdir_error"])
                     status = "success" if reply["ok"] else "error"
                     break
                 if time.perf_counter() >= deadline:
@@ -151,12 +153,11 @@ class Runtime:
         self._out(report_line(inv, self.fn))
         return inv
 
-    def _without_tmpdir(self, request_id: str, e: OSError) -> Invocation:
+    def _without_tmpdir(self, request_id: str, why: str) -> Invocation:
         """The invocation that could not get its TMPDIR: a failure like any other, nothing run."""
         where = tempfile.gettempdir()
         error = error_object("Runtime.EphemeralStorageUnavailable",
-                             f"RequestId: {request_id} Error: cannot create the invocation's TMPDIR in {where}: "
-                             f"{e.strerror or e}")
+                             f"RequestId: {request_id} Error: cannot create the invocation's TMPDIR in {where}: {why}")
         inv = Invocation(request_id=request_id, status="error", result=None, error=error, duration_ms=0.0,
                          max_memory_mb=0, max_storage_mb=0.0, init_ms=None)
         self._out(f"END RequestId: {request_id}")
@@ -167,6 +168,20 @@ class Runtime:
         """Start the sandbox if there is none; it gets ready in parallel with the caller."""
         if not self.sandbox.running:
             self.sandbox.start()
+
+    def prepare_tmpdir(self) -> None:
+        """Have the sandbox make the next invocation's TMPDIR now, in parallel with the caller (the
+        worker calls this as a job arrives, before it reads the job); :meth:`invoke` uses it."""
+        if self._tmpdir is None and self.sandbox.running:
+            path = self._tmpdir_name()
+            try:
+                self.sandbox.send({"mkdir": path})
+            except SandboxGone:
+                return  # the invocation meets it
+            self._tmpdir = path
+
+    def _tmpdir_name(self) -> str:
+        return os.path.join(tempfile.gettempdir(), f"lambdalite-{self.fn.name}-{secrets.token_hex(8)}")
 
     def _reap(self, wait_for_sandbox: bool) -> int | None:
         """Collect exited children; returns the sandbox's wait status when it is gone."""
@@ -197,11 +212,14 @@ class Runtime:
         return error_object("Runtime.ExitError", f"{prefix}Runtime exited with error: {_describe(exit_status)}")
 
     def close(self) -> None:
-        """Kill the sandbox and everything below the worker (used on stop)."""
+        """Kill the sandbox and everything below the worker (used on stop); remove a TMPDIR made ahead."""
         if self.sandbox.pid:
             limits.kill_group(self.sandbox.pid)
         limits.kill_tree(self.me)
         self._reap(wait_for_sandbox=self.sandbox.running)
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
 
 
 def _describe(wait_status: int | None) -> str:

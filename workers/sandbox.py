@@ -2,7 +2,10 @@
 
 Like a Lambda execution environment it is reused between invocations (module state stays warm)
 and thrown away when an invocation breaks a limit or kills it. The worker talks to it over two
-pipes with length-prefixed JSON frames; the handler's own stdout and stderr go to the log.
+pipes with length-prefixed JSON frames; the handler's own stdout and stderr go to the log. The
+sandbox makes each invocation's TMPDIR, at the path the worker names: ahead of the request (a
+``mkdir`` frame, sent as a job arrives, so that the directory is made while the worker reads the
+job) or on the request itself; if it cannot, it answers ``tmpdir_error`` and runs nothing.
 """
 
 from __future__ import annotations
@@ -134,11 +137,20 @@ def _serve(
         signal.signal(sig, signal.SIG_DFL)
     me = os.getpid()
     write_frame(replies, {"ready": True, "at": time.time()})
+    made: tuple[str, str | None] | None = None  # a TMPDIR made ahead, and why it could not be
     while True:
         try:
             request = read_frame(requests)
         except SandboxGone:
             return
+        if "mkdir" in request:  # the next invocation's TMPDIR, made while the worker reads its job
+            made = (request["mkdir"], _mkdir(request["mkdir"]))
+            continue
+        problem = made[1] if made is not None and made[0] == request["tmpdir"] else _mkdir(request["tmpdir"])
+        made = None
+        if problem is not None:
+            write_frame(replies, {"ok": False, "tmpdir_error": problem})
+            continue
         reap()  # children of the last invocation, killed by the worker after it ended
         reply = _invoke(fn, handler, worker_name, request)
         if os.getpid() != me:
@@ -149,6 +161,15 @@ def _serve(
         )
         reply["recycle"] = _stdio_broken()
         write_frame(replies, reply)
+
+
+def _mkdir(path: str) -> str | None:
+    """Make an invocation's TMPDIR (private, and new: an existing one is refused); None, or why not."""
+    try:
+        os.mkdir(path, 0o700)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
 
 
 def _stdio_broken() -> bool:

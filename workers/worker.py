@@ -137,6 +137,7 @@ class FunctionWorker(SimpleWorker):
             return False
         if raw is None and started is None:
             return False
+        self.runtime.prepare_tmpdir()  # made by the sandbox while this process reads the job
         taken = self.hold(lambda: self.take(queue, raw, started), "starting a job")
         if taken is not None:
             self.perform_job(taken[0], queue, taken[1])
