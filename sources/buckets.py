@@ -81,6 +81,7 @@ class BucketRoot:
 
     def __init__(self, root: Path) -> None:
         self.path = os.path.abspath(root)
+        self._below = os.path.join(self.path, "")  # the root and a separator
         self._reported: set[str] = set()
 
     def refuse_name(self, path: str) -> None:
@@ -101,7 +102,10 @@ class BucketRoot:
         not UTF-8). ``report``: log the refusal of a name that is not UTF-8 (once per path)."""
         if any(part in (os.curdir, os.pardir) for part in path.split(os.sep)):
             return None  # no file is named "." or "..": not a path of an object, however it normalizes
-        rel = os.path.relpath(os.path.abspath(path), self.path)
+        if path.startswith(self._below) and os.sep * 2 not in path and not path.endswith(os.sep):
+            rel = path[len(self._below):]  # already absolute and normal (watchdog's and walk's paths)
+        else:
+            rel = os.path.relpath(os.path.abspath(path), self.path)
         parts = rel.split(os.sep)
         if len(parts) < 2 or parts[0] in (os.curdir, os.pardir):
             return None
