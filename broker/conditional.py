@@ -45,6 +45,9 @@ return {1, moved, value or {}}
 """
 
 
+_SCRIPTS = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"})
+
+
 @contextmanager
 def recorded(client: redis.Redis) -> Iterator[Pipeline]:
     """A pipeline to queue commands on for :meth:`Conditional.run`; it is never executed."""
@@ -78,6 +81,8 @@ class Conditional:
         keys = list(expected)
         args: list[Any] = [*expected.values(), *quarantine.tail(), len(condition), *condition]
         for command, _options in writes.command_stack:
+            if str(command[0]).upper() in _SCRIPTS:
+                raise ValueError(f"{command[0]} cannot run inside a script: queue plain commands")
             args.append(len(command))
             args.extend(command)
         if self._script is None:

@@ -130,7 +130,8 @@ class Publisher:
     ) -> list[str] | None:
         """Enqueue events as :meth:`publish_many` does, all or none, only if ``condition`` holds on
         ``args`` (the condition and the writes in one round trip: see :mod:`broker.conditional`);
-        returns their job ids, or None when the condition did not hold and nothing was stored."""
+        returns their job ids, or None when the condition did not hold and nothing was stored.
+        ``also`` queues plain commands only (a script cannot run another)."""
         with recorded(self.client) as pipe:
             ids, expected = self._queue_on(pipe, events, False, also, keys, guarded=False)
             applied, _ = condition.run(self.client, args, expected, pipe)

@@ -1,10 +1,11 @@
 """The manifest: what the files source has already published, kept in Redis.
 
 One hash per bucket, ``lambdalite:files:manifest:BUCKET``, maps each key to
-``SIZE:MTIME_NS:ETAG`` of the version last published. It is written in the same MULTI/EXEC
-transaction as the events it accounts for, so after a crash or a Redis outage a scan against it
-publishes exactly what was missed: a file absent from the manifest (or changed) once, and a
-manifest entry whose file is gone as one removal.
+``SIZE:MTIME_NS:ETAG`` of the version last published. It is written in the same transaction as
+the events it accounts for (a MULTI/EXEC for a scan's batch; for one closed file, one script that
+also checks that this version is not published already), so after a crash or a Redis outage a
+scan against it publishes exactly what was missed: a file absent from the manifest (or changed)
+once, and a manifest entry whose file is gone as one removal.
 """
 
 from __future__ import annotations

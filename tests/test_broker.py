@@ -189,6 +189,9 @@ def test_a_conditional_applies_all_its_writes_or_none(r: redis.Redis) -> None:
         pipe.rpush("list-key", "y")
         assert only_if_absent.run(r, ["marker", "other"], {"list-key": "list"}, pipe) == (False, [b"seen"])
     assert r.lrange("list-key", 0, -1) == [b"x"], "nothing applied when the condition fails"
+    with recorded(r) as pipe, pytest.raises(ValueError, match="EVAL"):
+        pipe.eval("return 1", 0)
+        only_if_absent.run(r, ["marker", "other"], {}, pipe)
     r.script_flush()  # a restarted Redis has forgotten the script: it is loaded again
     with recorded(r) as pipe:
         pipe.delete("marker")
