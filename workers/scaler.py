@@ -43,6 +43,7 @@ from workers.worker import FunctionWorker
 log = logging.getLogger("lambdalite.scaler")
 
 STEP = 0.1  # seconds between decisions when nothing wakes the scaler
+NO_REDIS_GRACE = 0.5  # seconds workers get to stop when Redis is gone
 STOP_GRACE = 3.5  # seconds running invocations get to finish on a stop before they are handed back
 ALIVE_TTL = 3  # seconds a scaler's liveness key lasts without being refreshed
 
@@ -358,7 +359,22 @@ class Scaler:
     # -- stopping -----------------------------------------------------------------------------------
 
     def stop(self, grace: float = STOP_GRACE) -> None:
-        """Warm-stop every worker; after ``grace`` s hand back what still runs; kill stragglers."""
+        """Warm-stop every worker; after ``grace`` s hand back what still runs; kill stragglers.
+
+        With Redis gone (a stop of the whole stack after redis-server died), nothing running could
+        record its outcome or be handed back, so the workers get a short grace; the next start
+        settles what they held (see :mod:`workers.recovery`).
+        """
+        probe = connect(self.settings.redis_dsn, retries=0)
+        try:
+            probe.ping()
+            reachable = True
+        except TRANSIENT as e:
+            reachable = False
+            grace = min(grace, NO_REDIS_GRACE)
+            log.warning("redis unavailable at the stop (%s): the next start settles what runs now", e)
+        finally:
+            probe.close()
         procs = {p.pid: p for v in self.views.values() for p in v.workers.values()}
         for pid in procs:
             _signal(pid, signal.SIGTERM)
@@ -381,6 +397,8 @@ class Scaler:
             time.sleep(0.02)
         for v in self.views.values():
             v.workers.clear()
+        if not reachable:
+            return
         try:
             with self.client.pipeline(transaction=False) as pipe:
                 for name in self.views:

@@ -239,6 +239,7 @@ class Report:
     graceful_stops: list[float] = field(default_factory=list)  # Ctrl-C until honcho exited
     http_refused: dict[int, int] = field(default_factory=dict)  # status (0: no connection) -> count
     no_retry_after: int = 0  # 503s without a Retry-After header
+    forced: Counter[str] = field(default_factory=Counter)  # processes honcho had to SIGKILL (5 s after a stop)
     elapsed: float = 0.0
 
     def lines(self) -> list[str]:
@@ -258,6 +259,8 @@ class Report:
         if self.graceful_stops:
             out.append(f"  Ctrl-C to stopped: median {statistics.median(self.graceful_stops):.2f} s, "
                        f"max {max(self.graceful_stops):.2f} s")
+        if self.forced:
+            out.append(f"  SIGKILLed by honcho, still up 5 s after a stop: {dict(self.forced)}")
         refused = ", ".join(f"{'no connection' if k == 0 else k}: {v}" for k, v in sorted(self.http_refused.items()))
         out.append(f"  webhook requests refused, then retried by the sender: {refused or 'none'}")
         if self.lost:
@@ -520,4 +523,7 @@ def run(project: Path, per_source: int, rate: float, faults: list[str], seed: in
     finally:
         stack.close()
         report.elapsed = time.monotonic() - began
+        for line in (project / "honcho.log").read_text(errors="replace").splitlines():
+            if "sending SIGKILL to " in line:
+                report.forced[line.split("sending SIGKILL to ")[1].split()[0]] += 1
     return report
