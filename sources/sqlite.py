@@ -118,6 +118,7 @@ class Stream:
     last: int = 0
     event_id: str = ""
     records: list[dict[str, Any]] = field(default_factory=list)
+    outcome: tuple[str, results.Outcome] | None = None  # (event id, its outcome) as Feed.wait saw it
     retries: int = 0
     done: int = 0
     done_history: deque[tuple[float, int]] = field(default_factory=deque)
@@ -212,12 +213,16 @@ class Feed:
             time.sleep(timeout)
             return
         try:
-            self.client.xread({results.result_key(i): "0-0" for i in ids}, count=1,
-                              block=max(1, int(timeout * 1000)))
+            found = results.wait_any(self.client, ids, timeout)
         except TRANSIENT as e:
             self._redis_down(e, self.clock())
+            return
         except redis.ResponseError:  # a result key of another type: the next step's read repairs it
             time.sleep(timeout)
+            return
+        for stream in self.streams:
+            if stream.event_id in found:  # the next step need not read it again
+                stream.outcome = (stream.event_id, found[stream.event_id])
 
     # -- capture ------------------------------------------------------------------------------
 
@@ -268,6 +273,7 @@ class Feed:
             log.warning("redis key %s: %s", stream.key, "; ".join(problems))
         stream.last, stream.done = cursor["last"], cursor["done"]
         stream.event_id, stream.records, stream.retries = cursor["event"], cursor["records"], cursor["retries"]
+        stream.outcome = None
         stream.loaded = True
         stream.done_history.append((self.clock(), stream.done))
         if stream.event_id:
@@ -277,7 +283,7 @@ class Feed:
         if not stream.loaded:
             self._load(stream)
         if stream.event_id:
-            outcome = results.fetch(self.client, stream.event_id)
+            outcome = self._outcome(stream)
             if outcome is None:
                 return
             self._settle(stream, outcome, now)
@@ -299,6 +305,12 @@ class Feed:
             except ChangeFeedError as e:
                 log.error("%s: change %d skipped: %s", stream.table, change.id, e)
         self._publish(stream, records, consumed, retries=0)
+
+    def _outcome(self, stream: Stream) -> results.Outcome | None:
+        seen, stream.outcome = stream.outcome, None
+        if seen is not None and seen[0] == stream.event_id:
+            return seen[1]
+        return results.fetch(self.client, stream.event_id)
 
     def _record(self, stream: Stream, change: sqlite_capture.Change) -> dict[str, Any]:
         return dynamodb.record(

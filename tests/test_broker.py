@@ -145,6 +145,26 @@ def test_outcome_wait_sees_a_record_made_before_or_during_the_wait(r: redis.Redi
     assert 0 < r.ttl(results.result_key("e2")) <= results.RESULT_TTL
 
 
+def test_outcome_wait_any_returns_the_outcomes_there_and_leaves_damaged_ones_to_fetch(r: redis.Redis) -> None:
+    import threading
+
+    from broker import results
+
+    assert results.wait_any(r, ["a", "b"], 0.05) == {}
+    assert results.wait_any(r, [], 0.05) == {}
+    timer = threading.Timer(0.1, results.record, (r, "b", results.Outcome("succeeded", result=[1])))
+    timer.start()
+    got = results.wait_any(r, ["a", "b"], 5)
+    timer.join()
+    assert list(got) == ["b"] and got["b"].result == [1]
+    results.record(r, "a", results.Outcome("dead"))
+    assert {k: v.status for k, v in results.wait_any(r, ["a", "b"], 1).items()} == {"a": "dead", "b": "succeeded"}
+    r.xadd(results.result_key("c"), {"outcome": "[not an outcome]"})
+    results.record(r, "c", results.Outcome("succeeded"))
+    assert results.wait_any(r, ["c"], 1) == {}, "a first entry that is not an outcome is left to fetch"
+    assert results.fetch(r, "c").ok
+
+
 def test_published_jobs_are_what_rq_itself_would_write(project: Path, r: redis.Redis, redis_url: str) -> None:
     """The publisher writes RQ's job hash without building rq.Job objects: RQ must not tell the difference."""
     from rq.job import Job
