@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -68,6 +69,16 @@ def job_options(fn: Function, event: Event) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An event with its job hash already built (:meth:`Publisher.prepare`), to be published later
+    without the cost of encoding it then."""
+
+    event: Event
+    job_id: str
+    mapping: dict[str, Any]  # the job hash, less the time it is enqueued
+
+
 class Publisher:
     """Puts events on their functions' queues and wakes the scaler."""
 
@@ -87,9 +98,17 @@ class Publisher:
         """Enqueue one event; returns its job id. Raises UnknownFunctionError, or redis errors."""
         return self.publish_many([event], at_front=at_front)[0]
 
+    def prepare(self, event: Event) -> Prepared:
+        """Build ``event``'s job now, to publish later (:meth:`publish_many` takes it as an event).
+
+        Raises UnknownFunctionError, or :class:`EnvelopeError` for a payload that is not strict JSON.
+        """
+        job_id, mapping = self._job_hash(self.registry.get(event.function), event)
+        return Prepared(event, job_id, mapping)
+
     def publish_many(
         self,
-        events: Iterable[Event],
+        events: Iterable[Event | Prepared],
         at_front: bool = False,
         also: Callable[[Pipeline], None] | None = None,
         pipeline: Pipeline | None = None,
@@ -105,7 +124,7 @@ class Publisher:
         transaction, which the caller executes (and whose replies it passes to
         :func:`broker.quarantine.report`). Raises :class:`EnvelopeError`, storing nothing, for an
         event that is not strict JSON (a NaN or an infinity in its payload): no worker could retry
-        or dead-letter it.
+        or dead-letter it. An event may come :meth:`prepare`-d.
         """
         if pipeline is not None:
             return self._queue_on(pipeline, events, at_front, also, keys)
@@ -115,19 +134,21 @@ class Publisher:
         return jobs
 
     def _queue_on(
-        self, pipe: Pipeline, events: Iterable[Event], at_front: bool, also: Callable[[Pipeline], None] | None,
-        keys: Mapping[str, str] | None,
+        self, pipe: Pipeline, events: Iterable[Event | Prepared], at_front: bool,
+        also: Callable[[Pipeline], None] | None, keys: Mapping[str, str] | None,
     ) -> list[str]:
         ids = []
         queues: set[str] = set()
         stamp = utcformat(utcnow())
         jobs = []
         expected = {Queue.redis_queues_keys: "set", **(keys or {})}
-        for event in events:
-            fn = self.registry.get(event.function)
+        for item in events:
+            prepared = item if isinstance(item, Prepared) else self.prepare(item)
+            fn = self.registry.get(prepared.event.function)
             queue = self._queue(fn.name)
-            job_id, mapping = self._job_hash(fn, event, stamp)
+            job_id = prepared.job_id
             job_key = Job.redis_job_namespace_prefix + job_id
+            mapping = {**prepared.mapping, "created_at": stamp, "enqueued_at": stamp}
             jobs.append((job_key, mapping, queue.key, job_id))
             expected[job_key] = "hash"
             expected[queue.key] = "list"
@@ -146,8 +167,9 @@ class Publisher:
             pipe.publish(WAKE_CHANNEL, name)
         return ids
 
-    def _job_hash(self, fn: Function, event: Event, stamp: str) -> tuple[str, dict[str, Any]]:
-        """The RQ job hash for ``event``: RQ's own fields for such a job, with this event's values.
+    def _job_hash(self, fn: Function, event: Event) -> tuple[str, dict[str, Any]]:
+        """The RQ job hash for ``event``: RQ's own fields for such a job, with this event's values
+        (its enqueue time stamps are set as it is published).
 
         Building an ``rq.Job`` per event costs most of a publish's CPU; the fields RQ writes for a
         lambdalite job differ only in id, timestamps, description and data, so RQ's own output for
@@ -167,6 +189,5 @@ class Publisher:
                 (RUNNER, None, (event.to_dict(),), {}), allow_nan=False)
         except (TypeError, ValueError) as e:
             raise EnvelopeError(f"event for {event.function!r} is not JSON-serializable: {e}") from e
-        mapping = {**template, "created_at": stamp, "enqueued_at": stamp, "data": zlib.compress(data),
-                   "description": options["description"]}
+        mapping = {**template, "data": zlib.compress(data), "description": options["description"]}
         return options["job_id"], mapping

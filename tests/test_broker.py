@@ -145,6 +145,30 @@ def test_outcome_wait_sees_a_record_made_before_or_during_the_wait(r: redis.Redi
     assert 0 < r.ttl(results.result_key("e2")) <= results.RESULT_TTL
 
 
+def test_a_prepared_event_is_published_as_the_event_itself_would_be(project: Path, r: redis.Redis) -> None:
+    """Publisher.prepare builds the job ahead of time; its enqueue time is still the publish's."""
+    import time
+
+    from rq.job import Job
+
+    reg = load_registry(write(project, GOOD))
+    pub = Publisher(r, reg)
+    prepared = pub.prepare(Event(function="thumbnail", payload={"k": [1, "v"]}))
+    plain = Event(function="thumbnail", payload={"k": [2, "w"]})
+    time.sleep(0.01)
+    before = time.time()
+    assert pub.publish_many([prepared, plain]) == [prepared.event.id, plain.id]
+    assert function_queue(r, "thumbnail").job_ids == [prepared.event.id, plain.id]
+    ours, twin = (Job.fetch(i, connection=r, serializer=JSONSerializer) for i in (prepared.event.id, plain.id))
+    assert Event.from_dict(ours.args[0]) == prepared.event and ours.func_name == RUNNER
+    assert r.hgetall(ours.key).keys() == r.hgetall(twin.key).keys()
+    assert ours.enqueued_at.timestamp() >= before - 0.001
+    with pytest.raises(UnknownFunctionError):
+        pub.prepare(Event(function="nope", payload={}))
+    with pytest.raises(EnvelopeError):
+        pub.prepare(Event(function="thumbnail", payload={"x": float("nan")}))
+
+
 def test_outcome_wait_any_returns_the_outcomes_there_and_leaves_damaged_ones_to_fetch(r: redis.Redis) -> None:
     import threading
 
