@@ -11,7 +11,10 @@ new batch, up to the function's ``retries`` times, after which they are logged a
 
 The cursor lives in Redis, one hash per stream, and moves in the same MULTI/EXEC as the publish
 (``Publisher.publish_many(also=...)``): it holds the last change id published, the in-flight
-event id and its records. A feed that restarts first waits for the in-flight event's outcome, so a
+event id and its records. That transaction also records the batch before as done, so a batch
+costs the feed one round trip; and while a batch is in flight the feed reads, converts and
+encodes the next one when a full one is waiting, so that it goes out the moment the outcome
+arrives. A feed that restarts first waits for the in-flight event's outcome, so a
 crash of the feed alone neither loses nor duplicates a change. Change rows are pruned once their
 batch is done and that is some seconds old (so Redis's append-only file has it on disk), in small
 short write transactions.
@@ -39,7 +42,7 @@ from broker import quarantine, results
 from broker.connection import TRANSIENT, Backoff, connect
 from broker.envelope import Event
 from broker.errors import ChangeFeedError, LambdaliteError
-from broker.queues import Publisher
+from broker.queues import Prepared, Publisher
 from broker.registry import Function, Registry, SqliteTrigger, load_registry
 from broker.settings import Settings, load_settings
 from sources import dynamodb, sqlite_capture
@@ -49,6 +52,7 @@ log = logging.getLogger("lambdalite.sqlite")
 PRUNE_DELAY = 5.0  # seconds a finished batch waits before its change rows are deleted
 PRUNE_EVERY = 0.5  # seconds between prune passes
 RETRY_DB_EVERY = 1.0  # seconds between attempts to open a database or find a table
+AHEAD_FRESH = 1.0  # seconds a batch encoded ahead keeps its envelope (its created_at); then it gets a new one
 # Test-only fault hook: when set to "after-publish", the feed exits with os._exit(9) right after
 # a batch and its cursor were stored, before it acts on them; tests use it to kill the feed at the
 # worst moment. Never set it in production.
@@ -104,6 +108,18 @@ class Database:
 
 
 @dataclass
+class Ahead:
+    """The batch after the one in flight, read, converted and encoded while that one runs."""
+
+    after: int  # the change it was read after: the last of the batch in flight
+    last: int  # the last change it accounts for
+    records: list[dict[str, Any]]
+    text: str  # the records as JSON, for the cursor
+    job: Prepared | None  # the event's job; None when no change in it could be converted
+    at: float  # when the job was encoded
+
+
+@dataclass
 class Stream:
     """One (function, trigger) pair: a table's changes delivered in order to one function."""
 
@@ -119,6 +135,7 @@ class Stream:
     event_id: str = ""
     records: list[dict[str, Any]] = field(default_factory=list)
     outcome: tuple[str, results.Outcome] | None = None  # (event id, its outcome) as Feed.wait saw it
+    ahead: Ahead | None = None  # the next batch, ready while this one is in flight
     retries: int = 0
     done: int = 0
     done_history: deque[tuple[float, int]] = field(default_factory=deque)
@@ -273,7 +290,7 @@ class Feed:
             log.warning("redis key %s: %s", stream.key, "; ".join(problems))
         stream.last, stream.done = cursor["last"], cursor["done"]
         stream.event_id, stream.records, stream.retries = cursor["event"], cursor["records"], cursor["retries"]
-        stream.outcome = None
+        stream.outcome, stream.ahead = None, None
         stream.loaded = True
         stream.done_history.append((self.clock(), stream.done))
         if stream.event_id:
@@ -282,29 +299,46 @@ class Feed:
     def _advance(self, stream: Stream, conn: sqlite3.Connection, now: float) -> None:
         if not stream.loaded:
             self._load(stream)
+        counts: dict[str, int] | None = None  # once the batch in flight is done: the counters it adds
         if stream.event_id:
             outcome = self._outcome(stream)
             if outcome is None:
                 return
-            self._settle(stream, outcome, now)
-            if stream.event_id:
+            counts = self._settle(stream, outcome, now)
+            if counts is None:
                 return  # a retry of part of the batch is now in flight
-        size = stream.trigger.batch_size
-        changes, consumed = sqlite_capture.read_changes(conn, stream.table, stream.last, size)
-        if not changes:
-            if consumed != stream.last:  # only unreadable rows: step over them
-                self._finish(stream, consumed, now)
+        # From here on the batch in flight (if any) is done; the publish of the next one records that
+        # in the same transaction, so a batch costs one round trip.
+        ahead, stream.ahead = stream.ahead, None
+        if ahead is not None and ahead.after == stream.last:
+            self._publish(stream, ahead.records, ahead.last, 0, counts, now, ahead)
+        else:
+            size = stream.trigger.batch_size
+            changes, consumed, _full = sqlite_capture.read_changes(conn, stream.table, stream.last, size)
+            window = stream.trigger.batching_window
+            if not changes or (len(changes) < size and window and now - changes[0].at < window):
+                last = stream.last if changes else consumed  # only unreadable rows: step over them
+                if counts is not None or last != stream.last:
+                    self._finish(stream, last, now, counts or {})
+                return
+            self._publish(stream, self._records(stream, changes), consumed, 0, counts, now)
+        self._prepare(stream, conn, now)
+
+    def _prepare(self, stream: Stream, conn: sqlite3.Connection, now: float) -> None:
+        """Read, convert and encode the batch after the one just published while that one runs, so
+        that it goes out the moment that one is done (a Lambda stream shard's reader does the same).
+
+        Only a full batch is kept: one with room left could still grow by then, and is read then.
+        """
+        if not stream.event_id or stream.ahead is not None:
             return
-        window = stream.trigger.batching_window
-        if len(changes) < size and window and now - changes[0].at < window:
+        changes, consumed, full = sqlite_capture.read_changes(conn, stream.table, stream.last,
+                                                             stream.trigger.batch_size)
+        if not full:
             return
-        records = []
-        for change in changes:
-            try:
-                records.append(self._record(stream, change))
-            except ChangeFeedError as e:
-                log.error("%s: change %d skipped: %s", stream.table, change.id, e)
-        self._publish(stream, records, consumed, retries=0)
+        records = self._records(stream, changes)
+        job = self.publisher.prepare(self._event(stream, records)) if records else None
+        stream.ahead = Ahead(stream.last, consumed, records, json.dumps(records), job, now)
 
     def _outcome(self, stream: Stream) -> results.Outcome | None:
         seen, stream.outcome = stream.outcome, None
@@ -312,65 +346,81 @@ class Feed:
             return seen[1]
         return results.fetch(self.client, stream.event_id)
 
-    def _record(self, stream: Stream, change: sqlite_capture.Change) -> dict[str, Any]:
-        return dynamodb.record(
-            change_id=change.id, event_name=change.event_name, keys=change.keys, old=change.old,
-            new=change.new, created=change.at, view=stream.trigger.view, table=stream.table, arn=stream.arn,
-        )
+    def _records(self, stream: Stream, changes: list[sqlite_capture.Change]) -> list[dict[str, Any]]:
+        records = []
+        view, table, arn = stream.trigger.view, stream.table, stream.arn
+        for change in changes:
+            try:
+                records.append(dynamodb.record(
+                    change_id=change.id, event_name=change.event_name, keys=change.keys, old=change.old,
+                    new=change.new, created=change.at, view=view, table=table, arn=arn,
+                ))
+            except ChangeFeedError as e:
+                log.error("%s: change %d skipped: %s", table, change.id, e)
+        return records
 
-    def _publish(self, stream: Stream, records: list[dict[str, Any]], last: int, retries: int) -> None:
+    def _event(self, stream: Stream, records: list[dict[str, Any]]) -> Event:
+        return Event(stream.function.name, payload={"Records": records}, source="sqlite", invocation_type="Event")
+
+    def _publish(self, stream: Stream, records: list[dict[str, Any]], last: int, retries: int,
+                 counts: dict[str, int] | None, now: float, ahead: Ahead | None = None) -> None:
+        """Publish a batch and move the cursor to it, in one transaction. With ``counts`` the batch
+        in flight is done: the same transaction records that and adds its counters."""
         if not records:
-            self._finish(stream, last, self.clock())
+            self._finish(stream, last, now, counts or {})
             return
-        event = Event(stream.function.name, payload={"Records": records}, source="sqlite",
-                      invocation_type="Event")
-        fields = {"last": last, "event": event.id, "records": json.dumps(records), "retries": retries,
-                  "done": stream.done, "database": str(stream.db.path), "table": stream.table}
+        done = stream.last if counts is not None else stream.done
+        if ahead is not None and ahead.job is not None and now - ahead.at <= AHEAD_FRESH:
+            job, text = ahead.job, ahead.text
+        else:  # (a batch read ahead long ago gets a new envelope: its age counts from its publish)
+            job = self.publisher.prepare(self._event(stream, records))
+            text = ahead.text if ahead is not None else json.dumps(records)
+        fields = {"last": last, "event": job.event.id, "records": text, "retries": retries,
+                  "done": done, "database": str(stream.db.path), "table": stream.table}
 
         def also(pipe: Any) -> None:
             pipe.hset(stream.key, mapping=fields)
-            quarantine.incr(pipe, stream.key + ":stats", "batches", 1)
-            quarantine.incr(pipe, stream.key + ":stats", "records", len(records))
+            for counter, n in {"batches": 1, "records": len(records), **(counts or {})}.items():
+                quarantine.incr(pipe, stream.key + ":stats", counter, n)
 
-        self.publisher.publish_many([event], also=also, keys={stream.key: "hash"})
+        self.publisher.publish_many([job], also=also, keys={stream.key: "hash"})
         if os.environ.get(FAULT_ENV) == "after-publish":
             os._exit(9)
-        stream.last, stream.event_id, stream.records, stream.retries = last, event.id, records, retries
+        if done != stream.done:
+            stream.done = done
+            stream.done_history.append((now, done))
+        stream.last, stream.event_id, stream.records, stream.retries = last, job.event.id, records, retries
         log.debug("%s: published %d records up to change %d", stream.function.name, len(records), last)
 
-    def _settle(self, stream: Stream, outcome: results.Outcome, now: float) -> None:
+    def _settle(self, stream: Stream, outcome: results.Outcome, now: float) -> dict[str, int] | None:
+        """Act on the outcome of the batch in flight: None when part of it is published again (a retry,
+        now in flight), else the counters to add as the batch is recorded done."""
         name, records = stream.function.name, stream.records
         if outcome.status != "succeeded":
             log.error("%s: batch of %d records (%s..%s) of table %r is %s after its retries; moving on",
                       name, len(records), _seq(records[0]), _seq(records[-1]), stream.table, outcome.status)
-            self._count(stream, "batches_dead", 1)
-            self._finish(stream, stream.last, now)
-            return
+            return {"batches_dead": 1}
         first = _first_failure(outcome.result, records)
         if first is None:
-            self._finish(stream, stream.last, now)
-            return
+            return {}
         rest = records[first:]
         if stream.retries < stream.function.retries:
             log.warning("%s: %d records from %s reported failed; retrying them (%d of %d)", name,
                         len(rest), _seq(rest[0]), stream.retries + 1, stream.function.retries)
-            self._publish(stream, rest, stream.last, stream.retries + 1)
-            return
+            self._publish(stream, rest, stream.last, stream.retries + 1, None, now)
+            return None
         log.error("%s: %d records from %s to %s of table %r still failed after %d retries; skipped",
                   name, len(rest), _seq(rest[0]), _seq(rest[-1]), stream.table, stream.retries)
-        self._count(stream, "records_failed", len(rest))
-        self._finish(stream, stream.last, now)
+        return {"records_failed": len(rest)}
 
-    def _count(self, stream: Stream, counter: str, n: int) -> None:
-        with self.client.pipeline(transaction=False) as pipe:
-            quarantine.incr(pipe, stream.key + ":stats", counter, n)
-            quarantine.report(pipe.execute())
-
-    def _finish(self, stream: Stream, last: int, now: float) -> None:
+    def _finish(self, stream: Stream, last: int, now: float, counts: dict[str, int]) -> None:
+        """Record that nothing is in flight up to change ``last`` (adding ``counts``), in one transaction."""
         with self.client.pipeline(transaction=True) as pipe:
             quarantine.guard(pipe, {stream.key: "hash"})
             pipe.hset(stream.key, mapping={"last": last, "done": last, "event": "", "records": "",
                                            "retries": 0})
+            for counter, n in counts.items():
+                quarantine.incr(pipe, stream.key + ":stats", counter, n)
             quarantine.report(pipe.execute())
         stream.last, stream.done, stream.event_id, stream.records, stream.retries = last, last, "", [], 0
         stream.done_history.append((now, last))

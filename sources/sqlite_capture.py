@@ -328,11 +328,13 @@ def _when(at: Any) -> float:
     return float(at)
 
 
-def read_changes(conn: sqlite3.Connection, table: str, after: int, limit: int) -> tuple[list[Change], int]:
+def read_changes(conn: sqlite3.Connection, table: str, after: int,
+                 limit: int) -> tuple[list[Change], int, bool]:
     """Up to ``limit`` changes of ``table`` with ids above ``after``, oldest first.
 
-    Returns the changes and the id of the last change-table row they account for (the cursor to
-    read from next time). ``REPLACED`` rows are merged with the change that follows them in the same
+    Returns the changes, the id of the last change-table row they account for (the cursor to
+    read from next time) and whether they are full (the next change would not fit in ``limit``,
+    so reading again later cannot give more). ``REPLACED`` rows are merged with the change that follows them in the same
     statement: the same key becomes a MODIFY with the replaced row as old image, another key a REMOVE
     of that key. A group is never split between two reads. An unreadable change row (written by
     something other than the triggers) is logged and skipped.
@@ -360,7 +362,7 @@ def read_changes(conn: sqlite3.Connection, table: str, after: int, limit: int) -
             pending.append((change_id, keys, old, at))
             continue
         if out and len(out) + len(pending) + 1 > limit:
-            break
+            return out, consumed, True
         for stash_id, stash_keys, stash_old, stash_at in pending:
             if op == "INSERT" and stash_keys == keys:
                 op, old = "MODIFY", stash_old
@@ -369,7 +371,7 @@ def read_changes(conn: sqlite3.Connection, table: str, after: int, limit: int) -
         pending = []
         out.append(Change(change_id, op, keys, old, new, at))
         consumed = change_id
-    return out, consumed
+    return out, consumed, len(out) >= limit
 
 
 def prune(conn: sqlite3.Connection, table: str, upto: int, batch: int = 500) -> int:

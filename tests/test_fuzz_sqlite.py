@@ -171,7 +171,7 @@ def test_real_round_trip_of_every_storable_value(captured: tuple[sqlite3.Connect
         app.execute("UPDATE t SET a = ?, b = ?, c = ?, d = ? WHERE id = ?", [*second, row_id])
         held_second = held(app, row_id)
         app.execute("DELETE FROM t WHERE id = ?", (row_id,))
-        changes, cursor[0] = sqlite_capture.read_changes(feed, "t", cursor[0], 10)
+        changes, cursor[0], _full = sqlite_capture.read_changes(feed, "t", cursor[0], 10)
         arn = dynamodb.stream_arn("/db", "t")
         records = [dynamodb.record(change_id=c.id, event_name=c.event_name, keys=c.keys, old=c.old, new=c.new,
                                    created=c.at, view="NEW_AND_OLD_IMAGES", table="t", arn=arn) for c in changes]

@@ -256,3 +256,63 @@ def test_rollback_journal_database_and_a_busy_writer(project: Path, r: redis.Red
     assert len(queued_events(r)[0]["payload"]["Records"]) == 1
     assert app.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     assert sqlite_capture.CHANGES in {n for (n,) in app.execute("SELECT name FROM sqlite_master")}
+
+
+def test_the_batch_read_ahead_goes_after_a_retry_of_the_one_in_flight(
+    project: Path, r: redis.Redis, redis_url: str
+) -> None:
+    """The next full batch is ready while one is in flight; a retry of part of that one still goes first,
+    and a change made meanwhile comes after it."""
+    feed = feed_for(make_project(project, batch_size=2, retries=1), redis_url)
+    app = app_db(project / "app.db")
+    feed.step()
+    app.executemany("INSERT INTO items(name) VALUES (?)", [(str(i),) for i in range(7)])
+    feed.step()
+
+    def names() -> list[str]:
+        (event,) = queued_events(r)
+        return [x["dynamodb"]["NewImage"]["name"]["S"] for x in event["payload"]["Records"]]
+
+    assert names() == ["0", "1"]
+    (event,) = queued_events(r)
+    seq = event["payload"]["Records"][1]["dynamodb"]["SequenceNumber"]
+    finish(r, event["id"], result={"batchItemFailures": [{"itemIdentifier": seq}]})
+    feed.step()
+    assert names() == ["1"], "the failed record again, before the batch read ahead"
+    finish(r, queued_events(r)[0]["id"])
+    feed.step()
+    assert names() == ["2", "3"]
+    app.execute("UPDATE items SET name = 'changed' WHERE name = '4'")
+    finish(r, queued_events(r)[0]["id"])
+    feed.step()
+    assert names() == ["4", "5"]
+    finish(r, queued_events(r)[0]["id"])
+    feed.step()
+    assert names() == ["6", "changed"]
+    key = cursor_key("feed", (project / "app.db").resolve(), "items")
+    assert r.hget(key + ":stats", "batches") == b"5"
+    assert (int(r.hget(key, "done")), int(r.hget(key, "last"))) == (6, 8), "done: the batch before the one in flight"
+    finish(r, queued_events(r)[0]["id"])
+    feed.step()
+    assert queued_events(r) == [] and r.hget(key, "event") == b"" and r.hget(key, "done") == b"8"
+
+
+def test_a_batch_read_ahead_long_before_its_publish_gets_a_fresh_envelope(
+    project: Path, r: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event's age (maximum_event_age) counts from its publish, however long the batch before it ran."""
+    from sources import sqlite as feed_module
+
+    feed = feed_for(make_project(project, batch_size=2), redis_url)
+    app = app_db(project / "app.db")
+    feed.step()
+    app.executemany("INSERT INTO items(name) VALUES (?)", [(str(i),) for i in range(4)])
+    feed.step()
+    monkeypatch.setattr(feed_module, "AHEAD_FRESH", 0.0)
+    time.sleep(0.02)
+    started = time.time()
+    finish(r, queued_events(r)[0]["id"])
+    feed.step()
+    (event,) = queued_events(r)
+    assert event["created_at"] >= started
+    assert [x["dynamodb"]["NewImage"]["name"]["S"] for x in event["payload"]["Records"]] == ["2", "3"]
