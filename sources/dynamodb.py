@@ -18,10 +18,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import logging
 import math
 from collections.abc import Mapping
+from json.encoder import encode_basestring_ascii as _ascii
 from typing import Any
 
 from broker.errors import ChangeFeedError
@@ -89,7 +89,30 @@ def _infinite(number: float, where: tuple[str, str]) -> dict[str, Any]:
 
 def image(row: Mapping[str, Any], table: str) -> dict[str, dict[str, Any]]:
     """A whole row (column -> captured value) as a DynamoDB item."""
-    return {column: attribute(value, (table, column)) for column, value in row.items()}
+    item: dict[str, dict[str, Any]] = {}
+    for column, value in row.items():
+        kind = type(value)  # the common kinds first, without attribute()'s checks in turn
+        if kind is str:
+            item[column] = {"S": value}
+        elif kind is int:
+            item[column] = {"N": str(value)}
+        elif value is None:
+            item[column] = {"NULL": True}
+        else:
+            item[column] = attribute(value, (table, column))
+    return item
+
+
+def _size(item: Mapping[str, Mapping[str, Any]] | None) -> int:
+    """The length of ``item`` as compact ASCII JSON, without encoding it (attribute values only)."""
+    if item is None:
+        return 4  # null
+    size = 1 + len(item) if item else 2  # the braces and the commas between members
+    for column, typed in item.items():
+        size += len(_ascii(column)) + 1  # "column":
+        for kind, value in typed.items():  # {"kind":value}, one member
+            size += len(kind) + 5 + (len(_ascii(value)) if type(value) is str else 4 if value is True else 5)
+    return size
 
 
 def sequence_number(change_id: int) -> str:
@@ -130,9 +153,9 @@ def record(
         body["OldImage"] = image(old, table)
     sequence = sequence_number(change_id)
     body["SequenceNumber"] = sequence
-    body["SizeBytes"] = len(json.dumps(
-        [body["Keys"], body.get("NewImage"), body.get("OldImage")], separators=(",", ":")
-    ).encode())
+    # The compact JSON of [Keys, NewImage, OldImage], counted rather than encoded (half of the cost
+    # of a record otherwise).
+    body["SizeBytes"] = 4 + _size(body["Keys"]) + _size(body.get("NewImage")) + _size(body.get("OldImage"))
     body["StreamViewType"] = view
     return {
         "eventID": hashlib.md5(f"{arn}/{sequence}".encode()).hexdigest(),  # noqa: S324 - an id, not security
