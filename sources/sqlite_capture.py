@@ -309,11 +309,19 @@ class Change:
     at: float
 
 
+_scan = json.JSONDecoder().scan_once  # json.loads without its checks around, for what the triggers write
+
+
 def _load(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
     try:
-        value = json.loads(text)
+        try:
+            value, end = _scan(text, 0) if type(text) is str else (None, -1)
+        except StopIteration:
+            end = -1
+        if end != len(text):  # not one bare JSON text value: json.loads says what it is, or reads it
+            value = json.loads(text)
     except RecursionError:
         raise ValueError("nested too deeply") from None
     if not isinstance(value, dict):
