@@ -167,6 +167,12 @@ def test_a_prepared_event_is_published_as_the_event_itself_would_be(project: Pat
         pub.prepare(Event(function="nope", payload={}))
     with pytest.raises(EnvelopeError):
         pub.prepare(Event(function="thumbnail", payload={"x": float("nan")}))
+    payload = {"Records": [{"a": "é\u2028\"]}", "b": [1.5, None, True]}]}
+    encoded = Event(function="thumbnail", payload=payload)
+    pub.publish_many([pub.prepare(encoded, payload_json=json.dumps(payload))])
+    job = Job.fetch(encoded.id, connection=r, serializer=JSONSerializer)
+    assert Event.from_dict(job.args[0]) == encoded and job.func_name == RUNNER and job.kwargs == {}
+    assert JSONSerializer.loads(job.data) == JSONSerializer.loads(zlib.decompress(pub.prepare(encoded).mapping["data"]))
 
 
 def test_outcome_wait_any_returns_the_outcomes_there_and_leaves_damaged_ones_to_fetch(r: redis.Redis) -> None:
