@@ -337,8 +337,9 @@ class Feed:
         if not full:
             return
         records = self._records(stream, changes)
-        job = self.publisher.prepare(self._event(stream, records)) if records else None
-        stream.ahead = Ahead(stream.last, consumed, records, json.dumps(records), job, now)
+        text = json.dumps(records, allow_nan=False)
+        job = self._job(stream, records, text) if records else None
+        stream.ahead = Ahead(stream.last, consumed, records, text, job, now)
 
     def _outcome(self, stream: Stream) -> results.Outcome | None:
         seen, stream.outcome = stream.outcome, None
@@ -359,8 +360,10 @@ class Feed:
                 log.error("%s: change %d skipped: %s", table, change.id, e)
         return records
 
-    def _event(self, stream: Stream, records: list[dict[str, Any]]) -> Event:
-        return Event(stream.function.name, payload={"Records": records}, source="sqlite", invocation_type="Event")
+    def _job(self, stream: Stream, records: list[dict[str, Any]], text: str) -> Prepared:
+        """The batch's event and job; ``text`` (the records' JSON, also the cursor's) is encoded once."""
+        event = Event(stream.function.name, payload={"Records": records}, source="sqlite", invocation_type="Event")
+        return self.publisher.prepare(event, payload_json='{"Records": ' + text + "}")
 
     def _publish(self, stream: Stream, records: list[dict[str, Any]], last: int, retries: int,
                  counts: dict[str, int] | None, now: float, ahead: Ahead | None = None) -> None:
@@ -373,8 +376,8 @@ class Feed:
         if ahead is not None and ahead.job is not None and now - ahead.at <= AHEAD_FRESH:
             job, text = ahead.job, ahead.text
         else:  # (a batch read ahead long ago gets a new envelope: its age counts from its publish)
-            job = self.publisher.prepare(self._event(stream, records))
-            text = ahead.text if ahead is not None else json.dumps(records)
+            text = ahead.text if ahead is not None else json.dumps(records, allow_nan=False)
+            job = self._job(stream, records, text)
         fields = {"last": last, "event": job.event.id, "records": text, "retries": retries,
                   "done": done, "database": str(stream.db.path), "table": stream.table}
 
