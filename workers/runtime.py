@@ -75,10 +75,13 @@ class Runtime:
         self._out = out or _stdout
         kernel.become_subreaper()
 
-    def invoke(self, request_id: str, event: Any, abandon: Callable[[], bool] = lambda: False) -> Invocation:
+    def invoke(self, request_id: str, event: Any, abandon: Callable[[], bool] = lambda: False,
+               job_data: bytes | None = None) -> Invocation:
         """Run ``event``; always returns (a handler's failure is an :class:`Invocation` too).
 
         When ``abandon()`` turns true the invocation is killed and returns status "abandoned".
+        ``job_data``, when given, is the RQ job data (JSON) that ``event`` was read from: the sandbox
+        gets it as it is, so a large event costs no second encoding.
         """
         self.prepare()
         self._out(f"START RequestId: {request_id} Version: $LATEST")
@@ -94,8 +97,11 @@ class Runtime:
         try:
             self.sandbox.ready()
             init_ms, self.sandbox.init_ms = self.sandbox.init_ms, None
-            self.sandbox.send({"id": request_id, "event": event, "tmpdir": tmpdir,
-                               "deadline": time.time() + self.limits.timeout})
+            request = {"id": request_id, "tmpdir": tmpdir, "deadline": time.time() + self.limits.timeout}
+            if job_data is None:
+                self.sandbox.send({**request, "event": event})
+            else:
+                self.sandbox.send(request, raw={"job": job_data})
             while True:
                 now = time.perf_counter()
                 wait = min(SAMPLE_INTERVAL, deadline - now)

@@ -2,7 +2,8 @@
 
 Like a Lambda execution environment it is reused between invocations (module state stays warm)
 and thrown away when an invocation breaks a limit or kills it. The worker talks to it over two
-pipes with length-prefixed JSON frames; the handler's own stdout and stderr go to the log.
+pipes with length-prefixed JSON frames (an event goes as the job's own JSON, not encoded again);
+the handler's own stdout and stderr go to the log.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from broker import idempotency
@@ -34,8 +35,13 @@ class SandboxGone(Exception):
     """Raised by the worker side when the sandbox's pipe closes (the process died)."""
 
 
-def write_frame(fd: int, obj: Any) -> None:
+def write_frame(fd: int, obj: Any, raw: Mapping[str, bytes] | None = None) -> None:
+    """Write ``obj`` (a dict when ``raw`` is given) as one frame. ``raw`` adds members whose values
+    are JSON texts already, set in as they are rather than decoded and encoded again."""
     data = json.dumps(obj, separators=(",", ":")).encode()
+    if raw:
+        members = b"".join(b"," + json.dumps(k).encode() + b":" + v for k, v in raw.items())
+        data = data[:-1] + (members[1:] if data == b"{}" else members) + b"}"
     view = memoryview(_HEADER.pack(len(data)) + data)
     while view:
         view = view[os.write(fd, view) :]
@@ -107,9 +113,9 @@ class Sandbox:
     def running(self) -> bool:
         return self.pid != 0
 
-    def send(self, request: dict[str, Any]) -> None:
+    def send(self, request: dict[str, Any], raw: Mapping[str, bytes] | None = None) -> None:
         try:
-            write_frame(self.requests, request)
+            write_frame(self.requests, request, raw)
         except OSError as e:
             raise SandboxGone(str(e)) from e
 
@@ -139,6 +145,8 @@ def _serve(
             request = read_frame(requests)
         except SandboxGone:
             return
+        if "job" in request:  # the job's data as the worker read it: RQ's [function, instance, [envelope], kwargs]
+            request["event"] = request.pop("job")[2][0]["payload"]
         reap()  # children of the last invocation, killed by the worker after it ended
         reply = _invoke(fn, handler, worker_name, request)
         if os.getpid() != me:
