@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -342,16 +343,23 @@ def read_changes(conn: sqlite3.Connection, table: str, after: int,
 
     Returns the changes, the id of the last change-table row they account for (the cursor to
     read from next time) and whether they are full (the next change would not fit in ``limit``,
-    so reading again later cannot give more). ``REPLACED`` rows are merged with the change that follows them in the same
-    statement: the same key becomes a MODIFY with the replaced row as old image, another key a REMOVE
-    of that key. A group is never split between two reads. An unreadable change row (written by
-    something other than the triggers) is logged and skipped.
+    so reading again later cannot give more). ``REPLACED`` rows are merged with the change that
+    follows them in the same statement: the same key becomes a MODIFY with the replaced row as old
+    image, another key a REMOVE of that key. A group is never split between two reads. An
+    unreadable change row (written by something other than the triggers) is logged and skipped.
     """
     rows = conn.execute(
         f"SELECT id, op, key, old, new, at FROM {CHANGES} "
         "WHERE id > ? AND tbl = ? AND op <> 'STASH' ORDER BY id LIMIT ?",
         (after, table, limit + 64),
-    ).fetchall()
+    )
+    try:  # row by row: the rows after the last one used are never fetched
+        return _group(rows, table, after, limit)
+    finally:
+        rows.close()
+
+
+def _group(rows: Iterable[tuple[Any, ...]], table: str, after: int, limit: int) -> tuple[list[Change], int, bool]:
     out: list[Change] = []
     pending: list[tuple[int, dict[str, Any], dict[str, Any] | None, float]] = []
     consumed = after
