@@ -316,3 +316,16 @@ def test_a_batch_read_ahead_long_before_its_publish_gets_a_fresh_envelope(
     (event,) = queued_events(r)
     assert event["created_at"] >= started
     assert [x["dynamodb"]["NewImage"]["name"]["S"] for x in event["payload"]["Records"]] == ["2", "3"]
+
+
+def test_a_lone_surrogate_in_a_change_row_is_delivered_as_it_is(project: Path, r: redis.Redis, redis_url: str) -> None:
+    """A change row written by hand may hold what no encoder of UTF-8 takes: it still goes out, exactly."""
+    feed = feed_for(make_project(project), redis_url)
+    app = app_db(project / "app.db")
+    feed.step()
+    app.execute("INSERT INTO _lambdalite_changes(tbl, op, key, new, at) VALUES ('items', 'INSERT', ?, ?, 0)",
+                ('{"id": 1}', '{"id": 1, "name": "\\ud800x"}'))
+    app.execute("INSERT INTO items VALUES (2, 'é', 2)")
+    feed.step()
+    records = queued_events(r)[0]["payload"]["Records"]
+    assert [x["dynamodb"]["NewImage"]["name"] for x in records] == [{"S": "\ud800x"}, {"S": "é"}]
