@@ -21,7 +21,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now as utcnow
 from rq.utils import utcformat
 
-from broker import quarantine
+from broker import quarantine, successors
 from broker.envelope import Event
 from broker.errors import EnvelopeError
 from broker.registry import Function, Registry
@@ -109,6 +109,24 @@ class Publisher:
         """
         job_id, mapping = self._job_hash(self.registry.get(event.function), event, payload_json)
         return Prepared(event, job_id, mapping)
+
+    def stage(self, after: str, prepared: Prepared, release_by: float, fields: tuple[str, Mapping[str, Any]],
+              counters: tuple[str, Mapping[str, int]]) -> None:
+        """Stage ``prepared`` as the successor of event ``after`` (:mod:`broker.successors`), in one
+        transaction: the worker's transaction that records a clean success of ``after`` publishes it,
+        sets ``fields`` (hash key, fields) and adds ``counters`` (hash key, increments), if that comes
+        before ``release_by`` (seconds since the epoch). Its enqueue time is the staging's.
+        Raises UnknownFunctionError, or redis errors.
+        """
+        fn = self.registry.get(prepared.event.function)
+        queue = self._queue(fn.name)
+        stamp = utcformat(utcnow())
+        job = (prepared.job_id, Job.redis_job_namespace_prefix + prepared.job_id,
+               {**prepared.mapping, "created_at": stamp, "enqueued_at": stamp})
+        with self.client.pipeline(transaction=True) as pipe:
+            successors.stage(pipe, after, release_by, job, (queue.key, Queue.redis_queues_keys, WAKE_CHANNEL, fn.name),
+                             fields, counters)
+            quarantine.report(pipe.execute())
 
     def publish_many(
         self,

@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 import redis
 
-from broker import quarantine, results
+from broker import quarantine, results, successors
 from broker.connection import TRANSIENT, Backoff, connect
 from broker.envelope import Event
 from broker.errors import ChangeFeedError, LambdaliteError
@@ -118,6 +118,7 @@ class Ahead:
     text: str  # the records as JSON, for the cursor
     job: Prepared | None  # the event's job; None when no change in it could be converted
     at: float  # when the job was encoded
+    staged: str = ""  # the event it is staged after as a successor (broker.successors), if any
 
 
 @dataclass
@@ -137,6 +138,7 @@ class Stream:
     records: list[dict[str, Any]] = field(default_factory=list)
     outcome: tuple[str, results.Outcome] | None = None  # (event id, its outcome) as Feed.wait saw it
     ahead: Ahead | None = None  # the next batch, ready while this one is in flight
+    read_ahead: str = ""  # the batch in flight when the next one was last read ahead
     retries: int = 0
     done: int = 0
     done_history: deque[tuple[float, int]] = field(default_factory=deque)
@@ -301,10 +303,16 @@ class Feed:
         if not stream.loaded:
             self._load(stream)
         counts: dict[str, int] | None = None  # once the batch in flight is done: the counters it adds
+        settled = ""  # the batch whose outcome this step acts on: what follows drops its staged successor
         if stream.event_id:
             outcome = self._outcome(stream)
             if outcome is None:
+                self._prepare(stream, conn, now)  # once per batch in flight (after a restart: now)
                 return
+            if outcome.ok and successors.clean(outcome.result) and self._released(stream, now):
+                self._prepare(stream, conn, now)  # the worker published the next batch: ready the one after
+                return
+            settled = stream.event_id
             counts = self._settle(stream, outcome, now)
             if counts is None:
                 return  # a retry of part of the batch is now in flight
@@ -312,7 +320,7 @@ class Feed:
         # in the same transaction, so a batch costs one round trip.
         ahead, stream.ahead = stream.ahead, None
         if ahead is not None and ahead.after == stream.last:
-            self._publish(stream, ahead.records, ahead.last, 0, counts, now, ahead)
+            self._publish(stream, ahead.records, ahead.last, 0, counts, now, ahead, settled)
         else:
             size = stream.trigger.batch_size
             changes, consumed, _full = sqlite_capture.read_changes(conn, stream.table, stream.last, size)
@@ -320,27 +328,67 @@ class Feed:
             if not changes or (len(changes) < size and window and now - changes[0].at < window):
                 last = stream.last if changes else consumed  # only unreadable rows: step over them
                 if counts is not None or last != stream.last:
-                    self._finish(stream, last, now, counts or {})
+                    self._finish(stream, last, now, counts or {}, settled)
                 return
-            self._publish(stream, self._records(stream, changes), consumed, 0, counts, now)
+            self._publish(stream, self._records(stream, changes), consumed, 0, counts, now, None, settled)
         self._prepare(stream, conn, now)
 
-    def _prepare(self, stream: Stream, conn: sqlite3.Connection, now: float) -> None:
-        """Read, convert and encode the batch after the one just published while that one runs, so
-        that it goes out the moment that one is done (a Lambda stream shard's reader does the same).
+    def _released(self, stream: Stream, now: float) -> bool:
+        """Whether the worker, recording the clean success of the batch in flight, published the
+        successor staged after it (the cursor moved past that batch in the same transaction); the
+        stream then follows the cursor."""
+        try:
+            current = self.client.hget(stream.key, "event")
+        except redis.ResponseError:  # a cursor of another type: read again (and repaired) from scratch
+            self._load(stream)
+            return True
+        if current is None or current == stream.event_id.encode():
+            return False
+        ahead = stream.ahead
+        if ahead is not None and ahead.job is not None and current == ahead.job.event.id.encode():
+            stream.done_history.append((now, stream.last))
+            stream.done, stream.last, stream.ahead = stream.last, ahead.last, None
+            stream.event_id, stream.records, stream.retries = ahead.job.event.id, ahead.records, 0
+            log.debug("%s: the worker published %d records up to change %d", stream.function.name,
+                      len(ahead.records), ahead.last)
+        else:  # a successor staged before this feed (re)started: the cursor tells what is in flight
+            self._load(stream)
+        return True
 
-        Only a full batch is kept: one with room left could still grow by then, and is read then.
+    def _prepare(self, stream: Stream, conn: sqlite3.Connection, now: float) -> None:
+        """Read, convert and encode the batch after the one in flight while that one runs, and stage
+        it as that one's successor (:mod:`broker.successors`): the worker's transaction that records
+        a clean success of the batch in flight publishes it and moves the cursor, with no round
+        trip through the feed (a Lambda stream shard's reader keeps the next batch ready too).
+
+        Only a full batch is read ahead: one with room left could still grow, and is read when the
+        batch in flight is done.
         """
-        if not stream.event_id or stream.ahead is not None:
+        if not stream.event_id:
             return
-        changes, consumed, full = sqlite_capture.read_changes(conn, stream.table, stream.last,
-                                                             stream.trigger.batch_size)
-        if not full:
+        if stream.ahead is None:
+            if stream.read_ahead == stream.event_id:
+                return  # tried while this batch is in flight: not full then
+            stream.read_ahead = stream.event_id
+            changes, consumed, full = sqlite_capture.read_changes(conn, stream.table, stream.last,
+                                                                 stream.trigger.batch_size)
+            if not full:
+                return
+            records = self._records(stream, changes)
+            text = _json(records)
+            job = self._job(stream, records, text) if records else None
+            stream.ahead = Ahead(stream.last, consumed, records, text, job, now)
+        ahead = stream.ahead
+        release_by = ahead.job.event.created_at + AHEAD_FRESH if ahead.job is not None else 0.0
+        if ahead.staged == stream.event_id or ahead.after != stream.last or release_by <= time.time():
             return
-        records = self._records(stream, changes)
-        text = _json(records)
-        job = self._job(stream, records, text) if records else None
-        stream.ahead = Ahead(stream.last, consumed, records, text, job, now)
+        fields = {"last": ahead.last, "event": ahead.job.event.id, "records": ahead.text, "retries": 0,
+                  "done": stream.last, "database": str(stream.db.path), "table": stream.table}
+        counters = {"batches": 1, "records": len(ahead.records)}
+        # Its envelope's age at the release stays under AHEAD_FRESH; later, the feed publishes it anew.
+        self.publisher.stage(stream.event_id, ahead.job, release_by, (stream.key, fields),
+                             (stream.key + ":stats", counters))
+        ahead.staged = stream.event_id
 
     def _outcome(self, stream: Stream) -> results.Outcome | None:
         seen, stream.outcome = stream.outcome, None
@@ -367,11 +415,12 @@ class Feed:
         return self.publisher.prepare(event, payload_json='{"Records": ' + text + "}")
 
     def _publish(self, stream: Stream, records: list[dict[str, Any]], last: int, retries: int,
-                 counts: dict[str, int] | None, now: float, ahead: Ahead | None = None) -> None:
+                 counts: dict[str, int] | None, now: float, ahead: Ahead | None = None, settled: str = "") -> None:
         """Publish a batch and move the cursor to it, in one transaction. With ``counts`` the batch
-        in flight is done: the same transaction records that and adds its counters."""
+        in flight is done: the same transaction records that and adds its counters. ``settled``
+        names the batch whose staged successor the same transaction drops."""
         if not records:
-            self._finish(stream, last, now, counts or {})
+            self._finish(stream, last, now, counts or {}, settled)
             return
         done = stream.last if counts is not None else stream.done
         if ahead is not None and ahead.job is not None and now - ahead.at <= AHEAD_FRESH:
@@ -386,6 +435,8 @@ class Feed:
             pipe.hset(stream.key, mapping=fields)
             for counter, n in {"batches": 1, "records": len(records), **(counts or {})}.items():
                 quarantine.incr(pipe, stream.key + ":stats", counter, n)
+            if settled:
+                successors.drop(pipe, settled)
 
         self.publisher.publish_many([job], also=also, keys={stream.key: "hash"})
         if os.environ.get(FAULT_ENV) == "after-publish":
@@ -411,20 +462,23 @@ class Feed:
         if stream.retries < stream.function.retries:
             log.warning("%s: %d records from %s reported failed; retrying them (%d of %d)", name,
                         len(rest), _seq(rest[0]), stream.retries + 1, stream.function.retries)
-            self._publish(stream, rest, stream.last, stream.retries + 1, None, now)
+            self._publish(stream, rest, stream.last, stream.retries + 1, None, now, None, stream.event_id)
             return None
         log.error("%s: %d records from %s to %s of table %r still failed after %d retries; skipped",
                   name, len(rest), _seq(rest[0]), _seq(rest[-1]), stream.table, stream.retries)
         return {"records_failed": len(rest)}
 
-    def _finish(self, stream: Stream, last: int, now: float, counts: dict[str, int]) -> None:
-        """Record that nothing is in flight up to change ``last`` (adding ``counts``), in one transaction."""
+    def _finish(self, stream: Stream, last: int, now: float, counts: dict[str, int], settled: str = "") -> None:
+        """Record that nothing is in flight up to change ``last`` (adding ``counts``, dropping the
+        successor staged after ``settled``), in one transaction."""
         with self.client.pipeline(transaction=True) as pipe:
             quarantine.guard(pipe, {stream.key: "hash"})
             pipe.hset(stream.key, mapping={"last": last, "done": last, "event": "", "records": "",
                                            "retries": 0})
             for counter, n in counts.items():
                 quarantine.incr(pipe, stream.key + ":stats", counter, n)
+            if settled:
+                successors.drop(pipe, settled)
             quarantine.report(pipe.execute())
         stream.last, stream.done, stream.event_id, stream.records, stream.retries = last, last, "", [], 0
         stream.done_history.append((now, last))

@@ -307,15 +307,17 @@ def test_a_batch_read_ahead_long_before_its_publish_gets_a_fresh_envelope(
     app = app_db(project / "app.db")
     feed.step()
     app.executemany("INSERT INTO items(name) VALUES (?)", [(str(i),) for i in range(4)])
-    feed.step()
     monkeypatch.setattr(feed_module, "AHEAD_FRESH", 0.0)
+    feed.step()  # publishes the first batch, reads the second ahead and stages it
     time.sleep(0.02)
     started = time.time()
-    finish(r, queued_events(r)[0]["id"])
+    finish(r, queued_events(r)[0]["id"])  # too late for the staged successor: the worker leaves it
+    assert queued_events(r) == []
     feed.step()
     (event,) = queued_events(r)
     assert event["created_at"] >= started
     assert [x["dynamodb"]["NewImage"]["name"]["S"] for x in event["payload"]["Records"]] == ["2", "3"]
+    assert r.keys("lambdalite:successor:*") == [], "the feed dropped what it staged"
 
 
 def test_a_lone_surrogate_in_a_change_row_is_delivered_as_it_is(project: Path, r: redis.Redis, redis_url: str) -> None:
@@ -329,3 +331,46 @@ def test_a_lone_surrogate_in_a_change_row_is_delivered_as_it_is(project: Path, r
     feed.step()
     records = queued_events(r)[0]["payload"]["Records"]
     assert [x["dynamodb"]["NewImage"]["name"] for x in records] == [{"S": "\ud800x"}, {"S": "é"}]
+
+
+def test_the_worker_publishes_the_staged_batch_and_the_feed_follows(project: Path, r: redis.Redis,
+                                                                     redis_url: str) -> None:
+    """A clean success publishes the batch read ahead in the same transaction, cursor and all; the feed
+    follows without publishing it again, also when it restarted in between."""
+    feed = feed_for(make_project(project, batch_size=2), redis_url)
+    app = app_db(project / "app.db")
+    feed.step()
+    app.executemany("INSERT INTO items(name) VALUES (?)", [(str(i),) for i in range(9)])
+    feed.step()
+    key = cursor_key("feed", (project / "app.db").resolve(), "items")
+
+    def names() -> list[str]:
+        (event,) = queued_events(r)
+        return [x["dynamodb"]["NewImage"]["name"]["S"] for x in event["payload"]["Records"]]
+
+    finish(r, queued_events(r)[0]["id"])
+    assert names() == ["2", "3"], "published by the transaction that recorded the outcome"
+    assert (r.hget(key, "done"), r.hget(key, "last"), r.hget(key, "event")) == (
+        b"2", b"4", queued_events(r)[0]["id"].encode())
+    feed.step()
+    assert names() == ["2", "3"] and feed.in_flight() == [queued_events(r)[0]["id"]]
+
+    restarted = feed_for(make_project(project, batch_size=2), redis_url)
+    finish(r, queued_events(r)[0]["id"])  # releases what the feed staged before its restart
+    assert names() == ["4", "5"]
+    restarted.step()  # follows the cursor; stages the batch after the one in flight
+    assert names() == ["4", "5"] and len(r.keys("lambdalite:successor:*")) == 1
+    finish(r, queued_events(r)[0]["id"], release=False)  # as if the worker had been faster than the staging
+    assert queued_events(r) == []
+    restarted.step()
+    assert names() == ["6", "7"]
+    finish(r, queued_events(r)[0]["id"])
+    restarted.step()
+    assert names() == ["8"]
+    finish(r, queued_events(r)[0]["id"])
+    restarted.step()
+    assert queued_events(r) == [] and r.hget(key, "done") == r.hget(key, "last") == b"9"
+    assert r.hget(key + ":stats", "batches") == b"5" and r.hget(key + ":stats", "records") == b"9"
+    assert r.keys("lambdalite:successor:*") == []
+    feed.close()
+    restarted.close()
