@@ -374,3 +374,18 @@ def test_the_worker_publishes_the_staged_batch_and_the_feed_follows(project: Pat
     assert r.keys("lambdalite:successor:*") == []
     feed.close()
     restarted.close()
+
+
+def test_a_cursor_holds_its_records_compressed_and_reads_them_as_json_too() -> None:
+    """The cursor's records are compressed; a cursor written as plain JSON (before) still reads."""
+    import json
+    import zlib
+
+    from sources.sqlite import read_cursor
+
+    records = [{"dynamodb": {"SequenceNumber": "000000000000000000001"}, "eventName": "INSERT"}]
+    for raw in (zlib.compress(json.dumps(records).encode(), 1), json.dumps(records).encode()):
+        cursor, problems = read_cursor({b"last": b"1", b"done": b"0", b"event": b"e1", b"records": raw})
+        assert (cursor["event"], cursor["records"], problems) == ("e1", records, [])
+    cursor, problems = read_cursor({b"last": b"1", b"event": b"e1", b"records": b"x\x9cgarbage"})
+    assert cursor["event"] == "" and "cannot be read" in problems[0]
