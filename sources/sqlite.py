@@ -139,8 +139,10 @@ class Stream:
     event_id: str = ""
     records: list[dict[str, Any]] = field(default_factory=list)
     outcome: tuple[str, results.Outcome] | None = None  # (event id, its outcome) as Feed.wait saw it
-    ahead: Ahead | None = None  # the next batch, ready while this one is in flight
-    read_ahead: str = ""  # the batch in flight when the next one was last read ahead
+    ahead: Ahead | None = None  # the next batch, ready (and staged) while this one is in flight
+    beyond: Ahead | None = None  # the batch after that one, ready to be staged the moment it is in flight
+    read_ahead: str = ""  # the batch in flight when the next batch was last read ahead
+    read_beyond: str = ""  # the batch in flight when the one after it was last read ahead
     retries: int = 0
     done: int = 0
     done_history: deque[tuple[float, int]] = field(default_factory=deque)
@@ -295,7 +297,7 @@ class Feed:
             log.warning("redis key %s: %s", stream.key, "; ".join(problems))
         stream.last, stream.done = cursor["last"], cursor["done"]
         stream.event_id, stream.records, stream.retries = cursor["event"], cursor["records"], cursor["retries"]
-        stream.outcome, stream.ahead = None, None
+        stream.outcome, stream.ahead, stream.beyond = None, None, None
         stream.loaded = True
         stream.done_history.append((self.clock(), stream.done))
         if stream.event_id:
@@ -320,10 +322,11 @@ class Feed:
                 return  # a retry of part of the batch is now in flight
         # From here on the batch in flight (if any) is done; the publish of the next one records that
         # in the same transaction, so a batch costs one round trip.
-        ahead, stream.ahead = stream.ahead, None
+        ahead, stream.ahead, stream.beyond = stream.ahead, stream.beyond, None
         if ahead is not None and ahead.after == stream.last:
             self._publish(stream, ahead.records, ahead.last, 0, counts, now, ahead, settled)
         else:
+            stream.ahead = None
             size = stream.trigger.batch_size
             changes, consumed, _full = sqlite_capture.read_changes(conn, stream.table, stream.last, size)
             window = stream.trigger.batching_window
@@ -349,7 +352,7 @@ class Feed:
         ahead = stream.ahead
         if ahead is not None and ahead.job is not None and current == ahead.job.event.id.encode():
             stream.done_history.append((now, stream.last))
-            stream.done, stream.last, stream.ahead = stream.last, ahead.last, None
+            stream.done, stream.last, stream.ahead, stream.beyond = stream.last, ahead.last, stream.beyond, None
             stream.event_id, stream.records, stream.retries = ahead.job.event.id, ahead.records, 0
             log.debug("%s: the worker published %d records up to change %d", stream.function.name,
                       len(ahead.records), ahead.last)
@@ -361,7 +364,8 @@ class Feed:
         """Read, convert and encode the batch after the one in flight while that one runs, and stage
         it as that one's successor (:mod:`broker.successors`): the worker's transaction that records
         a clean success of the batch in flight publishes it and moves the cursor, with no round
-        trip through the feed (a Lambda stream shard's reader keeps the next batch ready too).
+        trip through the feed (a Lambda stream shard's reader keeps the next batch ready too). The
+        batch after it is read as well, so that it is staged the moment its turn comes.
 
         Only a full batch is read ahead: one with room left could still grow, and is read when the
         batch in flight is done.
@@ -372,22 +376,33 @@ class Feed:
             if stream.read_ahead == stream.event_id:
                 return  # tried while this batch is in flight: not full then
             stream.read_ahead = stream.event_id
-            changes, consumed, full = sqlite_capture.read_changes(conn, stream.table, stream.last,
-                                                                 stream.trigger.batch_size)
-            if not full:
+            stream.ahead = self._read_ahead(stream, conn, stream.last, now)
+            if stream.ahead is None:
                 return
-            records = self._records(stream, changes)
-            text = _json(records)
-            job = self._job(stream, records, text) if records else None
-            stream.ahead = Ahead(stream.last, consumed, records, text, _pack(text), job, now)
+        self._stage(stream)
+        if stream.beyond is None and stream.read_beyond != stream.event_id:
+            stream.read_beyond = stream.event_id
+            stream.beyond = self._read_ahead(stream, conn, stream.ahead.last, now)
+
+    def _read_ahead(self, stream: Stream, conn: sqlite3.Connection, after: int, now: float) -> Ahead | None:
+        changes, consumed, full = sqlite_capture.read_changes(conn, stream.table, after, stream.trigger.batch_size)
+        if not full:
+            return None
+        records = self._records(stream, changes)
+        text = _json(records)
+        job = self._job(stream, records, text) if records else None
+        return Ahead(after, consumed, records, text, _pack(text), job, now)
+
+    def _stage(self, stream: Stream) -> None:
         ahead = stream.ahead
-        release_by = ahead.job.event.created_at + AHEAD_FRESH if ahead.job is not None else 0.0
-        if ahead.staged == stream.event_id or ahead.after != stream.last or release_by <= time.time():
+        if ahead is None or ahead.job is None or ahead.staged == stream.event_id or ahead.after != stream.last:
             return
+        release_by = ahead.job.event.created_at + AHEAD_FRESH  # its envelope's age at the release stays under that
+        if release_by <= time.time():
+            return  # too old: the feed publishes it anew when the batch in flight is done
         fields = {"last": ahead.last, "event": ahead.job.event.id, "records": ahead.packed, "retries": 0,
                   "done": stream.last, "database": str(stream.db.path), "table": stream.table}
         counters = {"batches": 1, "records": len(ahead.records)}
-        # Its envelope's age at the release stays under AHEAD_FRESH; later, the feed publishes it anew.
         self.publisher.stage(stream.event_id, ahead.job, release_by, (stream.key, fields),
                              (stream.key + ":stats", counters))
         ahead.staged = stream.event_id
