@@ -38,7 +38,9 @@ for i = 1, #raw, 2 do
   local kind, rest = string.sub(name, 1, 2), string.sub(name, 3)
   if kind == 'j:' then table.insert(job, rest); table.insert(job, value)
   elseif kind == 'h:' then table.insert(fields, rest); table.insert(fields, value)
-  elseif kind == 'n:' then table.insert(counts, rest); table.insert(counts, value)
+  elseif kind == 'n:' then
+    if not string.match(value, '^%d+$') or #value > 18 then return out end
+    table.insert(counts, rest); table.insert(counts, value)
   else s[name] = value end
 end
 for _, part in ipairs({'by', 'id', 'job', 'queue', 'queues', 'hash', 'stats'}) do

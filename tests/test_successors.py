@@ -91,6 +91,9 @@ def test_damaged_keys_are_moved_aside_and_a_damaged_successor_is_never_applied(
     stage(r, registry, after="e3")
     r.hdel(successors.key("e3"), "queue")
     assert release(r, "e3") == [[]]
+    stage(r, registry, after="e4")
+    r.hset(successors.key("e4"), "n:records", "three")
+    assert release(r, "e4") == [[]]
     assert function_queue(r, "f").job_ids == [event.id], "a staged successor missing a part is not applied"
 
 
