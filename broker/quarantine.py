@@ -80,6 +80,16 @@ def _tail() -> list[Any]:
     return [PREFIX, int(time.time() * 1000), KEEP, _MARK]
 
 
+#: For the scripts of other modules: the Lua function ``move(key, expected, n, out)`` above, which
+#: reads :func:`script_args` from ARGV after the script's own ``n`` arguments.
+MOVE_FUNCTION = _MOVE
+
+
+def script_args() -> list[Any]:
+    """The arguments that :data:`MOVE_FUNCTION` reads, to pass after a script's own."""
+    return _tail()
+
+
 def guard(pipe: Any, expected: Mapping[str, str]) -> None:
     """Queue on ``pipe`` the move-aside of every key in ``expected`` whose type is not the one given
     (``"list"``, ``"hash"``, ``"set"``, ``"zset"``, ``"stream"`` or ``"string"``); absent keys are fine."""
