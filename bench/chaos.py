@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=int(time.time()) % 1_000_000)
     parser.add_argument("--parts", default="123", help="which parts to run, e.g. 1 or 23")
+    parser.add_argument("--keep", action="store_true", help="keep the working folder (logs, Redis data)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="ll-chaos-"))
     print(f"seed {args.seed}; working in {folder}", flush=True)
@@ -132,9 +133,9 @@ def main() -> None:
     except BaseException:
         print(f"kept {folder} for a look")
         raise
-    if lost:
+    if lost or args.keep:
         print(f"kept {folder} for a look")
-        sys.exit(1)
+        sys.exit(1 if lost else 0)
     shutil.rmtree(folder, ignore_errors=True)
 
 

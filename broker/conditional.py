@@ -64,7 +64,7 @@ class Conditional:
     """
 
     def __init__(self, check: str) -> None:
-        self.text = quarantine.MOVE_LUA + "local function check(c)\n" + check + "\nend\n" + _BODY
+        self.text = quarantine.MOVE_FUNCTION + "local function check(c)\n" + check + "\nend\n" + _BODY
         self._script: Script | None = None
 
     def run(self, client: redis.Redis, condition: Sequence[Any], expected: Mapping[str, str],
@@ -79,7 +79,7 @@ class Conditional:
         once they are applied (then the second answer is "not applied", though the first applied).
         """
         keys = list(expected)
-        args: list[Any] = [*expected.values(), *quarantine.tail(), len(condition), *condition]
+        args: list[Any] = [*expected.values(), *quarantine.script_args(), len(condition), *condition]
         for command, _options in writes.command_stack:
             if str(command[0]).upper() in _SCRIPTS:
                 raise ValueError(f"{command[0]} cannot run inside a script: queue plain commands")

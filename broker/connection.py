@@ -72,13 +72,14 @@ class Backoff:
         self.delay = 0.0
 
 
-def connect(dsn: str) -> redis.Redis:
-    """A client for ``dsn`` (``redis://`` or ``unix://``) that retries brief faults itself."""
+def connect(dsn: str, retries: int = 3) -> redis.Redis:
+    """A client for ``dsn`` (``redis://`` or ``unix://``) that retries brief faults itself
+    (``retries`` times; 0 for an answer at once, e.g. to learn whether Redis is there)."""
     return redis.Redis.from_url(
         dsn,
         socket_connect_timeout=2,
         health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=retries),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         parser_class=Parser,
     )

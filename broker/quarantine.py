@@ -26,9 +26,9 @@ PREFIX = "lambdalite:quarantine:"
 KEEP = 7 * 24 * 3600  # seconds a moved-aside value is kept
 _MARK = "lambdalite:quarantined"
 
-# KEYS: the keys; ARGV[i]: the type KEYS[i] must have; then :func:`tail` (n is #KEYS). Appends
-# {MARK, key, problem, action, ...} to ``out`` for what it moved. Shared with broker.conditional.
-MOVE_LUA = """
+# KEYS: the keys; ARGV[i]: the type KEYS[i] must have; then the prefix, a stamp and KEEP.
+# Returns {MARK, key, problem, action, ...} for what it moved, or an empty table.
+_MOVE = """
 local function move(key, expected, n, out)
   local found = redis.call('TYPE', key).ok
   if found ~= 'none' and found ~= expected then
@@ -43,14 +43,14 @@ local function move(key, expected, n, out)
 end
 """
 
-_GUARD = MOVE_LUA + """
+_GUARD = _MOVE + """
 local out = {}
 for i, key in ipairs(KEYS) do move(key, ARGV[i], #KEYS, out) end
 return out
 """
 
 # KEYS[1]: a hash of counters; ARGV: field, increment, then the prefix, stamp, KEEP and MARK.
-_INCR = MOVE_LUA + """
+_INCR = _MOVE + """
 local out = {}
 move(KEYS[1], 'hash', 2, out)
 local value = redis.call('HGET', KEYS[1], ARGV[1])
@@ -76,9 +76,18 @@ return {ARGV[5], KEYS[1], ARGV[1], 'moved to ' .. aside}
 """
 
 
-def tail() -> list[Any]:
-    """The arguments that follow the types in a script using :data:`MOVE_LUA`: prefix, stamp, KEEP, MARK."""
+def _tail() -> list[Any]:
     return [PREFIX, int(time.time() * 1000), KEEP, _MARK]
+
+
+#: For the scripts of other modules: the Lua function ``move(key, expected, n, out)`` above, which
+#: reads :func:`script_args` from ARGV after the script's own ``n`` arguments.
+MOVE_FUNCTION = _MOVE
+
+
+def script_args() -> list[Any]:
+    """The arguments that :data:`MOVE_FUNCTION` reads, to pass after a script's own."""
+    return _tail()
 
 
 def guard(pipe: Any, expected: Mapping[str, str]) -> None:
@@ -86,19 +95,19 @@ def guard(pipe: Any, expected: Mapping[str, str]) -> None:
     (``"list"``, ``"hash"``, ``"set"``, ``"zset"``, ``"stream"`` or ``"string"``); absent keys are fine."""
     if expected:
         keys = list(expected)
-        pipe.eval(_GUARD, len(keys), *keys, *expected.values(), *tail())
+        pipe.eval(_GUARD, len(keys), *keys, *expected.values(), *_tail())
 
 
 def incr(pipe: Any, key: str, field: str, n: int = 1) -> None:
     """Queue ``HINCRBY key field n`` on ``pipe``, first moving aside a ``key`` that is not a hash
     and dropping a ``field`` that is not a non-negative count (it is counted again from 0)."""
-    pipe.eval(_INCR, 1, key, field, n, *tail())
+    pipe.eval(_INCR, 1, key, field, n, *_tail())
 
 
 def set_aside(pipe: Any, key: str, problem: str) -> None:
     """Queue on ``pipe`` the move-aside of ``key`` (if it exists), whatever its type; ``problem`` says
     what is wrong with it (``"is not a job RQ can read"``) for :func:`report`."""
-    pipe.eval(_SET_ASIDE, 1, key, problem, *tail())
+    pipe.eval(_SET_ASIDE, 1, key, problem, *_tail())
 
 
 def report(replies: Iterable[Any], quiet: bool = False) -> list[tuple[str, str, str]]:

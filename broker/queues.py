@@ -7,8 +7,10 @@ up by function name in the registry, and a worker refuses any other job.
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -19,7 +21,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now as utcnow
 from rq.utils import utcformat
 
-from broker import quarantine
+from broker import quarantine, successors
 from broker.conditional import Conditional, recorded
 from broker.envelope import Event
 from broker.errors import EnvelopeError
@@ -74,6 +76,16 @@ def job_options(fn: Function, event: Event) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An event with its job hash already built (:meth:`Publisher.prepare`), to be published later
+    without the cost of encoding it then."""
+
+    event: Event
+    job_id: str
+    mapping: dict[str, Any]  # the job hash, less the time it is enqueued
+
+
 class Publisher:
     """Puts events on their functions' queues and wakes the scaler."""
 
@@ -93,9 +105,38 @@ class Publisher:
         """Enqueue one event; returns its job id. Raises UnknownFunctionError, or redis errors."""
         return self.publish_many([event], at_front=at_front)[0]
 
+    def prepare(self, event: Event, payload_json: str | None = None) -> Prepared:
+        """Build ``event``'s job now, to publish later (:meth:`publish_many` takes it as an event).
+
+        ``payload_json``, when the caller has it anyway, is the payload already encoded as strict
+        JSON (``json.dumps(event.payload, allow_nan=False)``); it goes into the job as it is, not
+        encoded again. Raises UnknownFunctionError, or :class:`EnvelopeError` for a payload that
+        is not strict JSON (not checked in ``payload_json``: the caller vouches for it).
+        """
+        job_id, mapping = self._job_hash(self.registry.get(event.function), event, payload_json)
+        return Prepared(event, job_id, mapping)
+
+    def stage(self, after: str, prepared: Prepared, release_by: float, fields: tuple[str, Mapping[str, Any]],
+              counters: tuple[str, Mapping[str, int]]) -> None:
+        """Stage ``prepared`` as the successor of event ``after`` (:mod:`broker.successors`), in one
+        transaction: the worker's transaction that records a clean success of ``after`` publishes it,
+        sets ``fields`` (hash key, fields) and adds ``counters`` (hash key, increments), if that comes
+        before ``release_by`` (seconds since the epoch). Its enqueue time is the staging's.
+        Raises UnknownFunctionError, or redis errors.
+        """
+        fn = self.registry.get(prepared.event.function)
+        queue = self._queue(fn.name)
+        stamp = utcformat(utcnow())
+        job = (prepared.job_id, Job.redis_job_namespace_prefix + prepared.job_id,
+               {**prepared.mapping, "created_at": stamp, "enqueued_at": stamp})
+        with self.client.pipeline(transaction=True) as pipe:
+            successors.stage(pipe, after, release_by, job, (queue.key, Queue.redis_queues_keys, WAKE_CHANNEL, fn.name),
+                             fields, counters)
+            quarantine.report(pipe.execute())
+
     def publish_many(
         self,
-        events: Iterable[Event],
+        events: Iterable[Event | Prepared],
         at_front: bool = False,
         also: Callable[[Pipeline], None] | None = None,
         pipeline: Pipeline | None = None,
@@ -111,7 +152,7 @@ class Publisher:
         transaction, which the caller executes (and whose replies it passes to
         :func:`broker.quarantine.report`). Raises :class:`EnvelopeError`, storing nothing, for an
         event that is not strict JSON (a NaN or an infinity in its payload): no worker could retry
-        or dead-letter it.
+        or dead-letter it. An event may come :meth:`prepare`-d.
         """
         if pipeline is not None:
             return self._queue_on(pipeline, events, at_front, also, keys)[0]
@@ -124,7 +165,7 @@ class Publisher:
         self,
         condition: Conditional,
         args: Sequence[Any],
-        events: Iterable[Event],
+        events: Iterable[Event | Prepared],
         also: Callable[[Pipeline], None] | None = None,
         keys: Mapping[str, str] | None = None,
     ) -> list[str] | None:
@@ -138,8 +179,8 @@ class Publisher:
         return ids if applied else None
 
     def _queue_on(
-        self, pipe: Pipeline, events: Iterable[Event], at_front: bool, also: Callable[[Pipeline], None] | None,
-        keys: Mapping[str, str] | None, guarded: bool = True,
+        self, pipe: Pipeline, events: Iterable[Event | Prepared], at_front: bool,
+        also: Callable[[Pipeline], None] | None, keys: Mapping[str, str] | None, guarded: bool = True,
     ) -> tuple[list[str], dict[str, str]]:
         """Queue the writes on ``pipe``, after the guard of every key they write unless not ``guarded``;
         returns the job ids and the type of each of those keys."""
@@ -148,11 +189,13 @@ class Publisher:
         stamp = utcformat(utcnow())
         jobs = []
         expected = {Queue.redis_queues_keys: "set", **(keys or {})}
-        for event in events:
-            fn = self.registry.get(event.function)
+        for item in events:
+            prepared = item if isinstance(item, Prepared) else self.prepare(item)
+            fn = self.registry.get(prepared.event.function)
             queue = self._queue(fn.name)
-            job_id, mapping = self._job_hash(fn, event, stamp)
+            job_id = prepared.job_id
             job_key = Job.redis_job_namespace_prefix + job_id
+            mapping = {**prepared.mapping, "created_at": stamp, "enqueued_at": stamp}
             jobs.append((job_key, mapping, queue.key, job_id))
             expected[job_key] = "hash"
             expected[queue.key] = "list"
@@ -172,8 +215,9 @@ class Publisher:
             pipe.publish(WAKE_CHANNEL, name)
         return ids, expected
 
-    def _job_hash(self, fn: Function, event: Event, stamp: str) -> tuple[str, dict[str, Any]]:
-        """The RQ job hash for ``event``: RQ's own fields for such a job, with this event's values.
+    def _job_hash(self, fn: Function, event: Event, payload_json: str | None = None) -> tuple[str, dict[str, Any]]:
+        """The RQ job hash for ``event``: RQ's own fields for such a job, with this event's values
+        (its enqueue time stamps are set as it is published).
 
         Building an ``rq.Job`` per event costs most of a publish's CPU; the fields RQ writes for a
         lambdalite job differ only in id, timestamps, description and data, so RQ's own output for
@@ -188,11 +232,16 @@ class Publisher:
             queue._prepare_for_queue(job)
             template = self._templates[key] = job.to_dict()
             template["status"] = JobStatus.QUEUED.value
+        envelope = event.to_dict()
         try:
-            data = JSONSerializer.dumps(  # type: ignore[no-untyped-call]
-                (RUNNER, None, (event.to_dict(),), {}), allow_nan=False)
+            if payload_json is None:
+                data = json.dumps((RUNNER, None, (envelope,), {}), allow_nan=False)
+            else:  # what RQ's JSONSerializer writes, with the payload's JSON set in as it is
+                del envelope["payload"]
+                rest = json.dumps(envelope, allow_nan=False)
+                data = f'[{json.dumps(RUNNER)}, null, [{{"payload": {payload_json}, {rest[1:]}], {{}}]'
         except (TypeError, ValueError) as e:
             raise EnvelopeError(f"event for {event.function!r} is not JSON-serializable: {e}") from e
-        mapping = {**template, "created_at": stamp, "enqueued_at": stamp, "data": zlib.compress(data),
-                   "description": options["description"]}
+        # RQ reads any compression level; the fastest one costs a third of the default's time
+        mapping = {**template, "data": zlib.compress(data.encode(), 1), "description": options["description"]}
         return options["job_id"], mapping

@@ -9,9 +9,11 @@ move aside a result key of another type, so that the real outcome still reaches 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -115,3 +117,22 @@ def fetch(client: redis.Redis, event_id: str) -> Outcome | None:
 def wait(client: redis.Redis, event_id: str, timeout: float) -> Outcome | None:
     """Block up to ``timeout`` seconds for the outcome; None when none arrived in time."""
     return _read(client, event_id, max(timeout, 0.001))
+
+
+def wait_any(client: redis.Redis, event_ids: Iterable[str], timeout: float) -> dict[str, Outcome]:
+    """Block up to ``timeout`` seconds until one of the events has an outcome; one round trip.
+
+    Returns event id -> outcome for the events whose stream now starts with one (empty when none
+    arrived in time). A first entry that is not an outcome is left out, for :func:`fetch` to skip
+    with its log line. Raises redis errors, WRONGTYPE for a result key of another type among them.
+    """
+    ids = {result_key(i).encode(): i for i in event_ids}
+    if not ids:
+        return {}
+    entries: Any = client.xread(dict.fromkeys(ids, b"0-0"), count=1, block=max(1, int(timeout * 1000)))
+    found = {}
+    for key, messages in entries or []:
+        for _entry_id, fields in messages:
+            with contextlib.suppress(OutcomeError, KeyError):
+                found[ids[key]] = Outcome.decode(fields[b"outcome"])
+    return found

@@ -18,10 +18,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import logging
 import math
 from collections.abc import Mapping
+from json.encoder import encode_basestring_ascii as _ascii
 from typing import Any
 
 from broker.errors import ChangeFeedError
@@ -89,7 +89,31 @@ def _infinite(number: float, where: tuple[str, str]) -> dict[str, Any]:
 
 def image(row: Mapping[str, Any], table: str) -> dict[str, dict[str, Any]]:
     """A whole row (column -> captured value) as a DynamoDB item."""
-    return {column: attribute(value, (table, column)) for column, value in row.items()}
+    return _item(row, table)[0]
+
+
+def _item(row: Mapping[str, Any], table: str) -> tuple[dict[str, dict[str, Any]], int]:
+    """:func:`image`, and the length of its compact ASCII JSON, counted rather than encoded."""
+    item: dict[str, dict[str, Any]] = {}
+    size = 1 + len(row) if row else 2  # the braces and the commas between members
+    for column, value in row.items():
+        kind = type(value)  # the common kinds first, without attribute()'s checks in turn
+        if kind is str:
+            item[column] = {"S": value}
+            size += len(_ascii(column)) + len(_ascii(value)) + 7  # "column":{"S":"value"}
+        elif kind is int:
+            text = str(value)
+            item[column] = {"N": text}
+            size += len(_ascii(column)) + len(text) + 9  # "column":{"N":"text"}
+        elif value is None:
+            item[column] = {"NULL": True}
+            size += len(_ascii(column)) + 14  # "column":{"NULL":true}
+        else:
+            typed = item[column] = attribute(value, (table, column))
+            ((name, inner),) = typed.items()  # "column":{"name":inner}, inner a string or a boolean
+            size += len(_ascii(column)) + len(name) + 6 + (
+                len(_ascii(inner)) if type(inner) is str else 4 if inner is True else 5)
+    return item, size
 
 
 def sequence_number(change_id: int) -> str:
@@ -120,19 +144,19 @@ def record(
     Which images appear follows ``view`` (StreamViewType) and the event: an INSERT has no old
     image, a REMOVE no new one. Raises :class:`ChangeFeedError` for a value the triggers never write.
     """
-    body: dict[str, Any] = {
-        "ApproximateCreationDateTime": round(created, 3),
-        "Keys": image(keys, table),
-    }
+    # SizeBytes: the length of the compact JSON of [Keys, NewImage, OldImage] (an absent image is
+    # null), counted as the images are built rather than encoded (which took half of a record's time).
+    item, size = _item(keys, table)
+    body: dict[str, Any] = {"ApproximateCreationDateTime": round(created, 3), "Keys": item}
     if new is not None and view in ("NEW_IMAGE", "NEW_AND_OLD_IMAGES"):
-        body["NewImage"] = image(new, table)
+        body["NewImage"], extra = _item(new, table)
+        size += extra - 4
     if old is not None and view in ("OLD_IMAGE", "NEW_AND_OLD_IMAGES"):
-        body["OldImage"] = image(old, table)
+        body["OldImage"], extra = _item(old, table)
+        size += extra - 4
     sequence = sequence_number(change_id)
     body["SequenceNumber"] = sequence
-    body["SizeBytes"] = len(json.dumps(
-        [body["Keys"], body.get("NewImage"), body.get("OldImage")], separators=(",", ":")
-    ).encode())
+    body["SizeBytes"] = size + 12  # [ , , ] and two nulls, less 4 for each image there
     body["StreamViewType"] = view
     return {
         "eventID": hashlib.md5(f"{arn}/{sequence}".encode()).hexdigest(),  # noqa: S324 - an id, not security

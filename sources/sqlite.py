@@ -11,7 +11,10 @@ new batch, up to the function's ``retries`` times, after which they are logged a
 
 The cursor lives in Redis, one hash per stream, and moves in the same MULTI/EXEC as the publish
 (``Publisher.publish_many(also=...)``): it holds the last change id published, the in-flight
-event id and its records. A feed that restarts first waits for the in-flight event's outcome, so a
+event id and its records. That transaction also records the batch before as done, so a batch
+costs the feed one round trip; and while a batch is in flight the feed reads, converts and
+encodes the next one when a full one is waiting, so that it goes out the moment the outcome
+arrives. A feed that restarts first waits for the in-flight event's outcome, so a
 crash of the feed alone neither loses nor duplicates a change. Change rows are pruned once their
 batch is done and that is some seconds old (so Redis's append-only file has it on disk), in small
 short write transactions.
@@ -27,19 +30,21 @@ import signal
 import sqlite3
 import sys
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis
 
-from broker import quarantine, results
+from broker import quarantine, results, successors
 from broker.connection import TRANSIENT, Backoff, connect
 from broker.envelope import Event
 from broker.errors import ChangeFeedError, LambdaliteError
-from broker.queues import Publisher
+from broker.queues import Prepared, Publisher
 from broker.registry import Function, Registry, SqliteTrigger, load_registry
 from broker.settings import Settings, load_settings
 from sources import dynamodb, sqlite_capture
@@ -49,6 +54,7 @@ log = logging.getLogger("lambdalite.sqlite")
 PRUNE_DELAY = 5.0  # seconds a finished batch waits before its change rows are deleted
 PRUNE_EVERY = 0.5  # seconds between prune passes
 RETRY_DB_EVERY = 1.0  # seconds between attempts to open a database or find a table
+AHEAD_FRESH = 1.0  # seconds a batch encoded ahead keeps its envelope (its created_at); then it gets a new one
 # Test-only fault hook: when set to "after-publish", the feed exits with os._exit(9) right after
 # a batch and its cursor were stored, before it acts on them; tests use it to kill the feed at the
 # worst moment. Never set it in production.
@@ -104,6 +110,20 @@ class Database:
 
 
 @dataclass
+class Ahead:
+    """The batch after the one in flight, read, converted and encoded while that one runs."""
+
+    after: int  # the change it was read after: the last of the batch in flight
+    last: int  # the last change it accounts for
+    records: list[dict[str, Any]]
+    text: str  # the records as JSON, for the job
+    packed: bytes  # the same, compressed, for the cursor
+    job: Prepared | None  # the event's job; None when no change in it could be converted
+    at: float  # when the job was encoded
+    staged: str = ""  # the event it is staged after as a successor (broker.successors), if any
+
+
+@dataclass
 class Stream:
     """One (function, trigger) pair: a table's changes delivered in order to one function."""
 
@@ -118,6 +138,11 @@ class Stream:
     last: int = 0
     event_id: str = ""
     records: list[dict[str, Any]] = field(default_factory=list)
+    outcome: tuple[str, results.Outcome] | None = None  # (event id, its outcome) as Feed.wait saw it
+    ahead: Ahead | None = None  # the next batch, ready (and staged) while this one is in flight
+    beyond: Ahead | None = None  # the batch after that one, ready to be staged the moment it is in flight
+    read_ahead: str = ""  # the batch in flight when the next batch was last read ahead
+    read_beyond: str = ""  # the batch in flight when the one after it was last read ahead
     retries: int = 0
     done: int = 0
     done_history: deque[tuple[float, int]] = field(default_factory=deque)
@@ -212,12 +237,16 @@ class Feed:
             time.sleep(timeout)
             return
         try:
-            self.client.xread({results.result_key(i): "0-0" for i in ids}, count=1,
-                              block=max(1, int(timeout * 1000)))
+            found = results.wait_any(self.client, ids, timeout)
         except TRANSIENT as e:
             self._redis_down(e, self.clock())
+            return
         except redis.ResponseError:  # a result key of another type: the next step's read repairs it
             time.sleep(timeout)
+            return
+        for stream in self.streams:
+            if stream.event_id in found:  # the next step need not read it again
+                stream.outcome = (stream.event_id, found[stream.event_id])
 
     # -- capture ------------------------------------------------------------------------------
 
@@ -268,6 +297,7 @@ class Feed:
             log.warning("redis key %s: %s", stream.key, "; ".join(problems))
         stream.last, stream.done = cursor["last"], cursor["done"]
         stream.event_id, stream.records, stream.retries = cursor["event"], cursor["records"], cursor["retries"]
+        stream.outcome, stream.ahead, stream.beyond = None, None, None
         stream.loaded = True
         stream.done_history.append((self.clock(), stream.done))
         if stream.event_id:
@@ -276,89 +306,198 @@ class Feed:
     def _advance(self, stream: Stream, conn: sqlite3.Connection, now: float) -> None:
         if not stream.loaded:
             self._load(stream)
+        counts: dict[str, int] | None = None  # once the batch in flight is done: the counters it adds
+        settled = ""  # the batch whose outcome this step acts on: what follows drops its staged successor
         if stream.event_id:
-            outcome = results.fetch(self.client, stream.event_id)
+            outcome = self._outcome(stream)
             if outcome is None:
+                self._prepare(stream, conn, now)  # once per batch in flight (after a restart: now)
                 return
-            self._settle(stream, outcome, now)
-            if stream.event_id:
+            if outcome.ok and successors.clean(outcome.result) and self._released(stream, now):
+                self._prepare(stream, conn, now)  # the worker published the next batch: ready the one after
+                return
+            settled = stream.event_id
+            counts = self._settle(stream, outcome, now)
+            if counts is None:
                 return  # a retry of part of the batch is now in flight
-        size = stream.trigger.batch_size
-        changes, consumed = sqlite_capture.read_changes(conn, stream.table, stream.last, size)
-        if not changes:
-            if consumed != stream.last:  # only unreadable rows: step over them
-                self._finish(stream, consumed, now)
+        # From here on the batch in flight (if any) is done; the publish of the next one records that
+        # in the same transaction, so a batch costs one round trip.
+        ahead, stream.ahead, stream.beyond = stream.ahead, stream.beyond, None
+        if ahead is not None and ahead.after == stream.last:
+            self._publish(stream, ahead.records, ahead.last, 0, counts, now, ahead, settled)
+        else:
+            stream.ahead = None
+            size = stream.trigger.batch_size
+            changes, consumed, _full = sqlite_capture.read_changes(conn, stream.table, stream.last, size)
+            window = stream.trigger.batching_window
+            if not changes or (len(changes) < size and window and now - changes[0].at < window):
+                last = stream.last if changes else consumed  # only unreadable rows: step over them
+                if counts is not None or last != stream.last:
+                    self._finish(stream, last, now, counts or {}, settled)
+                return
+            self._publish(stream, self._records(stream, changes), consumed, 0, counts, now, None, settled)
+        self._prepare(stream, conn, now)
+
+    def _released(self, stream: Stream, now: float) -> bool:
+        """Whether the worker, recording the clean success of the batch in flight, published the
+        successor staged after it (the cursor moved past that batch in the same transaction); the
+        stream then follows the cursor."""
+        try:
+            current = self.client.hget(stream.key, "event")
+        except redis.ResponseError:  # a cursor of another type: read again (and repaired) from scratch
+            self._load(stream)
+            return True
+        if current is None or current == stream.event_id.encode():
+            return False
+        ahead = stream.ahead
+        if ahead is not None and ahead.job is not None and current == ahead.job.event.id.encode():
+            stream.done_history.append((now, stream.last))
+            stream.done, stream.last, stream.ahead, stream.beyond = stream.last, ahead.last, stream.beyond, None
+            stream.event_id, stream.records, stream.retries = ahead.job.event.id, ahead.records, 0
+            log.debug("%s: the worker published %d records up to change %d", stream.function.name,
+                      len(ahead.records), ahead.last)
+        else:  # a successor staged before this feed (re)started: the cursor tells what is in flight
+            self._load(stream)
+        return True
+
+    def _prepare(self, stream: Stream, conn: sqlite3.Connection, now: float) -> None:
+        """Read, convert and encode the batch after the one in flight while that one runs, and stage
+        it as that one's successor (:mod:`broker.successors`): the worker's transaction that records
+        a clean success of the batch in flight publishes it and moves the cursor, with no round
+        trip through the feed (a Lambda stream shard's reader keeps the next batch ready too). The
+        batch after it is read as well, so that it is staged the moment its turn comes.
+
+        Only a full batch is read ahead: one with room left could still grow, and is read when the
+        batch in flight is done.
+        """
+        if not stream.event_id:
             return
-        window = stream.trigger.batching_window
-        if len(changes) < size and window and now - changes[0].at < window:
+        if stream.ahead is None:
+            if stream.read_ahead == stream.event_id:
+                return  # tried while this batch is in flight: not full then
+            stream.read_ahead = stream.event_id
+            stream.ahead = self._read_ahead(stream, conn, stream.last, now)
+            if stream.ahead is None:
+                return
+        self._stage(stream)
+        if stream.beyond is None and stream.read_beyond != stream.event_id:
+            stream.read_beyond = stream.event_id
+            stream.beyond = self._read_ahead(stream, conn, stream.ahead.last, now)
+
+    def _read_ahead(self, stream: Stream, conn: sqlite3.Connection, after: int, now: float) -> Ahead | None:
+        changes, consumed, full = sqlite_capture.read_changes(conn, stream.table, after, stream.trigger.batch_size)
+        if not full:
+            return None
+        records = self._records(stream, changes)
+        text = _json(records)
+        job = self._job(stream, records, text) if records else None
+        return Ahead(after, consumed, records, text, _pack(text), job, now)
+
+    def _stage(self, stream: Stream) -> None:
+        ahead = stream.ahead
+        if ahead is None or ahead.job is None or ahead.staged == stream.event_id or ahead.after != stream.last:
             return
+        release_by = ahead.job.event.created_at + AHEAD_FRESH  # its envelope's age at the release stays under that
+        if release_by <= time.time():
+            return  # too old: the feed publishes it anew when the batch in flight is done
+        fields = {"last": ahead.last, "event": ahead.job.event.id, "records": ahead.packed, "retries": 0,
+                  "done": stream.last, "database": str(stream.db.path), "table": stream.table}
+        counters = {"batches": 1, "records": len(ahead.records)}
+        self.publisher.stage(stream.event_id, ahead.job, release_by, (stream.key, fields),
+                             (stream.key + ":stats", counters))
+        ahead.staged = stream.event_id
+
+    def _outcome(self, stream: Stream) -> results.Outcome | None:
+        seen, stream.outcome = stream.outcome, None
+        if seen is not None and seen[0] == stream.event_id:
+            return seen[1]
+        return results.fetch(self.client, stream.event_id)
+
+    def _records(self, stream: Stream, changes: list[sqlite_capture.Change]) -> list[dict[str, Any]]:
         records = []
+        view, table, arn = stream.trigger.view, stream.table, stream.arn
         for change in changes:
             try:
-                records.append(self._record(stream, change))
+                records.append(dynamodb.record(
+                    change_id=change.id, event_name=change.event_name, keys=change.keys, old=change.old,
+                    new=change.new, created=change.at, view=view, table=table, arn=arn,
+                ))
             except ChangeFeedError as e:
-                log.error("%s: change %d skipped: %s", stream.table, change.id, e)
-        self._publish(stream, records, consumed, retries=0)
+                log.error("%s: change %d skipped: %s", table, change.id, e)
+        return records
 
-    def _record(self, stream: Stream, change: sqlite_capture.Change) -> dict[str, Any]:
-        return dynamodb.record(
-            change_id=change.id, event_name=change.event_name, keys=change.keys, old=change.old,
-            new=change.new, created=change.at, view=stream.trigger.view, table=stream.table, arn=stream.arn,
-        )
+    def _job(self, stream: Stream, records: list[dict[str, Any]], text: str) -> Prepared:
+        """The batch's event and job; ``text`` (the records' JSON, also the cursor's) is encoded once."""
+        event = Event(stream.function.name, payload={"Records": records}, source="sqlite", invocation_type="Event")
+        return self.publisher.prepare(event, payload_json='{"Records": ' + text + "}")
 
-    def _publish(self, stream: Stream, records: list[dict[str, Any]], last: int, retries: int) -> None:
+    def _publish(self, stream: Stream, records: list[dict[str, Any]], last: int, retries: int,
+                 counts: dict[str, int] | None, now: float, ahead: Ahead | None = None, settled: str = "") -> None:
+        """Publish a batch and move the cursor to it, in one transaction. With ``counts`` the batch
+        in flight is done: the same transaction records that and adds its counters. ``settled``
+        names the batch whose staged successor the same transaction drops."""
         if not records:
-            self._finish(stream, last, self.clock())
+            self._finish(stream, last, now, counts or {}, settled)
             return
-        event = Event(stream.function.name, payload={"Records": records}, source="sqlite",
-                      invocation_type="Event")
-        fields = {"last": last, "event": event.id, "records": json.dumps(records), "retries": retries,
-                  "done": stream.done, "database": str(stream.db.path), "table": stream.table}
+        done = stream.last if counts is not None else stream.done
+        if ahead is not None and ahead.job is not None and now - ahead.at <= AHEAD_FRESH:
+            job, packed = ahead.job, ahead.packed
+        elif ahead is not None:  # read ahead long ago: a new envelope, whose age counts from now
+            job, packed = self._job(stream, records, ahead.text), ahead.packed
+        else:
+            text = _json(records)
+            job, packed = self._job(stream, records, text), _pack(text)
+        fields = {"last": last, "event": job.event.id, "records": packed, "retries": retries,
+                  "done": done, "database": str(stream.db.path), "table": stream.table}
 
         def also(pipe: Any) -> None:
             pipe.hset(stream.key, mapping=fields)
-            quarantine.incr(pipe, stream.key + ":stats", "batches", 1)
-            quarantine.incr(pipe, stream.key + ":stats", "records", len(records))
+            for counter, n in {"batches": 1, "records": len(records), **(counts or {})}.items():
+                quarantine.incr(pipe, stream.key + ":stats", counter, n)
+            if settled:
+                successors.drop(pipe, settled)
 
-        self.publisher.publish_many([event], also=also, keys={stream.key: "hash"})
+        self.publisher.publish_many([job], also=also, keys={stream.key: "hash"})
         if os.environ.get(FAULT_ENV) == "after-publish":
             os._exit(9)
-        stream.last, stream.event_id, stream.records, stream.retries = last, event.id, records, retries
+        if done != stream.done:
+            stream.done = done
+            stream.done_history.append((now, done))
+        stream.last, stream.event_id, stream.records, stream.retries = last, job.event.id, records, retries
         log.debug("%s: published %d records up to change %d", stream.function.name, len(records), last)
 
-    def _settle(self, stream: Stream, outcome: results.Outcome, now: float) -> None:
+    def _settle(self, stream: Stream, outcome: results.Outcome, now: float) -> dict[str, int] | None:
+        """Act on the outcome of the batch in flight: None when part of it is published again (a retry,
+        now in flight), else the counters to add as the batch is recorded done."""
         name, records = stream.function.name, stream.records
         if outcome.status != "succeeded":
             log.error("%s: batch of %d records (%s..%s) of table %r is %s after its retries; moving on",
                       name, len(records), _seq(records[0]), _seq(records[-1]), stream.table, outcome.status)
-            self._count(stream, "batches_dead", 1)
-            self._finish(stream, stream.last, now)
-            return
+            return {"batches_dead": 1}
         first = _first_failure(outcome.result, records)
         if first is None:
-            self._finish(stream, stream.last, now)
-            return
+            return {}
         rest = records[first:]
         if stream.retries < stream.function.retries:
             log.warning("%s: %d records from %s reported failed; retrying them (%d of %d)", name,
                         len(rest), _seq(rest[0]), stream.retries + 1, stream.function.retries)
-            self._publish(stream, rest, stream.last, stream.retries + 1)
-            return
+            self._publish(stream, rest, stream.last, stream.retries + 1, None, now, None, stream.event_id)
+            return None
         log.error("%s: %d records from %s to %s of table %r still failed after %d retries; skipped",
                   name, len(rest), _seq(rest[0]), _seq(rest[-1]), stream.table, stream.retries)
-        self._count(stream, "records_failed", len(rest))
-        self._finish(stream, stream.last, now)
+        return {"records_failed": len(rest)}
 
-    def _count(self, stream: Stream, counter: str, n: int) -> None:
-        with self.client.pipeline(transaction=False) as pipe:
-            quarantine.incr(pipe, stream.key + ":stats", counter, n)
-            quarantine.report(pipe.execute())
-
-    def _finish(self, stream: Stream, last: int, now: float) -> None:
+    def _finish(self, stream: Stream, last: int, now: float, counts: dict[str, int], settled: str = "") -> None:
+        """Record that nothing is in flight up to change ``last`` (adding ``counts``, dropping the
+        successor staged after ``settled``), in one transaction."""
         with self.client.pipeline(transaction=True) as pipe:
             quarantine.guard(pipe, {stream.key: "hash"})
             pipe.hset(stream.key, mapping={"last": last, "done": last, "event": "", "records": "",
                                            "retries": 0})
+            for counter, n in counts.items():
+                quarantine.incr(pipe, stream.key + ":stats", counter, n)
+            if settled:
+                successors.drop(pipe, settled)
             quarantine.report(pipe.execute())
         stream.last, stream.done, stream.event_id, stream.records, stream.retries = last, last, "", [], 0
         stream.done_history.append((now, last))
@@ -431,16 +570,37 @@ def read_cursor(stored: dict[bytes, bytes]) -> tuple[dict[str, Any], list[str]]:
     records: Any = []
     if event:
         try:
-            records = json.loads(text("records") or "")
+            raw = stored.get(b"records") or b""
+            # compressed as the feed writes it (zlib's first byte is "x"), or JSON as it was once written
+            records = json.loads(zlib.decompress(raw) if raw[:1] == b"x" else raw)
             if not (isinstance(records, list) and records and all(
                     isinstance(r, dict) and isinstance(r.get("dynamodb"), dict) and "SequenceNumber" in r["dynamodb"]
                     for r in records)):
                 raise ValueError("not a list of records")
-        except ValueError as e:
+        except (ValueError, zlib.error) as e:
             problems.append(f"the records of in-flight batch {event} cannot be read ({e}); not waiting for its "
                             "outcome (the worker still runs it, or dead-letters it)")
             event, records, retries = "", [], 0
     return {"last": last, "done": done, "event": event, "records": records, "retries": retries}, problems
+
+
+def _json(records: list[dict[str, Any]]) -> str:
+    """The records as strict JSON text, for the cursor and the job.
+
+    orjson takes a tenth of the standard library's time here. Records hold no float but a finite
+    ApproximateCreationDateTime (numbers are strings), so orjson's writing NaN as null cannot
+    arise; what it refuses (a lone surrogate from a change row written by hand) goes to json.
+    """
+    try:
+        return orjson.dumps(records).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(records, allow_nan=False)
+
+
+def _pack(text: str) -> bytes:
+    """Records' JSON as the cursor keeps it: compressed (a tenth of the size to copy and to append
+    to Redis's log on every batch)."""
+    return zlib.compress(text.encode(), 1)
 
 
 def _seq(record: dict[str, Any]) -> str:

@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -309,11 +310,19 @@ class Change:
     at: float
 
 
+_scan = json.JSONDecoder().scan_once  # json.loads without its checks around, for what the triggers write
+
+
 def _load(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
     try:
-        value = json.loads(text)
+        try:
+            value, end = _scan(text, 0) if type(text) is str else (None, -1)
+        except StopIteration:
+            end = -1
+        if end != len(text):  # not one bare JSON text value: json.loads says what it is, or reads it
+            value = json.loads(text)
     except RecursionError:
         raise ValueError("nested too deeply") from None
     if not isinstance(value, dict):
@@ -328,20 +337,29 @@ def _when(at: Any) -> float:
     return float(at)
 
 
-def read_changes(conn: sqlite3.Connection, table: str, after: int, limit: int) -> tuple[list[Change], int]:
+def read_changes(conn: sqlite3.Connection, table: str, after: int,
+                 limit: int) -> tuple[list[Change], int, bool]:
     """Up to ``limit`` changes of ``table`` with ids above ``after``, oldest first.
 
-    Returns the changes and the id of the last change-table row they account for (the cursor to
-    read from next time). ``REPLACED`` rows are merged with the change that follows them in the same
-    statement: the same key becomes a MODIFY with the replaced row as old image, another key a REMOVE
-    of that key. A group is never split between two reads. An unreadable change row (written by
-    something other than the triggers) is logged and skipped.
+    Returns the changes, the id of the last change-table row they account for (the cursor to
+    read from next time) and whether they are full (the next change would not fit in ``limit``,
+    so reading again later cannot give more). ``REPLACED`` rows are merged with the change that
+    follows them in the same statement: the same key becomes a MODIFY with the replaced row as old
+    image, another key a REMOVE of that key. A group is never split between two reads. An
+    unreadable change row (written by something other than the triggers) is logged and skipped.
     """
     rows = conn.execute(
         f"SELECT id, op, key, old, new, at FROM {CHANGES} "
         "WHERE id > ? AND tbl = ? AND op <> 'STASH' ORDER BY id LIMIT ?",
         (after, table, limit + 64),
-    ).fetchall()
+    )
+    try:  # row by row: the rows after the last one used are never fetched
+        return _group(rows, table, after, limit)
+    finally:
+        rows.close()
+
+
+def _group(rows: Iterable[tuple[Any, ...]], table: str, after: int, limit: int) -> tuple[list[Change], int, bool]:
     out: list[Change] = []
     pending: list[tuple[int, dict[str, Any], dict[str, Any] | None, float]] = []
     consumed = after
@@ -360,7 +378,7 @@ def read_changes(conn: sqlite3.Connection, table: str, after: int, limit: int) -
             pending.append((change_id, keys, old, at))
             continue
         if out and len(out) + len(pending) + 1 > limit:
-            break
+            return out, consumed, True
         for stash_id, stash_keys, stash_old, stash_at in pending:
             if op == "INSERT" and stash_keys == keys:
                 op, old = "MODIFY", stash_old
@@ -369,7 +387,7 @@ def read_changes(conn: sqlite3.Connection, table: str, after: int, limit: int) -
         pending = []
         out.append(Change(change_id, op, keys, old, new, at))
         consumed = change_id
-    return out, consumed
+    return out, consumed, len(out) >= limit
 
 
 def prune(conn: sqlite3.Connection, table: str, upto: int, batch: int = 500) -> int:

@@ -16,8 +16,15 @@ from pathlib import Path
 import psutil
 import pytest
 import redis
+from hypothesis import settings
 
 from broker.embedded import RedisServer
+
+# CI runs the fuzz tests on a fixed sequence of examples, so a red build always replays; locally each
+# run draws new ones (and .hypothesis/ keeps any failure found to replay it first next time).
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

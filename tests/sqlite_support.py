@@ -21,7 +21,7 @@ import redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from broker import results
+from broker import results, successors
 from broker.queues import function_queue
 from broker.registry import Registry, load_registry
 
@@ -55,9 +55,16 @@ def queued_events(r: redis.Redis, function: str = "feed") -> list[dict[str, Any]
     return [Job.fetch(i, connection=r, serializer=JSONSerializer).args[0] for i in queue.job_ids]
 
 
-def finish(r: redis.Redis, event_id: str, status: str = "succeeded", result: Any = None) -> None:
-    """Record an outcome and drop the job, as the worker does."""
-    results.record(r, event_id, results.Outcome(status, result=result))
+def finish(r: redis.Redis, event_id: str, status: str = "succeeded", result: Any = None,
+           release: bool = True) -> None:
+    """Record an outcome and drop the job, as the worker does: in the same transaction, a clean
+    success publishes the successor the feed staged (unless ``release`` is False: a worker that
+    got there before the feed staged it, or after its deadline)."""
+    with r.pipeline(transaction=True) as pipe:
+        results.record(pipe, event_id, results.Outcome(status, result=result))
+        if release and status == "succeeded" and successors.clean(result):
+            successors.release(pipe, event_id)
+        pipe.execute()
     queue = function_queue(r, "feed")
     queue.remove(event_id)
 
@@ -92,6 +99,8 @@ class Consumer(threading.Thread):
                 outcome = results.Outcome("dead", error=error)
             with self.client.pipeline(transaction=True) as pipe:
                 results.record(pipe, job_id, outcome)
+                if outcome.ok and successors.clean(outcome.result):
+                    successors.release(pipe, job_id)  # as the worker does
                 pipe.delete(f"rq:job:{job_id}")
                 pipe.execute()
 

@@ -146,6 +146,56 @@ def test_outcome_wait_sees_a_record_made_before_or_during_the_wait(r: redis.Redi
     assert 0 < r.ttl(results.result_key("e2")) <= results.RESULT_TTL
 
 
+def test_a_prepared_event_is_published_as_the_event_itself_would_be(project: Path, r: redis.Redis) -> None:
+    """Publisher.prepare builds the job ahead of time; its enqueue time is still the publish's."""
+    import time
+
+    from rq.job import Job
+
+    reg = load_registry(write(project, GOOD))
+    pub = Publisher(r, reg)
+    prepared = pub.prepare(Event(function="thumbnail", payload={"k": [1, "v"]}))
+    plain = Event(function="thumbnail", payload={"k": [2, "w"]})
+    time.sleep(0.01)
+    before = time.time()
+    assert pub.publish_many([prepared, plain]) == [prepared.event.id, plain.id]
+    assert function_queue(r, "thumbnail").job_ids == [prepared.event.id, plain.id]
+    ours, twin = (Job.fetch(i, connection=r, serializer=JSONSerializer) for i in (prepared.event.id, plain.id))
+    assert Event.from_dict(ours.args[0]) == prepared.event and ours.func_name == RUNNER
+    assert r.hgetall(ours.key).keys() == r.hgetall(twin.key).keys()
+    assert ours.enqueued_at.timestamp() >= before - 0.001
+    with pytest.raises(UnknownFunctionError):
+        pub.prepare(Event(function="nope", payload={}))
+    with pytest.raises(EnvelopeError):
+        pub.prepare(Event(function="thumbnail", payload={"x": float("nan")}))
+    payload = {"Records": [{"a": "é\u2028\"]}", "b": [1.5, None, True]}]}
+    encoded = Event(function="thumbnail", payload=payload)
+    pub.publish_many([pub.prepare(encoded, payload_json=json.dumps(payload))])
+    job = Job.fetch(encoded.id, connection=r, serializer=JSONSerializer)
+    assert Event.from_dict(job.args[0]) == encoded and job.func_name == RUNNER and job.kwargs == {}
+    assert JSONSerializer.loads(job.data) == JSONSerializer.loads(zlib.decompress(pub.prepare(encoded).mapping["data"]))
+
+
+def test_outcome_wait_any_returns_the_outcomes_there_and_leaves_damaged_ones_to_fetch(r: redis.Redis) -> None:
+    import threading
+
+    from broker import results
+
+    assert results.wait_any(r, ["a", "b"], 0.05) == {}
+    assert results.wait_any(r, [], 0.05) == {}
+    timer = threading.Timer(0.1, results.record, (r, "b", results.Outcome("succeeded", result=[1])))
+    timer.start()
+    got = results.wait_any(r, ["a", "b"], 5)
+    timer.join()
+    assert list(got) == ["b"] and got["b"].result == [1]
+    results.record(r, "a", results.Outcome("dead"))
+    assert {k: v.status for k, v in results.wait_any(r, ["a", "b"], 1).items()} == {"a": "dead", "b": "succeeded"}
+    r.xadd(results.result_key("c"), {"outcome": "[not an outcome]"})
+    results.record(r, "c", results.Outcome("succeeded"))
+    assert results.wait_any(r, ["c"], 1) == {}, "a first entry that is not an outcome is left to fetch"
+    assert results.fetch(r, "c").ok
+
+
 def test_published_jobs_are_what_rq_itself_would_write(project: Path, r: redis.Redis, redis_url: str) -> None:
     """The publisher writes RQ's job hash without building rq.Job objects: RQ must not tell the difference."""
     from rq.job import Job

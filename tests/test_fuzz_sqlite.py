@@ -127,6 +127,24 @@ def test_a_row_is_an_item_or_a_change_feed_error(row: dict[str, Any]) -> None:
 
 
 @FUZZ
+@given(st.dictionaries(st.text(max_size=8), STORABLE | st.booleans(), max_size=4),
+       st.dictionaries(st.text(max_size=8), STORABLE, max_size=4) | st.none(),
+       st.sampled_from(["KEYS_ONLY", "NEW_IMAGE", "OLD_IMAGE", "NEW_AND_OLD_IMAGES"]))
+def test_size_bytes_is_the_length_of_the_compact_json_of_the_images(
+        keys: dict[str, Any], row: dict[str, Any] | None, view: str) -> None:
+    def captured(value: Any) -> Any:
+        if isinstance(value, bytes):
+            return ["B", value.hex().upper()]
+        return None if isinstance(value, float) and math.isnan(value) else value
+
+    keys, row = ({c: captured(v) for c, v in d.items()} if d is not None else None for d in (keys, row))
+    body = dynamodb.record(change_id=1, event_name="MODIFY", keys=keys, old=row, new=row, created=1.0, view=view,
+                           table="t", arn="arn")["dynamodb"]
+    images = [body["Keys"], body.get("NewImage"), body.get("OldImage")]
+    assert body["SizeBytes"] == len(json.dumps(images, separators=(",", ":")).encode())
+
+
+@FUZZ
 @given(json_values, st.integers(1, 5))
 def test_any_batch_response_names_a_record_of_the_batch_or_none(result: Any, size: int) -> None:
     records = [{"dynamodb": {"SequenceNumber": dynamodb.sequence_number(i)}} for i in range(size)]
@@ -171,7 +189,7 @@ def test_real_round_trip_of_every_storable_value(captured: tuple[sqlite3.Connect
         app.execute("UPDATE t SET a = ?, b = ?, c = ?, d = ? WHERE id = ?", [*second, row_id])
         held_second = held(app, row_id)
         app.execute("DELETE FROM t WHERE id = ?", (row_id,))
-        changes, cursor[0] = sqlite_capture.read_changes(feed, "t", cursor[0], 10)
+        changes, cursor[0], _full = sqlite_capture.read_changes(feed, "t", cursor[0], 10)
         arn = dynamodb.stream_arn("/db", "t")
         records = [dynamodb.record(change_id=c.id, event_name=c.event_name, keys=c.keys, old=c.old, new=c.new,
                                    created=c.at, view="NEW_AND_OLD_IMAGES", table="t", arn=arn) for c in changes]

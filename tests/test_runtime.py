@@ -338,3 +338,23 @@ def test_results_and_events_that_are_not_strict_json_fail_one_invocation(
     output = dest_stack.output()
     assert "cannot be kept for a retry" in output and "destination record" in output
     assert "exited abnormally" not in output and "step failed" not in output, output
+
+
+def test_frames_carry_json_members_as_they_are() -> None:
+    """The worker sends a job's data to the sandbox as it read it; the sandbox reads one object."""
+    import os
+
+    from workers.sandbox import read_frame, write_frame
+
+    r, w = os.pipe()
+    try:
+        job = json.dumps(["workers.runtime.run", None, [{"payload": {"k": ["é", 1.5, None]}}], {}]).encode()
+        write_frame(w, {"id": "x", "n": 1}, raw={"job": job})
+        assert read_frame(r) == {"id": "x", "n": 1, "job": json.loads(job)}
+        write_frame(w, {}, raw={"a": b"[1]", "b": b'{"c": 2}'})
+        assert read_frame(r) == {"a": [1], "b": {"c": 2}}
+        write_frame(w, {"plain": True})
+        assert read_frame(r) == {"plain": True}
+    finally:
+        os.close(r)
+        os.close(w)

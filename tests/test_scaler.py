@@ -162,6 +162,32 @@ def test_stop_hands_back_running_events_and_nothing_is_lost(project: Path, redis
         wait_until(lambda: len([c for c in calls(log) if c["phase"] == "start"]) == 6, timeout=15)
 
 
+def test_a_stop_after_redis_died_is_quick_and_the_next_start_reruns_the_event(
+        project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """honcho stops every process when redis-server dies: nothing running can record its outcome
+    then, so the scaler does not spend the grace period on it (honcho SIGKILLs at 5 s)."""
+    from broker.embedded import RedisServer
+
+    server = RedisServer(tmp_path / "own-redis", appendonly=True).start()
+    monkeypatch.setenv("LAMBDALITE_REDIS_URL", server.url)
+    try:
+        log = setup(project, RECORD.format(cap=1))
+        with Scaler(project, LAMBDALITE_REDIS_URL=server.url) as scaler:
+            event = publish(server.url, project, "rec", {"log": str(log), "seconds": 30})
+            wait_until(lambda: len(calls(log)) == 1)
+            server.kill()
+            took = scaler.stop()
+        assert took < 2.5, f"stop took {took:.2f}s"
+        assert "redis unavailable at the stop" in scaler.output()
+        server.start()
+        (project / "lambdalite.toml").write_text(RECORD.format(cap=1).replace("timeout = 30", "timeout = 2"))
+        with Scaler(project, LAMBDALITE_REDIS_URL=server.url):  # recovery: the event runs again
+            wait_until(lambda: len(calls(log)) >= 2, timeout=15)
+        assert {c["id"] for c in calls(log)} == {event.id}
+    finally:
+        server.stop()
+
+
 def test_sigkill_of_the_scaler_leaves_no_worker_and_loses_nothing(project: Path, redis_url: str) -> None:
     log = setup(project, RECORD.format(cap=2))
     scaler = Scaler(project)

@@ -23,7 +23,7 @@ def setup(tmp_path: Path, schema: str, journal: str = "wal") -> tuple[sqlite3.Co
 
 
 def changes(feed: sqlite3.Connection) -> list[tuple[str, dict, dict | None, dict | None]]:
-    got, _ = read_changes(feed, "t", 0, 1000)
+    got, _, _ = read_changes(feed, "t", 0, 1000)
     return [(c.event_name, c.keys, c.old, c.new) for c in got]
 
 
@@ -165,12 +165,18 @@ def test_changes_are_read_in_batches_without_splitting_a_replace(tmp_path: Path)
     app, feed = setup(tmp_path, SCHEMA)
     app.executemany("INSERT INTO t VALUES (?, ?, 0)", [(i, str(i)) for i in range(1, 4)])
     app.execute("REPLACE INTO t VALUES (3, '3', 1)")
-    first, upto = read_changes(feed, "t", 0, 3)
-    second, upto2 = read_changes(feed, "t", upto, 3)
+    first, upto, full = read_changes(feed, "t", 0, 3)
+    second, upto2, more = read_changes(feed, "t", upto, 3)
     assert [c.event_name for c in first] == ["INSERT"] * 3
     assert [c.event_name for c in second] == ["MODIFY"] and upto2 > upto
+    assert full and not more, "full: the batch cannot grow; not full: a later read may give more"
     assert sqlite_capture.prune(feed, "t", upto) == 3
     assert [c.event_name for c in read_changes(feed, "t", 0, 10)[0]] == ["MODIFY"]
+    app.execute("REPLACE INTO t VALUES (9, '1', 2)")  # takes email '1' from key 1: REMOVE 1 + INSERT 9
+    third, _, full = read_changes(feed, "t", upto2, 1)
+    assert [c.event_name for c in third] == ["REMOVE", "INSERT"] and full, "a group is never split"
+    third, _, full = read_changes(feed, "t", 0, 2)
+    assert [c.event_name for c in third] == ["MODIFY"] and full, "the next group would not fit"
 
 
 def test_missing_and_not_sqlite_files(tmp_path: Path) -> None:

@@ -256,3 +256,136 @@ def test_rollback_journal_database_and_a_busy_writer(project: Path, r: redis.Red
     assert len(queued_events(r)[0]["payload"]["Records"]) == 1
     assert app.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     assert sqlite_capture.CHANGES in {n for (n,) in app.execute("SELECT name FROM sqlite_master")}
+
+
+def test_the_batch_read_ahead_goes_after_a_retry_of_the_one_in_flight(
+    project: Path, r: redis.Redis, redis_url: str
+) -> None:
+    """The next full batch is ready while one is in flight; a retry of part of that one still goes first,
+    and a change made meanwhile comes after it."""
+    feed = feed_for(make_project(project, batch_size=2, retries=1), redis_url)
+    app = app_db(project / "app.db")
+    feed.step()
+    app.executemany("INSERT INTO items(name) VALUES (?)", [(str(i),) for i in range(7)])
+    feed.step()
+
+    def names() -> list[str]:
+        (event,) = queued_events(r)
+        return [x["dynamodb"]["NewImage"]["name"]["S"] for x in event["payload"]["Records"]]
+
+    assert names() == ["0", "1"]
+    (event,) = queued_events(r)
+    seq = event["payload"]["Records"][1]["dynamodb"]["SequenceNumber"]
+    finish(r, event["id"], result={"batchItemFailures": [{"itemIdentifier": seq}]})
+    feed.step()
+    assert names() == ["1"], "the failed record again, before the batch read ahead"
+    finish(r, queued_events(r)[0]["id"])
+    feed.step()
+    assert names() == ["2", "3"]
+    app.execute("UPDATE items SET name = 'changed' WHERE name = '4'")
+    finish(r, queued_events(r)[0]["id"])
+    feed.step()
+    assert names() == ["4", "5"]
+    finish(r, queued_events(r)[0]["id"])
+    feed.step()
+    assert names() == ["6", "changed"]
+    key = cursor_key("feed", (project / "app.db").resolve(), "items")
+    assert r.hget(key + ":stats", "batches") == b"5"
+    assert (int(r.hget(key, "done")), int(r.hget(key, "last"))) == (6, 8), "done: the batch before the one in flight"
+    finish(r, queued_events(r)[0]["id"])
+    feed.step()
+    assert queued_events(r) == [] and r.hget(key, "event") == b"" and r.hget(key, "done") == b"8"
+
+
+def test_a_batch_read_ahead_long_before_its_publish_gets_a_fresh_envelope(
+    project: Path, r: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event's age (maximum_event_age) counts from its publish, however long the batch before it ran."""
+    from sources import sqlite as feed_module
+
+    feed = feed_for(make_project(project, batch_size=2), redis_url)
+    app = app_db(project / "app.db")
+    feed.step()
+    app.executemany("INSERT INTO items(name) VALUES (?)", [(str(i),) for i in range(4)])
+    monkeypatch.setattr(feed_module, "AHEAD_FRESH", 0.0)
+    feed.step()  # publishes the first batch, reads the second ahead and stages it
+    time.sleep(0.02)
+    started = time.time()
+    finish(r, queued_events(r)[0]["id"])  # too late for the staged successor: the worker leaves it
+    assert queued_events(r) == []
+    feed.step()
+    (event,) = queued_events(r)
+    assert event["created_at"] >= started
+    assert [x["dynamodb"]["NewImage"]["name"]["S"] for x in event["payload"]["Records"]] == ["2", "3"]
+    assert r.keys("lambdalite:successor:*") == [], "the feed dropped what it staged"
+
+
+def test_a_lone_surrogate_in_a_change_row_is_delivered_as_it_is(project: Path, r: redis.Redis, redis_url: str) -> None:
+    """A change row written by hand may hold what no encoder of UTF-8 takes: it still goes out, exactly."""
+    feed = feed_for(make_project(project), redis_url)
+    app = app_db(project / "app.db")
+    feed.step()
+    app.execute("INSERT INTO _lambdalite_changes(tbl, op, key, new, at) VALUES ('items', 'INSERT', ?, ?, 0)",
+                ('{"id": 1}', '{"id": 1, "name": "\\ud800x"}'))
+    app.execute("INSERT INTO items VALUES (2, 'é', 2)")
+    feed.step()
+    records = queued_events(r)[0]["payload"]["Records"]
+    assert [x["dynamodb"]["NewImage"]["name"] for x in records] == [{"S": "\ud800x"}, {"S": "é"}]
+
+
+def test_the_worker_publishes_the_staged_batch_and_the_feed_follows(project: Path, r: redis.Redis,
+                                                                     redis_url: str) -> None:
+    """A clean success publishes the batch read ahead in the same transaction, cursor and all; the feed
+    follows without publishing it again, also when it restarted in between."""
+    feed = feed_for(make_project(project, batch_size=2), redis_url)
+    app = app_db(project / "app.db")
+    feed.step()
+    app.executemany("INSERT INTO items(name) VALUES (?)", [(str(i),) for i in range(9)])
+    feed.step()
+    key = cursor_key("feed", (project / "app.db").resolve(), "items")
+
+    def names() -> list[str]:
+        (event,) = queued_events(r)
+        return [x["dynamodb"]["NewImage"]["name"]["S"] for x in event["payload"]["Records"]]
+
+    finish(r, queued_events(r)[0]["id"])
+    assert names() == ["2", "3"], "published by the transaction that recorded the outcome"
+    assert (r.hget(key, "done"), r.hget(key, "last"), r.hget(key, "event")) == (
+        b"2", b"4", queued_events(r)[0]["id"].encode())
+    feed.step()
+    assert names() == ["2", "3"] and feed.in_flight() == [queued_events(r)[0]["id"]]
+
+    restarted = feed_for(make_project(project, batch_size=2), redis_url)
+    finish(r, queued_events(r)[0]["id"])  # releases what the feed staged before its restart
+    assert names() == ["4", "5"]
+    restarted.step()  # follows the cursor; stages the batch after the one in flight
+    assert names() == ["4", "5"] and len(r.keys("lambdalite:successor:*")) == 1
+    finish(r, queued_events(r)[0]["id"], release=False)  # as if the worker had been faster than the staging
+    assert queued_events(r) == []
+    restarted.step()
+    assert names() == ["6", "7"]
+    finish(r, queued_events(r)[0]["id"])
+    restarted.step()
+    assert names() == ["8"]
+    finish(r, queued_events(r)[0]["id"])
+    restarted.step()
+    assert queued_events(r) == [] and r.hget(key, "done") == r.hget(key, "last") == b"9"
+    assert r.hget(key + ":stats", "batches") == b"5" and r.hget(key + ":stats", "records") == b"9"
+    assert r.keys("lambdalite:successor:*") == []
+    feed.close()
+    restarted.close()
+
+
+def test_a_cursor_holds_its_records_compressed_and_reads_them_as_json_too() -> None:
+    """The cursor's records are compressed; a cursor written as plain JSON (before) still reads."""
+    import json
+    import zlib
+
+    from sources.sqlite import read_cursor
+
+    records = [{"dynamodb": {"SequenceNumber": "000000000000000000001"}, "eventName": "INSERT"}]
+    for raw in (zlib.compress(json.dumps(records).encode(), 1), json.dumps(records).encode()):
+        cursor, problems = read_cursor({b"last": b"1", b"done": b"0", b"event": b"e1", b"records": raw})
+        assert (cursor["event"], cursor["records"], problems) == ("e1", records, [])
+    cursor, problems = read_cursor({b"last": b"1", b"event": b"e1", b"records": b"x\x9cgarbage"})
+    assert cursor["event"] == "" and "cannot be read" in problems[0]

@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from broker import deadletter, delayed, quarantine, results, stats
+from broker import deadletter, delayed, quarantine, results, stats, successors
 from broker.envelope import Event
 from broker.errors import EnvelopeError
 from broker.queues import Publisher
@@ -35,6 +35,8 @@ class Outcomes:
         stats.count(pipe, self.fn.name, "succeeded")
         results.record(pipe, event.id, results.Outcome(
             "succeeded", result=result, attempts=event.attempt + 1, duration_ms=duration_ms))
+        if event.invocation_type == "Event" and successors.clean(result):
+            successors.release(pipe, event.id)  # the next event of a stream, staged by its source
         if event.invocation_type == "Event" and self.fn.on_success:
             self.send_destination(pipe, self.fn.on_success, event, "Success", result, error=False)
         return ""

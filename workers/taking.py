@@ -58,7 +58,7 @@ end
 # the worker's key, its executions set, the started registry, and the prefixes of the job key, the
 # job's execution registry, its results stream and an execution's key.
 # Returns {1, id, the job hash (HGETALL), seconds, microseconds, what the guard moved}, or {0[, id]}.
-_TAKE = quarantine.MOVE_LUA + UTC_LUA + """
+_TAKE = quarantine.MOVE_FUNCTION + UTC_LUA + """
 local n = #KEYS
 local a = n + 4
 local taking, id, exec_id, worker, ttl = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
@@ -126,7 +126,7 @@ class Taker:
         self.script = client.register_script(_TAKE)
 
     def _args(self, job_id: str, execution_id: str) -> list[Any]:
-        return [*self.expected.values(), *quarantine.tail(), self.taking, job_id, execution_id, self.worker_name,
+        return [*self.expected.values(), *quarantine.script_args(), self.taking, job_id, execution_id, self.worker_name,
                 self.ttl, *self._keys]
 
     def wait(self, timeout: int) -> tuple[bytes | None, Started | None]:

@@ -297,7 +297,8 @@ class FunctionWorker(SimpleWorker):
                 pipe, event, error, 0.0, condition="EventAgeExceeded", dead=True))
             return False
         try:
-            inv = self.runtime.invoke(event.id, event.payload, abandon=lambda: self.abandon_requested)
+            inv = self.runtime.invoke(event.id, event.payload, abandon=lambda: self.abandon_requested,
+                                      job_data=job.data)
         except Exception as e:  # a fault of the runtime's own costs this attempt, not the job or the worker
             log.exception("worker %s: the runtime failed during %s", self.name, event.id)
             error = error_object("Runtime.Unknown", f"RequestId: {event.id} Error: {type(e).__name__}: {e}")

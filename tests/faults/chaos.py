@@ -17,14 +17,11 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import random
 import shutil
 import signal
 import sqlite3
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -32,200 +29,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-import redis
 
-from broker.embedded import RedisServer
+from tests.faults.stack import KINDS, PROCFILE_KINDS, ROOT, Stack, victim
 
-ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent
 
-PROCFILE_KINDS = ("files", "sqlite", "webhook", "scaler", "redis")
-INNER_KINDS = ("worker", "invocation")
-KINDS = PROCFILE_KINDS + INNER_KINDS
 FAULTS = KINDS + ("ctrl-c", "outage")
 
-CONFIG = """
-[functions.from_files]
-handler = "recorder.handler"
-timeout = 10
-retries = 8
-max_concurrency = 2
-
-[[functions.from_files.triggers]]
-source = "files"
-bucket = "inbox"
-suffix = ".txt"
-
-[functions.from_rows]
-handler = "recorder.handler"
-timeout = 10
-retries = 8
-max_concurrency = 1
-
-[[functions.from_rows.triggers]]
-source = "sqlite"
-database = "app.db"
-table = "items"
-batch_size = 25
-
-[functions.from_http]
-handler = "recorder.handler"
-timeout = 10
-retries = 8
-max_concurrency = 2
-
-[[functions.from_http.triggers]]
-source = "http"
-path = "/hooks/chaos"
-mode = "async"
-auth = "none"
-"""
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Stack:
-    """The Procfile under ``honcho start`` in ``project``; started again after each stop."""
-
-    def __init__(self, project: Path, external_redis: bool = False, outage: float = 10.0,
-                 **settings: str) -> None:
-        self.project = project
-        self.port = free_port()
-        self.outage = outage
-        # the Procfile's redis process then only waits; the run stops and starts this server itself
-        self.redis = RedisServer(project / "redis", appendonly=True).start() if external_redis else None
-        if self.redis is not None:
-            settings = {"LAMBDALITE_REDIS_URL": self.redis.url, **settings}
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDALITE_")}
-        env.update(PATH=f"{BIN}:{env['PATH']}", PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1",
-                   LAMBDALITE_HTTP_PORT=str(self.port), CHAOS_RECORDS=str(project / "records"))
-        env.update(settings)
-        self.env = env
-        self.honcho: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-        self.log = (project / "honcho.log").open("ab")
-
-    def start(self) -> None:
-        self.starts += 1
-        self.log.write(f"---- start {self.starts} at {time.time():.3f}\n".encode())
-        self.log.flush()
-        self.honcho = subprocess.Popen([str(BIN / "honcho"), "start"], cwd=self.project, env=self.env,
-                                       stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    @property
-    def redis_url(self) -> str:
-        return self.redis.url if self.redis is not None else f"unix://{self.project / 'var' / 'redis.sock'}"
-
-    def running(self) -> bool:
-        return self.honcho is not None and self.honcho.poll() is None
-
-    def procs(self) -> dict[str, psutil.Process]:
-        """The Procfile's processes that are up, by kind (``redis`` is redis-server itself)."""
-        found: dict[str, psutil.Process] = {}
-        if not self.running():
-            return found
-        assert self.honcho is not None
-        try:
-            family = psutil.Process(self.honcho.pid).children(recursive=True)
-        except psutil.Error:
-            return found
-        launchers = {self.honcho.pid}  # honcho, its fork per process, and the `sh -c` under each
-        commands = []
-        for proc in family:
-            try:
-                cmd = proc.cmdline()
-                parent = proc.ppid()
-            except psutil.Error:
-                continue
-            if cmd and (cmd[0].endswith("sh") or any("honcho" in part for part in cmd[:2])):
-                launchers.add(proc.pid)
-            else:
-                commands.append((proc, parent, " ".join(cmd)))
-        for proc, parent, line in commands:
-            if "redis-server" in line:
-                found["redis-server"] = proc  # a child of the Procfile's redis process
-            if parent not in launchers:
-                continue  # the scaler's workers and their sandboxes: forks with the scaler's command line
-            for kind, module in (("redis", "broker.embedded"), ("files", "sources.files"), ("sqlite", "sources.sqlite"),
-                                 ("webhook", "sources.webhook"), ("scaler", "workers.scaler")):
-                if f"-m {module}" in line:
-                    found[kind] = proc
-        return found
-
-    def healthy(self) -> bool:
-        """All five processes up, Redis answering, the webhook answering /healthz."""
-        if not set(PROCFILE_KINDS) <= set(self.procs()):
-            return False
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-            conn.request("GET", "/healthz")
-            ok = conn.getresponse().status == 200
-            conn.close()
-            return ok
-        except OSError:
-            return False
-
-    def wait_healthy(self, timeout: float = 60) -> float:
-        started = time.monotonic()
-        while not self.healthy():
-            if not self.running():
-                raise RuntimeError(f"the stack exited while starting; see {self.log.name}")
-            if time.monotonic() - started > timeout:
-                raise RuntimeError(f"the stack did not come up in {timeout}s; see {self.log.name}")
-            time.sleep(0.05)
-        return time.monotonic() - started
-
-    def workers(self) -> list[psutil.Process]:
-        scaler = self.procs().get("scaler")
-        if scaler is None:
-            return []
-        try:
-            return [p for p in scaler.children() if p.is_running()]
-        except psutil.Error:
-            return []
-
-    def wait_exit(self, timeout: float = 15) -> float:
-        """Wait for honcho to have stopped everything (after one process died); the time it took."""
-        assert self.honcho is not None
-        started = time.monotonic()
-        self.honcho.wait(timeout)
-        return time.monotonic() - started
-
-    def stop(self, timeout: float = 15) -> float:
-        """Ctrl-C, as in the terminal: SIGINT to honcho's process group; the time until it exited."""
-        if not self.running():
-            return 0.0
-        assert self.honcho is not None
-        started = time.monotonic()
-        os.killpg(self.honcho.pid, signal.SIGINT)
-        self.honcho.wait(timeout)
-        return time.monotonic() - started
-
-    def close(self) -> None:
-        """Leave nothing behind: whatever is still up is SIGKILLed."""
-        if self.honcho is not None:
-            family = []
-            with contextlib.suppress(psutil.Error):
-                family = psutil.Process(self.honcho.pid).children(recursive=True)
-            if self.honcho.poll() is None:
-                try:
-                    self.stop()
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.honcho.pid, signal.SIGKILL)
-                    self.honcho.wait(5)
-            _, alive = psutil.wait_procs(family, timeout=3)
-            for proc in alive:
-                proc.kill()
-        if self.redis is not None:
-            self.redis.stop()
-        self.log.close()
+# One recording function per source: (name, max_concurrency, the trigger's own keys).
+FUNCTIONS = (
+    ("from_files", 2, 'source = "files"\nbucket = "inbox"\nsuffix = ".txt"'),
+    ("from_rows", 1, 'source = "sqlite"\ndatabase = "app.db"\ntable = "items"\nbatch_size = 25'),
+    ("from_http", 2, 'source = "http"\npath = "/hooks/chaos"\nmode = "async"\nauth = "none"'),
+)
+CONFIG = "".join(
+    f'[functions.{name}]\nhandler = "recorder.handler"\ntimeout = 10\nretries = 8\nmax_concurrency = {cap}\n\n'
+    f"[[functions.{name}.triggers]]\n{trigger}\n\n"
+    for name, cap, trigger in FUNCTIONS
+)
 
 
 @dataclass
@@ -239,6 +60,7 @@ class Report:
     graceful_stops: list[float] = field(default_factory=list)  # Ctrl-C until honcho exited
     http_refused: dict[int, int] = field(default_factory=dict)  # status (0: no connection) -> count
     no_retry_after: int = 0  # 503s without a Retry-After header
+    forced: Counter[str] = field(default_factory=Counter)  # processes honcho had to SIGKILL (5 s after a stop)
     elapsed: float = 0.0
 
     def lines(self) -> list[str]:
@@ -258,6 +80,8 @@ class Report:
         if self.graceful_stops:
             out.append(f"  Ctrl-C to stopped: median {statistics.median(self.graceful_stops):.2f} s, "
                        f"max {max(self.graceful_stops):.2f} s")
+        if self.forced:
+            out.append(f"  SIGKILLed by honcho, still up 5 s after a stop: {dict(self.forced)}")
         refused = ", ".join(f"{'no connection' if k == 0 else k}: {v}" for k, v in sorted(self.http_refused.items()))
         out.append(f"  webhook requests refused, then retried by the sender: {refused or 'none'}")
         if self.lost:
@@ -389,45 +213,6 @@ def capture_installed(project: Path) -> bool:
     return bool(found)
 
 
-def busy_sandbox(stack: Stack) -> psutil.Process | None:
-    """The sandbox (invocation process) of a worker that is running an invocation, if one is."""
-    client = redis.Redis.from_url(stack.redis_url, socket_timeout=1)
-    try:
-        for worker in stack.workers():
-            name = next((n for n in client.smembers("rq:workers") if n.decode().endswith(f".{worker.pid}")), None)
-            if name is None:
-                continue
-            state = client.hget(b"rq:worker:" + name.split(b":", 2)[-1], "state")
-            if state == b"busy":
-                kids = worker.children()
-                if kids:
-                    return kids[0]
-    except (redis.RedisError, psutil.Error):
-        return None
-    finally:
-        client.close()
-    return None
-
-
-def victim(stack: Stack, kind: str, rng: random.Random) -> psutil.Process | None:
-    if kind == "redis":  # the server itself, not what runs it
-        procs = stack.procs()
-        return procs.get("redis-server", procs.get("redis"))
-    if kind in PROCFILE_KINDS:
-        return stack.procs().get(kind)
-    if kind == "worker":
-        workers = stack.workers()
-        return rng.choice(workers) if workers else None
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline:  # prefer an invocation in progress
-        found = busy_sandbox(stack)
-        if found is not None:
-            return found
-        time.sleep(0.005)
-    sandboxes = [kid for worker in stack.workers() for kid in worker.children()]
-    return rng.choice(sandboxes) if sandboxes else None
-
-
 def _disrupt(stack: Stack, fault: str, rng: random.Random, report: Report, say) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     """Inflict one fault; returns (when it struck, when the stack was back in business) as wall times."""
     if fault == "ctrl-c":  # a graceful stop, then the operator starts the stack again
@@ -520,4 +305,7 @@ def run(project: Path, per_source: int, rate: float, faults: list[str], seed: in
     finally:
         stack.close()
         report.elapsed = time.monotonic() - began
+        for line in (project / "honcho.log").read_text(errors="replace").splitlines():
+            if "sending SIGKILL to " in line:
+                report.forced[line.split("sending SIGKILL to ")[1].split()[0]] += 1
     return report
