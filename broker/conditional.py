@@ -22,7 +22,7 @@ from redis.commands.core import Script
 
 from broker import quarantine
 
-# KEYS: the keys to guard; ARGV[i]: the type KEYS[i] must have; then quarantine's tail (4 values);
+# KEYS: the keys to guard; ARGV[i]: the type KEYS[i] must have; then quarantine.script_args() (4 values);
 # then the number of condition arguments and the arguments; then each command as its length and
 # its words. Returns {1 or 0 (applied), what the guard moved, the condition's value}.
 _BODY = """

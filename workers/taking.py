@@ -53,7 +53,7 @@ end
 """
 
 # KEYS: the keys of the worker and its queue that the start writes, ARGV[i] the type of KEYS[i];
-# then quarantine's tail (4 values); then, from a = #KEYS + 4: the taking list, the job id ('' for the
+# then quarantine.script_args() (4 values); then, from a = #KEYS + 4: the taking list, the job id ('' for the
 # tail of the taking list), the execution id, the worker name, the heartbeat's lifetime (seconds),
 # the worker's key, its executions set, the started registry, and the prefixes of the job key, the
 # job's execution registry, its results stream and an execution's key.
