@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import logging
 import os
-import pwd
 import queue
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import redis
 from watchdog.events import (
@@ -44,15 +42,11 @@ from watchdog.events import (
 )
 
 from broker import logs
-from broker.conditional import Conditional
 from broker.connection import TRANSIENT, Backoff, connect
-from broker.envelope import Event
 from broker.errors import BucketsError, LambdaliteError
-from broker.queues import Publisher
 from broker.registry import Registry, load_registry
 from broker.settings import load_settings
 from sources import s3event
-from sources.bucket_triggers import BucketTriggers
 from sources.buckets import (
     BucketRoot,
     NotAnObject,
@@ -65,6 +59,7 @@ from sources.buckets import (
     read_object,
 )
 from sources.manifest import Entry, Manifest
+from sources.object_events import Change, ObjectEvents
 from sources.observer import BucketObserver, Inbox, watch
 
 log = logging.getLogger("lambdalite.files")
@@ -73,19 +68,11 @@ BATCH = 200  # objects per publishing transaction during a scan
 SETTLE_NS = 1_000_000_000  # a scanned file modified more recently than this may still be written
 RECHECK = 0.5  # seconds before such a file is looked at again
 EVENTS_PER_STEP = 500  # so a burst of events never delays a stop
+COLLECT_EVERY = 1000  # objects walked by a scan between two reads of inotify's queue
 
 
 def _path(raw: bytes | str) -> str:
     return os.fsdecode(raw)
-
-
-class _Change:
-    """One object change to publish: created (with ``info``) or removed (``info`` None)."""
-
-    __slots__ = ("ref", "info", "event_name")
-
-    def __init__(self, ref: ObjectRef, info: ObjectInfo | None, event_name: str) -> None:
-        self.ref, self.info, self.event_name = ref, info, event_name
 
 
 class BucketWatcher:
@@ -102,17 +89,14 @@ class BucketWatcher:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.root = BucketRoot(root)
-        self.triggers = BucketTriggers(registry)
+        self.notifications = ObjectEvents(client, registry, region)
+        self.triggers = self.notifications.triggers
         self.client = client
-        self.publisher = Publisher(client, registry)
         self.manifest = Manifest(client)
-        self.region = region
         self.stopping = stopping
         self.clock = clock
-        self.sequencer = s3event.Sequencer()
         self.inbox = Inbox()
         self.observer: BucketObserver | None = None
-        self.published = 0  # events stored, for logs and tests
         self._watched: tuple[int, int] | None = None
         self._overflowed = threading.Event()
         self._rescan = True
@@ -131,7 +115,7 @@ class BucketWatcher:
         self._ensure_observer()
 
     def stop(self) -> None:
-        """Stop the observer and its threads."""
+        """Stop the observer (remove its watches)."""
         if self.observer is not None:
             self.observer.stop()
             self.observer.join(timeout=4)
@@ -222,19 +206,31 @@ class BucketWatcher:
         """Keep the open-file count current; the rescan after the outage covers every other event."""
         deadline = self.clock() + timeout
         while not self.stopping():
-            try:
-                event = self.inbox.events.get(timeout=max(0.0, deadline - self.clock()))
-            except queue.Empty:
+            event = self._next_event(max(0.0, deadline - self.clock()))
+            if event is None:
                 return
             self._track_open(event)
 
     # -- events ----------------------------------------------------------------------------------
 
-    def _handle_events(self, timeout: float) -> None:
+    def _next_event(self, timeout: float = 0.0) -> FileSystemEvent | None:
+        """The next event, read from inotify if none is waiting (for up to ``timeout`` seconds)."""
         try:
-            event = self.inbox.events.get(timeout=timeout)
+            return self.inbox.events.get_nowait()
         except queue.Empty:
-            event = None
+            pass
+        if self.observer is None:  # nothing to read: wait as long as asked
+            timeout, wait = 0.0, timeout
+        else:
+            wait = 0.0
+            self.observer.collect(timeout)
+        try:
+            return self.inbox.events.get(timeout=wait) if wait > 0 else self.inbox.events.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _handle_events(self, timeout: float) -> None:
+        event = self._next_event(timeout)
         handled = 0
         while event is not None:
             try:
@@ -246,10 +242,7 @@ class BucketWatcher:
             handled += 1
             if handled >= EVENTS_PER_STEP or self.stopping():
                 return
-            try:
-                event = self.inbox.events.get_nowait()
-            except queue.Empty:
-                event = None
+            event = self._next_event()
         for folder in sorted(self._dirty):
             if self.stopping():
                 return
@@ -308,7 +301,8 @@ class BucketWatcher:
         info = self._read(ref)
         if info is not None:  # unless this very version is published already (a scan got there first)
             entry = Entry(info.size, info.mtime_ns, info.etag)
-            self._publish([_Change(ref, info, event_name)], only_if=Manifest.unpublished(ref.bucket, ref.key, entry))
+            only_if = Manifest.unpublished(ref.bucket, ref.key, entry)
+            self.notifications.publish([Change(ref, info, event_name)], only_if=only_if)
 
     def _settled(self, path: str, mtime_ns: int) -> bool:
         """Whether a file that a scan found (not an event) looks finished.
@@ -327,7 +321,7 @@ class BucketWatcher:
     def _removed(self, path: str) -> None:
         ref = self.root.locate(path)
         if ref is not None and self.manifest.get(ref.bucket, ref.key) is not None:
-            self._publish([_Change(ref, None, s3event.REMOVED_DELETE)])
+            self.notifications.publish([Change(ref, None, s3event.REMOVED_DELETE)])
 
     def _read(self, ref: ObjectRef) -> ObjectInfo | None:
         try:
@@ -374,12 +368,14 @@ class BucketWatcher:
         folder = self.root.folder(bucket, prefix.rstrip("/"))
         known = dict(self.manifest.entries(bucket, prefix))
         present: set[str] = set()
-        changes: list[_Change] = []
+        changes: list[Change] = []
         quiet: list[tuple[ObjectRef, Entry]] = []
         refs = () if os.path.islink(folder) else self.root.walk(folder)
-        for ref in refs:
+        for walked, ref in enumerate(refs, 1):
             if self.stopping():
                 return False
+            if walked % COLLECT_EVERY == 0 and self.observer is not None:
+                self.observer.collect(0)  # a long scan must not let the kernel's event queue overflow
             present.add(ref.key)
             entry = known.get(ref.key)
             try:
@@ -396,86 +392,18 @@ class BucketWatcher:
             if entry is not None and (entry.size, entry.etag) == (info.size, info.etag):
                 quiet.append((ref, Entry(info.size, info.mtime_ns, info.etag)))  # touched only
             else:
-                changes.append(_Change(ref, info, s3event.CREATED_PUT))
+                changes.append(Change(ref, info, s3event.CREATED_PUT))
             if len(changes) + len(quiet) >= BATCH:
-                self._publish(changes, quiet)
+                self.notifications.publish(changes, quiet)
                 changes, quiet = [], []
         for key in sorted(set(known) - present):
             ref = ObjectRef(bucket, key, os.path.join(self.root.path, bucket, *key.split("/")))
-            changes.append(_Change(ref, None, s3event.REMOVED_DELETE))
+            changes.append(Change(ref, None, s3event.REMOVED_DELETE))
             if len(changes) >= BATCH:
-                self._publish(changes)
+                self.notifications.publish(changes)
                 changes = []
-        self._publish(changes, quiet)
+        self.notifications.publish(changes, quiet)
         return True
-
-    # -- publishing ------------------------------------------------------------------------------
-
-    def _record(self, change: _Change, function: str, now: float) -> dict[str, Any]:
-        info = change.info
-        return s3event.record(
-            event_name=change.event_name,
-            bucket=change.ref.bucket,
-            key=change.ref.key,
-            sequencer=self.sequencer.next(),
-            local_path=change.ref.path,
-            configuration_id=function,
-            region=self.region,
-            when=now,
-            principal=_principal(info.owner_uid) if info else s3event.OWNER,
-            size=info.size if info else None,
-            etag=info.etag if info else None,
-        )
-
-    def _publish(self, changes: Iterable[_Change], quiet: Iterable[tuple[ObjectRef, Entry]] = (),
-                 only_if: tuple[Conditional, list[str]] | None = None) -> None:
-        """Store the events of ``changes`` and their manifest updates in one transaction (only if the
-        condition ``only_if`` holds on its arguments, when given)."""
-        changes, quiet = list(changes), list(quiet)
-        if not changes and not quiet:
-            return
-        now = time.time()
-        events = []
-        for change in changes:
-            names = self.triggers.functions(change.ref.bucket, change.ref.key, change.event_name)
-            for name in names:
-                payload = s3event.notification(self._record(change, name, now))
-                events.append(Event(function=name, payload=payload, source="files", created_at=now))
-
-        def manifest_update(pipe: Any) -> None:
-            for change in changes:
-                if change.info is None:
-                    Manifest.remove(pipe, change.ref.bucket, change.ref.key)
-                else:
-                    info = change.info
-                    Manifest.put(pipe, change.ref.bucket, change.ref.key,
-                                 Entry(info.size, info.mtime_ns, info.etag))
-            for ref, entry in quiet:
-                Manifest.put(pipe, ref.bucket, ref.key, entry)
-
-        buckets = {c.ref.bucket for c in changes} | {ref.bucket for ref, _ in quiet}
-        keys = {Manifest.hash_key(b): "hash" for b in buckets}
-        if only_if is not None:
-            if self.publisher.publish_if(*only_if, events, also=manifest_update, keys=keys) is None:
-                return
-        else:
-            self.publisher.publish_many(events, also=manifest_update, keys=keys)
-        self.published += len(events)
-        for change in changes:
-            log.debug("%s %s/%s", change.event_name, change.ref.bucket, change.ref.key)
-
-
-_names: dict[int, str] = {}
-
-
-def _principal(uid: int) -> str:
-    """The file owner's user name (or uid), as the ``userIdentity`` of a created object."""
-    if uid not in _names:
-        try:
-            _names[uid] = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            _names[uid] = str(uid)
-    return _names[uid]
 
 
 def prepare_root(root: Path) -> Path:

@@ -374,6 +374,7 @@ def test_inotify_overflow_makes_it_rescan(
     (uploads / "lost.jpg").write_bytes(b"l")
     (uploads / "seen.jpg").unlink()
     time.sleep(0.5)
+    observer.collect(0)  # read from inotify, then dropped
     while not driver.watcher.inbox.events.empty():
         driver.watcher.inbox.events.get()
     driver.run(0.3)
@@ -440,3 +441,24 @@ def test_a_writer_in_a_new_folder_is_published_after_its_close(
     sentinel(driver, r, bucket_project / "buckets" / "uploads")
     recs = [rec for rec in records(r, "fn") if rec["s3"]["object"]["key"] == "new/big.bin"]
     assert [rec["s3"]["object"]["size"] for rec in recs] == [100_000]
+
+
+def test_an_error_reading_inotify_restarts_the_watches_and_loses_nothing(
+    driver: Driver, r: redis.Redis, bucket_project: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    observer = driver.watcher.observer
+    assert observer is not None
+    uploads = bucket_project / "buckets" / "uploads"
+
+    def broken(event: Any) -> None:
+        raise RuntimeError("inotify buffer garbled")
+
+    monkeypatch.setattr(observer.inotify_fd, "handle_event", broken)
+    (uploads / "during.jpg").write_bytes(b"d")  # its event is read, then lost with the error
+    driver.until(lambda: keys(r, "fn") == ["during.jpg"])  # the rescan after the restart publishes it
+    assert driver.watcher.observer is not observer and driver.watcher.observer is not None
+    assert driver.watcher.observer.healthy() and not observer.healthy()
+    assert "inotify buffer garbled" in caplog.text
+    sentinel(driver, r, uploads)
+    assert keys(r, "fn") == ["during.jpg", "zz-sentinel"]
