@@ -149,22 +149,48 @@ class BucketRoot:
                 if ref is not None:
                     yield ref
 
-    def inside(self, path: str) -> bool:
-        """Whether the real path (links resolved) of ``path`` stays inside the root."""
-        real_root = os.path.realpath(self.path)
-        return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
+
+def _real_path(path: str, flags: int = 0) -> tuple[int, str]:
+    """An ``O_PATH`` descriptor of ``path`` (links followed) and its real path, as the kernel
+    resolved it (``/proc/self/fd``; without /proc, :func:`os.path.realpath`, which resolves it again)."""
+    fd = os.open(path, os.O_PATH | flags)
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        real = os.path.realpath(path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, real
+
+
+def _open_inside(root: BucketRoot, ref: ObjectRef) -> int:
+    """Open the object for reading (``O_NOFOLLOW``, non-blocking), from a descriptor of its folder
+    whose real path is checked to be inside the root: a folder swapped for a link in between cannot
+    lead the open elsewhere. Raises OSError, or :class:`NotAnObject` for a folder leading outside."""
+    folder, name = os.path.split(ref.path)
+    root_fd, real_root = _real_path(root.path, os.O_DIRECTORY)
+    os.close(root_fd)
+    dir_fd, real = _real_path(folder, os.O_DIRECTORY)
+    try:
+        if real != real_root and not real.startswith(os.path.join(real_root, "")):
+            raise NotAnObject(f"{ref.path}: its folder leads outside {root.path}")
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def read_object(root: BucketRoot, ref: ObjectRef) -> ObjectInfo:
     """Stat and hash one object; raises :class:`NotAnObject` with the reason.
 
-    The file is opened with ``O_NOFOLLOW`` and measured through the open descriptor, so a link
-    swapped in between the check and the read is refused, and the size matches the hashed bytes.
+    The file is opened with ``O_NOFOLLOW``, from its folder's descriptor once that folder's real
+    path is known to be inside the root, and measured through the open descriptor: a link swapped in
+    between the check and the read is refused, and the size matches the hashed bytes.
     """
-    if not root.inside(os.path.dirname(ref.path)):
-        raise NotAnObject(f"{ref.path}: its folder leads outside {root.path}")
     try:
-        fd = os.open(ref.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = _open_inside(root, ref)
+    except NotAnObject:
+        raise
     except FileNotFoundError as e:
         raise Unsettled(f"{ref.path}: vanished before it was read") from e
     except OSError as e:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 import redis
 
 from broker.conditional import Conditional
@@ -77,7 +78,8 @@ class ObjectEvents:
             names = self.triggers.functions(change.ref.bucket, change.ref.key, change.event_name)
             for name in names:
                 payload = s3event.notification(self._record(change, name, now))
-                events.append(Event(function=name, payload=payload, source="files", created_at=now))
+                event = Event(function=name, payload=payload, source="files", created_at=now)
+                events.append(self.publisher.prepare(event, _payload_json(payload)))
 
         def manifest_update(pipe: Any) -> None:
             for change in changes:
@@ -100,6 +102,15 @@ class ObjectEvents:
         self.published += len(events)
         for change in changes:
             log.debug("%s %s/%s", change.event_name, change.ref.bucket, change.ref.key)
+
+
+def _payload_json(payload: dict[str, Any]) -> str | None:
+    """The payload as JSON, by orjson (a tenth of the time of the standard library's encoder), or
+    None for the publisher to encode it: orjson refuses a path whose name is not UTF-8 (a surrogate)."""
+    try:
+        return orjson.dumps(payload).decode()
+    except orjson.JSONEncodeError:
+        return None
 
 
 _names: dict[int, str] = {}

@@ -19,6 +19,7 @@ from bucketkit import ALL, Driver, keys, make_watcher, records, uploads_project,
 from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, WatchDescriptor
 
 from broker.registry import load_registry
+from sources.buckets import BucketRoot, NotAnObject, Unsettled, read_object
 from sources.manifest import Manifest
 
 
@@ -251,6 +252,31 @@ def test_a_symlink_leading_outside_is_never_followed_or_published(
         watcher.stop()
     assert sorted(keys(r, "fn")) == ["inside.jpg", "zz-sentinel"]
     assert all("secret" not in rec["s3"]["object"]["localPath"] for rec in records(r, "fn"))
+
+
+def test_an_object_whose_folder_became_a_link_outside_is_refused(
+    bucket_project: Path, tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    outside = tmp_path_factory.mktemp("secret")
+    (outside / "inner.jpg").write_bytes(b"secret")
+    uploads = bucket_project / "buckets" / "uploads"
+    (uploads / "sub").mkdir()
+    (uploads / "sub" / "inner.jpg").write_bytes(b"mine")
+    root = BucketRoot(bucket_project / "buckets")
+    ref = root.locate(str(uploads / "sub" / "inner.jpg"))
+    assert ref is not None and read_object(root, ref).size == 4
+    shutil.rmtree(uploads / "sub")
+    os.symlink(outside, uploads / "sub")  # as if swapped between the event and the read
+    with pytest.raises(NotAnObject, match="leads outside"):
+        read_object(root, ref)
+    os.unlink(uploads / "sub")
+    os.symlink(uploads / "other", uploads / "sub")  # a link inside the root is followed for folders
+    (uploads / "other").mkdir()
+    (uploads / "other" / "inner.jpg").write_bytes(b"other")
+    assert read_object(root, ref).size == 5
+    os.unlink(uploads / "sub")
+    with pytest.raises(Unsettled):
+        read_object(root, ref)
 
 
 def test_a_bad_file_logs_and_the_watcher_carries_on(
