@@ -22,6 +22,7 @@ import logging
 import os
 import queue
 import signal
+import stat
 import sys
 import threading
 import time
@@ -149,7 +150,7 @@ class BucketWatcher:
             st = os.stat(self.root.path)
         except OSError:
             return None
-        return (st.st_dev, st.st_ino) if os.path.isdir(self.root.path) else None
+        return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
     def _ensure_observer(self) -> None:
         identity = self._root_identity()

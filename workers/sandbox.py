@@ -26,6 +26,8 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import orjson
+
 from broker import idempotency
 from broker.envelope import dump_json, parse_json
 from broker.kernel import die_with_parent
@@ -55,7 +57,11 @@ def write_frame(fd: int, obj: Any, raw: Mapping[str, bytes] | None = None) -> No
 
 def read_frame(fd: int) -> Any:
     header = _read_exact(fd, _HEADER.size)
-    return json.loads(_read_exact(fd, _HEADER.unpack(header)[0]))
+    data = _read_exact(fd, _HEADER.unpack(header)[0])
+    try:
+        return orjson.loads(data)  # a fifth of json.loads's time on an event's frame
+    except orjson.JSONDecodeError:  # what orjson refuses and json reads (NaN, integers over 64 bits)
+        return json.loads(data)
 
 
 def _read_exact(fd: int, n: int) -> bytes:
