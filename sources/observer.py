@@ -38,7 +38,7 @@ from watchdog.events import (
 )
 from watchdog.observers.api import ObservedWatch
 from watchdog.observers.inotify import InotifyFullEmitter, InotifyWatchGroup
-from watchdog.observers.inotify_c import InotifyFD
+from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, InotifyFD
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,16 @@ EVENT_FILTER: list[type[FileSystemEvent]] = [
     DirMovedEvent,
     DirDeletedEvent,
 ]
+
+
+# The events of a file (not a folder) that the watch group passes on unchanged, and what they become
+# (None: an event the filter drops, a file created, which the watch group only passes on).
+_PLAIN: dict[int, type[FileSystemEvent] | None] = {
+    InotifyConstants.IN_OPEN: FileOpenedEvent,
+    InotifyConstants.IN_CLOSE_WRITE: FileClosedEvent,
+    InotifyConstants.IN_CLOSE_NOWRITE: FileClosedNoWriteEvent,
+    InotifyConstants.IN_CREATE: None,
+}
 
 
 class Inbox:
@@ -148,11 +158,33 @@ class BucketObserver:
             wait = timeout if held is None else min(timeout, max(0.0, held - time.monotonic()))
             if self._poll.poll(max(0, int(wait * 1000 + 0.999))):
                 for event in self.inotify_fd.read_events():
-                    self.inotify_fd.handle_event(event)  # the watch group pairs moves and keeps its watches
+                    if not self._plain(event):
+                        self.inotify_fd.handle_event(event)  # the watch group pairs moves and keeps its watches
             self._emit_ready()
         except Exception:  # events may be lost: stopped, the watcher restarts the watches and rescans
             log.exception("reading inotify failed; restarting the watches")
             self.stop()
+
+    def _plain(self, event: InotifyEvent) -> bool:
+        """Put a file's open or close in the inbox directly, as watchdog's watch group and emitter
+        would (most events, and all those of a file written and closed): False, and nothing done,
+        for any other event, or while a move is held back (the events after it wait for it)."""
+        if event.mask not in _PLAIN:
+            return False
+        kind = _PLAIN[event.mask]
+        group = self._emitter.group
+        if group is None or not group.is_active or not event.name:
+            return False
+        if kind is None:
+            return True
+        folder = group._active_callbacks_by_watch.get(event.wd)
+        if folder is None:
+            return True  # a watch removed meanwhile: the watch group drops its events too
+        self._emit_ready()  # what the watch group holds comes first
+        if group._move_event_grouper._queue._queue:
+            return False
+        self._emitter.queue_event(kind(os.fsdecode(os.path.join(folder, event.name))))
+        return True
 
     def _hold_until(self) -> float | None:
         """When the move held at the head of the watch group's queue is due, or None."""
