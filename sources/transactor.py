@@ -55,7 +55,8 @@ class Transactor:
         redis-py's ``raise_on_error=False`` does; the other commands were applied)."""
         packed = b"".join([_MULTI, *(hiredis.pack_command(tuple(c)) for c in commands), _EXEC])
         try:
-            replies = await asyncio.wait_for(self._exchange(packed, len(commands) + 2), self.timeout)
+            async with asyncio.timeout(self.timeout):  # no task of its own, as wait_for makes
+                replies = await self._exchange(packed, len(commands) + 2)
         except TimeoutError:
             await self.close()  # its reply may still come: this connection is out of step
             raise redis.TimeoutError(f"redis did not answer within {self.timeout:.1f} s") from None
