@@ -37,7 +37,7 @@ from broker.queues import WAKE_CHANNEL, Publisher, function_queue
 from broker.registry import Function, Registry, load_registry, resolve_handler
 from broker.settings import Settings, load_settings
 from broker.stats import alive_key
-from workers import recovery
+from workers import recovery, slots
 from workers.limits import MB
 from workers.runtime import Runtime
 from workers.worker import FunctionWorker
@@ -53,44 +53,6 @@ NO_REDIS_GRACE = 0.5  # seconds workers get to stop when Redis is gone
 WAKE_GAP = 0.02
 STOP_GRACE = 3.5  # seconds running invocations get to finish on a stop before they are handed back
 ALIVE_TTL = 3  # seconds a scaler's liveness key lasts without being refreshed
-
-# Count a function's workers across every live scaler, and with ARGV[4] == "1" take one more slot
-# if that stays within the cap. This scaler's own count is set to ARGV[5], the workers it has (so
-# the count heals itself if it was lost or damaged); the slots of scalers whose liveness key
-# expired are dropped, and so is a count that is not one (returned, for the log).
-_SLOTS = """
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[5] then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[5])
-end
-local total = tonumber(ARGV[5])
-local bad = {}
-local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  if fields[i] ~= ARGV[1] then
-    local alive = redis.call('EXISTS', ARGV[3] .. fields[i]) == 1
-    local count = string.match(fields[i + 1], '^%d+$') and #fields[i + 1] < 10
-    if alive and count then
-      total = total + tonumber(fields[i + 1])
-    else
-      redis.call('HDEL', KEYS[1], fields[i])
-      if alive then
-        table.insert(bad, fields[i])
-        table.insert(bad, string.sub(fields[i + 1], 1, 40))
-      end
-    end
-  end
-end
-if ARGV[4] == "1" and total < tonumber(ARGV[2]) then
-  redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-  return {total + 1, 1, bad}
-end
-return {total, 0, bad}
-"""
-
-
-def slots_key(function: str) -> str:
-    return f"lambdalite:slots:{function}"
-
 
 @dataclass
 class WorkerProc:
@@ -140,7 +102,7 @@ class Scaler:
         self._published: dict[str, str] = {}
         self._last_view = -1e9
         self.handlers = {fn.name: resolve_handler(fn, registry.path) for fn in registry if fn.handler}
-        self._slots = client.register_script(_SLOTS)
+        self.slots = slots.Slots(client, self.id, settings.max_workers)
         self._last_sweep = -1e9
         self._last_alive = -1e9
         self.memory_budget_mb = settings.memory_budget or int(psutil.virtual_memory().total / MB * 0.9)
@@ -259,16 +221,16 @@ class Scaler:
             for fn in functions:
                 queue = self.queues[fn.name]
                 quarantine.guard(pipe, {queue.key: "list", queue.started_job_registry.key: "zset",
-                                        slots_key(fn.name): "hash"})
+                                        slots.slots_key(fn.name): "hash"})
                 pipe.llen(queue.key)
                 pipe.zcard(queue.started_job_registry.key)
-                self._slots(keys=[slots_key(fn.name)], args=self._slot_args(fn, take=False), client=pipe)
+                self.slots.count(pipe, fn, len(self.views[fn.name].workers))
             rows = pipe.execute()
         quarantine.report(rows)
         for i, fn in enumerate(functions):
             view = self.views[fn.name]
             queued, running, (total, _, bad) = rows[4 * i + 1], rows[4 * i + 2], rows[4 * i + 3]
-            _report_slots(fn.name, bad)
+            slots.report(fn.name, bad)
             cap = fn.concurrency(self.settings.max_workers)
             desired = max(fn.min_workers, min(queued + running, cap))
             active += desired > 0
@@ -334,7 +296,7 @@ class Scaler:
                 self.decide(name, now, "hold", f"memory budget: {reason}")
                 blocked[name] = wants.pop(name)  # idle workers of others may make room
                 continue
-            if not self.slots(fn, take=True)[1]:
+            if not self.slots.take(fn, len(self.views[name].workers))[1]:
                 self.decide(name, now, "hold", f"max_concurrency reached: {reason}")
                 del wants[name]
                 continue
@@ -347,16 +309,6 @@ class Scaler:
             if not wants[name]:
                 del wants[name]
         return {**wants, **blocked}
-
-    def _slot_args(self, fn: Function, take: bool) -> list[Any]:
-        mine = len(self.views[fn.name].workers)
-        return [self.id, fn.concurrency(self.settings.max_workers), alive_key(""), int(take), mine]
-
-    def slots(self, fn: Function, take: bool) -> tuple[int, int]:
-        """(workers of ``fn`` across live scalers, whether one more slot was taken)."""
-        total, taken, bad = self._slots(keys=[slots_key(fn.name)], args=self._slot_args(fn, take))
-        _report_slots(fn.name, bad)
-        return int(total), int(taken)
 
     def memory_allows(self, fn: Function) -> bool:
         committed = sum(self.registry.get(p.fn).memory for v in self.views.values() for p in v.workers.values())
@@ -439,7 +391,7 @@ class Scaler:
         try:
             with self.client.pipeline(transaction=False) as pipe:
                 for name in self.views:
-                    pipe.hdel(slots_key(name), self.id)
+                    pipe.hdel(slots.slots_key(name), self.id)
                     pipe.hdel(stats.scaler_key(name), self.id)
                 pipe.delete(alive_key(self.id))
                 pipe.execute()
@@ -482,12 +434,6 @@ class Scaler:
 def _count(raw: bytes | None) -> int:
     """A job count from a worker's RQ hash; anything that is not one counts as 0."""
     return int(raw) if raw is not None and raw.isdigit() else 0
-
-
-def _report_slots(function: str, bad: list[bytes]) -> None:
-    for scaler_id, value in zip(bad[0::2], bad[1::2], strict=True):
-        log.warning("redis key %s: the count of scaler %s was %r, not a number of workers; dropped",
-                    slots_key(function), scaler_id.decode(errors="replace"), value.decode(errors="replace"))
 
 
 def worker_name(host: str, sid: str, function: str, pid: int) -> str:
