@@ -4,15 +4,14 @@ Each step (every 100 ms, and at once when a source publishes for a function that
 workers) it decides, per function,
 ``desired = clamp(queued + running, min_workers, max_concurrency)``, within the host's worker cap
 and memory budget, sharing the cap fairly between functions. Workers are forked from this warm
-process, which has already imported lambdalite and every handler, so a cold start costs a fork.
-Idle workers are retired by a warm stop, never a busy one. ``max_concurrency`` holds across every
-scaler sharing one Redis (a Lua-guarded slot count per function).
+process (:mod:`workers.processes`), which has already imported lambdalite and every handler, so a
+cold start costs a fork. Idle workers are retired by a warm stop, never a busy one.
+``max_concurrency`` holds across every scaler sharing one Redis (a Lua-guarded slot count per
+function: :mod:`workers.slots`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import logging
 import math
@@ -32,15 +31,13 @@ import redis
 from broker import delayed, quarantine, stats
 from broker.connection import TRANSIENT, Backoff, connect, wait_for_redis
 from broker.errors import LambdaliteError
-from broker.kernel import die_with_parent
 from broker.queues import WAKE_CHANNEL, Publisher, function_queue
 from broker.registry import Function, Registry, load_registry, resolve_handler
 from broker.settings import Settings, load_settings
 from broker.stats import alive_key
-from workers import recovery, slots
+from workers import processes, recovery, slots
 from workers.limits import MB
-from workers.runtime import Runtime
-from workers.worker import FunctionWorker
+from workers.processes import WorkerProc
 
 log = logging.getLogger("lambdalite.scaler")
 
@@ -53,19 +50,6 @@ NO_REDIS_GRACE = 0.5  # seconds workers get to stop when Redis is gone
 WAKE_GAP = 0.02
 STOP_GRACE = 3.5  # seconds running invocations get to finish on a stop before they are handed back
 ALIVE_TTL = 3  # seconds a scaler's liveness key lasts without being refreshed
-
-@dataclass
-class WorkerProc:
-    """One forked worker as the scaler tracks it."""
-
-    pid: int
-    fn: str
-    name: str
-    started: float
-    state: str = "starting"  # starting | idle | busy
-    idle_since: float | None = None
-    jobs_seen: int = -1
-    retiring: bool = False
 
 
 @dataclass
@@ -180,7 +164,7 @@ class Scaler:
         earlier run): its process is gone. Another host's, or a name that is not a lambdalite
         worker's (a plain RQ worker's, or a damaged one): its RQ worker key expired.
         """
-        owner = parse_worker_name(worker_name)
+        owner = processes.parse_worker_name(worker_name)
         if owner is None:
             return not self.client.exists(f"rq:worker:{worker_name}")
         host, sid, pid = owner
@@ -301,7 +285,7 @@ class Scaler:
                 del wants[name]
                 continue
             pid = self.spawn(fn)
-            wname = worker_name(self.host, self.sid, fn.name, pid)
+            wname = processes.worker_name(self.host, self.sid, fn.name, pid)
             self.views[name].workers[pid] = WorkerProc(pid, name, wname, now)
             self.decide(name, now, "scale-up", reason)
             mine += 1
@@ -317,7 +301,7 @@ class Scaler:
 
     def retire(self, proc: WorkerProc, now: float, reason: str) -> None:
         proc.retiring = True
-        _signal(proc.pid, signal.SIGTERM)  # warm: the worker finishes what it runs, then exits
+        processes.send(proc.pid, signal.SIGTERM)  # warm: the worker finishes what it runs, then exits
         self.decide(proc.fn, now, "scale-down", f"{proc.name} {reason}")
 
     def decide(self, fn: str, now: float, action: str, reason: str) -> None:
@@ -364,26 +348,7 @@ class Scaler:
             log.warning("redis unavailable at the stop (%s): the next start settles what runs now", e)
         finally:
             probe.close()
-        procs = {p.pid: p for v in self.views.values() for p in v.workers.values()}
-        for pid in procs:
-            _signal(pid, signal.SIGTERM)
-        end = time.monotonic() + grace
-        abandoned = False
-        while procs:
-            self._collect(procs)
-            if not procs:
-                break
-            if time.monotonic() >= end and not abandoned:
-                for pid in procs:
-                    _signal(pid, signal.SIGUSR1)  # abandon: requeue the event, not an attempt
-                abandoned, end = True, time.monotonic() + 0.4
-            elif time.monotonic() >= end:
-                for pid in procs:
-                    _signal(pid, signal.SIGKILL)
-                time.sleep(0.05)
-                self._collect(procs)
-                break
-            time.sleep(0.02)
+        processes.stop({p.pid: p for v in self.views.values() for p in v.workers.values()}, grace)
         for v in self.views.values():
             v.workers.clear()
         if not reachable:
@@ -399,73 +364,15 @@ class Scaler:
         except TRANSIENT:
             log.warning("redis unavailable during stop; the next start settles what is left")
 
-    def _collect(self, procs: dict[int, WorkerProc]) -> None:
-        for pid in list(procs):
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done = pid
-            if done:
-                procs.pop(pid)
-
     # -- workers ------------------------------------------------------------------------------------
 
     def _fork_worker(self, fn: Function) -> int:
-        sys.stdout.flush()
-        # Frozen objects are left alone by the child's garbage collector, so it does not touch
-        # (and copy) every page of the warm heap it shares with the scaler.
-        gc.freeze()
-        pid = os.fork()
-        if pid:
-            gc.unfreeze()
-            return pid
-        code = 0
-        try:
-            _run_worker(self.settings, self.registry, fn, self.handlers.get(fn.name),
-                        worker_name(self.host, self.sid, fn.name, os.getpid()))
-        except BaseException:  # noqa: B036 - a forked child must never return into the scaler
-            log.exception("worker for %s failed", fn.name)
-            code = 1
-        finally:
-            sys.stdout.flush()
-            os._exit(code)
+        return processes.fork(self.settings, self.registry, fn, self.handlers.get(fn.name), self.host, self.sid)
 
 
 def _count(raw: bytes | None) -> int:
     """A job count from a worker's RQ hash; anything that is not one counts as 0."""
     return int(raw) if raw is not None and raw.isdigit() else 0
-
-
-def worker_name(host: str, sid: str, function: str, pid: int) -> str:
-    """``host|scaler.function.pid``: a host name may hold dots, never "|"; the rest never dots."""
-    return f"{host}|{sid}.{function}.{pid}"
-
-
-def parse_worker_name(name: str) -> tuple[str, str, int] | None:
-    """(host, scaler id, pid) of a name made by :func:`worker_name`, or None for any other name."""
-    host, bar, rest = name.partition("|")
-    parts = rest.split(".")
-    if not bar or len(parts) != 3 or not parts[2].isdigit():
-        return None
-    return host, parts[0], int(parts[2])
-
-
-def _run_worker(settings: Settings, registry: Registry, fn: Function, handler: Any, name: str) -> None:
-    parent = os.getppid()
-    die_with_parent(signal.SIGUSR1)  # the scaler is gone: hand the event back and stop
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_DFL)
-    if os.getppid() != parent:
-        return
-    client = connect(settings.redis_dsn)
-    runtime = Runtime(fn, handler, name)
-    worker = FunctionWorker(fn, registry, client, runtime, name)
-    worker.serve()
-
-
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
 
 
 class _Flag:
