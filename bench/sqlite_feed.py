@@ -41,7 +41,7 @@ from broker.envelope import Event  # noqa: E402
 from broker.queues import Publisher  # noqa: E402
 from broker.registry import load_registry  # noqa: E402
 from sources import dynamodb, sqlite_capture  # noqa: E402
-from sources.sqlite import cursor_key  # noqa: E402
+from sources.sqlite_cursor import cursor_key  # noqa: E402
 
 HANDLER = '''
 import json, os, time

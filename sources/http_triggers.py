@@ -70,7 +70,7 @@ class WebhookRoute:
         source: HttpSource = request.app.state.source
         fn, trigger = self.function, self.trigger
         try:
-            body = await read_body(request, self.limit)
+            body = await read_body(request.receive, request.headers.get("content-length", ""), self.limit)
         except PayloadTooLargeError:
             return message(413, "Request Entity Too Large")
         except ClientDisconnect:
@@ -107,7 +107,7 @@ class WebhookRoute:
         try:
             event_id, fresh = await source.intake.accept(event, key)
             if fresh:
-                source.metrics.invocations.labels(fn.name, event.invocation_type).inc()
+                source.metrics.invoked(fn.name, event.invocation_type)
             if not sync:
                 replayed = {} if fresh else {"Idempotent-Replayed": "true"}
                 return Response(json.dumps({"id": event_id}).encode(), 202, replayed,

@@ -1,12 +1,13 @@
 """Group commit: how the HTTP source stores events, many requests to one Redis transaction.
 
 Each request hands its event to :meth:`Intake.store` and awaits its own future. One flusher task
-takes everything pending and stores it with one :meth:`Publisher.publish_many` call (one
-MULTI/EXEC), in a dedicated thread so the event loop never blocks on Redis; while that runs, the
-next batch gathers. A future resolves only once its event is stored, so no request answers 2xx
-for an event that Redis does not hold. When Redis is unreachable every waiter gets
-:class:`RedisUnavailableError` at once, and for ``down_for`` seconds new events are refused
-without trying, so requests are answered promptly (503) instead of piling up.
+takes everything pending and stores it in one MULTI/EXEC (the commands of
+:meth:`Publisher.publish_many`, sent on the event loop by :class:`sources.transactor.Transactor`,
+which never blocks it); while that runs, the next batch gathers. A future resolves only once
+its event is stored, so no request answers 2xx for an event that Redis does not hold. When Redis
+is unreachable every waiter gets :class:`RedisUnavailableError` at once, and for ``down_for``
+seconds new events are refused without trying, so requests are answered promptly (503) instead
+of piling up.
 
 :meth:`Intake.accept` adds idempotency (one key -> one event id for 24 h, queued once), and
 :meth:`Intake.invoke` the synchronous round trip (store, then wait for the outcome).
@@ -28,10 +29,12 @@ import redis
 from redis.client import Pipeline
 
 from broker import quarantine, results
+from broker.conditional import recorded
 from broker.connection import TRANSIENT
 from broker.envelope import Event
 from broker.errors import IdempotencyConflictError, RedisUnavailableError, ThrottledError
-from broker.queues import Publisher
+from broker.queues import Prepared, Publisher
+from sources.transactor import Transactor
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ def idempotency_key(scope: str, key: str) -> str:
 
 @dataclass(slots=True)
 class _Pending:
-    event: Event
+    event: Prepared
     also: Callable[[Pipeline], None] | None
     done: asyncio.Future[None]
 
@@ -62,6 +65,7 @@ class Intake:
         self,
         publisher: Publisher,
         waiter: redis.Redis,
+        transactor: Transactor,
         max_pending: int = 20_000,
         max_batch: int = 1_000,
         down_for: float = 1.0,
@@ -71,6 +75,7 @@ class Intake:
         self.publisher = publisher
         self.client: redis.Redis = publisher.client
         self.waiter = waiter  # for blocking reads of outcomes: no socket timeout
+        self.transactor = transactor
         self.max_pending = max_pending
         self.max_batch = max_batch
         self.down_for = down_for
@@ -80,7 +85,6 @@ class Intake:
         self._task: asyncio.Task[None] | None = None
         self._down_until = 0.0
         self._stopping = False
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="intake-writer")
         self._sync = ThreadPoolExecutor(sync_threads, thread_name_prefix="intake-sync")
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -94,7 +98,7 @@ class Intake:
             self._stopping = True
             self._wake.set()
             await self._task
-        self._writer.shutdown(wait=True)
+        await self.transactor.close()
         self._sync.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -108,11 +112,18 @@ class Intake:
         if len(self._pending) >= self.max_pending:
             raise ThrottledError(f"{len(self._pending)} events are waiting to be stored")
 
-    async def store(self, event: Event, also: Callable[[Pipeline], None] | None = None) -> None:
-        """Return once ``event`` is stored; raises RedisUnavailableError or ThrottledError."""
+    async def store(
+        self, event: Event, also: Callable[[Pipeline], None] | None = None, payload_json: str | None = None
+    ) -> None:
+        """Return once ``event`` is stored; raises RedisUnavailableError or ThrottledError.
+
+        The job is built here, in the request's own turn (``payload_json`` as
+        :meth:`Publisher.prepare` takes it), so an event that cannot be encoded fails its own
+        request (EnvelopeError), never the batch it would have gone with."""
         self._check_open()
+        prepared = self.publisher.prepare(event, payload_json)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(event, also, done))
+        self._pending.append(_Pending(prepared, also, done))
         if self._wake is None:
             raise RuntimeError("Intake.start() was not called")
         self._wake.set()
@@ -131,9 +142,8 @@ class Intake:
 
     async def _flush_once(self) -> None:
         batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._writer, self._write, batch)
+            await self._write(batch)
         except TRANSIENT as e:
             if self._down_until == 0.0 or self.clock() >= self._down_until + self.down_for:
                 log.warning("redis unreachable, answering 503 for %.1f s at a time: %s", self.down_for, e)
@@ -149,14 +159,21 @@ class Intake:
             self._down_until = 0.0
         self._settle(batch, None)
 
-    def _write(self, batch: list[_Pending]) -> None:
+    async def _write(self, batch: list[_Pending]) -> None:
         extras = [p.also for p in batch if p.also is not None]
 
         def also(pipe: Pipeline) -> None:
             for extra in extras:
                 extra(pipe)
 
-        self.publisher.publish_many([p.event for p in batch], also=also if extras else None)
+        with recorded(self.client) as pipe:
+            self.publisher.publish_many([p.event for p in batch], also=also if extras else None, pipeline=pipe)
+            commands = [args for args, _options in pipe.command_stack]
+        replies = await self.transactor.execute(commands)
+        quarantine.report(replies)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
 
     @staticmethod
     def _settle(batch: list[_Pending], error: BaseException | None) -> None:
@@ -169,7 +186,9 @@ class Intake:
                 p.done.set_exception(error)
 
     # -- idempotency -------------------------------------------------------------------------
-    async def accept(self, event: Event, key: str | None = None) -> tuple[str, bool]:
+    async def accept(
+        self, event: Event, key: str | None = None, payload_json: str | None = None
+    ) -> tuple[str, bool]:
         """Store ``event`` once per idempotency ``key`` (a Redis key from :func:`idempotency_key`).
 
         Returns ``(event_id, fresh)``: the id stored under ``key`` and whether this call stored
@@ -178,7 +197,7 @@ class Intake:
         or IdempotencyConflictError when the first holder takes too long.
         """
         if key is None:
-            await self.store(event)
+            await self.store(event, payload_json=payload_json)
             return event.id, True
         self._check_open()
         loop = asyncio.get_running_loop()
@@ -193,7 +212,7 @@ class Intake:
             pipe.set(key, event.id, ex=KEY_TTL)
 
         try:
-            await self.store(event, also=commit)
+            await self.store(event, also=commit, payload_json=payload_json)
         except BaseException:
             await loop.run_in_executor(self._sync, self._release, key, event.id)
             raise
@@ -238,8 +257,10 @@ class Intake:
         except TRANSIENT as e:
             raise RedisUnavailableError(f"redis is unreachable: {e}") from e
 
-    async def invoke(self, event: Event, timeout: float, key: str | None = None) -> results.Outcome | None:
+    async def invoke(
+        self, event: Event, timeout: float, key: str | None = None, payload_json: str | None = None
+    ) -> results.Outcome | None:
         """Store a RequestResponse event and wait for its outcome (the first holder's, on a replay)."""
-        event_id, _fresh = await self.accept(event, key)
+        event_id, _fresh = await self.accept(event, key, payload_json)
         return await self.outcome(event_id, timeout)
 

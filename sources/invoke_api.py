@@ -13,11 +13,12 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from broker.envelope import Event, parse_json
 from broker.errors import (
@@ -35,16 +36,34 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PATH = "/2015-03-31/functions/{name}/invocations"
+PREFIX = "/2015-03-31/functions/"
+_PATH = re.compile(r"/2015-03-31/functions/([^/]+)/invocations")  # what Starlette's {name} matches
 REGION = "us-east-1"
 ACCOUNT = "000000000000"
 INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
+_JSON = (b"content-type", b"application/json")
+
+# A reply: status, extra headers, body (JSON unless empty).
+Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
-def lambda_error(status: int, error_type: str, message: str, **headers: str) -> Response:
+def lambda_error(status: int, error_type: str, message: str, retry_after: bool = False) -> Reply:
     """An error the way Lambda's REST API sends it (boto3 reads the type from the header)."""
-    body = json.dumps({"Type": "User", "message": message}).encode()
-    return Response(body, status, {"X-Amzn-ErrorType": error_type, **headers},
-                     media_type="application/json")
+    headers = [(b"x-amzn-errortype", error_type.encode())]
+    if retry_after:
+        headers.append((b"retry-after", b"1"))
+    return status, headers, json.dumps({"Type": "User", "message": message}).encode()
+
+
+async def send_reply(send: Send, reply: Reply) -> None:
+    """Send ``reply`` as Starlette's ``Response`` would (no length for a 204, JSON type for a body)."""
+    status, headers, body = reply
+    if status != 204:
+        headers.append((b"content-length", str(len(body)).encode()))
+    if body:
+        headers.append(_JSON)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def function_arn(name: str) -> str:
@@ -62,10 +81,16 @@ def function_name(raw: str) -> str:
     return raw.split(":")[0]
 
 
-def _authorized(request: Request, token: str) -> bool:
+def match(path: str) -> str | None:
+    """The FunctionName parameter of an Invoke path, or None for another path."""
+    found = _PATH.fullmatch(path)
+    return found.group(1) if found else None
+
+
+def _authorized(authorization: str, token: str) -> bool:
     if not token:
         return True
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    scheme, _, given = authorization.partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
@@ -74,64 +99,85 @@ def _timed_out(timeout: float) -> dict[str, Any]:
             "errorMessage": f"Task timed out: no result within {timeout:.2f} seconds"}
 
 
-async def invoke(request: Request) -> Response:
-    """The Invoke endpoint."""
-    source: HttpSource = request.app.state.source
-    if not _authorized(request, source.token):
+async def invoke(source: HttpSource, raw_name: str, scope: Scope, receive: Receive, send: Send) -> None:
+    """The Invoke endpoint, as a plain ASGI call: this is the hot path of the HTTP source, and
+    Starlette's request, routing and middleware would cost it a sixth of its throughput."""
+    await send_reply(send, await _invoke(source, raw_name, scope, receive))
+
+
+async def _invoke(source: HttpSource, raw_name: str, scope: Scope, receive: Receive) -> Reply:
+    # The first of each header, as Starlette's Headers.get gives it; ASGI names are lower case.
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(scope["headers"])}
+    if not _authorized(headers.get("authorization", ""), source.token):
         return lambda_error(403, "UnrecognizedClientException",
                             "The security token included in the request is invalid.")
-    name = function_name(request.path_params["name"])
+    name = function_name(raw_name)
     fn = source.registry.functions.get(name)
     if fn is None:
         return lambda_error(404, "ResourceNotFoundException", f"Function not found: {function_arn(name)}")
-    kind = request.headers.get("x-amz-invocation-type", "RequestResponse")
+    kind = headers.get("x-amz-invocation-type", "RequestResponse")
     if kind not in INVOCATION_TYPES:
         return lambda_error(400, "InvalidParameterValueException",
                             f"Invalid X-Amz-Invocation-Type {kind!r}: expected {', '.join(INVOCATION_TYPES)}")
     limit = ASYNC_LIMIT if kind == "Event" else SYNC_LIMIT
     try:
-        body = await read_body(request, limit)
+        body = await read_body(receive, headers.get("content-length", ""), limit)
     except ClientDisconnect:
-        return Response(status_code=400)  # nobody is left to read it
+        return 400, [], b""  # nobody is left to read it
     except PayloadTooLargeError as e:
         return lambda_error(413, "RequestTooLargeException", f"Request must be smaller than {limit} bytes "
                             f"for the {kind} invocation type ({e})")
+    text = None
     try:
-        payload = parse_json(body) if body.strip() else {}
+        if body.strip():
+            text = _utf8(body)
+            payload = parse_json(body if text is None else text)
+        else:
+            payload = {}
     except ValueError as e:
         return lambda_error(400, "InvalidRequestContentException",
                             f"Could not parse request body into json: {e}")
     if kind == "DryRun":
-        return Response(status_code=204)
+        return 204, [], b""
     event = Event(function=fn.name, payload=payload, source="http",
                   invocation_type="Event" if kind == "Event" else "RequestResponse")
     try:
         if kind == "Event":
-            key = request.headers.get("idempotency-key")
-            scope = idempotency_key(f"invoke:{fn.name}", key) if key else None
-            event_id, fresh = await source.intake.accept(event, scope)
+            key = headers.get("idempotency-key")
+            scope_key = idempotency_key(f"invoke:{fn.name}", key) if key else None
+            event_id, fresh = await source.intake.accept(event, scope_key, payload_json=text)
             if fresh:
-                source.metrics.invocations.labels(fn.name, "Event").inc()
-            return Response(status_code=202, headers={"x-amzn-RequestId": event_id})
+                source.metrics.invoked(fn.name, "Event")
+            return 202, [(b"x-amzn-requestid", event_id.encode())], b""
         started = time.monotonic()
         timeout = fn.timeout + source.sync_margin
-        source.metrics.invocations.labels(fn.name, "RequestResponse").inc()
-        outcome = await source.intake.invoke(event, timeout)
+        source.metrics.invoked(fn.name, "RequestResponse")
+        outcome = await source.intake.invoke(event, timeout, payload_json=text)
     except RedisUnavailableError:
         source.metrics.throttles.labels(fn.name, "redis").inc()
-        return lambda_error(503, "ServiceException", "The event store is unreachable; retry later.",
-                            **{"Retry-After": "1"})
+        return lambda_error(503, "ServiceException", "The event store is unreachable; retry later.", True)
     except ThrottledError as e:
         source.metrics.throttles.labels(fn.name, "backlog").inc()
-        return lambda_error(429, "TooManyRequestsException", f"Rate exceeded: {e}", **{"Retry-After": "1"})
+        return lambda_error(429, "TooManyRequestsException", f"Rate exceeded: {e}", True)
     except IdempotencyConflictError as e:
         return lambda_error(409, "ResourceConflictException", str(e))
     source.metrics.duration.labels(fn.name).observe(time.monotonic() - started)
-    headers = {"x-amzn-RequestId": event.id, "X-Amz-Executed-Version": "$LATEST"}
+    reply_headers = [(b"x-amzn-requestid", event.id.encode()), (b"x-amz-executed-version", b"$LATEST")]
     if outcome is not None and outcome.ok:
-        body = json.dumps(outcome.result, separators=(",", ":")).encode()
-        return Response(body, 200, headers, media_type="application/json")
+        return 200, reply_headers, json.dumps(outcome.result, separators=(",", ":")).encode()
     source.metrics.errors.labels(fn.name).inc()
     error = _timed_out(timeout) if outcome is None else (outcome.error or {"errorType": "Unknown"})
-    headers["X-Amz-Function-Error"] = "Unhandled"
-    return Response(json.dumps(error).encode(), 200, headers, media_type="application/json")
+    reply_headers.append((b"x-amz-function-error", b"Unhandled"))
+    return 200, reply_headers, json.dumps(error).encode()
+
+
+def _utf8(body: bytes) -> str | None:
+    """The body as text to store as it is (it parsed as strict JSON), when it is plain UTF-8 (no
+    byte-order mark, no UTF-16 or -32, no encoded surrogates); None otherwise: the payload is then
+    encoded again from its parsed value."""
+    if json.detect_encoding(body) != "utf-8":
+        return None
+    try:
+        return body.decode()
+    except UnicodeDecodeError:
+        return None

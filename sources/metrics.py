@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -76,6 +77,15 @@ class HttpMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
         )
         self.registry.register(_QueueCollector(client, registry))
+        self._invoked: dict[tuple[str, str], Any] = {}
+
+    def invoked(self, function: str, invocation_type: str) -> None:
+        """Count one invocation accepted (its counter looked up once per label pair: this runs
+        once per request)."""
+        child = self._invoked.get((function, invocation_type))
+        if child is None:
+            child = self._invoked[function, invocation_type] = self.invocations.labels(function, invocation_type)
+        child.inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition (blocks on Redis: call it from a thread)."""

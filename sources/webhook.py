@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from broker.connection import TRANSIENT, Parser
 from broker.errors import ConfigError, LambdaliteError
@@ -41,6 +42,7 @@ from sources.http_triggers import WebhookRoute, message, starlette_path
 from sources.intake import Intake
 from sources.metrics import CONTENT_TYPE, HttpMetrics
 from sources.signatures import verifier
+from sources.transactor import Transactor
 
 log = logging.getLogger("lambdalite.webhook")
 RESERVED = ("/healthz", "/metrics", "/openapi.json", "/2015-03-31/")
@@ -114,6 +116,24 @@ async def metrics(request: Request) -> Response:
     return Response(await run_in_threadpool(source.metrics.render), media_type=CONTENT_TYPE)
 
 
+class App:
+    """The ASGI app: the Invoke API's POSTs straight to :func:`invoke_api.invoke`, everything
+    else (and the lifespan) to the Starlette app of the other routes."""
+
+    def __init__(self, routes: Starlette, source: HttpSource) -> None:
+        self.routes = routes
+        self.source = source
+        self.state = routes.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(invoke_api.PREFIX):
+            name = invoke_api.match(scope["path"])
+            if name is not None:
+                await invoke_api.invoke(self.source, name, scope, receive, send)
+                return
+        await self.routes(scope, receive, send)
+
+
 def create_app(
     registry: Registry,
     redis_dsn: str,
@@ -122,12 +142,13 @@ def create_app(
     token: str = "",
     sync_margin: float = SYNC_MARGIN,
     clock: Callable[[], float] = time.time,
-) -> Starlette:
+) -> App:
     """The ASGI app; raises ConfigError for an invalid trigger set-up (see :func:`webhook_routes`)."""
     triggers = webhook_routes(registry, host, clock)
     client = _store_client(redis_dsn, socket_timeout=5)
     waiter = _store_client(redis_dsn, socket_timeout=None)
-    source = HttpSource(registry, Intake(Publisher(client, registry), waiter), HttpMetrics(client, registry),
+    intake = Intake(Publisher(client, registry), waiter, Transactor(redis_dsn, timeout=5))
+    source = HttpSource(registry, intake, HttpMetrics(client, registry),
                         client, token, sync_margin)
     spec = json.dumps(openapi.document(registry)).encode()
 
@@ -149,8 +170,11 @@ def create_app(
             return message(405, "Method Not Allowed")
         return message(404, "Not Found")
 
+    async def not_post(request: Request) -> Response:  # a POST never gets here (see App)
+        return message(405, "Method Not Allowed")
+
     routes = [
-        Route(invoke_api.PATH, invoke_api.invoke, methods=["POST"]),
+        Route(invoke_api.PATH, not_post, methods=["POST"]),
         *(Route(starlette_path(r.trigger.path), r.handle, methods=list(r.trigger.methods)) for r in triggers),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -158,7 +182,7 @@ def create_app(
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
     app.state.source = source
-    return app
+    return App(app, source)
 
 
 def main() -> None:

@@ -24,7 +24,8 @@ from broker import results
 from broker.connection import connect
 from broker.registry import load_registry
 from sources.intake import idempotency_key
-from sources.sqlite import Feed, cursor_key
+from sources.sqlite import Feed
+from sources.sqlite_cursor import cursor_key
 from sources.webhook import create_app
 
 MANIFEST = "lambdalite:files:manifest:"

@@ -34,7 +34,7 @@ from broker.envelope import Event
 from broker.queues import Publisher
 from broker.registry import load_registry
 from sources.manifest import Manifest
-from sources.sqlite import cursor_key
+from sources.sqlite_cursor import cursor_key
 from tests.stack import ROOT, Scaler, cli, env, invoke, publish, status
 
 pytestmark = pytest.mark.timeout(180)

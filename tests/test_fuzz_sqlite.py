@@ -26,7 +26,8 @@ from broker.connection import connect
 from broker.envelope import dump_json
 from broker.errors import ChangeFeedError
 from sources import dynamodb, sqlite_capture
-from sources.sqlite import Feed, _first_failure, run
+from sources.sqlite import Feed, run
+from sources.sqlite_batch import first_failure
 
 FUZZ = settings(max_examples=200, deadline=None)
 
@@ -148,7 +149,7 @@ def test_size_bytes_is_the_length_of_the_compact_json_of_the_images(
 @given(json_values, st.integers(1, 5))
 def test_any_batch_response_names_a_record_of_the_batch_or_none(result: Any, size: int) -> None:
     records = [{"dynamodb": {"SequenceNumber": dynamodb.sequence_number(i)}} for i in range(size)]
-    first = _first_failure(result, records)
+    first = first_failure(result, records)
     assert first is None or 0 <= first < size
 
 

@@ -176,3 +176,35 @@ def test_redis_down_is_a_prompt_503_and_recovers(registry) -> None:
             assert len(function_queue(redis.Redis.from_url(url), "echo")) == 1  # the 503s stored nothing
     finally:
         server.stop()
+
+
+def test_other_methods_and_paths_next_to_the_invoke_api(registry, redis_url: str, r: redis.Redis) -> None:
+    with serve(create_app(registry, redis_url)) as url, httpx.Client() as http:
+        path = f"{url}/2015-03-31/functions/echo/invocations"
+        got = http.get(path)
+        assert got.status_code == 405 and got.json() == {"message": "Method Not Allowed"}
+        for other in (f"{path}/more", f"{url}/2015-03-31/functions/echo", f"{url}/2015-03-31/functions//invocations"):
+            assert http.post(other, content=b"{}").status_code == 404, other
+        # a percent-encoded ARN in the path is the function's name
+        arn = f"{url}/2015-03-31/functions/arn%3Aaws%3Alambda%3Aus-east-1%3A000000000000%3Afunction%3Aecho/invocations"
+        assert http.post(arn, content=b"{}", headers={"X-Amz-Invocation-Type": "Event"}).status_code == 202
+        assert len(queued(r, "echo")) == 1
+
+
+@pytest.mark.parametrize("body, payload", [
+    ('{"k": "é", "n": 1.5, "big": 12345678901234567890123}'.encode(),
+     {"k": "é", "n": 1.5, "big": 12345678901234567890123}),
+    ('\ufeff{"bom": true}'.encode(), {"bom": True}),  # UTF-8 with a byte-order mark
+    ('{"utf16": "ü"}'.encode("utf-16"), {"utf16": "ü"}),
+    (b'{"lone": "\\ud800"}', {"lone": "\ud800"}),  # an escaped lone surrogate, as json reads it
+    (b'  [1, {"a": null}]\n', [1, {"a": None}]),
+    (b"  ", {}),
+])
+def test_an_accepted_body_reaches_the_handler_as_it_was_parsed(registry, redis_url: str, r: redis.Redis,
+                                                              body: bytes, payload: object) -> None:
+    with serve(create_app(registry, redis_url)) as url, httpx.Client() as http:
+        got = http.post(f"{url}/2015-03-31/functions/echo/invocations", content=body,
+                        headers={"X-Amz-Invocation-Type": "Event"})
+        assert got.status_code == 202, got.text
+        [event] = queued(r, "echo")
+        assert event.payload == payload and event.id == got.headers["x-amzn-requestid"]

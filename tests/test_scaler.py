@@ -125,7 +125,7 @@ def test_a_job_taken_by_a_worker_killed_before_it_started_goes_back(project: Pat
     import sys
 
     from broker.queues import taking_key
-    from workers.scaler import worker_name
+    from workers.processes import worker_name
 
     log = setup(project, RECORD.format(cap=1))
     event = publish(redis_url, project, "rec", {"log": str(log), "seconds": 0})
@@ -219,7 +219,7 @@ def test_two_scalers_share_max_concurrency(project: Path, redis_url: str) -> Non
 
 
 def test_worker_names_parse_back() -> None:
-    from workers.scaler import parse_worker_name, worker_name
+    from workers.processes import parse_worker_name, worker_name
 
     name = worker_name("box.example.org", "1a2b3c4d", "thumb_nail-2", 4242)
     assert parse_worker_name(name) == ("box.example.org", "1a2b3c4d", 4242)
@@ -263,8 +263,8 @@ def test_a_wake_up_steps_at_once_only_when_the_function_may_be_short_of_workers(
     from broker.queues import Publisher
     from broker.registry import load_registry
     from broker.settings import load_settings
+    from workers.processes import WorkerProc
     from workers.scaler import Scaler as InProcess
-    from workers.scaler import WorkerProc
 
     setup(project, RECORD.format(cap=2) + RECORD.format(cap=1).replace("functions.rec", "functions.one"))
     registry = load_registry(project / "lambdalite.toml")

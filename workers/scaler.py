@@ -4,15 +4,14 @@ Each step (every 100 ms, and at once when a source publishes for a function that
 workers) it decides, per function,
 ``desired = clamp(queued + running, min_workers, max_concurrency)``, within the host's worker cap
 and memory budget, sharing the cap fairly between functions. Workers are forked from this warm
-process, which has already imported lambdalite and every handler, so a cold start costs a fork.
-Idle workers are retired by a warm stop, never a busy one. ``max_concurrency`` holds across every
-scaler sharing one Redis (a Lua-guarded slot count per function).
+process (:mod:`workers.processes`), which has already imported lambdalite and every handler, so a
+cold start costs a fork. Idle workers are retired by a warm stop, never a busy one.
+``max_concurrency`` holds across every scaler sharing one Redis (a Lua-guarded slot count per
+function: :mod:`workers.slots`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import logging
 import math
@@ -32,15 +31,13 @@ import redis
 from broker import delayed, quarantine, stats
 from broker.connection import TRANSIENT, Backoff, connect, wait_for_redis
 from broker.errors import LambdaliteError
-from broker.kernel import die_with_parent
 from broker.queues import WAKE_CHANNEL, Publisher, function_queue
 from broker.registry import Function, Registry, load_registry, resolve_handler
 from broker.settings import Settings, load_settings
 from broker.stats import alive_key
-from workers import recovery
+from workers import processes, recovery, slots
 from workers.limits import MB
-from workers.runtime import Runtime
-from workers.worker import FunctionWorker
+from workers.processes import WorkerProc
 
 log = logging.getLogger("lambdalite.scaler")
 
@@ -53,57 +50,6 @@ NO_REDIS_GRACE = 0.5  # seconds workers get to stop when Redis is gone
 WAKE_GAP = 0.02
 STOP_GRACE = 3.5  # seconds running invocations get to finish on a stop before they are handed back
 ALIVE_TTL = 3  # seconds a scaler's liveness key lasts without being refreshed
-
-# Count a function's workers across every live scaler, and with ARGV[4] == "1" take one more slot
-# if that stays within the cap. This scaler's own count is set to ARGV[5], the workers it has (so
-# the count heals itself if it was lost or damaged); the slots of scalers whose liveness key
-# expired are dropped, and so is a count that is not one (returned, for the log).
-_SLOTS = """
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[5] then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[5])
-end
-local total = tonumber(ARGV[5])
-local bad = {}
-local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  if fields[i] ~= ARGV[1] then
-    local alive = redis.call('EXISTS', ARGV[3] .. fields[i]) == 1
-    local count = string.match(fields[i + 1], '^%d+$') and #fields[i + 1] < 10
-    if alive and count then
-      total = total + tonumber(fields[i + 1])
-    else
-      redis.call('HDEL', KEYS[1], fields[i])
-      if alive then
-        table.insert(bad, fields[i])
-        table.insert(bad, string.sub(fields[i + 1], 1, 40))
-      end
-    end
-  end
-end
-if ARGV[4] == "1" and total < tonumber(ARGV[2]) then
-  redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-  return {total + 1, 1, bad}
-end
-return {total, 0, bad}
-"""
-
-
-def slots_key(function: str) -> str:
-    return f"lambdalite:slots:{function}"
-
-
-@dataclass
-class WorkerProc:
-    """One forked worker as the scaler tracks it."""
-
-    pid: int
-    fn: str
-    name: str
-    started: float
-    state: str = "starting"  # starting | idle | busy
-    idle_since: float | None = None
-    jobs_seen: int = -1
-    retiring: bool = False
 
 
 @dataclass
@@ -140,7 +86,7 @@ class Scaler:
         self._published: dict[str, str] = {}
         self._last_view = -1e9
         self.handlers = {fn.name: resolve_handler(fn, registry.path) for fn in registry if fn.handler}
-        self._slots = client.register_script(_SLOTS)
+        self.slots = slots.Slots(client, self.id, settings.max_workers)
         self._last_sweep = -1e9
         self._last_alive = -1e9
         self.memory_budget_mb = settings.memory_budget or int(psutil.virtual_memory().total / MB * 0.9)
@@ -218,7 +164,7 @@ class Scaler:
         earlier run): its process is gone. Another host's, or a name that is not a lambdalite
         worker's (a plain RQ worker's, or a damaged one): its RQ worker key expired.
         """
-        owner = parse_worker_name(worker_name)
+        owner = processes.parse_worker_name(worker_name)
         if owner is None:
             return not self.client.exists(f"rq:worker:{worker_name}")
         host, sid, pid = owner
@@ -259,16 +205,16 @@ class Scaler:
             for fn in functions:
                 queue = self.queues[fn.name]
                 quarantine.guard(pipe, {queue.key: "list", queue.started_job_registry.key: "zset",
-                                        slots_key(fn.name): "hash"})
+                                        slots.slots_key(fn.name): "hash"})
                 pipe.llen(queue.key)
                 pipe.zcard(queue.started_job_registry.key)
-                self._slots(keys=[slots_key(fn.name)], args=self._slot_args(fn, take=False), client=pipe)
+                self.slots.count(pipe, fn, len(self.views[fn.name].workers))
             rows = pipe.execute()
         quarantine.report(rows)
         for i, fn in enumerate(functions):
             view = self.views[fn.name]
             queued, running, (total, _, bad) = rows[4 * i + 1], rows[4 * i + 2], rows[4 * i + 3]
-            _report_slots(fn.name, bad)
+            slots.report(fn.name, bad)
             cap = fn.concurrency(self.settings.max_workers)
             desired = max(fn.min_workers, min(queued + running, cap))
             active += desired > 0
@@ -334,12 +280,12 @@ class Scaler:
                 self.decide(name, now, "hold", f"memory budget: {reason}")
                 blocked[name] = wants.pop(name)  # idle workers of others may make room
                 continue
-            if not self.slots(fn, take=True)[1]:
+            if not self.slots.take(fn, len(self.views[name].workers))[1]:
                 self.decide(name, now, "hold", f"max_concurrency reached: {reason}")
                 del wants[name]
                 continue
             pid = self.spawn(fn)
-            wname = worker_name(self.host, self.sid, fn.name, pid)
+            wname = processes.worker_name(self.host, self.sid, fn.name, pid)
             self.views[name].workers[pid] = WorkerProc(pid, name, wname, now)
             self.decide(name, now, "scale-up", reason)
             mine += 1
@@ -348,16 +294,6 @@ class Scaler:
                 del wants[name]
         return {**wants, **blocked}
 
-    def _slot_args(self, fn: Function, take: bool) -> list[Any]:
-        mine = len(self.views[fn.name].workers)
-        return [self.id, fn.concurrency(self.settings.max_workers), alive_key(""), int(take), mine]
-
-    def slots(self, fn: Function, take: bool) -> tuple[int, int]:
-        """(workers of ``fn`` across live scalers, whether one more slot was taken)."""
-        total, taken, bad = self._slots(keys=[slots_key(fn.name)], args=self._slot_args(fn, take))
-        _report_slots(fn.name, bad)
-        return int(total), int(taken)
-
     def memory_allows(self, fn: Function) -> bool:
         committed = sum(self.registry.get(p.fn).memory for v in self.views.values() for p in v.workers.values())
         available = psutil.virtual_memory().available / MB
@@ -365,7 +301,7 @@ class Scaler:
 
     def retire(self, proc: WorkerProc, now: float, reason: str) -> None:
         proc.retiring = True
-        _signal(proc.pid, signal.SIGTERM)  # warm: the worker finishes what it runs, then exits
+        processes.send(proc.pid, signal.SIGTERM)  # warm: the worker finishes what it runs, then exits
         self.decide(proc.fn, now, "scale-down", f"{proc.name} {reason}")
 
     def decide(self, fn: str, now: float, action: str, reason: str) -> None:
@@ -412,26 +348,7 @@ class Scaler:
             log.warning("redis unavailable at the stop (%s): the next start settles what runs now", e)
         finally:
             probe.close()
-        procs = {p.pid: p for v in self.views.values() for p in v.workers.values()}
-        for pid in procs:
-            _signal(pid, signal.SIGTERM)
-        end = time.monotonic() + grace
-        abandoned = False
-        while procs:
-            self._collect(procs)
-            if not procs:
-                break
-            if time.monotonic() >= end and not abandoned:
-                for pid in procs:
-                    _signal(pid, signal.SIGUSR1)  # abandon: requeue the event, not an attempt
-                abandoned, end = True, time.monotonic() + 0.4
-            elif time.monotonic() >= end:
-                for pid in procs:
-                    _signal(pid, signal.SIGKILL)
-                time.sleep(0.05)
-                self._collect(procs)
-                break
-            time.sleep(0.02)
+        processes.stop({p.pid: p for v in self.views.values() for p in v.workers.values()}, grace)
         for v in self.views.values():
             v.workers.clear()
         if not reachable:
@@ -439,7 +356,7 @@ class Scaler:
         try:
             with self.client.pipeline(transaction=False) as pipe:
                 for name in self.views:
-                    pipe.hdel(slots_key(name), self.id)
+                    pipe.hdel(slots.slots_key(name), self.id)
                     pipe.hdel(stats.scaler_key(name), self.id)
                 pipe.delete(alive_key(self.id))
                 pipe.execute()
@@ -447,79 +364,15 @@ class Scaler:
         except TRANSIENT:
             log.warning("redis unavailable during stop; the next start settles what is left")
 
-    def _collect(self, procs: dict[int, WorkerProc]) -> None:
-        for pid in list(procs):
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done = pid
-            if done:
-                procs.pop(pid)
-
     # -- workers ------------------------------------------------------------------------------------
 
     def _fork_worker(self, fn: Function) -> int:
-        sys.stdout.flush()
-        # Frozen objects are left alone by the child's garbage collector, so it does not touch
-        # (and copy) every page of the warm heap it shares with the scaler.
-        gc.freeze()
-        pid = os.fork()
-        if pid:
-            gc.unfreeze()
-            return pid
-        code = 0
-        try:
-            _run_worker(self.settings, self.registry, fn, self.handlers.get(fn.name),
-                        worker_name(self.host, self.sid, fn.name, os.getpid()))
-        except BaseException:  # noqa: B036 - a forked child must never return into the scaler
-            log.exception("worker for %s failed", fn.name)
-            code = 1
-        finally:
-            sys.stdout.flush()
-            os._exit(code)
+        return processes.fork(self.settings, self.registry, fn, self.handlers.get(fn.name), self.host, self.sid)
 
 
 def _count(raw: bytes | None) -> int:
     """A job count from a worker's RQ hash; anything that is not one counts as 0."""
     return int(raw) if raw is not None and raw.isdigit() else 0
-
-
-def _report_slots(function: str, bad: list[bytes]) -> None:
-    for scaler_id, value in zip(bad[0::2], bad[1::2], strict=True):
-        log.warning("redis key %s: the count of scaler %s was %r, not a number of workers; dropped",
-                    slots_key(function), scaler_id.decode(errors="replace"), value.decode(errors="replace"))
-
-
-def worker_name(host: str, sid: str, function: str, pid: int) -> str:
-    """``host|scaler.function.pid``: a host name may hold dots, never "|"; the rest never dots."""
-    return f"{host}|{sid}.{function}.{pid}"
-
-
-def parse_worker_name(name: str) -> tuple[str, str, int] | None:
-    """(host, scaler id, pid) of a name made by :func:`worker_name`, or None for any other name."""
-    host, bar, rest = name.partition("|")
-    parts = rest.split(".")
-    if not bar or len(parts) != 3 or not parts[2].isdigit():
-        return None
-    return host, parts[0], int(parts[2])
-
-
-def _run_worker(settings: Settings, registry: Registry, fn: Function, handler: Any, name: str) -> None:
-    parent = os.getppid()
-    die_with_parent(signal.SIGUSR1)  # the scaler is gone: hand the event back and stop
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_DFL)
-    if os.getppid() != parent:
-        return
-    client = connect(settings.redis_dsn)
-    runtime = Runtime(fn, handler, name)
-    worker = FunctionWorker(fn, registry, client, runtime, name)
-    worker.serve()
-
-
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
 
 
 class _Flag:

@@ -1,0 +1,138 @@
+"""MULTI/EXEC transactions on the event loop: one asyncio connection, packed and parsed by hiredis.
+
+The HTTP source stores each batch of accepted events in one transaction (:mod:`sources.intake`).
+Through redis-py's blocking client that needs a thread, and handing each batch to it and back
+costs the server more than the writes; redis-py's asyncio pipeline costs more than the blocking
+one. So the intake records a batch's commands on a pipeline it never executes
+(:func:`broker.conditional.recorded`) and gives them to :meth:`Transactor.execute`, which writes
+them in one packet (``hiredis.pack_command``) and reads the replies with ``hiredis.Reader``.
+
+Errors are those of redis-py: ``redis.ConnectionError`` or ``redis.TimeoutError`` when Redis is
+unreachable or slow (the connection is then dropped, and the next transaction connects afresh),
+:class:`broker.connection.RedisRefusesWrites` for ``MISCONF``, ``redis.ResponseError`` for a
+transaction Redis refused whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+import redis
+from redis.connection import SSLConnection, parse_url
+
+from broker.connection import Parser
+
+_MULTI = hiredis.pack_command(("MULTI",))
+_EXEC = hiredis.pack_command(("EXEC",))
+
+
+def _error(reply: Any) -> Exception | None:
+    """The exception redis-py would raise for ``reply``, or None when it is not an error."""
+    if isinstance(reply, redis.ResponseError):
+        return Parser.parse_error(str(reply))
+    return None
+
+
+class Transactor:
+    """Runs transactions on one connection to the Redis of ``dsn``; one at a time (the intake's
+    flusher is its only caller). Close with :meth:`close`."""
+
+    def __init__(self, dsn: str, timeout: float = 5.0, connect_timeout: float = 1.0) -> None:
+        self.options: dict[str, Any] = parse_url(dsn)  # type: ignore[no-untyped-call]
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._reader = hiredis.Reader(replyError=redis.ResponseError)
+
+    async def execute(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Run ``commands`` (argument lists, as a redis-py pipeline records them) in one MULTI/EXEC;
+        returns EXEC's replies, an error reply there as a ``redis.ResponseError`` in the list (as
+        redis-py's ``raise_on_error=False`` does; the other commands were applied)."""
+        packed = b"".join([_MULTI, *(hiredis.pack_command(tuple(c)) for c in commands), _EXEC])
+        try:
+            async with asyncio.timeout(self.timeout):  # no task of its own, as wait_for makes
+                replies = await self._exchange(packed, len(commands) + 2)
+        except TimeoutError:
+            await self.close()  # its reply may still come: this connection is out of step
+            raise redis.TimeoutError(f"redis did not answer within {self.timeout:.1f} s") from None
+        except (OSError, EOFError, hiredis.ProtocolError) as e:
+            await self.close()
+            raise redis.ConnectionError(f"redis connection lost: {e}") from e
+        except BaseException:
+            await self.close()
+            raise
+        for reply in replies[:-1]:  # MULTI's OK, then QUEUED for each command or why it was refused
+            error = _error(reply)
+            if error is not None:
+                raise error  # EXEC then aborts: nothing was applied
+        error = _error(replies[-1])
+        if error is not None:
+            raise error
+        result: list[Any] = replies[-1]
+        return [_error(r) or r for r in result]
+
+    async def _exchange(self, packed: bytes, count: int) -> list[Any]:
+        if self._streams is not None and (self._streams[0].at_eof() or self._streams[1].is_closing()):
+            await self.close()  # closed by Redis while idle (a restart): Redis has seen nothing of this
+        if self._streams is None:
+            self._streams = await self._connect()
+        stream_reader, writer = self._streams
+        writer.write(packed)
+        return await self._replies(stream_reader, count)
+
+    async def _replies(self, stream_reader: asyncio.StreamReader, count: int) -> list[Any]:
+        replies: list[Any] = []
+        while len(replies) < count:
+            reply = self._reader.gets()
+            if reply is False:
+                data = await stream_reader.read(65536)
+                if not data:
+                    raise EOFError("closed by redis")
+                self._reader.feed(data)
+                continue
+            replies.append(reply)
+        return replies
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        options = self.options
+        try:
+            if "path" in options:
+                opened = asyncio.open_unix_connection(options["path"])
+            else:
+                tls = ssl.create_default_context() if options.get("connection_class") is SSLConnection else None
+                opened = asyncio.open_connection(options.get("host", "localhost"), options.get("port", 6379),
+                                                 ssl=tls)
+            stream_reader, writer = await asyncio.wait_for(opened, self.connect_timeout)
+        except (TimeoutError, OSError) as e:
+            raise redis.ConnectionError(f"cannot connect to redis: {e!r}") from e
+        self._reader = hiredis.Reader(replyError=redis.ResponseError)  # nothing left of a lost one
+        hello: list[tuple[Any, ...]] = []
+        if options.get("password"):
+            user = options.get("username")
+            hello.append(("AUTH", user, options["password"]) if user else ("AUTH", options["password"]))
+        if options.get("db"):
+            hello.append(("SELECT", options["db"]))
+        if hello:
+            writer.write(b"".join(hiredis.pack_command(c) for c in hello))
+            try:
+                errors = [e for e in map(_error, await self._replies(stream_reader, len(hello))) if e]
+            except BaseException:
+                writer.close()
+                raise
+            if errors:
+                writer.close()
+                raise redis.ConnectionError(f"redis refused the connection: {errors[0]}")
+        return stream_reader, writer
+
+    async def close(self) -> None:
+        if self._streams is not None:
+            writer = self._streams[1]
+            self._streams = None
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()

@@ -1,0 +1,133 @@
+"""The scaler's worker processes: forked warm, named after their owner, signalled and stopped.
+
+A worker is forked from the scaler, which has already imported lambdalite and every handler, so a
+cold start costs a fork. Its name (:func:`worker_name`) says which host and which scaler it
+belongs to, so that any scaler can tell whether the worker that holds a job is gone. A stop
+escalates from outside the worker: SIGTERM (finish the invocation), then SIGUSR1 (hand the event
+back), then SIGKILL; a process already gone counts as stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from broker.connection import connect
+from broker.kernel import die_with_parent
+from broker.registry import Function, Registry
+from broker.settings import Settings
+from workers.runtime import Runtime
+from workers.worker import FunctionWorker
+
+log = logging.getLogger("lambdalite.scaler")
+
+
+@dataclass
+class WorkerProc:
+    """One forked worker as the scaler tracks it."""
+
+    pid: int
+    fn: str
+    name: str
+    started: float
+    state: str = "starting"  # starting | idle | busy
+    idle_since: float | None = None
+    jobs_seen: int = -1
+    retiring: bool = False
+
+
+def worker_name(host: str, sid: str, function: str, pid: int) -> str:
+    """``host|scaler.function.pid``: a host name may hold dots, never "|"; the rest never dots."""
+    return f"{host}|{sid}.{function}.{pid}"
+
+
+def parse_worker_name(name: str) -> tuple[str, str, int] | None:
+    """(host, scaler id, pid) of a name made by :func:`worker_name`, or None for any other name."""
+    host, bar, rest = name.partition("|")
+    parts = rest.split(".")
+    if not bar or len(parts) != 3 or not parts[2].isdigit():
+        return None
+    return host, parts[0], int(parts[2])
+
+
+def fork(settings: Settings, registry: Registry, fn: Function, handler: Any, host: str, sid: str) -> int:
+    """Fork a worker for ``fn`` named for scaler ``sid`` on ``host``; its pid. The child never returns."""
+    sys.stdout.flush()
+    # Frozen objects are left alone by the child's garbage collector, so it does not touch
+    # (and copy) every page of the warm heap it shares with the scaler.
+    gc.freeze()
+    pid = os.fork()
+    if pid:
+        gc.unfreeze()
+        return pid
+    code = 0
+    try:
+        _run_worker(settings, registry, fn, handler, worker_name(host, sid, fn.name, os.getpid()))
+    except BaseException:  # noqa: B036 - a forked child must never return into the scaler
+        log.exception("worker for %s failed", fn.name)
+        code = 1
+    finally:
+        sys.stdout.flush()
+        os._exit(code)
+
+
+def _run_worker(settings: Settings, registry: Registry, fn: Function, handler: Any, name: str) -> None:
+    parent = os.getppid()
+    die_with_parent(signal.SIGUSR1)  # the scaler is gone: hand the event back and stop
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_DFL)
+    if os.getppid() != parent:
+        return
+    client = connect(settings.redis_dsn)
+    runtime = Runtime(fn, handler, name)
+    worker = FunctionWorker(fn, registry, client, runtime, name)
+    worker.serve()
+
+
+def send(pid: int, sig: int) -> None:
+    """Signal a worker; one that is already gone is left be."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def stop(procs: dict[int, WorkerProc], grace: float) -> None:
+    """Warm-stop ``procs``; after ``grace`` s hand back what still runs; kill stragglers.
+
+    Returns once every one of them is collected, or after the SIGKILL.
+    """
+    for pid in procs:
+        send(pid, signal.SIGTERM)
+    end = time.monotonic() + grace
+    abandoned = False
+    while procs:
+        _collect(procs)
+        if not procs:
+            break
+        if time.monotonic() >= end and not abandoned:
+            for pid in procs:
+                send(pid, signal.SIGUSR1)  # abandon: requeue the event, not an attempt
+            abandoned, end = True, time.monotonic() + 0.4
+        elif time.monotonic() >= end:
+            for pid in procs:
+                send(pid, signal.SIGKILL)
+            time.sleep(0.05)
+            _collect(procs)
+            break
+        time.sleep(0.02)
+
+
+def _collect(procs: dict[int, WorkerProc]) -> None:
+    for pid in list(procs):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            procs.pop(pid)
