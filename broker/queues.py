@@ -7,6 +7,7 @@ up by function name in the registry, and a worker refuses any other job.
 
 from __future__ import annotations
 
+import itertools
 import json
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -200,8 +201,7 @@ class Publisher:
             queue = self._queue(fn.name)
             job_id = prepared.job_id
             job_key = Job.redis_job_namespace_prefix + job_id
-            mapping = {**prepared.mapping, "created_at": stamp, "enqueued_at": stamp}
-            jobs.append((job_key, mapping, queue.key, job_id))
+            jobs.append((job_key, prepared.mapping, queue.key, job_id))
             expected[job_key] = "hash"
             expected[queue.key] = "list"
             ids.append(job_id)
@@ -210,7 +210,9 @@ class Publisher:
             quarantine.guard(pipe, expected)
         pushes: dict[str, list[str]] = {}
         for job_key, mapping, queue_key, job_id in jobs:
-            pipe.hset(job_key, mapping=mapping)  # type: ignore[arg-type]
+            # the job's hash and this publish's time, without a copy of the hash for each job
+            pipe.execute_command("HSET", job_key, "created_at", stamp, "enqueued_at", stamp,
+                                 *itertools.chain.from_iterable(mapping.items()))
             pushes.setdefault(queue_key, []).append(job_id)
         for queue_key, job_ids in pushes.items():  # one push per queue, in the events' order
             if at_front:  # LPUSH puts its last argument first
@@ -242,7 +244,9 @@ class Publisher:
             queue._prepare_for_queue(job)
             # Fields RQ writes empty (callbacks, times to come, worker) read the same when absent
             # (Job.restore gets each with a default): left out, half the fields to write.
-            template = self._templates[key] = {k: v for k, v in job.to_dict().items() if v != ""}
+            # Its own time stamps are set as each job is published.
+            template = self._templates[key] = {k: v for k, v in job.to_dict().items()
+                                               if v != "" and k not in ("created_at", "enqueued_at")}
             template["status"] = JobStatus.QUEUED.value
         envelope = event.to_dict()
         try:

@@ -74,7 +74,9 @@ class Transactor:
         if error is not None:
             raise error
         result: list[Any] = replies[-1]
-        return [_error(r) or r for r in result]
+        if any(isinstance(r, redis.ResponseError) for r in result):
+            return [_error(r) or r for r in result]
+        return result
 
     async def _exchange(self, packed: bytes, count: int) -> list[Any]:
         if self._streams is not None and (self._streams[0].at_eof() or self._streams[1].is_closing()):
