@@ -211,8 +211,8 @@ class Publisher:
         pushes: dict[str, list[str]] = {}
         for job_key, mapping, queue_key, job_id in jobs:
             # the job's hash and this publish's time, without a copy of the hash for each job
-            pipe.execute_command("HSET", job_key, "created_at", stamp, "enqueued_at", stamp,
-                                 *itertools.chain.from_iterable(mapping.items()))
+            pipe.hset(job_key, items=["created_at", stamp, "enqueued_at", stamp,
+                                      *itertools.chain.from_iterable(mapping.items())])
             pushes.setdefault(queue_key, []).append(job_id)
         for queue_key, job_ids in pushes.items():  # one push per queue, in the events' order
             if at_front:  # LPUSH puts its last argument first
