@@ -264,9 +264,11 @@ def test_a_read_only_target_bucket_fails_the_invocation_then_dead_letters_it(
             assert entry["attempts"] == 2 and entry["error"]["errorType"] == "OSError", entry
             assert "[Errno 30] Read-only file system" in entry["error"]["errorMessage"]
             assert "red flower.jpg" in entry["error"]["errorMessage"]
-            output = started[0].output()
+            # the worker logs the dead letter once its transaction has stored it: wait for the line
+            while "dead-lettered after 2 attempt(s): OSError" not in (output := started[0].output()):
+                assert time.monotonic() < deadline, output
+                time.sleep(0.05)
             assert output.count("[ERROR] OSError: [Errno 30] Read-only file system") == 2, output
-            assert "dead-lettered after 2 attempt(s): OSError" in output
             assert all(p.proc.poll() is None for p in started), "no process died"
             assert list(thumbs.iterdir()) == []
         (project / "thumbnails-read-only").unlink(missing_ok=True)
