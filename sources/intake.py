@@ -53,7 +53,7 @@ def idempotency_key(scope: str, key: str) -> str:
 
 @dataclass(slots=True)
 class _Pending:
-    event: Prepared
+    prepared: Prepared
     also: Callable[[Pipeline], None] | None
     done: asyncio.Future[None]
 
@@ -167,7 +167,7 @@ class Intake:
                 extra(pipe)
 
         with recorded(self.client) as pipe:
-            self.publisher.publish_many([p.event for p in batch], also=also if extras else None, pipeline=pipe)
+            self.publisher.publish_many([p.prepared for p in batch], also=also if extras else None, pipeline=pipe)
             commands = [args for args, _options in pipe.command_stack]
         replies = await self.transactor.execute(commands)
         quarantine.report(replies)

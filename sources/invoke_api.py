@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PATH = "/2015-03-31/functions/{name}/invocations"
-PREFIX = "/2015-03-31/functions/"
 _PATH = re.compile(r"/2015-03-31/functions/([^/]+)/invocations")  # what Starlette's {name} matches
 REGION = "us-east-1"
 ACCOUNT = "000000000000"
@@ -101,7 +100,7 @@ def _timed_out(timeout: float) -> dict[str, Any]:
 
 async def invoke(source: HttpSource, raw_name: str, scope: Scope, receive: Receive, send: Send) -> None:
     """The Invoke endpoint, as a plain ASGI call: this is the hot path of the HTTP source, and
-    Starlette's request, routing and middleware would cost it a sixth of its throughput."""
+    Starlette's request, routing and middleware would cost it about 20 µs a request."""
     await send_reply(send, await _invoke(source, raw_name, scope, receive))
 
 

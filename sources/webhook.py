@@ -123,10 +123,9 @@ class App:
     def __init__(self, routes: Starlette, source: HttpSource) -> None:
         self.routes = routes
         self.source = source
-        self.state = routes.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(invoke_api.PREFIX):
+        if scope["type"] == "http" and scope["method"] == "POST":
             name = invoke_api.match(scope["path"])
             if name is not None:
                 await invoke_api.invoke(self.source, name, scope, receive, send)
