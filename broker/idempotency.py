@@ -331,7 +331,7 @@ def _follow(event: Any, path: str, parts: list[str]) -> Any:
     for part in parts:
         if isinstance(value, dict) and part in value:
             value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+        elif isinstance(value, list) and part.isascii() and part.isdigit() and int(part) < len(value):
             value = value[int(part)]
         else:
             raise IdempotencyKeyError(f"the event has no {path!r} (nothing at {part!r})")

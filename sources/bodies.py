@@ -19,7 +19,7 @@ async def read_body(receive: Receive, declared: str, limit: int) -> bytes:
     stream is counted chunk by chunk, so an oversized or lying body is never held in full. A
     client that goes away mid-body raises Starlette's ``ClientDisconnect``.
     """
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:  # not '¹', a digit to isdigit
         raise PayloadTooLargeError(f"{declared} bytes, more than the {limit} allowed")
     chunks: list[bytes] = []
     size = 0

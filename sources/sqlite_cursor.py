@@ -45,7 +45,7 @@ def read_cursor(stored: dict[bytes, bytes]) -> tuple[dict[str, Any], list[str]]:
 
     def number(name: str) -> int:
         raw = text(name)
-        if raw is None or raw.isdigit():
+        if raw is None or (raw.isascii() and raw.isdigit()):
             return int(raw or 0)
         problems.append(f"field {name!r} is {raw[:40]!r}, not a change id or count")
         bad.add(name)

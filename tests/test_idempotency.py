@@ -25,7 +25,7 @@ import redis
 
 from broker import idempotency, results
 from broker.envelope import Event
-from broker.errors import IdempotencyError
+from broker.errors import IdempotencyError, IdempotencyKeyError
 from broker.idempotency import idempotent, idempotent_function, record_key
 from broker.queues import Publisher
 from broker.registry import load_registry
@@ -325,3 +325,15 @@ def test_record_keys_are_hashed_and_scoped() -> None:
     assert len(long) == len(record_key("fn", "x")) == len(idempotency.KEY_PREFIX) + len("fn:") + 64
     assert record_key("fn", {"a": 1, "b": 2}) == record_key("fn", {"b": 2, "a": 1})
     assert len({record_key("fn", "k"), record_key("other", "k"), record_key("fn", "k", scope="m.f")}) == 3
+
+
+def test_a_key_path_follows_list_indexes_and_refuses_what_is_not_there() -> None:
+    from broker.idempotency import _event_key
+
+    follow = _event_key("Records.1.id")
+    assert follow is not None and follow({"Records": [{"id": "a"}, {"id": "b"}]}) == "b"
+    for event in ({"Records": [{"id": "a"}]}, {"Records": {"1": 5}}, {}):
+        with pytest.raises(IdempotencyKeyError):
+            _event_key("Records.1.id.x")(event)  # type: ignore[misc]
+    with pytest.raises(IdempotencyKeyError):  # '¹' is a digit to str.isdigit, not an index
+        _event_key("Records.¹")({"Records": [1, 2]})  # type: ignore[misc]

@@ -225,6 +225,7 @@ def test_worker_names_parse_back() -> None:
     assert parse_worker_name(name) == ("box.example.org", "1a2b3c4d", 4242)
     assert parse_worker_name("some-rq-worker.123") is None
     assert parse_worker_name("host|sid.fn.notapid") is None
+    assert parse_worker_name("host|sid.fn.4²") is None  # digits to str.isdigit, not to int()
 
 
 @pytest.mark.parametrize("min_workers", [1])

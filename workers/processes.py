@@ -52,7 +52,7 @@ def parse_worker_name(name: str) -> tuple[str, str, int] | None:
     """(host, scaler id, pid) of a name made by :func:`worker_name`, or None for any other name."""
     host, bar, rest = name.partition("|")
     parts = rest.split(".")
-    if not bar or len(parts) != 3 or not parts[2].isdigit():
+    if not bar or len(parts) != 3 or not (parts[2].isascii() and parts[2].isdigit()):
         return None
     return host, parts[0], int(parts[2])
 
