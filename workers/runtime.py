@@ -117,7 +117,7 @@ class Runtime:
                 if abandon():
                     status = "abandoned"
                     break
-                rss = limits.tree_rss(limits.descendants(self.me))
+                rss = limits.tree_rss(self.me)
                 disk = limits.dir_usage(tmpdir)
                 peak_rss, peak_disk = max(peak_rss, rss), max(peak_disk, disk)
                 if rss > self.limits.memory_mb * MB:
@@ -133,8 +133,8 @@ class Runtime:
             peak_rss = max(peak_rss, reply.get("max_rss_kb", 0) * 1024)
         peak_disk = max(peak_disk, limits.dir_usage(tmpdir))
         broken = reply is None or reply.get("recycle", False)
-        leftovers = limits.descendants(self.me)
-        if len(leftovers) > MAX_LEFTOVERS:
+        strays = limits.strays(self.me, keep=self.sandbox.pid)
+        if len(strays) > MAX_LEFTOVERS:
             broken = True  # a swarm (a fork bomb that outlived its handler): treat it as a breach
         if broken and self.sandbox.pid:
             # The sandbox leads its own process group, and whatever it forked is in it unless it
@@ -142,7 +142,7 @@ class Runtime:
             limits.kill_group(self.sandbox.pid)
         # Nothing an invocation started outlives it; a broken sandbox goes too. (The usual case,
         # the sandbox alone below the worker, needs no second walk of the tree.)
-        if broken or any(p.pid != self.sandbox.pid for p in leftovers):
+        if broken or strays:
             limits.kill_tree(self.me, keep=None if broken else self.sandbox.pid)
         exit_status = self._reap(wait_for_sandbox=broken)
         try:
