@@ -286,3 +286,43 @@ def test_a_wake_up_steps_at_once_only_when_the_function_may_be_short_of_workers(
     scaler.views["rec"].workers[1].retiring = False
     r.set(function_queue(r, "rec").key, "garbage")
     assert scaler.short_of_workers(["rec"]), "a damaged queue key: the step repairs it"
+
+
+def test_a_step_counts_repairs_and_releases_in_few_round_trips_and_survives_a_forgotten_script(
+        project: Path, redis_url: str, r: redis.Redis) -> None:
+    from broker import delayed
+    from broker.envelope import Event
+    from broker.queues import Publisher
+    from broker.registry import load_registry
+    from broker.settings import load_settings
+    from workers.scaler import Scaler as InProcess
+
+    setup(project, RECORD.format(cap=2))
+    registry = load_registry(project / "lambdalite.toml")
+    spawned: list[str] = []
+    scaler = InProcess(load_settings(), registry, r, spawn=lambda fn: spawned.append(fn.name) or 4_000_000 + len(spawned))
+    queue = function_queue(r, "rec")
+    Publisher(r, registry).publish_many([Event("rec", {}) for _ in range(3)])
+    r.script_flush()  # a restarted Redis has forgotten the census script: the step loads it again
+    scaler.step()
+    assert spawned == ["rec", "rec"], "three queued, a cap of two"
+    assert scaler.views["rec"].decision.reason == "queued=3 running=0 workers=0 desired=2"
+
+    r.set(queue.started_job_registry.key, "garbage")
+    scaler.step()
+    assert r.type(queue.started_job_registry.key) == b"none", "moved aside by the census"
+    assert r.keys(f"lambdalite:quarantine:{queue.started_job_registry.key}:*")
+    assert r.llen(queue.key) == 3 and spawned == ["rec", "rec"]
+
+    with r.pipeline() as pipe:
+        delayed.schedule(pipe, Event("rec", {"late": True}), time.time() - 1)
+        delayed.schedule(pipe, Event("rec", {"later": True}), time.time() + 3600)
+        pipe.execute()
+    scaler.step()
+    assert r.llen(queue.key) == 4, "the due event released, the other one kept"
+    assert r.zcard(delayed.DELAYED_KEY) == 1
+
+    r.delete(delayed.DELAYED_KEY)
+    r.set(delayed.DELAYED_KEY, "garbage")
+    scaler.step()
+    assert r.type(delayed.DELAYED_KEY) == b"none", "the probe's error leads to the repair"

@@ -99,11 +99,11 @@ class Scaler:
             self.client.set(alive_key(self.id), 1, ex=ALIVE_TTL)
             self._last_alive = now
         self.reap()
-        delayed.release_due(self.client, self.publisher, time.time())
+        if self.observe(now):
+            delayed.release_due(self.client, self.publisher, time.time())
         if now - self._last_sweep >= 2.0:
             self._last_sweep = now
             recovery.recover(self.client, self.registry, self.is_dead)
-        self.observe(now)
         self.scale(now)
         self.publish_view(now)
 
@@ -174,15 +174,15 @@ class Scaler:
             return not psutil.pid_exists(pid)
         return not self.client.exists(f"rq:worker:{worker_name}")
 
-    def observe(self, now: float) -> None:
-        """Read every worker's RQ state and job counts in one round trip."""
+    def observe(self, now: float) -> bool:
+        """Read every worker's RQ state and job counts, and look for delayed events now due, in one
+        round trip; returns whether some are due."""
         procs = [p for v in self.views.values() for p in v.workers.values()]
-        if not procs:
-            return
         with self.client.pipeline(transaction=False) as pipe:
             for p in procs:
                 pipe.hmget(f"rq:worker:{p.name}", "state", "successful_job_count", "failed_job_count")
-            rows = pipe.execute(raise_on_error=False)
+            delayed.probe(pipe, time.time())
+            *rows, due = pipe.execute(raise_on_error=False)
         for p, row in zip(procs, rows, strict=True):
             if isinstance(row, Exception) or row[0] is None:
                 continue  # not registered yet (still starting), or its key is damaged: the worker repairs it
@@ -195,26 +195,18 @@ class Scaler:
             else:
                 p.state = "idle"
                 p.idle_since = p.idle_since if p.idle_since is not None else now
+        return bool(due)  # an event, or an error that release_due repairs
 
     def scale(self, now: float) -> None:
         """Grow toward each function's desired count fairly; retire workers idle too long."""
         wants: dict[str, int] = {}
         active = 0
         functions = list(self.registry)
-        with self.client.pipeline(transaction=False) as pipe:  # one round trip for every function
-            for fn in functions:
-                queue = self.queues[fn.name]
-                quarantine.guard(pipe, {queue.key: "list", queue.started_job_registry.key: "zset",
-                                        slots.slots_key(fn.name): "hash"})
-                pipe.llen(queue.key)
-                pipe.zcard(queue.started_job_registry.key)
-                self.slots.count(pipe, fn, len(self.views[fn.name].workers))
-            rows = pipe.execute()
-        quarantine.report(rows)
-        for i, fn in enumerate(functions):
+        counts = self.slots.census([(fn, self.queues[fn.name], len(self.views[fn.name].workers))
+                                    for fn in functions])
+        for fn, census in zip(functions, counts, strict=True):
             view = self.views[fn.name]
-            queued, running, (total, _, bad) = rows[4 * i + 1], rows[4 * i + 2], rows[4 * i + 3]
-            slots.report(fn.name, bad)
+            queued, running, total = census.queued, census.running, census.workers
             cap = fn.concurrency(self.settings.max_workers)
             desired = max(fn.min_workers, min(queued + running, cap))
             active += desired > 0
@@ -280,7 +272,7 @@ class Scaler:
                 self.decide(name, now, "hold", f"memory budget: {reason}")
                 blocked[name] = wants.pop(name)  # idle workers of others may make room
                 continue
-            if not self.slots.take(fn, len(self.views[name].workers))[1]:
+            if not self.slots.take(fn, self.queues[name], len(self.views[name].workers)).taken:
                 self.decide(name, now, "hold", f"max_concurrency reached: {reason}")
                 del wants[name]
                 continue

@@ -5,26 +5,40 @@ One hash per function (:func:`slots_key`) holds each scaler's count of its worke
 one more slot before it forks a worker, in the same script that counts every live scaler's, so two
 scalers never both take the last one. Each step rewrites the scaler's own count from the workers
 it has, so a lost or damaged count heals itself; the counts of scalers whose liveness key expired
-are dropped.
+are dropped. The same script reads the function's queued and running jobs: a step's census of
+every function is one round trip.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
+from rq.queue import Queue
 
+from broker import quarantine
 from broker.registry import Function
 from broker.stats import alive_key
 
 log = logging.getLogger("lambdalite.scaler")
 
-# Count a function's workers across every live scaler, and with ARGV[4] == "1" take one more slot
-# if that stays within the cap. This scaler's own count is set to ARGV[5], the workers it has (so
-# the count heals itself if it was lost or damaged); the slots of scalers whose liveness key
-# expired are dropped, and so is a count that is not one (returned, for the log).
-_SLOTS = """
+# KEYS: the function's slots hash, queue (a list) and started registry (a sorted set). ARGV: this
+# scaler's id, the cap, the prefix of liveness keys, "1" to take a slot, this scaler's workers; then
+# quarantine.script_args(). A key of the wrong type is moved aside first (see broker.quarantine).
+# Counts the function's workers across every live scaler, and with ARGV[4] == "1" takes one more
+# slot if that stays within the cap. This scaler's own count is set to ARGV[5], the workers it has
+# (so the count heals itself if it was lost or damaged); the slots of scalers whose liveness key
+# expired are dropped, and so is a count that is not one (returned, for the log). Returns
+# {workers, taken, bad counts, queued, running, what the guard moved}: one call is a function's
+# whole census for a scaling step.
+_CENSUS = quarantine.MOVE_FUNCTION + """
+local moved = {}
+move(KEYS[1], 'hash', 5, moved)
+move(KEYS[2], 'list', 5, moved)
+move(KEYS[3], 'zset', 5, moved)
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[5] then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[5])
 end
@@ -46,12 +60,23 @@ for i = 1, #fields, 2 do
     end
   end
 end
+local taken = 0
 if ARGV[4] == "1" and total < tonumber(ARGV[2]) then
   redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-  return {total + 1, 1, bad}
+  total, taken = total + 1, 1
 end
-return {total, 0, bad}
+return {total, taken, bad, redis.call('LLEN', KEYS[2]), redis.call('ZCARD', KEYS[3]), moved}
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Census:
+    """One function as a step sees it: workers across live scalers, jobs queued and running."""
+
+    workers: int
+    taken: bool
+    queued: int
+    running: int
 
 
 def slots_key(function: str) -> str:
@@ -62,23 +87,52 @@ class Slots:
     """One scaler's side of the count: its id, and the host's worker cap that bounds each function's."""
 
     def __init__(self, client: redis.Redis, scaler_id: str, max_workers: int) -> None:
+        self.client = client
         self.scaler_id = scaler_id
         self.max_workers = max_workers
-        self._script = client.register_script(_SLOTS)
+        self.sha = client.register_script(_CENSUS).sha  # computed here; loaded on first use
 
-    def _args(self, fn: Function, mine: int, take: bool) -> list[Any]:
-        return [self.scaler_id, fn.concurrency(self.max_workers), alive_key(""), int(take), mine]
+    def _call(self, fn: Function, queue: Queue, mine: int, take: bool) -> list[Any]:
+        keys = [slots_key(fn.name), queue.key, queue.started_job_registry.key]
+        return ["EVALSHA", self.sha, len(keys), *keys, self.scaler_id, fn.concurrency(self.max_workers),
+                alive_key(""), int(take), mine, *quarantine.script_args()]
 
-    def count(self, pipe: Any, fn: Function, mine: int) -> None:
-        """Queue in ``pipe`` the count of ``fn``'s workers, ``mine`` of them this scaler's; the
-        reply is ``[total, 0, bad]``, ``bad`` for :func:`report`."""
-        self._script(keys=[slots_key(fn.name)], args=self._args(fn, mine, take=False), client=pipe)
+    def census(self, fns: list[tuple[Function, Queue, int]]) -> list[Census]:
+        """Each function's census in one round trip: ``fns`` holds (function, its queue, this
+        scaler's workers of it). Raises redis errors."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for fn, queue, mine in fns:
+                pipe.execute_command(*self._call(fn, queue, mine, take=False))
+            replies = self._run(pipe)
+        return [self._read(fn.name, reply) for (fn, _, _), reply in zip(fns, replies, strict=True)]
 
-    def take(self, fn: Function, mine: int) -> tuple[int, int]:
-        """(workers of ``fn`` across live scalers, whether one more slot was taken)."""
-        total, taken, bad = self._script(keys=[slots_key(fn.name)], args=self._args(fn, mine, take=True))
-        report(fn.name, bad)
-        return int(total), int(taken)
+    def take(self, fn: Function, queue: Queue, mine: int) -> Census:
+        """Take one more slot of ``fn`` if its ``max_concurrency`` allows; :attr:`Census.taken` says
+        whether it did."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.execute_command(*self._call(fn, queue, mine, take=True))
+            return self._read(fn.name, self._run(pipe)[0])
+
+    def _run(self, pipe: Any) -> list[Any]:
+        """Execute ``pipe`` of census calls, loading the script first if Redis lost it (a restart):
+        a call that found no script did nothing, so the whole pipeline runs again."""
+        stack = list(pipe.command_stack)
+        replies = pipe.execute(raise_on_error=False)
+        if any(isinstance(r, NoScriptError) for r in replies):
+            self.client.script_load(_CENSUS)
+            pipe.command_stack = stack
+            replies = pipe.execute(raise_on_error=False)
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+        return replies
+
+    @staticmethod
+    def _read(function: str, reply: list[Any]) -> Census:
+        total, taken, bad, queued, running, moved = reply
+        quarantine.report([moved])
+        report(function, bad)
+        return Census(int(total), bool(taken), int(queued), int(running))
 
 
 def report(function: str, bad: list[bytes]) -> None:
