@@ -25,10 +25,7 @@ import hiredis
 import redis
 from redis.connection import SSLConnection, parse_url
 
-from broker.connection import Parser
-
-_MULTI = hiredis.pack_command(("MULTI",))
-_EXEC = hiredis.pack_command(("EXEC",))
+from broker.connection import Parser, pack_transaction
 
 
 def _error(reply: Any) -> Exception | None:
@@ -53,7 +50,7 @@ class Transactor:
         """Run ``commands`` (argument lists, as a redis-py pipeline records them) in one MULTI/EXEC;
         returns EXEC's replies, an error reply there as a ``redis.ResponseError`` in the list (as
         redis-py's ``raise_on_error=False`` does; the other commands were applied)."""
-        packed = b"".join([_MULTI, *(hiredis.pack_command(tuple(c)) for c in commands), _EXEC])
+        packed = pack_transaction(commands)
         try:
             async with asyncio.timeout(self.timeout):  # no task of its own, as wait_for makes
                 replies = await self._exchange(packed, len(commands) + 2)

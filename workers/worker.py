@@ -30,7 +30,8 @@ from rq.worker import WorkerStatus
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from broker import idempotency, quarantine
-from broker.connection import TRANSIENT, Backoff
+from broker.conditional import recorded
+from broker.connection import TRANSIENT, Backoff, transact
 from broker.envelope import Event
 from broker.errors import EnvelopeError
 from broker.queues import RUNNER, Publisher, function_queue, rq_timeout, taking_key
@@ -326,7 +327,7 @@ class FunctionWorker(SimpleWorker):
         worked = job.ended_at - (job.started_at or job.ended_at)
 
         def transaction() -> str:
-            with self.connection.pipeline(transaction=True) as pipe:
+            with recorded(self.connection) as pipe:  # run by transact(): the hot path's one write
                 quarantine.guard(pipe, self.rq_keys(job))
                 if failure is None:
                     job._result = result
@@ -352,7 +353,8 @@ class FunctionWorker(SimpleWorker):
                 self.cleanup_execution(job, pipeline=pipe, execution=execution)
                 self.set_state(WorkerStatus.IDLE, pipeline=pipe)
                 line = settle(pipe)
-                quarantine.report(pipe.execute())
+                commands = [args for args, _options in pipe.command_stack]
+            quarantine.report(transact(self.connection, commands))
             return line
 
         line = self.hold(transaction, f"recording the outcome of job {job.id}")
