@@ -27,11 +27,11 @@ def schedule(pipe: Any, event: Event, due: float) -> None:
     pipe.zadd(DELAYED_KEY, {event.encode(): due})
 
 
-def probe(pipe: Any, now: float) -> None:
-    """Queue on ``pipe`` a look for an event due by ``now``: a reply that is not empty (an error
-    too, which :func:`release_due` repairs) calls for :func:`release_due`. A step that finds none,
-    the usual case, so costs no round trip of its own."""
-    pipe.zrangebyscore(DELAYED_KEY, "-inf", now, start=0, num=1)
+def probe(now: float) -> tuple[Any, ...]:
+    """The command that looks for an event due by ``now``, to send with others (a step that finds
+    none, the usual case, so costs no round trip of its own): a reply that is not empty (an error
+    too, which :func:`release_due` repairs) calls for :func:`release_due`."""
+    return ("ZRANGEBYSCORE", DELAYED_KEY, "-inf", now, "LIMIT", 0, 1)
 
 
 def release_due(client: redis.Redis, publisher: Publisher, now: float, batch: int = 100) -> int:

@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 import redis
 
-from broker import delayed, quarantine, stats
+from broker import connection, delayed, quarantine, stats
 from broker.connection import TRANSIENT, Backoff, connect, wait_for_redis
 from broker.errors import LambdaliteError
 from broker.queues import WAKE_CHANNEL, Publisher, function_queue
@@ -178,11 +178,10 @@ class Scaler:
         """Read every worker's RQ state and job counts, and look for delayed events now due, in one
         round trip; returns whether some are due."""
         procs = [p for v in self.views.values() for p in v.workers.values()]
-        with self.client.pipeline(transaction=False) as pipe:
-            for p in procs:
-                pipe.hmget(f"rq:worker:{p.name}", "state", "successful_job_count", "failed_job_count")
-            delayed.probe(pipe, time.time())
-            *rows, due = pipe.execute(raise_on_error=False)
+        *rows, due = connection.run(self.client, [
+            *(("HMGET", f"rq:worker:{p.name}", "state", "successful_job_count", "failed_job_count") for p in procs),
+            delayed.probe(time.time()),
+        ])
         for p, row in zip(procs, rows, strict=True):
             if isinstance(row, Exception) or row[0] is None:
                 continue  # not registered yet (still starting), or its key is damaged: the worker repairs it

@@ -19,7 +19,7 @@ import redis
 from redis.exceptions import NoScriptError
 from rq.queue import Queue
 
-from broker import quarantine
+from broker import connection, quarantine
 from broker.registry import Function
 from broker.stats import alive_key
 
@@ -100,28 +100,21 @@ class Slots:
     def census(self, fns: list[tuple[Function, Queue, int]]) -> list[Census]:
         """Each function's census in one round trip: ``fns`` holds (function, its queue, this
         scaler's workers of it). Raises redis errors."""
-        with self.client.pipeline(transaction=False) as pipe:
-            for fn, queue, mine in fns:
-                pipe.execute_command(*self._call(fn, queue, mine, take=False))
-            replies = self._run(pipe)
+        replies = self._run([self._call(fn, queue, mine, take=False) for fn, queue, mine in fns])
         return [self._read(fn.name, reply) for (fn, _, _), reply in zip(fns, replies, strict=True)]
 
     def take(self, fn: Function, queue: Queue, mine: int) -> Census:
         """Take one more slot of ``fn`` if its ``max_concurrency`` allows; :attr:`Census.taken` says
         whether it did."""
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.execute_command(*self._call(fn, queue, mine, take=True))
-            return self._read(fn.name, self._run(pipe)[0])
+        return self._read(fn.name, self._run([self._call(fn, queue, mine, take=True)])[0])
 
-    def _run(self, pipe: Any) -> list[Any]:
-        """Execute ``pipe`` of census calls, loading the script first if Redis lost it (a restart):
-        a call that found no script did nothing, so the whole pipeline runs again."""
-        stack = list(pipe.command_stack)
-        replies = pipe.execute(raise_on_error=False)
+    def _run(self, calls: list[list[Any]]) -> list[Any]:
+        """Run census ``calls``, loading the script first if Redis lost it (a restart): a call that
+        found no script did nothing, so they all run again."""
+        replies = connection.run(self.client, calls)
         if any(isinstance(r, NoScriptError) for r in replies):
             self.client.script_load(_CENSUS)
-            pipe.command_stack = stack
-            replies = pipe.execute(raise_on_error=False)
+            replies = connection.run(self.client, calls)
         for r in replies:
             if isinstance(r, Exception):
                 raise r

@@ -30,7 +30,7 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.results import Result
 
-from broker import quarantine
+from broker import connection, quarantine
 
 #: ``utc(sec, usec)``: RQ's timestamp format (``%Y-%m-%dT%H:%M:%S.%fZ``) of a Unix time, in Lua,
 #: which has no calendar (the days-to-date conversion is Howard Hinnant's ``civil_from_days``).
@@ -135,10 +135,10 @@ class Taker:
         the script declined, or did not run). The script may also start a job an earlier step left
         in the taking list: what it started is the job to run. Raises redis errors of BLMOVE."""
         execution_id = uuid.uuid4().hex
-        with self.client.pipeline(transaction=False) as pipe:
-            pipe.blmove(self.queue.key, self.taking, timeout)
-            pipe.evalsha(self.script.sha, len(self.expected), *self.expected, *self._args("", execution_id))
-            raw, reply = pipe.execute(raise_on_error=False)
+        raw, reply = connection.run(self.client, [
+            ("BLMOVE", self.queue.key, self.taking, "LEFT", "RIGHT", timeout),
+            ("EVALSHA", self.script.sha, len(self.expected), *self.expected, *self._args("", execution_id)),
+        ])
         if isinstance(raw, Exception):
             raise raw
         if isinstance(reply, NoScriptError):
