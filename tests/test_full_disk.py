@@ -29,7 +29,7 @@ from diskkit import FullDisk
 
 from broker import results
 from broker.conditional import Conditional
-from broker.connection import RedisRefusesWrites, connect
+from broker.connection import RedisRefusesWrites, connect, transact
 from broker.envelope import Event
 from broker.queues import Publisher
 from broker.registry import load_registry
@@ -261,6 +261,9 @@ def test_redis_refusing_writes_is_an_outage_and_applies_nothing(project: Path, h
         with pytest.raises(RedisRefusesWrites):  # the same for writes made under a condition (one script)
             publisher.publish_if(Conditional("return true"), [], [Event("f", {"n": 1})], also=cursor,
                                  keys={"lambdalite:test:cursor": "hash"})
+        assert client.llen("rq:queue:lambdalite.f") == 1 and not client.exists("lambdalite:test:cursor")
+        with pytest.raises(RedisRefusesWrites):  # the worker's record of a job's end goes this way
+            transact(client, [("HSET", "lambdalite:test:cursor", "last", 1), ("RPUSH", "rq:queue:lambdalite.f", "x")])
         assert client.llen("rq:queue:lambdalite.f") == 1 and not client.exists("lambdalite:test:cursor")
         with pytest.raises(RedisRefusesWrites):
             client.ping()

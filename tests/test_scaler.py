@@ -293,14 +293,19 @@ def test_a_step_counts_repairs_and_releases_in_few_round_trips_and_survives_a_fo
     from broker import delayed
     from broker.envelope import Event
     from broker.queues import Publisher
-    from broker.registry import load_registry
+    from broker.registry import Function, load_registry
     from broker.settings import load_settings
     from workers.scaler import Scaler as InProcess
 
     setup(project, RECORD.format(cap=2))
     registry = load_registry(project / "lambdalite.toml")
     spawned: list[str] = []
-    scaler = InProcess(load_settings(), registry, r, spawn=lambda fn: spawned.append(fn.name) or 4_000_000 + len(spawned))
+
+    def spawn(fn: Function) -> int:
+        spawned.append(fn.name)
+        return 4_000_000 + len(spawned)  # no such process: nothing here signals it
+
+    scaler = InProcess(load_settings(), registry, r, spawn=spawn)
     queue = function_queue(r, "rec")
     Publisher(r, registry).publish_many([Event("rec", {}) for _ in range(3)])
     r.script_flush()  # a restarted Redis has forgotten the census script: the step loads it again
