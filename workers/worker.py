@@ -54,6 +54,11 @@ class Refused(Exception):
     """A job this worker must not run (foreign function, malformed or misrouted envelope)."""
 
 
+def job_executions_key(job_id: str) -> str:
+    """The key of RQ's registry of a job's executions (``ExecutionRegistry(job_id, ...).key``)."""
+    return ExecutionRegistry.key_template.format(job_id)
+
+
 class FunctionWorker(SimpleWorker):
     """An RQ worker bound to one function's queue, running jobs in that function's sandbox."""
 
@@ -74,6 +79,14 @@ class FunctionWorker(SimpleWorker):
                            self.get_heartbeat_ttl(probe))
         self.publisher = Publisher(client, registry)
         self.outcomes = Outcomes(client, self.publisher, fn)
+        queue = self.queues[0]
+        # RQ builds a registry object (and checks its serializer) for each of these keys each time
+        # it names one; they are this worker's for its life, so named once here.
+        self._started_key = queue.started_job_registry.key
+        self._own_keys = {
+            self.key: "hash", self.executions_key: "set", self.taking: "list", self._started_key: "zset",
+            queue.finished_job_registry.key: "zset", queue.failed_job_registry.key: "zset",
+        }
         self.stop_requested = False
         self.abandon_requested = False
         self._last_beat = 0.0
@@ -198,13 +211,21 @@ class FunctionWorker(SimpleWorker):
 
     def rq_keys(self, job: Job) -> dict[str, str]:
         """The Redis type of every key of RQ's that the two transactions of ``job`` write."""
-        queue = self.queues[0]
-        return {
-            job.key: "hash", self.key: "hash", self.executions_key: "set", self.taking: "list",
-            queue.started_job_registry.key: "zset", queue.finished_job_registry.key: "zset",
-            queue.failed_job_registry.key: "zset", ExecutionRegistry(job.id, self.connection).key: "zset",
-            Result.get_key(job.id): "stream",
-        }
+        return {job.key: "hash", **self._own_keys, job_executions_key(job.id): "zset",
+                Result.get_key(job.id): "stream"}
+
+    def cleanup_execution(self, job: Job, pipeline: Any, execution: Execution | None = None) -> None:
+        """RQ's cleanup of a job's execution (``Execution.delete``), with the keys named as above
+        rather than through registry objects: the execution, its entries in the queue's started
+        registry (where the take script put it), the job's executions and the worker's."""
+        if execution is None:
+            return
+        pipeline.delete(execution.key)
+        pipeline.zrem(self._started_key, execution.composite_key)
+        pipeline.zrem(job_executions_key(job.id), execution.id)
+        if execution.worker_name:
+            pipeline.srem(execution.worker_executions_key, execution.composite_key)
+        self.executions.pop(execution.id, None)
 
     def take(self, queue: Queue, raw: bytes | None, started: Started | None) -> tuple[Job, Execution] | None:
         """The job just taken from ``queue`` (``raw``: its id as the queue held it), started: by the take
@@ -337,7 +358,7 @@ class FunctionWorker(SimpleWorker):
                         # What Job.delete() removes, without the reads it makes first (nothing else
                         # refers to a finished asynchronous job: it is in no registry any more).
                         pipe.delete(job.key, job.dependents_key, job.dependencies_key, Result.get_key(job.id),
-                                    job.execution_registry.key)
+                                    job_executions_key(job.id))
                     else:
                         job._handle_success(result_ttl, pipeline=pipe, worker_name=self.name,
                                             execution_id=execution.id, execution_started_at=execution.created_at,
