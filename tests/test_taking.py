@@ -133,3 +133,21 @@ def test_the_scripts_utc_is_rqs_timestamp_format(r: redis.Redis) -> None:
         usec = random.randrange(1_000_000)
         expected = utcformat(datetime.datetime.fromtimestamp(sec, datetime.UTC).replace(microsecond=usec))
         assert utc(args=[sec, usec]).decode() == expected, sec
+
+
+def test_an_interrupt_ends_a_wait_at_once_and_a_later_wait_as_it_begins(
+        setup: tuple[Publisher, SimpleWorker, Taker], r: redis.Redis) -> None:
+    import threading
+
+    publisher, _, taker = setup
+    timer = threading.Timer(0.3, taker.interrupt)  # as a stop signal's handler would, mid-wait
+    timer.start()
+    began = time.monotonic()
+    assert taker.wait(5) == (None, None)
+    assert 0.25 < time.monotonic() - began < 2, "ended by the interrupt, not by its 5 s timeout"
+    began = time.monotonic()
+    assert taker.wait(5) == (None, None)
+    assert time.monotonic() - began < 1, "a wait after the interrupt ends as it begins"
+    job_id = publisher.publish(Event("echo", {}))
+    raw, started = taker.wait(5)
+    assert raw == job_id.encode() and started is not None, "a job already queued is still taken"

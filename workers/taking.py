@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
+from redis.retry import Retry
 from rq.defaults import RQ_KEY_PREFIX
 from rq.executions import ExecutionRegistry
 from rq.job import Job
@@ -124,6 +126,10 @@ class Taker:
         self._keys = [worker_key, executions_key, started, Job.key_for(""), ExecutionRegistry("", client).key,
                       Result.get_key(""), f"{RQ_KEY_PREFIX}:execution:"]
         self.script = client.register_script(_TAKE)
+        self.blocked: int | None = None  # the client id of the connection a wait blocks, while it does
+        self.interrupted = False  # a stop came: every wait ends as soon as it begins
+        self._unblocking = False
+        self._unblocker: redis.Redis | None = None
 
     def _args(self, job_id: str, execution_id: str) -> list[Any]:
         return [*self.expected.values(), *quarantine.script_args(), self.taking, job_id, execution_id, self.worker_name,
@@ -133,12 +139,23 @@ class Taker:
         """Wait up to ``timeout`` seconds for the next job id (BLMOVE to the taking list) and start its job
         in the same round trip; returns the id taken (None if none came) and what was started (None if
         the script declined, or did not run). The script may also start a job an earlier step left
-        in the taking list: what it started is the job to run. Raises redis errors of BLMOVE."""
+        in the taking list: what it started is the job to run. :meth:`interrupt` ends the wait
+        early. Raises redis errors of BLMOVE."""
         execution_id = uuid.uuid4().hex
-        raw, reply = connection.run(self.client, [
-            ("BLMOVE", self.queue.key, self.taking, "LEFT", "RIGHT", timeout),
-            ("EVALSHA", self.script.sha, len(self.expected), *self.expected, *self._args("", execution_id)),
-        ])
+
+        def note(i: int, reply: Any) -> None:  # the id of the connection BLMOVE blocks, while it may
+            self.blocked = reply if i == 0 and isinstance(reply, int) else None
+            if self.blocked is not None and self.interrupted:
+                self._unblock()  # interrupted before it began
+
+        try:
+            _, raw, reply = connection.run(self.client, [
+                ("CLIENT", "ID"),
+                ("BLMOVE", self.queue.key, self.taking, "LEFT", "RIGHT", timeout),
+                ("EVALSHA", self.script.sha, len(self.expected), *self.expected, *self._args("", execution_id)),
+            ], on_reply=note)
+        finally:
+            self.blocked = None
         if isinstance(raw, Exception):
             raise raw
         if isinstance(reply, NoScriptError):
@@ -147,6 +164,31 @@ class Taker:
         if isinstance(reply, Exception):
             return raw, None  # the careful path runs it again and meets the error there
         return raw, self._started(reply, execution_id)
+
+    def interrupt(self) -> None:
+        """End the :meth:`wait` in progress now, and any later one as soon as it begins, as if it
+        timed out (CLIENT UNBLOCK from a connection of its own): for a stop signal's handler, so a
+        stop need not wait out the timeout. If Redis cannot be told, the wait times out by itself."""
+        self.interrupted = True
+        self._unblock()
+
+    def _unblock(self) -> None:
+        target = self.blocked
+        if target is None or self._unblocking:
+            return
+        self._unblocking = True
+        try:
+            if self._unblocker is None:
+                pool = self.client.connection_pool
+                options = {**pool.connection_kwargs, "socket_timeout": 0.5, "socket_connect_timeout": 0.5,
+                           "retry": Retry(NoBackoff(), 0)}
+                self._unblocker = redis.Redis(connection_pool=redis.ConnectionPool(
+                    connection_class=pool.connection_class, **options))
+            self._unblocker.client_unblock(target)
+        except redis.RedisError:
+            pass
+        finally:
+            self._unblocking = False
 
     def start(self, job_id: str) -> Started | None:
         """Start the job ``job_id`` now, if its hash holds a job (one round trip); None when the script

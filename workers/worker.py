@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -44,8 +45,7 @@ from workers.taking import Started, Taker
 
 log = logging.getLogger(__name__)
 
-DEQUEUE_TIMEOUT = 1  # seconds a blocking dequeue waits before the loop looks at its flags again
-HEARTBEAT_EVERY = 5.0  # seconds between an idle worker's heartbeats (a job's start sends one too)
+HEARTBEAT_EVERY = 5  # seconds between an idle worker's heartbeats (a job's start sends one too)
 T = TypeVar("T")
 
 
@@ -98,9 +98,11 @@ class FunctionWorker(SimpleWorker):
         """SIGTERM/SIGINT: finish the current invocation, then stop. SIGUSR1: abandon it (requeue)."""
         def stop(signum: int, frame: Any) -> None:
             self.stop_requested = True
+            self.taker.interrupt()  # an idle worker stops now, not when its wait for a job times out
 
         def abandon(signum: int, frame: Any) -> None:
             self.stop_requested = self.abandon_requested = True
+            self.taker.interrupt()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
@@ -133,7 +135,8 @@ class FunctionWorker(SimpleWorker):
         return {**super().serialize(), "state": WorkerStatus.IDLE.value}
 
     def step(self) -> bool:
-        """Take one job if one arrives within DEQUEUE_TIMEOUT and run it; returns whether one ran."""
+        """Take one job if one arrives before the next heartbeat is due and run it; returns whether
+        one ran. (A stop signal ends the wait at once: see :meth:`Taker.interrupt`.)"""
         if time.monotonic() - self._last_beat >= HEARTBEAT_EVERY:
             with self.connection.pipeline() as pipe:
                 quarantine.guard(pipe, {self.key: "hash"})
@@ -142,7 +145,7 @@ class FunctionWorker(SimpleWorker):
             self._last_beat = time.monotonic()
         queue = self.queues[0]
         try:
-            raw, started = self.taker.wait(DEQUEUE_TIMEOUT)
+            raw, started = self.taker.wait(max(1, math.ceil(HEARTBEAT_EVERY - (time.monotonic() - self._last_beat))))
         except redis.ResponseError as e:
             moved = quarantine.wrong_type(e) and quarantine.repair(
                 self.connection, {queue.key: "list", self.taking: "list"})
