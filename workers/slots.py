@@ -91,9 +91,12 @@ class Slots:
         self.scaler_id = scaler_id
         self.max_workers = max_workers
         self.sha = client.register_script(_CENSUS).sha  # computed here; loaded on first use
+        self._keys: dict[str, list[str]] = {}
 
     def _call(self, fn: Function, queue: Queue, mine: int, take: bool) -> list[Any]:
-        keys = [slots_key(fn.name), queue.key, queue.started_job_registry.key]
+        keys = self._keys.get(fn.name)
+        if keys is None:  # RQ builds a registry object each time it names the registry's key
+            keys = self._keys[fn.name] = [slots_key(fn.name), queue.key, queue.started_job_registry.key]
         return ["EVALSHA", self.sha, len(keys), *keys, self.scaler_id, fn.concurrency(self.max_workers),
                 alive_key(""), int(take), mine, *quarantine.script_args()]
 
