@@ -99,6 +99,7 @@ def _store_client(dsn: str, socket_timeout: float | None) -> redis.Redis:
     return redis.Redis.from_url(
         dsn, socket_connect_timeout=1, socket_timeout=socket_timeout, health_check_interval=30,
         retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)), parser_class=Parser,
+        driver_info=None,  # as broker.connection.connect
     )
 
 

@@ -85,8 +85,9 @@ def _run_worker(settings: Settings, registry: Registry, fn: Function, handler: A
         signal.signal(sig, signal.SIG_DFL)
     if os.getppid() != parent:
         return
-    client = connect(settings.redis_dsn)
     runtime = Runtime(fn, handler, name)
+    runtime.prepare()  # the sandbox forks and gets ready while this process connects and sets up
+    client = connect(settings.redis_dsn)
     worker = FunctionWorker(fn, registry, client, runtime, name)
     worker.serve()
 
