@@ -22,7 +22,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy broker
+	$(VENV)/bin/mypy broker workers sources
 
 clean:
 	rm -rf var/ .pytest_cache

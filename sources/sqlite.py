@@ -36,7 +36,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -148,7 +148,7 @@ class Feed:
 
     def _load(self, stream: Stream) -> None:
         try:
-            stored = self.client.hgetall(stream.key)
+            stored = cast("dict[bytes, bytes]", self.client.hgetall(stream.key))
         except redis.ResponseError as e:
             if not (quarantine.wrong_type(e) and quarantine.repair(self.client, {stream.key: "hash"})):
                 raise

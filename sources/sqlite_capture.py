@@ -310,7 +310,8 @@ class Change:
     at: float
 
 
-_scan = json.JSONDecoder().scan_once  # json.loads without its checks around, for what the triggers write
+# json.loads without its checks around, for what the triggers write (an attribute typeshed omits)
+_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def _load(text: str | None) -> dict[str, Any] | None:

@@ -15,7 +15,9 @@ import zlib
 
 import redis
 from rq.exceptions import NoSuchJobError
+from rq.executions import ExecutionRegistry
 from rq.job import Job
+from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from broker.connection import TRANSIENT
@@ -29,6 +31,17 @@ class UnreadableJob(Exception):
     def __init__(self, key: str, problem: str, missing: bool = False) -> None:
         super().__init__(f"redis key {key} {problem}")
         self.key, self.problem, self.missing = key, problem, missing
+
+
+def executions_key(job_id: str) -> str:
+    """The key of RQ's registry of a job's executions (``ExecutionRegistry(job_id, ...).key``, without
+    building one)."""
+    return ExecutionRegistry.key_template.format(job_id)
+
+
+def results_key(job_id: str) -> str:
+    """The key of RQ's stream of a job's results (``Result.get_key``)."""
+    return str(Result.get_key(job_id))  # type: ignore[no-untyped-call]
 
 
 def job_id(raw: bytes) -> str | None:

@@ -113,7 +113,7 @@ def strays(root: psutil.Process, keep: int | None) -> list[psutil.Process]:
 
 def _alive(p: psutil.Process) -> bool:
     try:
-        return p.status() != psutil.STATUS_ZOMBIE
+        return bool(p.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import cast
 
 import redis
 from rq.queue import Queue
@@ -38,7 +39,7 @@ def _put_back_taken(client: redis.Redis, queue: Queue, is_dead: Callable[[str], 
     put_back = 0
     registered = WORKERS_BY_QUEUE_KEY % queue.name
     try:
-        members = client.smembers(registered)
+        members = cast("set[bytes]", client.smembers(registered))
     except redis.ResponseError as e:
         if quarantine.wrong_type(e) and quarantine.repair(client, {registered: "set"}):
             return 0
@@ -49,7 +50,7 @@ def _put_back_taken(client: redis.Redis, queue: Queue, is_dead: Callable[[str], 
             continue
         taking = taking_key(name)
         try:
-            while (job_id := client.lindex(taking, -1)) is not None:
+            while (job_id := cast("bytes | None", client.lindex(taking, -1))) is not None:
                 client.lmove(taking, queue.key, "RIGHT", "LEFT")
                 log.warning("worker %s died holding %s before starting it; back on %s", name,
                             job_id.decode(errors="replace"), queue.name)
@@ -74,12 +75,12 @@ def recover(client: redis.Redis, registry: Registry, is_dead: Callable[[str], bo
         recovered += _put_back_taken(client, queue, is_dead)
         started = queue.started_job_registry
         try:
-            members = client.zrange(started.key, 0, -1, withscores=True)
+            entries = cast("list[tuple[bytes, float]]", client.zrange(started.key, 0, -1, withscores=True))
         except redis.ResponseError as e:
             if quarantine.wrong_type(e) and quarantine.repair(client, {started.key: "zset"}):
                 continue
             raise
-        for member, expires in members:
+        for member, expires in entries:
             job_id = jobs.job_id(member.split(b":")[0])
             if job_id is None or member.count(b":") != 1:
                 log.warning("redis key %s: entry %r is not a job execution; removed", started.key, member[:80])

@@ -400,7 +400,7 @@ def main() -> None:
     while not stop.set:
         try:
             if pubsub is None:
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                 pubsub.subscribe(WAKE_CHANNEL)
             if time.monotonic() - last_step >= STEP or scaler.short_of_workers(woken):
                 scaler.step()

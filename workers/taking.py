@@ -27,12 +27,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 from rq.defaults import RQ_KEY_PREFIX
-from rq.executions import ExecutionRegistry
 from rq.job import Job
 from rq.queue import Queue
-from rq.results import Result
 
 from broker import connection, quarantine
+from workers import jobs
 
 #: ``utc(sec, usec)``: RQ's timestamp format (``%Y-%m-%dT%H:%M:%S.%fZ``) of a Unix time, in Lua,
 #: which has no calendar (the days-to-date conversion is Howard Hinnant's ``civil_from_days``).
@@ -123,8 +122,8 @@ class Taker:
         started = queue.started_job_registry.key
         self.expected = {worker_key: "hash", executions_key: "set", taking: "list", started: "zset"}
         # RQ's keys, as its own classes name them: the worker's, then the prefixes of a job's.
-        self._keys = [worker_key, executions_key, started, Job.key_for(""), ExecutionRegistry("", client).key,
-                      Result.get_key(""), f"{RQ_KEY_PREFIX}:execution:"]
+        self._keys = [worker_key, executions_key, started, Job.key_for(""), jobs.executions_key(""),
+                      jobs.results_key(""), f"{RQ_KEY_PREFIX}:execution:"]
         self.script = client.register_script(_TAKE)
         self.blocked: int | None = None  # the client id of the connection a wait blocks, while it does
         self.interrupted = False  # a stop came: every wait ends as soon as it begins

@@ -21,10 +21,9 @@ from typing import Any, TypeVar
 
 import redis
 from rq import SimpleWorker, worker_registration
-from rq.executions import Execution, ExecutionRegistry
+from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.queue import Queue
-from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
@@ -52,11 +51,6 @@ T = TypeVar("T")
 
 class Refused(Exception):
     """A job this worker must not run (foreign function, malformed or misrouted envelope)."""
-
-
-def job_executions_key(job_id: str) -> str:
-    """The key of RQ's registry of a job's executions (``ExecutionRegistry(job_id, ...).key``)."""
-    return ExecutionRegistry.key_template.format(job_id)
 
 
 class FunctionWorker(SimpleWorker):
@@ -127,7 +121,7 @@ class FunctionWorker(SimpleWorker):
                     time.sleep(0.1)
         finally:
             self.runtime.close()
-            with contextlib.suppress(TRANSIENT):
+            with contextlib.suppress(*TRANSIENT):
                 self.register_death()
 
     def serialize(self) -> dict[str, Any]:
@@ -171,7 +165,7 @@ class FunctionWorker(SimpleWorker):
                                     WORKERS_BY_QUEUE_KEY % self.queues[0].name: "set"})
             pipe.delete(self.key)
             self.birth_date = self.last_heartbeat = now()
-            pipe.hset(self.key, mapping=self.serialize())
+            pipe.hset(self.key, mapping=self.serialize())  # type: ignore[arg-type]  # the stub's key type
             worker_registration.register(self, pipe)
             pipe.expire(self.key, self.worker_ttl + 60)
             quarantine.report(pipe.execute())
@@ -214,8 +208,8 @@ class FunctionWorker(SimpleWorker):
 
     def rq_keys(self, job: Job) -> dict[str, str]:
         """The Redis type of every key of RQ's that the two transactions of ``job`` write."""
-        return {job.key: "hash", **self._own_keys, job_executions_key(job.id): "zset",
-                Result.get_key(job.id): "stream"}
+        return {job.key: "hash", **self._own_keys, jobs.executions_key(job.id): "zset",
+                jobs.results_key(job.id): "stream"}
 
     def cleanup_execution(self, job: Job, pipeline: Any, execution: Execution | None = None) -> None:
         """RQ's cleanup of a job's execution (``Execution.delete``), with the keys named as above
@@ -225,7 +219,7 @@ class FunctionWorker(SimpleWorker):
             return
         pipeline.delete(execution.key)
         pipeline.zrem(self._started_key, execution.composite_key)
-        pipeline.zrem(job_executions_key(job.id), execution.id)
+        pipeline.zrem(jobs.executions_key(job.id), execution.id)
         if execution.worker_name:
             pipeline.srem(execution.worker_executions_key, execution.composite_key)
         self.executions.pop(execution.id, None)
@@ -244,7 +238,7 @@ class FunctionWorker(SimpleWorker):
             if job_id is None:
                 log.error("worker %s: redis key %s held %r, not a job id; dropped", self.name, queue.key,
                           (raw or b"")[:80])
-                self.connection.lrem(self.taking, 1, raw or b"")
+                self.connection.lrem(self.taking, 1, raw or b"")  # type: ignore[arg-type]  # bytes are fine
                 return None
             started = self.taker.start(job_id)
             if started is None:  # nothing was written
@@ -360,8 +354,8 @@ class FunctionWorker(SimpleWorker):
                     if result_ttl == 0:
                         # What Job.delete() removes, without the reads it makes first (nothing else
                         # refers to a finished asynchronous job: it is in no registry any more).
-                        pipe.delete(job.key, job.dependents_key, job.dependencies_key, Result.get_key(job.id),
-                                    job_executions_key(job.id))
+                        pipe.delete(job.key, job.dependents_key, job.dependencies_key, jobs.results_key(job.id),
+                                    jobs.executions_key(job.id))
                     else:
                         job._handle_success(result_ttl, pipeline=pipe, worker_name=self.name,
                                             execution_id=execution.id, execution_started_at=execution.created_at,
