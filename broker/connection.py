@@ -136,6 +136,9 @@ def _send(client: redis.Redis, packed: bytes, count: int,
     try:
         replies: list[Any] = conn.retry.call_with_retry(lambda: _exchange(conn, packed, count, on_reply),
                                                          lambda _error: conn.disconnect())
+    except BaseException:
+        conn.disconnect()  # replies may be left unread: out of step, the connection must not serve again
+        raise
     finally:
         pool.release(conn)
     return replies

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import redis
 
 from broker.connection import connect, run, transact
@@ -51,3 +53,23 @@ def test_a_connection_redis_closed_while_idle_is_replaced(redis_url: str, r: red
     r.client_kill_filter(skipme=True, _type="normal")  # Redis closes it while it is idle
     assert transact(client, [("INCR", "n")]) == [1]
     assert run(client, [("GET", "n")]) == [b"1"], "applied once"
+
+
+def test_a_connection_left_mid_reply_is_not_used_again(redis_url: str, r: redis.Redis) -> None:
+    client = connect(redis_url)
+
+    def leave(i: int, reply: object) -> None:
+        if i == 0:
+            raise KeyboardInterrupt  # as an interrupt would, while BLMOVE still blocks
+
+    try:
+        run(client, [("PING",), ("BLMOVE", "src", "dst", "LEFT", "RIGHT", 5)], on_reply=leave)
+        raise AssertionError("the interrupt goes through")
+    except KeyboardInterrupt:
+        pass
+    # Had the pool handed that connection out again, the LPUSH would queue behind the blocked
+    # BLMOVE on it and wait out its 5 s.
+    began = time.monotonic()
+    assert run(client, [("LPUSH", "src", "x")]) == [1]
+    assert time.monotonic() - began < 2, "not held up behind the abandoned BLMOVE"
+    assert r.lrange("src", 0, -1) == [b"x"] and r.llen("dst") == 0, "no BLMOVE left blocked to move it"
