@@ -97,7 +97,11 @@ _EXEC = hiredis.pack_command(("EXEC",))
 def pack_transaction(commands: Sequence[Sequence[Any]]) -> bytes:
     """``commands`` (argument lists, as a redis-py pipeline records them) in MULTI/EXEC, packed
     for one write."""
-    return b"".join([_MULTI, *(hiredis.pack_command(tuple(c)) for c in commands), _EXEC])
+    return b"".join((_MULTI, _pack(commands), _EXEC))
+
+
+def _pack(commands: Sequence[Sequence[Any]]) -> bytes:
+    return b"".join(hiredis.pack_command(tuple(c)) for c in commands)
 
 
 def run(client: redis.Redis, commands: Sequence[Sequence[Any]],
@@ -110,7 +114,7 @@ def run(client: redis.Redis, commands: Sequence[Sequence[Any]],
     redis-py's per-command callbacks, they cost half of what the pipeline costs in the caller's CPU.
     ``on_reply(i, reply)``, if given, is told of each reply as soon as it is read.
     """
-    return _send(client, b"".join(hiredis.pack_command(tuple(c)) for c in commands), len(commands), on_reply)
+    return _send(client, _pack(commands), len(commands), on_reply)
 
 
 def transact(client: redis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:

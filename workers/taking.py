@@ -119,7 +119,8 @@ class Taker:
         self.worker_name = worker_name
         self.taking = taking
         self.ttl = ttl
-        started = queue.started_job_registry.key
+        self.started_key = started = queue.started_job_registry.key
+        # The keys the take script writes, and their types (see broker.quarantine).
         self.expected = {worker_key: "hash", executions_key: "set", taking: "list", started: "zset"}
         # RQ's keys, as its own classes name them: the worker's, then the prefixes of a job's.
         self._keys = [worker_key, executions_key, started, Job.key_for(""), jobs.executions_key(""),

@@ -75,12 +75,10 @@ class FunctionWorker(SimpleWorker):
         self.outcomes = Outcomes(client, self.publisher, fn)
         queue = self.queues[0]
         # RQ builds a registry object (and checks its serializer) for each of these keys each time
-        # it names one; they are this worker's for its life, so named once here.
-        self._started_key = queue.started_job_registry.key
-        self._own_keys = {
-            self.key: "hash", self.executions_key: "set", self.taking: "list", self._started_key: "zset",
-            queue.finished_job_registry.key: "zset", queue.failed_job_registry.key: "zset",
-        }
+        # it names one; they are this worker's for its life, so named once here: the take script's,
+        # and the registries a job's end may write.
+        self._own_keys = {**self.taker.expected, queue.finished_job_registry.key: "zset",
+                          queue.failed_job_registry.key: "zset"}
         self.stop_requested = False
         self.abandon_requested = False
         self._last_beat = 0.0
@@ -218,7 +216,7 @@ class FunctionWorker(SimpleWorker):
         if execution is None:
             return
         pipeline.delete(execution.key)
-        pipeline.zrem(self._started_key, execution.composite_key)
+        pipeline.zrem(self.taker.started_key, execution.composite_key)
         pipeline.zrem(jobs.executions_key(job.id), execution.id)
         if execution.worker_name:
             pipeline.srem(execution.worker_executions_key, execution.composite_key)
