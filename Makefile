@@ -4,15 +4,29 @@ VENV   ?= .venv
 STAMP  := $(VENV)/.installed-stamp
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean lock
 
-# Re-install whenever pyproject.toml changes, so a pull that adds a dependency just works.
-$(STAMP): pyproject.toml
+PIP_VERSION       := 26.3
+PIP_TOOLS_VERSION := 7.7.0
+
+# Re-install whenever pyproject.toml or the lock changes, so a pull that adds a dependency just works.
+# Every package comes from requirements.lock, exact versions with their hashes; lambdalite itself goes
+# in last, editable, with nothing more resolved (--no-deps) and no build environment of its own.
+$(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "lambdalite needs Python 3.11 or newer")'
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(VENV)/bin/python -m pip install --quiet pip==$(PIP_VERSION)
+	$(VENV)/bin/python -m pip install --quiet --require-hashes -r requirements.lock
+	$(VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+# Renew requirements.lock from pyproject.toml (newest versions its ranges allow), in a throwaway venv.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet pip==$(PIP_VERSION) pip-tools==$(PIP_TOOLS_VERSION)
+	.venv-lock/bin/pip-compile --quiet --upgrade --generate-hashes --allow-unsafe --strip-extras --extra dev \
+		--output-file requirements.lock pyproject.toml
+	rm -rf .venv-lock
 
 run: $(STAMP)
 	$(VENV)/bin/honcho start
