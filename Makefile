@@ -28,7 +28,9 @@ lock:
 		--output-file requirements.lock pyproject.toml
 	rm -rf .venv-lock
 
+# One stack per folder: a second `make run` beside a running one says so in one line and starts nothing.
 run: $(STAMP)
+	@$(VENV)/bin/python -m broker.stacklock
 	$(VENV)/bin/honcho start
 
 test: $(STAMP)

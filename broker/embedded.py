@@ -22,6 +22,7 @@ from pathlib import Path
 
 import redis
 
+from broker import stacklock
 from broker.connection import wait_for_redis
 from broker.errors import LambdaliteError, RedisUnavailableError
 from broker.kernel import die_with_parent
@@ -131,9 +132,17 @@ def serve(args: list[str], socket: Path, stopping: Callable[[], bool], last_out:
     """
     server = subprocess.Popen(args, start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
     client = redis.Redis.from_url(f"unix://{socket}", socket_timeout=1, client_name=SUPERVISOR)
+    watch = SocketWatch(socket)
     try:
         while server.poll() is None and not stopping():
             time.sleep(0.05)
+            if watch.lost():
+                # Nothing new can reach this server; a stack that goes on would only answer 503s.
+                log.error("%s was removed or replaced while its redis-server ran: stopping the stack "
+                          "(start it again to get a new socket)", socket)
+                server.terminate()  # still writes its append-only file
+                server.wait(10)
+                return 1
         if server.poll() is not None:
             log.error("redis-server exited with status %s", server.returncode)
             return 1
@@ -154,6 +163,34 @@ def serve(args: list[str], socket: Path, stopping: Callable[[], bool], last_out:
             server.wait()
 
 
+class SocketWatch:
+    """Notices when the server's unix socket file is gone or is another file (the inode it had once
+    it appeared), looking at most once a second."""
+
+    EVERY = 1.0
+
+    def __init__(self, socket: Path, clock: Callable[[], float] = time.monotonic) -> None:
+        self.socket = socket
+        self.clock = clock
+        self.inode: int | None = None
+        self.next = 0.0
+
+    def lost(self) -> bool:
+        now = self.clock()
+        if now < self.next:
+            return False
+        self.next = now + self.EVERY
+        try:
+            inode = os.lstat(self.socket).st_ino
+        except FileNotFoundError:
+            return self.inode is not None
+        except OSError:
+            return False
+        if self.inode is None:
+            self.inode = inode
+        return inode != self.inode
+
+
 def _other_clients(client: redis.Redis) -> int:
     return sum(1 for c in client.client_list() if c.get("name") != SUPERVISOR)
 
@@ -163,6 +200,7 @@ def main() -> None:
 
     try:
         settings = load_settings()
+        stacklock.hold(settings, "redis")
     except LambdaliteError as e:
         print(f"lambdalite: {e}", file=sys.stderr)
         sys.exit(1)

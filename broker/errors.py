@@ -11,6 +11,11 @@ class SettingsError(LambdaliteError):
     """Raised at start-up when a ``LAMBDALITE_*`` variable (or ``.env`` entry) is unknown or invalid."""
 
 
+class StackRunningError(LambdaliteError):
+    """Raised at start-up when another process of a stack already holds this process's lock in the
+    same ``var/`` (a second ``make run`` in one folder)."""
+
+
 class ConfigError(LambdaliteError):
     """Raised at start-up when ``lambdalite.toml`` is missing, unreadable or invalid.
 

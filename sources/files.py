@@ -42,7 +42,7 @@ from watchdog.events import (
     FileSystemEvent,
 )
 
-from broker import logs
+from broker import logs, stacklock
 from broker.connection import TRANSIENT, Backoff, connect
 from broker.errors import BucketsError, LambdaliteError
 from broker.registry import Registry, load_registry
@@ -421,6 +421,7 @@ def prepare_root(root: Path) -> Path:
 def main() -> None:
     try:
         settings = load_settings()
+        stacklock.hold(settings, "files")
         registry = load_registry(settings.config)
         root = prepare_root(settings.buckets)
     except LambdaliteError as e:

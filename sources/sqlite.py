@@ -40,7 +40,7 @@ from typing import Any, cast
 
 import redis
 
-from broker import quarantine, results, successors
+from broker import quarantine, results, stacklock, successors
 from broker.connection import TRANSIENT, Backoff, connect
 from broker.errors import LambdaliteError
 from broker.queues import Publisher
@@ -352,6 +352,7 @@ def main() -> None:
 
     try:
         settings: Settings = load_settings()
+        stacklock.hold(settings, "sqlite")
         logs.configure(settings.log_level)
         registry = load_registry(settings.config)
     except LambdaliteError as e:

@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from broker import stacklock
 from broker.connection import TRANSIENT, Parser
 from broker.errors import ConfigError, LambdaliteError
 from broker.queues import Publisher
@@ -193,6 +194,7 @@ def main() -> None:
 
     try:
         settings = load_settings()
+        stacklock.hold(settings, "webhook")
         logs.configure(settings.log_level)
         registry = load_registry(settings.config)
         app = create_app(registry, settings.redis_dsn, host=settings.http_host, token=settings.http_token)

@@ -205,7 +205,8 @@ def test_sigkill_of_the_scaler_leaves_no_worker_and_loses_nothing(project: Path,
 
 def test_two_scalers_share_max_concurrency(project: Path, redis_url: str) -> None:
     log = setup(project, RECORD.format(cap=2))
-    with Scaler(project), Scaler(project):
+    # Two hosts: each its own var/ (one stack per folder), one Redis.
+    with Scaler(project), Scaler(project, LAMBDALITE_VAR_DIR=str(project / "host2")):
         events = [publish(redis_url, project, "rec", {"log": str(log), "seconds": 0.4}) for _ in range(10)]
         # Longer than a recovery sweep (every 2 s): neither scaler may take the other's running
         # work for a dead worker's.

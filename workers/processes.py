@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from broker import stacklock
 from broker.connection import connect
 from broker.kernel import die_with_parent
 from broker.registry import Function, Registry
@@ -68,6 +69,7 @@ def fork(settings: Settings, registry: Registry, fn: Function, handler: Any, hos
         gc.unfreeze()
         return pid
     code = 0
+    stacklock.forget_inherited()
     try:
         _run_worker(settings, registry, fn, handler, worker_name(host, sid, fn.name, os.getpid()))
     except BaseException:  # noqa: B036 - a forked child must never return into the scaler

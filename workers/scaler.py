@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 import redis
 
-from broker import connection, delayed, quarantine, stats
+from broker import connection, delayed, quarantine, stacklock, stats
 from broker.connection import TRANSIENT, Backoff, connect, wait_for_redis
 from broker.errors import LambdaliteError
 from broker.queues import WAKE_CHANNEL, Publisher, function_queue
@@ -379,6 +379,7 @@ def main() -> None:
 
     try:
         settings = load_settings()
+        stacklock.hold(settings, "scaler")
         logs.configure(settings.log_level)
         registry = load_registry(settings.config)
         stop = _Flag()
