@@ -2,10 +2,10 @@
 
 It listens only on a unix socket under ``var/`` (no TCP port), with the append-only file on
 (``appendfsync everysec``, or ``always`` with ``LAMBDALITE_REDIS_APPENDFSYNC``) and its data under
-``var/``. On a stop it is the last one out: it waits for the stack's other processes to disconnect
-(see :func:`serve`). When ``LAMBDALITE_REDIS_URL`` names
-another server this process just waits for a stop signal: honcho stops the whole stack when any
-of its processes exits.
+``var/``. Once set up, the process becomes :mod:`broker.redis_supervisor` in a bare interpreter: on a
+stop it is the last one out, waiting for the stack's other processes to disconnect. When
+``LAMBDALITE_REDIS_URL`` names another server this process just stands by until the stack stops:
+honcho stops the whole stack when any of its processes exits.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -25,7 +24,7 @@ import redis
 from broker import stacklock
 from broker.connection import wait_for_redis
 from broker.errors import LambdaliteError, RedisUnavailableError
-from broker.kernel import die_with_parent
+from broker.kernel import stand_by
 from broker.settings import load_settings
 
 log = logging.getLogger("lambdalite.redis")
@@ -117,82 +116,7 @@ class RedisServer:
         self.stop()
 
 
-SUPERVISOR = "lambdalite-embedded"  # this process's client name, not counted as the stack's
 LAST_OUT = 4.0  # seconds a stop waits for the other processes to let go of Redis (honcho kills at 5)
-
-
-def serve(args: list[str], socket: Path, stopping: Callable[[], bool], last_out: float = LAST_OUT) -> int:
-    """Run redis-server until it exits (its status is returned) or ``stopping()`` turns true.
-
-    redis-server gets a session of its own, so the stop signal honcho sends to every process group
-    does not reach it: on a stop, the server stays up until the stack's other processes have
-    disconnected (workers recording their last outcomes, sources storing what they accepted) or
-    ``last_out`` seconds pass, and is then shut down, writing its append-only file. If this process
-    is killed, the kernel stops the server with it.
-    """
-    server = subprocess.Popen(args, start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
-    client = redis.Redis.from_url(f"unix://{socket}", socket_timeout=1, client_name=SUPERVISOR)
-    watch = SocketWatch(socket)
-    try:
-        while server.poll() is None and not stopping():
-            time.sleep(0.05)
-            if watch.lost():
-                # Nothing new can reach this server; a stack that goes on would only answer 503s.
-                log.error("%s was removed or replaced while its redis-server ran: stopping the stack "
-                          "(start it again to get a new socket)", socket)
-                server.terminate()  # still writes its append-only file
-                server.wait(10)
-                return 1
-        if server.poll() is not None:
-            log.error("redis-server exited with status %s", server.returncode)
-            return 1
-        deadline = time.monotonic() + last_out
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                if _other_clients(client) == 0:
-                    break
-            except redis.RedisError:
-                break
-            time.sleep(0.05)
-        server.terminate()  # redis-server's SIGTERM: write the append-only file and exit
-        return 0 if server.wait(10) in (0, -signal.SIGTERM) else 1
-    finally:
-        client.close()
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-
-
-class SocketWatch:
-    """Notices when the server's unix socket file is gone or is another file (the inode it had once
-    it appeared), looking at most once a second."""
-
-    EVERY = 1.0
-
-    def __init__(self, socket: Path, clock: Callable[[], float] = time.monotonic) -> None:
-        self.socket = socket
-        self.clock = clock
-        self.inode: int | None = None
-        self.next = 0.0
-
-    def lost(self) -> bool:
-        now = self.clock()
-        if now < self.next:
-            return False
-        self.next = now + self.EVERY
-        try:
-            inode = os.lstat(self.socket).st_ino
-        except FileNotFoundError:
-            return self.inode is not None
-        except OSError:
-            return False
-        if self.inode is None:
-            self.inode = inode
-        return inode != self.inode
-
-
-def _other_clients(client: redis.Redis) -> int:
-    return sum(1 for c in client.client_list() if c.get("name") != SUPERVISOR)
 
 
 def main() -> None:
@@ -207,6 +131,7 @@ def main() -> None:
     logs.configure(settings.log_level)
     if not settings.embedded_redis:
         log.info("using the Redis at LAMBDALITE_REDIS_URL; the embedded server stays off")
+        stand_by()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: sys.exit(0))
         while True:
@@ -218,12 +143,18 @@ def main() -> None:
         sys.exit(1)
     args = server_args(socket, settings.var_dir.resolve(), appendfsync=settings.redis_appendfsync)
     log.info("starting %s on %s (appendfsync %s)", args[0], socket, settings.redis_appendfsync)
-    stop: list[bool] = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.append(True))
-    code = serve(args, socket, stopping=lambda: bool(stop))
-    log.info("redis-server stopped")
-    sys.exit(code)
+    supervise(socket, args)
+
+
+def supervise(socket: Path, args: list[str]) -> None:
+    """Become :mod:`broker.redis_supervisor` in a bare interpreter, keeping the stack's lock."""
+    from broker import redis_supervisor
+
+    stacklock.keep_across_exec()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-I", "-S", redis_supervisor.__file__,
+                              str(socket), str(LAST_OUT), "--", *args])
 
 
 if __name__ == "__main__":

@@ -65,6 +65,12 @@ def forget_inherited() -> None:
     _held.clear()
 
 
+def keep_across_exec() -> None:
+    """Let the locks this process holds survive an ``exec`` (see :func:`broker.kernel.stand_by`)."""
+    for fd in _held.values():
+        os.set_inheritable(fd, True)
+
+
 def running(var_dir: Path) -> str | None:
     """A line naming the stack that holds any of this folder's locks, or None when none is held."""
     folder = lock_dir(var_dir)

@@ -43,6 +43,7 @@ import redis
 from broker import quarantine, results, stacklock, successors
 from broker.connection import TRANSIENT, Backoff, connect
 from broker.errors import LambdaliteError
+from broker.kernel import stand_by
 from broker.queues import Publisher
 from broker.registry import Registry, load_registry
 from broker.settings import Settings, load_settings
@@ -363,7 +364,9 @@ def main() -> None:
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     feed = Feed(registry, connect(settings.redis_dsn), settings.sqlite_poll_interval)
     if not feed.streams:
-        log.info("no sqlite triggers in %s; idle", settings.config)
+        log.info("no sqlite triggers in %s: standing by until the stack stops", settings.config)
+        feed.close()
+        stand_by()
     else:
         log.info("following %d sqlite stream(s)", len(feed.streams))
     try:

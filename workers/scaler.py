@@ -42,6 +42,10 @@ from workers.processes import WorkerProc
 log = logging.getLogger("lambdalite.scaler")
 
 STEP = 0.1  # seconds between decisions when nothing wakes the scaler
+# Seconds between decisions when the host has no worker and no function has work: an idle stack
+# should cost next to nothing, and a publish wakes the scaler at once anyway (a retry that comes due
+# then waits for the next step, at most this long).
+QUIET_STEP = 1.0
 NO_REDIS_GRACE = 0.5  # seconds workers get to stop when Redis is gone
 # Seconds a wake-up holds off the next one: a lone wake-up is taken up at once (a cold start), a
 # stream of them (every publish wakes the scaler) costs at most one check (and step, if the check
@@ -89,6 +93,7 @@ class Scaler:
         self.slots = slots.Slots(client, self.id, settings.max_workers)
         self._last_sweep = -1e9
         self._last_alive = -1e9
+        self.quiet = False  # the last step saw no worker here and no work for any function
         self.memory_budget_mb = settings.memory_budget or int(psutil.virtual_memory().total / MB * 0.9)
 
     # -- one step -----------------------------------------------------------------------------------
@@ -223,6 +228,12 @@ class Scaler:
         waiting = self.grow(wants, now)
         if waiting:
             self.rebalance(waiting, max(1, self.settings.max_workers // max(1, active)), now)
+        self.quiet = active == 0 and not any(view.workers for view in self.views.values())
+
+    @property
+    def interval(self) -> float:
+        """Seconds until the next step when nothing wakes the scaler."""
+        return QUIET_STEP if self.quiet else STEP
 
     def rebalance(self, wants: dict[str, int], share: int, now: float) -> None:
         """At the host cap (or the memory budget), make room for functions that want workers.
@@ -401,13 +412,13 @@ def main() -> None:
     while not stop.set:
         try:
             if pubsub is None:
-                pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(WAKE_CHANNEL)
-            if time.monotonic() - last_step >= STEP or scaler.short_of_workers(woken):
+            if time.monotonic() - last_step >= scaler.interval or scaler.short_of_workers(woken):
                 scaler.step()
                 last_step = time.monotonic()
             woken.clear()
-            message = pubsub.get_message(timeout=max(0.0, last_step + STEP - time.monotonic()))
+            message = pubsub.get_message(timeout=max(0.0, last_step + scaler.interval - time.monotonic()))
             if message is not None:
                 time.sleep(max(0.0, woken_at + WAKE_GAP - time.monotonic()))
                 woken_at = time.monotonic()
