@@ -4,7 +4,7 @@ VENV   ?= .venv
 STAMP  := $(VENV)/.installed-stamp
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test lint bench clean lock
+.PHONY: run test lint bench clean lock floors
 
 PIP_VERSION       := 26.3
 PIP_TOOLS_VERSION := 7.7.0
@@ -35,6 +35,17 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# The floors in pyproject.toml, seen to work: runtime dependencies held at their lowest versions
+# (tests/floors.py), a smoke subset of the tests on them.
+FLOOR_TESTS ?= tests/test_broker.py tests/test_stack_e2e.py tests/test_http_e2e.py tests/test_files_e2e.py \
+	tests/test_sqlite_stack.py
+floors:
+	rm -rf .venv-floors && $(PYTHON) -m venv .venv-floors
+	.venv-floors/bin/python -m pip install --quiet pip==$(PIP_VERSION)
+	$(PYTHON) tests/floors.py > .venv-floors/floors.txt
+	.venv-floors/bin/python -m pip install --quiet -c .venv-floors/floors.txt -e '.[dev]'
+	PATH=$(abspath .venv-floors)/bin:$$PATH .venv-floors/bin/python -m pytest -q -p no:cacheprovider $(FLOOR_TESTS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
