@@ -131,7 +131,7 @@ def main() -> None:
     logs.configure(settings.log_level)
     if not settings.embedded_redis:
         log.info("using the Redis at LAMBDALITE_REDIS_URL; the embedded server stays off")
-        stand_by()
+        stand_by("redis")
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: sys.exit(0))
         while True:

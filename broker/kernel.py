@@ -23,13 +23,14 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
 
-def stand_by() -> None:
+def stand_by(kind: str) -> None:
     """Replace this process with one that only waits to be stopped (``sleep infinity``).
 
     For a Procfile process with nothing to do (a feed with no triggers): honcho stops the whole stack
     when one of its processes exits, so it must stay, and a Python interpreter that stays costs 30 MB
     or more; ``sleep`` costs well under one, and dies of the stop signal honcho sends. The stack's lock
-    (:mod:`broker.stacklock`) is kept across the exec. Returns only if ``sleep`` cannot be run.
+    (:mod:`broker.stacklock`) is kept across the exec. The process is named ``lambdalite-<kind>`` (its
+    ``argv[0]``), so ``ps`` shows ``lambdalite-sqlite infinity``. Returns only if ``sleep`` cannot be run.
     """
     from broker import stacklock
 
@@ -40,6 +41,6 @@ def stand_by() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execv(binary, [binary, "infinity"])
+        os.execv(binary, [f"lambdalite-{kind}", "infinity"])
     except OSError:
         return

@@ -366,7 +366,7 @@ def main() -> None:
     if not feed.streams:
         log.info("no sqlite triggers in %s: standing by until the stack stops", settings.config)
         feed.close()
-        stand_by()
+        stand_by("sqlite")
     else:
         log.info("following %d sqlite stream(s)", len(feed.streams))
     try:

@@ -23,6 +23,15 @@ BIN = Path(sys.executable).parent
 PROCFILE_KINDS = ("files", "sqlite", "webhook", "scaler", "redis")
 INNER_KINDS = ("worker", "invocation")
 KINDS = PROCFILE_KINDS + INNER_KINDS
+# what a Procfile process's command line shows: its module, what it execs into (the embedded Redis's
+# supervisor), or the stand-by it becomes when it has nothing to do (broker.kernel.stand_by)
+KIND_MARKS = {
+    "redis": ("-m broker.embedded", "broker/redis_supervisor.py", "lambdalite-redis "),
+    "files": ("-m sources.files",),
+    "sqlite": ("-m sources.sqlite", "lambdalite-sqlite "),
+    "webhook": ("-m sources.webhook",),
+    "scaler": ("-m workers.scaler",),
+}
 
 
 def free_port() -> int:
@@ -95,9 +104,8 @@ class Stack:
                 found["redis-server"] = proc  # a child of the Procfile's redis process
             if parent not in launchers:
                 continue  # the scaler's workers and their sandboxes: forks with the scaler's command line
-            for kind, module in (("redis", "broker.embedded"), ("files", "sources.files"), ("sqlite", "sources.sqlite"),
-                                 ("webhook", "sources.webhook"), ("scaler", "workers.scaler")):
-                if f"-m {module}" in line:
+            for kind, marks in KIND_MARKS.items():
+                if any(mark in line for mark in marks):
                     found[kind] = proc
         return found
 
