@@ -21,10 +21,12 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $(STAMP)
 
 # Renew requirements.lock from pyproject.toml (newest versions its ranges allow), in a throwaway venv.
+# `make lock LOCK_FLAGS=` keeps every locked version and only adds what pyproject.toml newly asks for.
+LOCK_FLAGS ?= --upgrade
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install --quiet pip==$(PIP_VERSION) pip-tools==$(PIP_TOOLS_VERSION)
-	.venv-lock/bin/pip-compile --quiet --upgrade --generate-hashes --allow-unsafe --strip-extras --extra dev \
+	.venv-lock/bin/pip-compile --quiet $(LOCK_FLAGS) --generate-hashes --allow-unsafe --strip-extras --extra dev \
 		--output-file requirements.lock pyproject.toml
 	rm -rf .venv-lock
 
