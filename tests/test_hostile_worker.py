@@ -10,8 +10,13 @@ function's event, queued meanwhile, runs.
 
 from __future__ import annotations
 
+import faulthandler
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,7 @@ import redis
 
 from broker import results
 from tests.stack import Scaler, publish
+from workers.watchdog import Board, Slot, Watchdog, stopped
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TIMEOUT = 2
@@ -132,3 +138,89 @@ def test_a_daemon_that_kills_the_worker_does_not_outlive_it(project: Path, redis
     size = got["beat"].stat().st_size
     time.sleep(0.5)
     assert got["beat"].stat().st_size == size, "the daemon still writes"
+
+
+# -- the watchdog on its own, on real processes standing in for workers -------------------------------
+
+def _stand_in(children: int = 0) -> subprocess.Popen[bytes]:
+    """A process that sleeps (a worker stuck in a call), with ``children`` sleeping below it."""
+    code = "import os, time\n" + "if os.fork() == 0: time.sleep(60)\n" * children + "time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    wait_for(lambda: len(psutil.Process(proc.pid).children()) == children, 5, "the stand-in forks")
+    return proc
+
+
+def _board_with(pid: int) -> tuple[Board, Slot]:
+    board = Board(4)
+    slot = board.reserve()
+    assert slot is not None
+    board.assign(pid)
+    return board, slot
+
+
+@pytest.mark.timeout(30)
+def test_the_watchdog_kills_a_running_worker_stuck_past_its_deadline_plus_grace_with_its_tree() -> None:
+    proc = _stand_in(children=1)
+    child = psutil.Process(proc.pid).children()[0].pid
+    board, slot = _board_with(proc.pid)
+    dog = Watchdog(board, grace=1.0)
+    now = time.monotonic()
+    slot.begin(now - 0.5)
+    assert dog.check(now, {proc.pid: (3, 128)}) == {}, "within the grace a running worker ends it itself"
+    slot.begin(now - 1.5)
+    [(pid, breach)] = dog.check(now, {proc.pid: (3, 128)}).items()
+    assert pid == proc.pid and breach.error_type == "Sandbox.Timedout", breach
+    assert breach.detail == "Task timed out after 4.50 seconds"
+    assert proc.wait(5) == -signal.SIGKILL
+    wait_for(lambda: gone(child), 5, "the worker's child is killed too")
+    assert dog.check(now, {proc.pid: (3, 128)}) == {}, "killed once, until the scaler collects it"
+
+
+@pytest.mark.timeout(30)
+def test_the_watchdog_kills_a_worker_stopped_between_invocations_only_after_the_grace() -> None:
+    proc = _stand_in()
+    board, _ = _board_with(proc.pid)
+    dog = Watchdog(board, grace=1.0)
+    os.kill(proc.pid, signal.SIGSTOP)
+    wait_for(lambda: stopped(proc.pid), 5, "the stand-in stops")
+    now = time.monotonic()
+    assert dog.check(now, {proc.pid: (3, 128)}) == {}
+    assert dog.check(now + 0.9, {proc.pid: (3, 128)}) == {}
+    [breach] = dog.check(now + 1.1, {proc.pid: (3, 128)}).values()
+    assert breach.error_type == "Runtime.ExitError"
+    assert proc.wait(5) == -signal.SIGKILL
+
+
+def test_control_signals_count_only_when_the_scaler_marks_them() -> None:
+    proc = _stand_in()
+    board, slot = _board_with(proc.pid)
+    assert not slot.ordered(signal.SIGTERM) and not slot.ordered(signal.SIGUSR1)
+    board.send(proc.pid, signal.SIGTERM)
+    assert slot.ordered(signal.SIGTERM) and not slot.ordered(signal.SIGUSR1)
+    assert proc.wait(5) == -signal.SIGTERM
+    board.release(proc.pid)
+    assert board.deadline(proc.pid) is None
+
+
+def test_a_sealed_board_is_not_in_the_processes_forked_after() -> None:
+    """What a handler would need to forge its deadline or a control signal is not mapped in its process."""
+    board = Board(2)
+    slot = board.reserve()
+    assert slot is not None
+    slot.begin(123.0)
+    pid = os.fork()
+    if pid == 0:  # before the seal: the map is there (and shared)
+        slot.end()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    board.assign(4_000_000)
+    assert board.deadline(4_000_000) == 0.0, "the child wrote the shared map"
+    slot.seal()
+    pid = os.fork()
+    if pid == 0:  # after the seal: touching the map faults
+        faulthandler.disable()  # the fault is the expected outcome, not a crash to report
+        slot.begin(1e12)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSEGV, status
+    assert board.deadline(4_000_000) == 0.0

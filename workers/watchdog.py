@@ -151,6 +151,7 @@ class Watchdog:
         self.board = board
         self.grace = grace
         self._stopped_since: dict[int, float] = {}
+        self._killed: set[int] = set()  # killed, not yet collected by the scaler
 
     def check(self, now: float, workers: dict[int, tuple[float, int]]) -> dict[int, Breach]:
         """Kill every worker of ``workers`` (pid -> its function's timeout in seconds and memory limit
@@ -158,7 +159,7 @@ class Watchdog:
         killed: dict[int, Breach] = {}
         for pid, (timeout, memory) in workers.items():
             deadline = self.board.deadline(pid)
-            if deadline is None:
+            if deadline is None or pid in self._killed:
                 continue
             frozen = stopped(pid)
             if not frozen:
@@ -168,6 +169,7 @@ class Watchdog:
             if breach is not None:
                 kill(pid)
                 self._stopped_since.pop(pid, None)
+                self._killed.add(pid)
                 killed[pid] = breach
         return killed
 
@@ -193,7 +195,9 @@ class Watchdog:
         return None
 
     def forget(self, pid: int) -> None:
+        """The worker ``pid`` was collected: its slot is free."""
         self._stopped_since.pop(pid, None)
+        self._killed.discard(pid)
         self.board.release(pid)
 
 
