@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 import redis
 
-from broker import connection, delayed, quarantine, stacklock, stats
+from broker import connection, delayed, quarantine, schedules, stacklock, stats
 from broker.connection import TRANSIENT, Backoff, connect, wait_for_redis
 from broker.errors import LambdaliteError
 from broker.queues import WAKE_CHANNEL, Publisher, function_queue
@@ -95,6 +95,7 @@ class Scaler:
         self._last_alive = -1e9
         self.quiet = False  # the last step saw no worker here and no work for any function
         self.memory_budget_mb = settings.memory_budget or int(psutil.virtual_memory().total / MB * 0.9)
+        self.ticker = schedules.Ticker(client, registry, self.publisher, settings)
 
     # -- one step -----------------------------------------------------------------------------------
 
@@ -111,6 +112,7 @@ class Scaler:
             recovery.recover(self.client, self.registry, self.is_dead)
         self.scale(now)
         self.publish_view(now)
+        self.ticker.step()  # schedules' ticks now due, each published once across every scaler
 
     def short_of_workers(self, functions: Iterable[str]) -> bool:
         """Whether a step may have to start workers for ``functions`` (their sources just published):
