@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.registry import FilesTrigger, Function, HttpTrigger, SqliteTrigger
+from broker.registry import FilesTrigger, Function, HttpTrigger, ScheduleTrigger, SqliteTrigger
 from broker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +74,7 @@ def test_no_general_page_names_a_setting_that_does_not_exist() -> None:
     assert named <= real, f"pages name settings that do not exist: {sorted(named - real)}"
 
 
-@pytest.mark.parametrize("model", [Function, FilesTrigger, SqliteTrigger, HttpTrigger])
+@pytest.mark.parametrize("model", [Function, FilesTrigger, SqliteTrigger, HttpTrigger, ScheduleTrigger])
 def test_every_configuration_key_is_documented(model: type) -> None:
     docs = _all_docs()
     keys = [k for k in model.model_fields if k != "name"]  # a function's name is its table's name
