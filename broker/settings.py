@@ -52,7 +52,7 @@ class Settings(BaseSettings):
         description="When the embedded Redis fsyncs its append-only file: everysec, or always (power-cut safe).",
     )
     buckets: Path = Field(Path("buckets"), description="Each sub-folder is a bucket.")
-    region: str = Field("us-east-1", min_length=1, description="The awsRegion written into event records.")
+    region: str = Field("us-east-1", min_length=1, description="The region of every ARN, event record and AWS_REGION.")
     max_workers: int = Field(default_factory=_default_max_workers, ge=1, description="Global worker cap.")
     idle_timeout: float = Field(30.0, gt=0, description="Seconds before an idle worker is retired.")
     memory_budget: int = Field(
@@ -65,6 +65,16 @@ class Settings(BaseSettings):
     http_host: str = Field("127.0.0.1", description="Address the webhook/Invoke API server binds to.")
     http_port: int = Field(9000, ge=0, le=65535, description="Port of the webhook/Invoke API server.")
     http_token: str = Field("", description="When set, the Invoke API needs 'Authorization: Bearer <it>'.")
+
+    # -- sandbox: the identity, environment and /tmp of handlers (broker/environment.py, workers/isolation.py)
+    sandbox_user: str = Field(
+        "nobody", min_length=1,
+        description="The unprivileged user (name or uid) handlers run as when the stack runs as root.",
+    )
+    private_tmp: bool = Field(
+        True,
+        description="Give each worker's sandbox a private /tmp (a mount namespace); off: a TMPDIR per invocation.",
+    )
 
     @classmethod
     def settings_customise_sources(
