@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 import redis
 
-from broker import connection, delayed, kernel, quarantine, stacklock, stats
+from broker import connection, delayed, kernel, quarantine, schedules, stacklock, stats
 from broker.connection import TRANSIENT, Backoff, connect, wait_for_redis
 from broker.errors import LambdaliteError
 from broker.queues import WAKE_CHANNEL, Publisher, function_queue
@@ -104,6 +104,7 @@ class Scaler:
         self.adopt_orphans = adopt_orphans
         if adopt_orphans:
             kernel.become_subreaper()
+        self.ticker = schedules.Ticker(client, registry, self.publisher, settings)
 
     # -- one step -----------------------------------------------------------------------------------
 
@@ -123,6 +124,7 @@ class Scaler:
                 watchdog.kill_orphans(self.worker_pids())
         self.scale(now)
         self.publish_view(now)
+        self.ticker.step()  # schedules' ticks now due, each published once across every scaler
 
     def short_of_workers(self, functions: Iterable[str]) -> bool:
         """Whether a step may have to start workers for ``functions`` (their sources just published):
