@@ -409,8 +409,12 @@ class Scaler:
 
     def _fork_worker(self, fn: Function) -> int:
         slot = self.board.reserve()
-        pid = processes.fork(self.settings, self.registry, fn, self.handlers.get(fn.name), self.host, self.sid,
-                             slot)
+        try:
+            pid = processes.fork(self.settings, self.registry, fn, self.handlers.get(fn.name), self.host, self.sid,
+                                 slot)
+        except BaseException:
+            self.board.unreserve()
+            raise
         self.board.assign(pid)
         return pid
 
