@@ -19,12 +19,12 @@ from typing import Any, Literal
 
 import redis
 
-from broker import quarantine
+from broker import quarantine, settings
 from broker.errors import OutcomeError
 
 log = logging.getLogger(__name__)
 
-RESULT_TTL = 900  # seconds an outcome stays readable
+RESULT_TTL = 900  # seconds an outcome stays readable (default of LAMBDALITE_OUTCOME_TTL)
 Status = Literal["succeeded", "failed", "dead"]
 _STATUSES = ("succeeded", "failed", "dead")
 
@@ -70,9 +70,11 @@ def result_key(event_id: str) -> str:
     return f"lambdalite:result:{event_id}"
 
 
-def record(pipe: Any, event_id: str, outcome: Outcome, ttl: int = RESULT_TTL) -> None:
-    """Queue the commands that store ``outcome`` on ``pipe`` (a pipeline or a client)."""
+def record(pipe: Any, event_id: str, outcome: Outcome, ttl: int | None = None) -> None:
+    """Queue the commands that store ``outcome`` on ``pipe`` (a pipeline or a client), kept ``ttl``
+    seconds (default: ``LAMBDALITE_OUTCOME_TTL``)."""
     key = result_key(event_id)
+    ttl = settings.current().outcome_ttl if ttl is None else ttl
     quarantine.guard(pipe, {key: "stream"})
     pipe.xadd(key, {"outcome": outcome.encode()})
     pipe.expire(key, ttl)

@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 import redis
 
-from broker import connection, delayed, quarantine, stacklock, stats
+from broker import connection, delayed, pruning, quarantine, stacklock, stats
 from broker.connection import TRANSIENT, Backoff, connect, wait_for_redis
 from broker.errors import LambdaliteError
 from broker.queues import WAKE_CHANNEL, Publisher, function_queue
@@ -95,6 +95,7 @@ class Scaler:
         self._last_alive = -1e9
         self.quiet = False  # the last step saw no worker here and no work for any function
         self.memory_budget_mb = settings.memory_budget or int(psutil.virtual_memory().total / MB * 0.9)
+        self.pruner = pruning.Pruner(client, settings)
 
     # -- one step -----------------------------------------------------------------------------------
 
@@ -109,6 +110,7 @@ class Scaler:
         if now - self._last_sweep >= 2.0:
             self._last_sweep = now
             recovery.recover(self.client, self.registry, self.is_dead)
+        self.pruner.step(now)  # RQ's registries and the dead letters kept within their bounds
         self.scale(now)
         self.publish_view(now)
 
