@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import redis
 
-from broker import quarantine, settings
+from broker import connection, quarantine, settings
 from broker.errors import OutcomeError
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,8 @@ def _read(client: redis.Redis, event_id: str, timeout: float | None) -> Outcome 
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            block = max(1, int(left * 1000))
+            # in slices: a connection's socket timeout (broker.connection) outlasts a slice, not any deadline
+            block = max(1, int(min(left, connection.BLOCK_SLICE) * 1000))
         try:
             entries: Any = client.xread({key: after}, count=10, block=block)
         except redis.ResponseError as e:
@@ -122,7 +123,8 @@ def wait(client: redis.Redis, event_id: str, timeout: float) -> Outcome | None:
 
 
 def wait_any(client: redis.Redis, event_ids: Iterable[str], timeout: float) -> dict[str, Outcome]:
-    """Block up to ``timeout`` seconds until one of the events has an outcome; one round trip.
+    """Block up to ``timeout`` seconds (:data:`broker.connection.BLOCK_SLICE` at most) until one of the
+    events has an outcome; one round trip.
 
     Returns event id -> outcome for the events whose stream now starts with one (empty when none
     arrived in time). A first entry that is not an outcome is left out, for :func:`fetch` to skip
@@ -131,7 +133,8 @@ def wait_any(client: redis.Redis, event_ids: Iterable[str], timeout: float) -> d
     ids = {result_key(i).encode(): i for i in event_ids}
     if not ids:
         return {}
-    entries: Any = client.xread(dict.fromkeys(ids, b"0-0"), count=1, block=max(1, int(timeout * 1000)))
+    block = max(1, int(min(timeout, connection.BLOCK_SLICE) * 1000))
+    entries: Any = client.xread(dict.fromkeys(ids, b"0-0"), count=1, block=block)
     found = {}
     for key, messages in entries or []:
         for _entry_id, fields in messages:
