@@ -86,6 +86,19 @@ class Settings(BaseSettings):
         15.0, gt=0, le=60, description="Seconds between the scaler's pruning passes over RQ's registries.",
     )
 
+    # -- schedules (broker.schedules) --
+    account_id: str = Field(
+        "123456789012", pattern=r"^\d{12}$",
+        description="The AWS-style account written into scheduled events and their rules' ARNs.",
+    )
+    schedule_clock_rate: float = Field(
+        1.0, gt=0, le=3600,
+        description="Tests only: schedule time runs this many times faster than the clock, from schedule_clock_origin.",
+    )
+    schedule_clock_origin: float = Field(
+        0.0, ge=0, description="Tests only: the instant (seconds since the epoch) a faster schedule clock starts at.",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
