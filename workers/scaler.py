@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 import redis
 
-from broker import connection, delayed, kernel, quarantine, schedules, stacklock, stats
+from broker import connection, delayed, kernel, pruning, quarantine, schedules, stacklock, stats
 from broker.connection import TRANSIENT, Backoff, connect, wait_for_redis
 from broker.errors import LambdaliteError
 from broker.queues import WAKE_CHANNEL, Publisher, function_queue
@@ -105,6 +105,7 @@ class Scaler:
         if adopt_orphans:
             kernel.become_subreaper()
         self.ticker = schedules.Ticker(client, registry, self.publisher, settings)
+        self.pruner = pruning.Pruner(client, settings)
 
     # -- one step -----------------------------------------------------------------------------------
 
@@ -122,6 +123,7 @@ class Scaler:
             recovery.recover(self.client, self.registry, self.is_dead)
             if self.adopt_orphans:
                 watchdog.kill_orphans(self.worker_pids())
+        self.pruner.step(now)  # RQ's registries and the dead letters kept within their bounds
         self.scale(now)
         self.publish_view(now)
         self.ticker.step()  # schedules' ticks now due, each published once across every scaler
