@@ -20,10 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-import redis
-
 from broker import stacklock
-from broker.connection import wait_for_redis
+from broker.connection import connect, wait_for_redis
 from broker.errors import LambdaliteError, RedisUnavailableError
 from broker.kernel import stand_by
 from broker.settings import load_settings
@@ -86,7 +84,7 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while not self.socket.exists() and time.monotonic() < deadline and self.proc.poll() is None:
             time.sleep(0.005)  # the socket appears within milliseconds; then PING decides
-        client = redis.Redis.from_url(self.url)
+        client = connect(self.url, retries=0)
         try:
             wait_for_redis(client, timeout=timeout)
         except RedisUnavailableError as e:

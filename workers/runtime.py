@@ -27,6 +27,7 @@ from broker.registry import Function
 from workers import isolation, limits
 from workers.limits import MB, Limits
 from workers.sandbox import Sandbox, SandboxGone, error_object
+from workers.watchdog import Slot
 
 SAMPLE_INTERVAL = 0.05  # seconds between memory / disk samples while an invocation runs
 MAX_LEFTOVERS = 64  # more processes than this left behind by an invocation: recycle the sandbox
@@ -68,8 +69,10 @@ class Runtime:
         handler: Callable[[Any, Any], Any] | None,
         worker_name: str,
         out: Callable[[str], None] | None = None,
+        slot: Slot | None = None,
     ) -> None:
         self.fn = fn
+        self.slot = slot  # where the scaler's watchdog reads each invocation's deadline
         self.limits = Limits(fn.timeout, fn.memory, fn.ephemeral_storage)
         self.tmp = isolation.private_tmp(fn)  # None: a TMPDIR per invocation instead
         self.sandbox = Sandbox(fn, handler, worker_name, self.tmp)
@@ -88,6 +91,17 @@ class Runtime:
         ``job_data``, when given, is the RQ job data (JSON) that ``event`` was read from: the sandbox
         gets it as it is, so a large event costs no second encoding.
         """
+        if self.slot is None:
+            return self._invoke(request_id, event, abandon, job_data)
+        # The scaler enforces the deadline itself if this process cannot (stopped, stuck).
+        self.slot.begin(time.monotonic() + self.limits.timeout)
+        try:
+            return self._invoke(request_id, event, abandon, job_data)
+        finally:
+            self.slot.end()
+
+    def _invoke(self, request_id: str, event: Any, abandon: Callable[[], bool],
+                job_data: bytes | None) -> Invocation:
         self.prepare()
         self._out(f"START RequestId: {request_id} Version: $LATEST")
         tmpdir, self._tmpdir = self._tmpdir or self._tmpdir_name(), None  # the sandbox makes it
