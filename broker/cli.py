@@ -89,11 +89,9 @@ def _warnings_to_stderr() -> None:
 
 def _run(args: argparse.Namespace, settings: Settings, registry: Registry) -> int:
     if args.command == "check":
-        from broker.registry import resolve_handler
+        from broker.environment import check_handlers
 
-        for fn in registry:
-            if fn.handler:
-                resolve_handler(fn, registry.path)
+        check_handlers(registry, settings)  # as each sandbox will: its environment, the sandbox user
         print(f"{registry.path}: {len(registry.functions)} function(s) OK")
         return 0
     client = connect(settings.redis_dsn)

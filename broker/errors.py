@@ -110,3 +110,7 @@ class IdempotencyResultError(IdempotencyError):
     The body did run: the key is recorded as completed without a result, and deliveries within
     its expiry raise this error again instead of running the body a second time.
     """
+
+
+class SandboxIdentityError(LambdaliteError):
+    """Raised at start-up when ``LAMBDALITE_SANDBOX_USER`` names a user the machine does not know."""

@@ -24,7 +24,7 @@ import psutil
 
 from broker import kernel
 from broker.registry import Function
-from workers import limits
+from workers import isolation, limits
 from workers.limits import MB, Limits
 from workers.sandbox import Sandbox, SandboxGone, error_object
 from workers.watchdog import Slot
@@ -74,7 +74,10 @@ class Runtime:
         self.fn = fn
         self.slot = slot  # where the scaler's watchdog reads each invocation's deadline
         self.limits = Limits(fn.timeout, fn.memory, fn.ephemeral_storage)
-        self.sandbox = Sandbox(fn, handler, worker_name)
+        self.tmp = isolation.private_tmp(fn)  # None: a TMPDIR per invocation instead
+        self.sandbox = Sandbox(fn, handler, worker_name, self.tmp)
+        # The idempotency helper's way to Redis from a sandbox that has none (set by the worker).
+        self.door: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.me = psutil.Process()
         self._out = out or _stdout
         self._tmpdir: str | None = None  # the next invocation's, being made ahead (see prepare_tmpdir)
@@ -110,7 +113,8 @@ class Runtime:
         try:
             self.sandbox.ready()
             init_ms, self.sandbox.init_ms = self.sandbox.init_ms, None
-            request = {"id": request_id, "tmpdir": tmpdir, "deadline": time.time() + self.limits.timeout}
+            request = {"id": request_id, "tmpdir": isolation.SANDBOX_TMP if self.tmp else tmpdir,
+                       "deadline": time.time() + self.limits.timeout, "door": self.door is not None}
             if job_data is None:
                 self.sandbox.send({**request, "event": event})
             else:
@@ -120,6 +124,10 @@ class Runtime:
                 wait = min(SAMPLE_INTERVAL, deadline - now)
                 if wait > 0 and select.select([self.sandbox.replies], [], [], wait)[0]:
                     reply = self.sandbox.receive()
+                    if "door" in reply and self.door is not None:  # the handler's idempotency helper
+                        self.sandbox.send(self.door(reply))
+                        reply = None
+                        continue
                     if "tmpdir_error" in reply:  # a full disk (ENOSPC), a temp root gone or read-only
                         self.sandbox.init_ms = init_ms  # reported with the first invocation that runs
                         return self._without_tmpdir(request_id, reply["tmpdir_error"])
@@ -159,10 +167,14 @@ class Runtime:
         if broken or strays:
             limits.kill_tree(self.me, keep=None if broken else self.sandbox.pid)
         exit_status = self._reap(wait_for_sandbox=broken)
-        try:
-            os.rmdir(tmpdir)  # the usual case, an empty folder: one call instead of rmtree's walk
-        except OSError:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+        if self.tmp is not None:
+            if broken:
+                self.tmp.wipe()  # the next sandbox is a new execution environment
+        else:
+            try:
+                os.rmdir(tmpdir)  # the usual case, an empty folder: one call instead of rmtree's walk
+            except OSError:
+                shutil.rmtree(tmpdir, ignore_errors=True)
         if broken:
             self.prepare()  # the next invocation finds a fresh sandbox already set up
         error = reply.get("error") if reply else self._error(status, request_id, duration_ms, peak_rss,
@@ -195,7 +207,7 @@ class Runtime:
     def prepare_tmpdir(self) -> None:
         """Have the sandbox make the next invocation's TMPDIR now, in parallel with the caller (the
         worker calls this as a job arrives, before it reads the job); :meth:`invoke` uses it."""
-        if self._tmpdir is None and self.sandbox.running:
+        if self._tmpdir is None and self.sandbox.running and self.tmp is None:
             path = self._tmpdir_name()
             try:
                 self.sandbox.send({"mkdir": path})
@@ -204,6 +216,8 @@ class Runtime:
             self._tmpdir = path
 
     def _tmpdir_name(self) -> str:
+        if self.tmp is not None:
+            return self.tmp.host
         return os.path.join(tempfile.gettempdir(), f"lambdalite-{self.fn.name}-{secrets.token_hex(8)}")
 
     def _reap(self, wait_for_sandbox: bool) -> int | None:
@@ -240,9 +254,11 @@ class Runtime:
             limits.kill_group(self.sandbox.pid)
         limits.kill_tree(self.me)
         self._reap(wait_for_sandbox=self.sandbox.running)
-        if self._tmpdir is not None:
+        if self._tmpdir is not None and self.tmp is None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
-            self._tmpdir = None
+        self._tmpdir = None
+        if self.tmp is not None:
+            self.tmp.remove()
 
 
 def _describe(wait_status: int | None) -> str:

@@ -105,6 +105,12 @@ class Board:
         _I64.pack_into(self._map, self._reserved * _SLOT.size + _PID, pid)
         self._index[pid], self._reserved = self._reserved, None
 
+    def unreserve(self) -> None:
+        """The fork the slot was reserved for failed: the slot is free again."""
+        if self._reserved is not None:
+            self._free.append(self._reserved)
+            self._reserved = None
+
     def release(self, pid: int) -> None:
         """The worker ``pid`` is gone: its slot is free again."""
         index = self._index.pop(pid, None)
@@ -217,6 +223,10 @@ def kill(pid: int) -> None:
     meanwhile), then SIGKILL. Gone already is fine."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGSTOP)
+    for child in limits._child_pids(pid) or []:
+        # The sandbox leads its own process group: one killpg stops all of it however fast it forks
+        # (a pid that leads no group: nothing to do).
+        limits.kill_group(child)
     _kill_frozen([pid])
 
 

@@ -9,6 +9,7 @@ failed asynchronous events are retried with backoff and then dead-lettered, as L
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -67,6 +68,7 @@ class FunctionWorker(SimpleWorker):
         self.fn = fn
         self.registry = registry
         self.runtime = runtime
+        runtime.door = functools.partial(idempotency.serve_door, client, fn.name, name)
         self.taking = taking_key(name)
         probe = Job("ttl", connection=client, serializer=JSONSerializer)
         probe.timeout = rq_timeout(fn)  # the heartbeat's lifetime, as RQ sizes it for this function's jobs
