@@ -110,3 +110,8 @@ class IdempotencyResultError(IdempotencyError):
     The body did run: the key is recorded as completed without a result, and deliveries within
     its expiry raise this error again instead of running the body a second time.
     """
+
+
+class LogsError(LambdaliteError):
+    """Raised by ``lambdalite logs`` for an option it cannot read (``--since`` that is no duration or
+    time) or a request id the log store does not hold."""
