@@ -161,8 +161,8 @@ def table(priced: dict[str, dict[str, Any]]) -> str:
              for r in rows]
     free = _total(priced)["usd_after_free_tier"]
     lines.append(f"Lambda list prices, {prices.REGION}, as of {prices.AS_OF.isoformat()}: "
-                 f"${prices.USD_PER_MILLION_REQUESTS} per million requests, "
-                 + ", ".join(f"${p} per GB-s {a}" for a, p in prices.USD_PER_GB_SECOND.items())
+                 f"${prices.USD_PER_MILLION_REQUESTS:.2f} per million requests, "
+                 + ", ".join(f"${p:.10f} per GB-s {a}" for a, p in prices.USD_PER_GB_SECOND.items())
                  + "; billed duration includes INIT.")
     lines.append(f"Free tier (per account and month, not included above): {prices.FREE_REQUESTS_PER_MONTH:,} "
                  f"requests and {prices.FREE_GB_SECONDS_PER_MONTH:,} GB-s; the total within one month of it: "
