@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from broker import deadletter, results
+from broker import deadletter, results, schedules
 from broker.connection import TRANSIENT, RedisRefusesWrites, connect
 from broker.envelope import Event, parse_json
 from broker.errors import InvocationError, LambdaliteError, RedisUnavailableError
@@ -97,11 +97,9 @@ def _warnings_to_stderr() -> None:
 
 def _run(args: argparse.Namespace, settings: Settings, registry: Registry) -> int:
     if args.command == "check":
-        from broker.registry import resolve_handler
+        from broker.environment import check_handlers
 
-        for fn in registry:
-            if fn.handler:
-                resolve_handler(fn, registry.path)
+        check_handlers(registry, settings)  # as each sandbox will: its environment, the sandbox user
         print(f"{registry.path}: {len(registry.functions)} function(s) OK")
         return 0
     client = connect(settings.redis_dsn)
@@ -120,6 +118,7 @@ def _run(args: argparse.Namespace, settings: Settings, registry: Registry) -> in
         return _cost(args, client, registry)
     if args.command == "status":
         snapshot = status(client, registry)
+        _next_ticks(snapshot, registry, settings)
         print(json.dumps(snapshot, indent=2) if args.json else _table(snapshot))
         return 0
     if args.command == "invoke":
@@ -177,12 +176,24 @@ def _cost(args: argparse.Namespace, client: Any, registry: Registry) -> int:
     return 0
 
 
+def _next_ticks(snapshot: dict[str, Any], registry: Registry, settings: Settings) -> None:
+    """Each function's schedules with their next tick, in its row of ``snapshot``."""
+    for schedule, tick in schedules.next_ticks(registry, schedules.clock(settings)()):
+        row = snapshot["functions"][schedule.function.name]
+        row.setdefault("schedules", []).append({
+            "rule": schedule.rule, "expression": schedule.trigger.expression, "timezone": schedule.trigger.timezone,
+            "next_tick": schedules.iso(tick) if tick is not None else None,
+        })
+
+
 def _table(snapshot: dict[str, Any]) -> str:
     cols = ["queued", "running", "workers", "succeeded", "failed", "dead"]
-    rows = [["function", *cols, "last decision"]]
+    rows = [["function", *cols, "next tick", "last decision"]]
     for name, row in snapshot["functions"].items():
         d = row.get("last_decision")
-        rows.append([name, *[str(row[c]) for c in cols], f"{d['action']}: {d['reason']}" if d else "-"])
+        ticks = [s["next_tick"] for s in row.get("schedules", ())]
+        upcoming = min((t for t in ticks if t), default="never" if ticks else "-")
+        rows.append([name, *[str(row[c]) for c in cols], upcoming, f"{d['action']}: {d['reason']}" if d else "-"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
+from broker import environment
 from broker.envelope import Event, parse_json
 from broker.errors import (
     IdempotencyConflictError,
@@ -66,7 +67,7 @@ async def send_reply(send: Send, reply: Reply) -> None:
 
 
 def function_arn(name: str) -> str:
-    return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"
+    return environment.function_arn(name)  # LAMBDALITE_REGION
 
 
 def function_name(raw: str) -> str:

@@ -33,7 +33,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from broker import stacklock
-from broker.connection import TRANSIENT, Parser
+from broker.connection import COMMAND_TIMEOUT, TRANSIENT, Parser
 from broker.errors import ConfigError, LambdaliteError
 from broker.queues import Publisher
 from broker.registry import Registry, load_registry
@@ -147,7 +147,7 @@ def create_app(
     """The ASGI app; raises ConfigError for an invalid trigger set-up (see :func:`webhook_routes`)."""
     triggers = webhook_routes(registry, host, clock)
     client = _store_client(redis_dsn, socket_timeout=5)
-    waiter = _store_client(redis_dsn, socket_timeout=None)
+    waiter = _store_client(redis_dsn, socket_timeout=COMMAND_TIMEOUT)  # its reads block BLOCK_SLICE at most
     intake = Intake(Publisher(client, registry), waiter, Transactor(redis_dsn, timeout=5))
     source = HttpSource(registry, intake, HttpMetrics(client, registry),
                         client, token, sync_margin)
