@@ -114,3 +114,8 @@ class IdempotencyResultError(IdempotencyError):
 
 class SandboxIdentityError(LambdaliteError):
     """Raised at start-up when ``LAMBDALITE_SANDBOX_USER`` names a user the machine does not know."""
+
+
+class LogsError(LambdaliteError):
+    """Raised by ``lambdalite logs`` for an option it cannot read (``--since`` that is no duration or
+    time) or a request id the log store does not hold."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import secrets
-import select
 import shutil
 import sys
 import tempfile
@@ -22,9 +21,10 @@ from typing import Any
 
 import psutil
 
-from broker import kernel
+from broker import cost, kernel
 from broker.registry import Function
 from workers import isolation, limits
+from workers.capture import Capture
 from workers.limits import MB, Limits
 from workers.sandbox import Sandbox, SandboxGone, error_object
 from workers.watchdog import Slot
@@ -79,7 +79,8 @@ class Runtime:
         # The idempotency helper's way to Redis from a sandbox that has none (set by the worker).
         self.door: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.me = psutil.Process()
-        self._out = out or _stdout
+        self.log = Capture(out or _stdout)  # the invocation's lines: relayed to stdout and kept
+        self._out = self.log.line
         self._tmpdir: str | None = None  # the next invocation's, being made ahead (see prepare_tmpdir)
         kernel.become_subreaper()
 
@@ -103,6 +104,7 @@ class Runtime:
     def _invoke(self, request_id: str, event: Any, abandon: Callable[[], bool],
                 job_data: bytes | None) -> Invocation:
         self.prepare()
+        self.log.begin()
         self._out(f"START RequestId: {request_id} Version: $LATEST")
         tmpdir, self._tmpdir = self._tmpdir or self._tmpdir_name(), None  # the sandbox makes it
         started = time.perf_counter()
@@ -122,7 +124,7 @@ class Runtime:
             while True:
                 now = time.perf_counter()
                 wait = min(SAMPLE_INTERVAL, deadline - now)
-                if wait > 0 and select.select([self.sandbox.replies], [], [], wait)[0]:
+                if wait > 0 and self.log.wait(self.sandbox.replies, wait):
                     reply = self.sandbox.receive()
                     if "door" in reply and self.door is not None:  # the handler's idempotency helper
                         self.sandbox.send(self.door(reply))
@@ -184,6 +186,7 @@ class Runtime:
             error=error, duration_ms=duration_ms, max_memory_mb=math.ceil(peak_rss / MB),
             max_storage_mb=round(peak_disk / MB, 1), init_ms=init_ms,
         )
+        self.log.finish()
         self._out(f"END RequestId: {request_id}")
         self._out(report_line(inv, self.fn))
         return inv
@@ -202,7 +205,8 @@ class Runtime:
     def prepare(self) -> None:
         """Start the sandbox if there is none; it gets ready in parallel with the caller."""
         if not self.sandbox.running:
-            self.sandbox.start()
+            with self.log.inherited():  # the sandbox's stdout and stderr are the log's pipe
+                self.sandbox.start()
 
     def prepare_tmpdir(self) -> None:
         """Have the sandbox make the next invocation's TMPDIR now, in parallel with the caller (the
@@ -281,7 +285,7 @@ def report_line(inv: Invocation, fn: Function) -> str:
     parts = [
         f"REPORT RequestId: {inv.request_id}",
         f"Duration: {inv.duration_ms:.2f} ms",
-        f"Billed Duration: {math.ceil(inv.duration_ms)} ms",
+        f"Billed Duration: {cost.billed_ms(inv.duration_ms, inv.init_ms)} ms",
         f"Memory Size: {fn.memory} MB",
         f"Max Memory Used: {inv.max_memory_mb} MB",
     ]
