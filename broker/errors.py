@@ -110,3 +110,14 @@ class IdempotencyResultError(IdempotencyError):
     The body did run: the key is recorded as completed without a result, and deliveries within
     its expiry raise this error again instead of running the body a second time.
     """
+
+
+class CallerAuthError(LambdaliteError):
+    """Raised by the HTTP source when a caller of the Invoke API is not authenticated (no, a
+    malformed, a wrong or an expired signature, or an unknown key): ``error_type`` is Lambda's
+    error type for it (sent as ``X-Amzn-ErrorType`` with status 403)."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
