@@ -1,8 +1,9 @@
-"""Lambda's REST API under ``/2015-03-31/``, apart from Invoke: the reads a local runner can answer.
+"""Lambda's REST API apart from Invoke: the reads a local runner can answer.
 
 ``ListFunctions``, ``GetFunction``, ``GetFunctionConfiguration`` and ``ListEventSourceMappings`` are
 answered from the registry in Lambda's shapes, so ``aws lambda list-functions`` and friends print
-something useful. Every other operation under the prefix gets a Lambda-shaped error (an
+something useful. Every other operation (any path under an API version, ``/2015-03-31/``,
+``/2019-09-30/`` and the rest) gets a Lambda-shaped error (an
 ``X-Amzn-ErrorType`` header and a JSON ``message``), never a bare 404. Callers authenticate as for
 Invoke (:mod:`sources.callers`).
 """
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from sources.webhook import HttpSource
 
 PREFIX = "/2015-03-31/"
+_API_VERSION = re.compile(r"/20\d\d-\d\d-\d\d/")  # Lambda's REST paths start with their API version
 ACCOUNT = "000000000000"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/lambdalite"
 _FUNCTION = re.compile(r"/2015-03-31/functions/([^/]+)(/configuration)?/?")
@@ -34,6 +36,11 @@ KNOWN = "Invoke, ListFunctions, GetFunction, GetFunctionConfiguration, ListEvent
 
 # A reply: status, extra headers, body (JSON unless empty).
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+def is_lambda_path(path: str) -> bool:
+    """True for a path of Lambda's REST API (``/2015-03-31/...``, ``/2019-09-30/...``)."""
+    return _API_VERSION.match(path) is not None
 
 
 def lambda_error(status: int, error_type: str, message: str, retry_after: bool = False) -> Reply:
@@ -171,7 +178,7 @@ def _ok(document: dict[str, Any]) -> Reply:
 
 
 def answer(source: HttpSource, method: str, path: str, query: bytes) -> Reply:
-    """The reply to a non-Invoke request under ``/2015-03-31/`` (already authenticated)."""
+    """The reply to a non-Invoke request of Lambda's API (already authenticated)."""
     params = parse_qs(query.decode("latin-1"))
     try:
         if method == "GET" and _LIST.fullmatch(path):

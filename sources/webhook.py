@@ -80,8 +80,9 @@ def webhook_routes(
     seen: dict[tuple[str, str], str] = {}
     for fn, trigger in registry.triggers("http"):
         where = f"{registry.path}: function {fn.name!r}: http trigger {trigger.path!r}"
-        if trigger.path.startswith(RESERVED):
-            raise ConfigError(f"{where}: path is reserved ({', '.join(RESERVED)})")
+        if trigger.path.startswith(RESERVED) or lambda_api.is_lambda_path(trigger.path):
+            raise ConfigError(f"{where}: path is reserved ({', '.join(RESERVED)}, and /YYYY-MM-DD/ "
+                              "for Lambda's API)")
         if trigger.auth == "none" and not is_loopback(host):
             raise ConfigError(f"{where}: auth 'none' is refused when listening on {host} (not loopback); "
                               "use bearer, github, stripe or standard-webhooks")
@@ -137,12 +138,13 @@ class App:
                 if name is not None:
                     await invoke_api.invoke(self.source, name, scope, receive, send)
                     return
-            if path.startswith(lambda_api.PREFIX) or path in self.guarded:
+            lambda_path = lambda_api.is_lambda_path(path)
+            if lambda_path or path in self.guarded:
                 reply = await self._checked(scope, receive)
                 if reply is not None:
                     await invoke_api.send_reply(send, reply)
                     return
-                if path.startswith(lambda_api.PREFIX):
+                if lambda_path:
                     reply = lambda_api.answer(self.source, scope["method"], path, scope.get("query_string", b""))
                     await invoke_api.send_reply(send, reply)
                     return

@@ -106,11 +106,12 @@ def test_no_signature_and_an_old_one_are_403(registry, redis_url: str, r) -> Non
         now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
         fresh = http.post(path, content=b"{}", headers=signed_headers(path, b"{}", now))
         assert fresh.status_code == 202, fresh.text  # the same signing, made now, is accepted
-        old = http.post(path, content=b"{}", headers=signed_headers(path, b"{}", now - datetime.timedelta(minutes=10)))
+        ten = datetime.timedelta(minutes=10)
+        old = http.post(path, content=b"{}", headers=signed_headers(path, b"{}", now - ten))
         assert old.status_code == 403 and old.headers["x-amzn-errortype"] == "InvalidSignatureException"
         assert old.json()["message"].startswith("Signature expired: ")
         assert "is now earlier than" in old.json()["message"]
-        ahead = http.post(path, content=b"{}", headers=signed_headers(path, b"{}", now + datetime.timedelta(minutes=10)))
+        ahead = http.post(path, content=b"{}", headers=signed_headers(path, b"{}", now + ten))
         assert ahead.status_code == 403 and "not yet current" in ahead.json()["message"]
         # A signed request whose body was changed on the way
         tampered = http.post(path, content=b'{"x": 1}', headers=signed_headers(path, b"{}", now))
