@@ -11,6 +11,12 @@ SQLite has no booleans, maps or lists, so ``BOOL``, ``M`` and ``L`` never appear
 holding JSON stays a string. SQLite stores NaN as NULL, so a NaN arrives as ``{"NULL": true}``.
 DynamoDB cannot hold an infinite number; an infinite REAL is sent as ``{"N": "Infinity"}`` (or
 ``"-Infinity"``), which is what the row really holds, and logged once per table and column.
+
+DynamoDB numbers range over magnitudes from 1E-130 to 9.9999999999999999999999999999999999999E+125
+(and zero). A finite REAL outside that range (``1e300``, ``5e-324``) has no ``N`` form that a
+DynamoDB client accepts (boto3's ``TypeDeserializer`` raises ``Overflow`` or ``Underflow``, failing
+the whole batch again and again), so it is sent as a string holding its shortest exact text,
+``{"S": "1e+300"}``, and logged once per table and column. ``float(value)`` gives it back.
 """
 
 from __future__ import annotations
@@ -21,20 +27,25 @@ import hashlib
 import logging
 import math
 from collections.abc import Mapping
+from decimal import Decimal
 from json.encoder import encode_basestring_ascii as _ascii
 from typing import Any
 
+from broker.environment import region
 from broker.errors import ChangeFeedError
 
 log = logging.getLogger(__name__)
 
 EVENT_VERSION = "1.1"
 EVENT_SOURCE = "aws:dynamodb"
-REGION = "local"
 ACCOUNT = "000000000000"
 SEQUENCE_DIGITS = 21  # as long as DynamoDB's own sequence numbers, so they also sort as strings
 
 _warned: set[tuple[str, str]] = set()
+_warned_range: set[tuple[tuple[str, str], str]] = set()
+# DynamoDB's number range (its documentation, "Data types"): 38 digits, magnitudes 1E-130 to just below 1E+126
+_SMALLEST = Decimal("1E-130")
+_LARGEST = Decimal("9.9999999999999999999999999999999999999E+125")
 
 
 def attribute(value: Any, where: tuple[str, str] = ("?", "?")) -> dict[str, Any]:
@@ -71,10 +82,23 @@ def attribute(value: Any, where: tuple[str, str] = ("?", "?")) -> dict[str, Any]
 
 def _real(number: float, where: tuple[str, str]) -> dict[str, Any]:
     if math.isfinite(number):
-        return {"N": repr(number)}
+        text = repr(number)
+        if number == 0 or _SMALLEST <= abs(Decimal(text)) <= _LARGEST:
+            return {"N": text}
+        return _out_of_range(text, where)
     if math.isnan(number):  # SQLite stores NaN as NULL: the triggers never write one
         raise ChangeFeedError(f"{where[0]}.{where[1]}: unexpected NaN")
     return _infinite(number, where)
+
+
+def _out_of_range(text: str, where: tuple[str, str]) -> dict[str, Any]:
+    if (where, "range") not in _warned_range:
+        _warned_range.add((where, "range"))
+        log.warning(
+            "%s.%s holds a REAL outside DynamoDB's number range (e.g. %s); such values are sent as "
+            "strings, {\"S\": \"%s\"}", where[0], where[1], text, text,
+        )
+    return {"S": text}
 
 
 def _infinite(number: float, where: tuple[str, str]) -> dict[str, Any]:
@@ -124,7 +148,7 @@ def sequence_number(change_id: int) -> str:
 def stream_arn(database: str, table: str) -> str:
     """A stable, fake stream ARN for one table of one database file (by its absolute path)."""
     label = hashlib.sha256(database.encode()).hexdigest()[:16]
-    return f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{table}/stream/{label}"
+    return f"arn:aws:dynamodb:{region()}:{ACCOUNT}:table/{table}/stream/{label}"
 
 
 def record(
@@ -163,7 +187,7 @@ def record(
         "eventName": event_name,
         "eventVersion": EVENT_VERSION,
         "eventSource": EVENT_SOURCE,
-        "awsRegion": REGION,
+        "awsRegion": region(),
         "dynamodb": body,
         "eventSourceARN": arn,
     }

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
+from broker import environment
 from broker.envelope import Event, parse_json
 from broker.errors import (
     CallerAuthError,
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 
 PATH = "/2015-03-31/functions/{name}/invocations"
 _PATH = re.compile(r"/2015-03-31/functions/([^/]+)/invocations")  # what Starlette's {name} matches
-REGION = "us-east-1"  # the default of LAMBDALITE_REGION; the server uses the setting
 INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
 LOG_TYPES = ("None", "Tail")
 RESPONSE_LIMIT = SYNC_LIMIT  # bytes of a synchronous result, as Lambda allows
@@ -52,7 +52,7 @@ CLIENT_CONTEXT_LIMIT = 3583  # bytes of the base64 X-Amz-Client-Context header, 
 TAIL_BYTES = 4096
 _JSON = (b"content-type", b"application/json")
 
-__all__ = ["ACCOUNT", "PATH", "REGION", "Reply", "function_arn", "function_name", "invoke", "lambda_error", "match"]
+__all__ = ["ACCOUNT", "PATH", "Reply", "function_arn", "function_name", "invoke", "lambda_error", "match"]
 
 
 async def send_reply(send: Send, reply: Reply) -> None:
@@ -66,8 +66,8 @@ async def send_reply(send: Send, reply: Reply) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def function_arn(name: str, region: str = REGION) -> str:
-    return f"arn:aws:lambda:{region}:{ACCOUNT}:function:{name}"
+def function_arn(name: str) -> str:
+    return environment.function_arn(name)  # LAMBDALITE_REGION
 
 
 def function_name(raw: str) -> str:

@@ -20,6 +20,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
+from broker import environment
 from broker.registry import Function, Registry
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 PREFIX = "/2015-03-31/"
 _API_VERSION = re.compile(r"/20\d\d-\d\d-\d\d/")  # Lambda's REST paths start with their API version
-ACCOUNT = "000000000000"
+ACCOUNT = environment.ACCOUNT
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/lambdalite"
 _FUNCTION = re.compile(r"/2015-03-31/functions/([^/]+)(/configuration)?/?")
 _LIST = re.compile(r"/2015-03-31/functions/?")

@@ -38,8 +38,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from broker import stacklock
-from broker.connection import TRANSIENT, Parser
+from broker import environment, stacklock
+from broker.connection import COMMAND_TIMEOUT, TRANSIENT, Parser
 from broker.errors import CallerAuthError, ConfigError, LambdaliteError, PayloadTooLargeError
 from broker.queues import Publisher
 from broker.registry import Registry, load_registry
@@ -176,7 +176,7 @@ def create_app(
     host: str = "127.0.0.1",
     token: str = "",
     access_keys: dict[str, str] | None = None,
-    region: str = "us-east-1",
+    region: str | None = None,
     sync_margin: float = SYNC_MARGIN,
     clock: Callable[[], float] = time.time,
 ) -> App:
@@ -185,10 +185,10 @@ def create_app(
     triggers = webhook_routes(registry, host, clock)
     guard = callers.guard(host, token, access_keys, clock)
     client = _store_client(redis_dsn, socket_timeout=5)
-    waiter = _store_client(redis_dsn, socket_timeout=None)
+    waiter = _store_client(redis_dsn, socket_timeout=COMMAND_TIMEOUT)  # its reads block BLOCK_SLICE at most
     intake = Intake(Publisher(client, registry), waiter, Transactor(redis_dsn, timeout=5))
     source = HttpSource(registry, intake, HttpMetrics(client, registry),
-                        client, guard, sync_margin, region)
+                        client, guard, sync_margin, region or environment.region())
     spec = json.dumps(openapi.document(registry)).encode()
 
     async def openapi_json(request: Request) -> Response:

@@ -142,7 +142,7 @@ def test_values_become_exact_typed_attributes(tmp_path: Path) -> None:
     got = [dynamodb.attribute(c[3]["v"]) for c in changes(feed)]
     assert got == [
         {"NULL": True}, {"N": "9223372036854775807"}, {"N": "-9223372036854775808"},
-        {"N": "0.30000000000000004"}, {"N": "1e+308"}, {"N": "1.0"}, {"S": "héllo \u2603 \"q\""},
+        {"N": "0.30000000000000004"}, {"S": "1e+308"}, {"N": "1.0"}, {"S": "héllo \u2603 \"q\""},
         {"B": "AP8Q"}, {"N": "Infinity"}, {"N": "-Infinity"},
         {"NULL": True},  # SQLite stores NaN as NULL
     ]
@@ -188,3 +188,25 @@ def test_missing_and_not_sqlite_files(tmp_path: Path) -> None:
     with pytest.raises(ChangeFeedError, match="not a SQLite database"):
         sqlite_capture.connect(tmp_path / "junk.db")
     assert not (tmp_path / "nope.db").exists()
+
+
+def test_reals_dynamodb_cannot_hold_are_strings_boto3_reads(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from boto3.dynamodb.types import TypeDeserializer
+
+    monkeypatch.setattr(dynamodb, "_warned_range", set())  # logged once per column: start afresh
+    app, feed = setup(tmp_path, "CREATE TABLE t(id INTEGER PRIMARY KEY, v, w)")
+    rows = [(1e300, 1.5), (5e-324, 2.5), (-1e300, 1e-130), (1e126, 1e-131)]
+    app.executemany("INSERT INTO t(v, w) VALUES (?, ?)", rows)
+    with caplog.at_level("WARNING", logger="sources.dynamodb"):
+        images = [dynamodb.image(c[3], "t") for c in changes(feed)]
+    got = [(i["v"], i["w"]) for i in images]
+    assert got == [
+        ({"S": "1e+300"}, {"N": "1.5"}), ({"S": "5e-324"}, {"N": "2.5"}),
+        ({"S": "-1e+300"}, {"N": "1e-130"}), ({"S": "1e+126"}, {"S": "1e-131"}),
+    ]
+    deserialize = TypeDeserializer()
+    assert [float(deserialize.deserialize(v)) for v, _ in got] == [1e300, 5e-324, -1e300, 1e126]
+    warned = [r.getMessage() for r in caplog.records if "outside DynamoDB's number range" in r.getMessage()]
+    assert len(warned) == 2 and warned[0].startswith("t.v ") and warned[1].startswith("t.w ")  # once per column
