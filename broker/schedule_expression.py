@@ -70,7 +70,7 @@ class Rate:
         """The last tick at or before ``t``."""
         return (t // self.seconds) * self.seconds
 
-    def count(self, after: float, until: float, zone: ZoneInfo, cap: int = _MAX_WALK) -> int:
+    def count(self, after: float, until: float, zone: ZoneInfo, cap: int = 10_000) -> int:
         """How many ticks fall in ``(after, until]`` (at most ``cap``)."""
         return int(max(0, min(cap, until // self.seconds - after // self.seconds)))
 

@@ -264,3 +264,28 @@ def test_a_step_with_no_tick_due_costs_no_redis_command(project: Path, r: redis.
         t.step()
     assert r.info("stats")["total_commands_processed"] - before == 1  # this INFO only
     assert time.time() > 0
+
+
+def test_a_failed_publish_is_logged_and_tried_again_a_second_later(project: Path, r: redis.Redis,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    reg = registry(project)
+    clock = Clock(T0 - 1)
+    t = ticker(r, reg, clock)
+    t.step()
+    real = t.publisher.publish_if
+    calls = []
+
+    def broken_once(*args: Any, **kwargs: Any) -> Any:  # a bug no real part can be made to have
+        calls.append(clock.t)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(t.publisher, "publish_if", broken_once)
+    for offset in (0.1, 0.2, 0.5, 1.0, 1.2, 1.3):
+        clock.t = T0 + offset
+        t.step()  # does not raise: the scaler's step goes on
+    assert calls == [T0 + 0.1, T0 + 1.2]
+    assert times(published(r)) == ["2026-12-06T09:00:00Z"]
+    assert "tick-schedule-0: tick 2026-12-06T09:00:00Z failed; trying again in 1 s" in caplog.messages
