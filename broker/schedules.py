@@ -205,7 +205,12 @@ class Ticker:
             if schedule.trigger.catch_up == "latest" and age <= schedule.function.maximum_event_age:
                 log.info("%s: %s missed while no scaler ran; running the latest (catch_up = \"latest\")%s",
                          schedule.rule, span, f", skipping {missed - 1}" if missed > 1 else "")
-                self._publish(schedule, latest)
+                try:
+                    self._publish(schedule, latest)
+                except TRANSIENT:
+                    raise
+                except Exception:  # as in step: logged, and the scaler's step goes on
+                    log.exception("%s: the catch-up of tick %s failed; skipped", schedule.rule, iso(latest))
             elif schedule.trigger.catch_up == "latest":
                 log.warning("%s: %s missed while no scaler ran; skipped: the latest is %.0f s old, beyond "
                             "maximum_event_age (%.0f s)", schedule.rule, span, age,
@@ -217,9 +222,14 @@ class Ticker:
         """Publish the latest tick due (``tick`` or, when this scaler fell behind, a later one)."""
         latest = schedule.at_or_before(now)
         if latest is not None and latest > tick:
-            skipped = schedule.expression.count(tick - 1e-3, latest - 1e-3, schedule.zone)
-            log.warning("%s: this scaler fell %.0f s behind; %d tick(s) from %s skipped, running %s",
-                        schedule.rule, now - tick, skipped, iso(tick), iso(latest))
+            # the ticks before the latest that no other scaler published either are skipped
+            [raw] = self.client.mget([schedule.key])
+            since = max(tick - 1e-3, _tick_of(raw) or -1.0)
+            skipped = schedule.expression.count(since, latest - 1e-3, schedule.zone)
+            if skipped:
+                log.warning("%s: this scaler fell %.0f s behind and no other published %d tick(s) from %s; "
+                            "skipped, running %s", schedule.rule, now - tick, skipped,
+                            iso(schedule.after(since) or tick), iso(latest))
             tick = latest
         if now - tick <= schedule.function.maximum_event_age:
             self._publish(schedule, tick)

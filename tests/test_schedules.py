@@ -190,8 +190,19 @@ def test_a_scaler_that_fell_behind_runs_the_latest_due_tick_only(project: Path, 
     with caplog.at_level(logging.INFO, logger="lambdalite.schedules"):
         t.step()
     assert times(published(r)) == ["2026-12-06T09:03:00Z"]
-    assert any("3 tick(s) from 2026-12-06T09:00:00Z skipped, running 2026-12-06T09:03:00Z" in m
-               for m in caplog.messages)
+    assert ("tick-schedule-0: this scaler fell 185 s behind and no other published 3 tick(s) from "
+            "2026-12-06T09:00:00Z; skipped, running 2026-12-06T09:03:00Z") in caplog.messages
+    # when another scaler went on meanwhile, nothing was skipped and nothing is said
+    other = ticker(r, reg, clock)
+    other.step()
+    for minute in (4, 5, 6):
+        clock.t = T0 + minute * MINUTE + 1
+        other.step()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lambdalite.schedules"):
+        t.step()
+    assert times(published(r))[1:] == ["2026-12-06T09:04:00Z", "2026-12-06T09:05:00Z", "2026-12-06T09:06:00Z"]
+    assert not [m for m in caplog.messages if "behind" in m]
 
 
 def test_a_schedule_key_of_another_type_is_moved_aside_and_the_tick_goes_out(project: Path,
