@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     st = sub.add_parser("status", help="queued, running, workers and outcomes per function")
     st.add_argument("--json", action="store_true", help="print one JSON object")
+    st.add_argument("--cost", action="store_true", help="requests, GB-seconds and what they would cost on Lambda")
     inv = sub.add_parser("invoke", help="run one invocation through the queue")
     inv.add_argument("function")
     inv.add_argument("--event", type=Path, help="JSON file with the event (default: {})")
@@ -48,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     dp = dsub.add_parser("purge", help="drop all dead letters of a function")
     dp.add_argument("function")
     sub.add_parser("check", help="validate lambdalite.toml and import every handler")
+    lg = sub.add_parser("logs", help="a function's invocation logs (START, its output, END, REPORT)")
+    lg.add_argument("function")
+    lg.add_argument("--follow", "-f", action="store_true", help="then wait for new invocations (Ctrl-C ends)")
+    lg.add_argument("--since", default="10m", help="from this long ago (30s, 10m, 2h, 1d) or an ISO time")
+    lg.add_argument("--filter", dest="text", help="only the lines that hold this text")
+    lg.add_argument("--request-id", help="only this invocation")
+    lg.add_argument("--output", choices=("text", "json"), default="text")
     return p
 
 
@@ -108,14 +116,19 @@ def _connected(settings: Settings) -> redis.Redis:
 
 def _run(args: argparse.Namespace, settings: Settings, registry: Registry) -> int:
     if args.command == "check":
-        from broker.registry import resolve_handler
+        from broker.environment import check_handlers
 
-        for fn in registry:
-            if fn.handler:
-                resolve_handler(fn, registry.path)
+        check_handlers(registry, settings)  # as each sandbox will: its environment, the sandbox user
         print(f"{registry.path}: {len(registry.functions)} function(s) OK")
         return 0
     client = _connected(settings)
+    if args.command == "logs":
+        from broker import logcli
+
+        return logcli.run(client, registry.get(args.function).name, args.since, args.follow, args.text,
+                          args.request_id, args.output)
+    if args.command == "status" and args.cost:
+        return _cost(args, client, registry)
     if args.command == "status":
         snapshot = status(client, registry)
         _next_ticks(snapshot, registry, settings)
@@ -182,6 +195,16 @@ def _dlq(args: argparse.Namespace, client: Any, registry: Registry) -> int:
     else:
         fn = registry.get(args.function)
         print(json.dumps({"purged": deadletter.purge(client, fn.name)}))
+    return 0
+
+
+def _cost(args: argparse.Namespace, client: Any, registry: Registry) -> int:
+    from broker import cost
+
+    names = list(registry.functions)
+    priced = {name: cost.price(use) for name, use in cost.usage(client, names).items()}
+    print(json.dumps({"functions": priced, "prices": cost.price_table()}, indent=2) if args.json
+          else cost.table(priced))
     return 0
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from broker import schedule_expression
 from broker.envelope import dump_json
+from broker.environment import FromEnv, check_names
 from broker.errors import ConfigError, UnknownFunctionError
 
 FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"  # Lambda's own rule for function names
@@ -140,6 +141,16 @@ class Function(_Strict):
     on_success: str | None = Field(None, pattern=FUNCTION_NAME)
     on_failure: str | None = Field(None, pattern=FUNCTION_NAME)
     triggers: tuple[Trigger, ...] = ()
+    environment: dict[str, str | FromEnv] = Field(
+        default_factory=dict,
+        description="Variables set before the handler is imported (Lambda's Environment.Variables).",
+    )
+
+    @field_validator("environment")
+    @classmethod
+    def _allowed_names(cls, variables: dict[str, str | FromEnv]) -> dict[str, str | FromEnv]:
+        check_names(variables)
+        return variables
 
     @model_validator(mode="after")
     def _one_entry_point(self) -> Function:

@@ -53,7 +53,7 @@ class Settings(BaseSettings):
         description="When the embedded Redis fsyncs its append-only file: everysec, or always (power-cut safe).",
     )
     buckets: Path = Field(Path("buckets"), description="Each sub-folder is a bucket.")
-    region: str = Field("us-east-1", min_length=1, description="The awsRegion written into event records.")
+    region: str = Field("us-east-1", min_length=1, description="The region of every ARN, event record and AWS_REGION.")
     max_workers: int = Field(default_factory=_default_max_workers, ge=1, description="Global worker cap.")
     idle_timeout: float = Field(30.0, gt=0, description="Seconds before an idle worker is retired.")
     memory_budget: int = Field(
@@ -97,6 +97,36 @@ class Settings(BaseSettings):
     )
     schedule_clock_origin: float = Field(
         0.0, ge=0, description="Tests only: the instant (seconds since the epoch) a faster schedule clock starts at.",
+    )
+
+    # -- sandbox: the identity, environment and /tmp of handlers (broker/environment.py, workers/isolation.py)
+    sandbox_user: str = Field(
+        "nobody", min_length=1,
+        description="The unprivileged user (name or uid) handlers run as when the stack runs as root.",
+    )
+    private_tmp: bool = Field(
+        True,
+        description="Give each worker's sandbox a private /tmp (a mount namespace); off: a TMPDIR per invocation.",
+    )
+
+    # -- HTTP front door: who may call, which proxies are believed, how long a connection may dawdle --
+    access_keys: str = Field(
+        "", description="Invoke API access keys checked as SigV4: KEY_ID:SECRET pairs, comma-separated."
+    )
+    access_keys_file: Path | None = Field(
+        None, description="An AWS credentials file whose aws_access_key_id/aws_secret_access_key pairs are accepted."
+    )
+    trusted_proxies: str = Field(
+        "", description="Comma-separated addresses or networks whose X-Forwarded-For / X-Real-IP is believed."
+    )
+    http_header_timeout: float = Field(
+        5.0, gt=0, le=300, description="Seconds a connection has to send a request's headers."
+    )
+    http_keepalive_timeout: float = Field(
+        5.0, gt=0, le=3600, description="Seconds an idle keep-alive connection stays open."
+    )
+    http_max_connections: int = Field(
+        1000, ge=1, description="Most open HTTP connections; more are answered 503 and closed."
     )
 
     @classmethod

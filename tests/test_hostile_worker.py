@@ -68,6 +68,18 @@ def gone(pid: int) -> bool:
         return True
 
 
+def in_group(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid`` (the sandbox leads its own)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc.pid)
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
 def run_attack(project: Path, url: str, attack: str, **extra: Any) -> dict[str, Any]:
     """Publish the attack; check the event's end and what follows; returns what the test needs more."""
     shutil.copy(FIXTURES / "worker_attacks.py", project / "worker_attacks.py")
@@ -91,6 +103,7 @@ def run_attack(project: Path, url: str, attack: str, **extra: Any) -> dict[str, 
 
         left = [pid for pid in (note["sandbox"], note.get("daemon")) if pid and not gone(pid)]
         assert not left, f"left running: {left}"
+        assert not in_group(note["sandbox"]), "a process of the sandbox's group is left"
         workers = {p.pid for p in psutil.Process(scaler.proc.pid).children()}
         return {"outcome": outcome, "note": note, "settled": settled, "workers": workers, "beat": beat,
                 "other_done": done, "scaler": scaler}
@@ -112,6 +125,18 @@ def test_a_frozen_worker_whose_sandbox_is_over_its_memory_is_settled_with_the_me
     assert error["errorType"] == "Runtime.OutOfMemory", error
     assert "memory limit of 128 MB exceeded" in error["errorMessage"], error
     assert gone(got["note"]["worker"])
+
+
+@pytest.mark.timeout(60)
+def test_a_frozen_worker_whose_handler_forks_and_forks_leaves_nothing(project: Path, redis_url: str) -> None:
+    got = run_attack(project, redis_url, "freeze_and_fork")
+    # 64 processes' resident memory, summed as the worker sums it, passes 128 MB once most of them
+    # are there: the memory error then, else the deadline's.
+    assert got["outcome"].error["errorType"] in ("Runtime.OutOfMemory", "Sandbox.Timedout"), got["outcome"]
+    # The processes that got as far as noting their pid (maybe none: the tree may be killed while it
+    # forks); run_attack checked that nothing of the sandbox's process group is left either.
+    pids = [int(line) for line in got["beat"].read_text().split()] if got["beat"].exists() else []
+    assert [pid for pid in pids if not gone(pid)] == []
 
 
 @pytest.mark.timeout(60)

@@ -4,7 +4,7 @@ Each step (every 100 ms, and at once when a source publishes for a function that
 workers) it decides, per function,
 ``desired = clamp(queued + running, min_workers, max_concurrency)``, within the host's worker cap
 and memory budget, sharing the cap fairly between functions. Workers are forked from this warm
-process (:mod:`workers.processes`), which has already imported lambdalite and every handler, so a
+process (:mod:`workers.processes`), which has already imported lambdalite, so a
 cold start costs a fork. Idle workers are retired by a warm stop, never a busy one.
 ``max_concurrency`` holds across every scaler sharing one Redis (a Lua-guarded slot count per
 function: :mod:`workers.slots`).
@@ -28,14 +28,14 @@ from typing import Any
 import psutil
 import redis
 
-from broker import connection, delayed, kernel, pruning, quarantine, schedules, stacklock, stats
+from broker import connection, delayed, environment, kernel, pruning, quarantine, schedules, stacklock, stats
 from broker.connection import TRANSIENT, Backoff, connect, wait_for_redis
 from broker.errors import LambdaliteError
 from broker.queues import WAKE_CHANNEL, Publisher, function_queue
-from broker.registry import Function, Registry, load_registry, resolve_handler
+from broker.registry import Function, Registry, load_registry
 from broker.settings import Settings, load_settings
 from broker.stats import alive_key
-from workers import processes, recovery, slots, watchdog
+from workers import isolation, processes, recovery, slots, watchdog
 from workers.limits import MB
 from workers.processes import WorkerProc
 
@@ -89,7 +89,10 @@ class Scaler:
         self.queues = {fn.name: function_queue(client, fn.name) for fn in registry}
         self._published: dict[str, str] = {}
         self._last_view = -1e9
-        self.handlers = {fn.name: resolve_handler(fn, registry.path) for fn in registry if fn.handler}
+        # Handlers are imported by each sandbox, isolated; here only seen to import (in a child, as they will).
+        isolation.plan(settings)
+        environment.check_handlers(registry, settings)
+        self.handlers: dict[str, Any] = {}
         self.slots = slots.Slots(client, self.id, settings.max_workers)
         self._last_sweep = -1e9
         self._last_alive = -1e9
@@ -411,8 +414,12 @@ class Scaler:
 
     def _fork_worker(self, fn: Function) -> int:
         slot = self.board.reserve()
-        pid = processes.fork(self.settings, self.registry, fn, self.handlers.get(fn.name), self.host, self.sid,
-                             slot)
+        try:
+            pid = processes.fork(self.settings, self.registry, fn, self.handlers.get(fn.name), self.host, self.sid,
+                                 slot)
+        except BaseException:
+            self.board.unreserve()
+            raise
         self.board.assign(pid)
         return pid
 
