@@ -551,6 +551,7 @@ def plot(series: list[Series], warmup: float, path: Path) -> None:
 
 def run(duration: float, every: float, short: bool, record: Path | None) -> tuple[list[Sample], Load, Path]:
     folder = Path(tempfile.mkdtemp(prefix="ll-soak-"))
+    folder.chmod(0o755)  # handlers may run as another user (LAMBDALITE_SANDBOX_USER) and import from it
     shutil.copy(ROOT / "Procfile", folder / "Procfile")
     (folder / "lambdalite.toml").write_text(CONFIG)
     (folder / "soakfns.py").write_text(HANDLERS.format(idempotency_ttl=10 if short else 600))
@@ -572,9 +573,9 @@ def run(duration: float, every: float, short: bool, record: Path | None) -> tupl
         while subprocess.run([str(BIN / "lambdalite"), "status", "--json"], cwd=folder, env=env,
                              capture_output=True).returncode != 0:
             if honcho.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the stack did not start:\n" + log_path.read_text()[-4000:])
+                raise SystemExit("the stack did not start:\n" + _told(log_path))
             time.sleep(0.5)
-        _wait_http(port)
+        _wait_http(port, log_path)
         client = redis.Redis.from_url(f"unix://{folder / 'var' / 'redis.sock'}", socket_timeout=30)
         root = psutil.Process(honcho.pid)
         load.start()
@@ -585,7 +586,7 @@ def run(duration: float, every: float, short: bool, record: Path | None) -> tupl
             if now - began > duration:
                 break
             if honcho.poll() is not None:
-                raise SystemExit("the stack stopped during the run:\n" + log_path.read_text()[-4000:])
+                raise SystemExit("the stack stopped during the run:\n" + _told(log_path))
             used, families, events = sample_redis(client)
             samples.append(Sample(now - began, events, used, families, sample_processes(root),
                                   log_path.stat().st_size))
@@ -604,7 +605,8 @@ def run(duration: float, every: float, short: bool, record: Path | None) -> tupl
         if record is not None:
             with record.open("a") as out:
                 out.write(json.dumps({"sent": load.sent, "errors": load.errors, "last_error": load.last_error}) + "\n")
-        os.killpg(honcho.pid, signal.SIGINT)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(honcho.pid, signal.SIGINT)
         try:
             honcho.wait(20)
         except subprocess.TimeoutExpired:
@@ -612,6 +614,13 @@ def run(duration: float, every: float, short: bool, record: Path | None) -> tupl
             honcho.wait()
         log.close()
     return samples, load, folder
+
+
+def _told(log_path: Path) -> str:
+    """What honcho said of its processes (started, stopped, why) and the log's last lines."""
+    text = log_path.read_text(errors="replace")
+    said = [line for line in text.splitlines() if " system " in line or "lambdalite:" in line][:40]
+    return "\n".join(said) + "\n...\n" + text[-2500:]
 
 
 def read_samples(path: Path) -> list[Sample]:
@@ -624,8 +633,8 @@ def read_samples(path: Path) -> list[Sample]:
     return samples
 
 
-def _wait_http(port: int) -> None:
-    deadline = time.monotonic() + 30
+def _wait_http(port: int, log_path: Path) -> None:
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
@@ -633,7 +642,7 @@ def _wait_http(port: int) -> None:
             if conn.getresponse().status == 200:
                 return
         time.sleep(0.3)
-    raise SystemExit("the HTTP source did not answer /healthz")
+    raise SystemExit("the HTTP source did not answer /healthz:\n" + _told(log_path))
 
 
 def main() -> None:
