@@ -164,27 +164,38 @@ class Feed:
         stream.outcome, stream.ahead, stream.beyond = None, None, None
         stream.loaded = True
         stream.done_history.append((self.clock(), stream.done))
+        file = stored.get(b"file", b"").decode("ascii", "replace")
+        if file and stream.db.file and file != stream.db.file:  # replaced while the feed was away
+            log.warning("%s: %s is another file than the one table %r was read from (device:inode %s, was %s); "
+                        "reading it from its first change", stream.function.name, stream.db.path, stream.table,
+                        stream.db.file, file)
+            stream.replaced = True
         if stream.event_id:
             log.info("%s: resuming; waiting for in-flight batch %s", stream.function.name, stream.event_id)
 
     def _advance(self, stream: Stream, conn: sqlite3.Connection, now: float) -> None:
         if not stream.loaded:
             self._load(stream)
+        if stream.replaced and not stream.event_id:
+            self._rebase(stream, now, {}, "")
         counts: dict[str, int] | None = None  # once the batch in flight is done: the counters it adds
         settled = ""  # the batch whose outcome this step acts on: what follows drops its staged successor
         if stream.event_id:
             outcome = self._outcome(stream)
             if outcome is None:  # ready the next batch, once per batch in flight (after a restart: now)
-                sqlite_ahead.prepare(self.publisher, stream, conn, now)
+                self._prepare(stream, conn, now)
                 return
             if outcome.ok and successors.clean(outcome.result) and self._released(stream, now):
                 # the worker published the next batch: ready the one after
-                sqlite_ahead.prepare(self.publisher, stream, conn, now)
+                self._prepare(stream, conn, now)
                 return
             settled = stream.event_id
             counts = self._settle(stream, outcome, now)
             if counts is None:
                 return  # a retry of part of the batch is now in flight
+        if stream.replaced:  # the batch in flight was the old file's last: start the new file's
+            self._rebase(stream, now, counts or {}, settled)
+            return
         # From here on the batch in flight (if any) is done; the publish of the next one records that
         # in the same transaction, so a batch costs one round trip.
         ahead, stream.ahead, stream.beyond = stream.ahead, stream.beyond, None
@@ -201,7 +212,23 @@ class Feed:
                     self._finish(stream, last, now, counts or {}, settled)
                 return
             self._publish(stream, sqlite_batch.records(stream, changes), consumed, 0, counts, now, None, settled)
-        sqlite_ahead.prepare(self.publisher, stream, conn, now)
+        self._prepare(stream, conn, now)
+
+    def _prepare(self, stream: Stream, conn: sqlite3.Connection, now: float) -> None:
+        """Read the next batch ahead, unless the database was replaced (its cursor starts again)."""
+        if not stream.replaced:
+            sqlite_ahead.prepare(self.publisher, stream, conn, now)
+
+    def _rebase(self, stream: Stream, now: float, counts: dict[str, int], settled: str) -> None:
+        """Start the stream again at the first change of a replaced database, once nothing of the
+        old one is in flight: what was read ahead from the old file is dropped, and nothing of the
+        new file's change table is pruned until its own batches are done."""
+        stream.ahead = stream.beyond = None
+        stream.read_ahead = stream.read_beyond = ""
+        stream.done_history.clear()
+        stream.safe = 0
+        self._finish(stream, 0, now, counts, settled)
+        stream.replaced = False
 
     def _released(self, stream: Stream, now: float) -> bool:
         """Whether the worker, recording the clean success of the batch in flight, published the
@@ -243,7 +270,7 @@ class Feed:
             text = sqlite_batch.to_json(records)
             job, packed = sqlite_batch.job(self.publisher, stream, records, text), sqlite_cursor.pack(text)
         fields = {"last": last, "event": job.event.id, "records": packed, "retries": retries,
-                  "done": done, "database": str(stream.db.path), "table": stream.table}
+                  "done": done, "database": str(stream.db.path), "table": stream.table, "file": stream.db.file}
 
         def also(pipe: Any) -> None:
             pipe.hset(stream.key, mapping=fields)
@@ -289,7 +316,7 @@ class Feed:
         with self.client.pipeline(transaction=True) as pipe:
             quarantine.guard(pipe, {stream.key: "hash"})
             pipe.hset(stream.key, mapping={"last": last, "done": last, "event": "", "records": "",
-                                           "retries": 0})
+                                           "retries": 0, "file": stream.db.file})
             for counter, n in counts.items():
                 quarantine.incr(pipe, stream.key + ":stats", counter, n)
             if settled:
@@ -304,7 +331,7 @@ class Feed:
         bounds: dict[tuple[Path, str], int] = {}
         for stream in self.streams:
             where = (stream.db.path, stream.table)
-            upto = stream.prunable(now) if stream.loaded else 0
+            upto = stream.prunable(now) if stream.loaded and not stream.replaced else 0
             bounds[where] = min(bounds.get(where, upto), upto)
         for (path, table), upto in bounds.items():
             db = self.databases[path]
