@@ -175,3 +175,28 @@ def _captured(path: Path) -> bool:
         return conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'").fetchone()[0] > 0
     finally:
         conn.close()
+
+
+def test_a_database_replaced_while_the_feed_was_down_is_read_from_its_first_change(
+    project: Path, r: redis.Redis, redis_url: str,
+) -> None:
+    registry = make_project(project, batch_size=10)
+    app = app_db(project / "app.db", SCHEMA)
+    feed = Feed(registry, connect(redis_url))
+    feed.step()
+    app.executemany("INSERT INTO items(name, n) VALUES (?, 0)", [(f"old{i}",) for i in range(5)])
+    steps(feed)
+    finish(r, queued_events(r)[0]["id"])
+    steps(feed)
+    app.close()
+    feed.close()
+
+    replace_with_new(project / "app.db")
+    feed = Feed(registry, connect(redis_url))  # as after a restart: the cursor says change 5 of another file
+    steps(feed)
+    app = app_db(project / "app.db", "")
+    app.execute("INSERT INTO items(name, n) VALUES ('new one', 1)")
+    steps(feed)
+    assert names(r) == ["new one"]
+    feed.close()
+    app.close()
