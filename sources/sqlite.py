@@ -211,7 +211,11 @@ class Feed:
                 if counts is not None or last != stream.last:
                     self._finish(stream, last, now, counts or {}, settled)
                 return
-            self._publish(stream, sqlite_batch.records(stream, changes), consumed, 0, counts, now, None, settled)
+            batch = sqlite_batch.fit(sqlite_batch.records(stream, changes), consumed)
+            if batch.too_large is not None:
+                self._too_large(stream, batch, now, counts or {}, settled)
+                return
+            self._publish(stream, batch.records, batch.last, 0, counts, now, None, settled, batch.text)
         self._prepare(stream, conn, now)
 
     def _prepare(self, stream: Stream, conn: sqlite3.Connection, now: float) -> None:
@@ -254,10 +258,12 @@ class Feed:
         return results.fetch(self.client, stream.event_id)
 
     def _publish(self, stream: Stream, records: list[dict[str, Any]], last: int, retries: int,
-                 counts: dict[str, int] | None, now: float, ahead: Ahead | None = None, settled: str = "") -> None:
+                 counts: dict[str, int] | None, now: float, ahead: Ahead | None = None, settled: str = "",
+                 text: str | None = None) -> None:
         """Publish a batch and move the cursor to it, in one transaction. With ``counts`` the batch
         in flight is done: the same transaction records that and adds its counters. ``settled``
-        names the batch whose staged successor the same transaction drops."""
+        names the batch whose staged successor the same transaction drops; ``text`` is the records'
+        JSON when the caller has it."""
         if not records:
             self._finish(stream, last, now, counts or {}, settled)
             return
@@ -267,7 +273,7 @@ class Feed:
         elif ahead is not None:  # read ahead long ago: a new envelope, whose age counts from now
             job, packed = sqlite_batch.job(self.publisher, stream, records, ahead.text), ahead.packed
         else:
-            text = sqlite_batch.to_json(records)
+            text = sqlite_batch.to_json(records) if text is None else text
             job, packed = sqlite_batch.job(self.publisher, stream, records, text), sqlite_cursor.pack(text)
         fields = {"last": last, "event": job.event.id, "records": packed, "retries": retries,
                   "done": done, "database": str(stream.db.path), "table": stream.table, "file": stream.db.file}
@@ -310,11 +316,29 @@ class Feed:
                   name, len(rest), sqlite_batch.seq(rest[0]), sqlite_batch.seq(rest[-1]), stream.table, stream.retries)
         return {"records_failed": len(rest)}
 
-    def _finish(self, stream: Stream, last: int, now: float, counts: dict[str, int], settled: str = "") -> None:
+    def _too_large(self, stream: Stream, batch: sqlite_batch.Fit, now: float, counts: dict[str, int],
+                   settled: str) -> None:
+        """Dead-letter alone a record too large for any payload and go on after it, in one transaction."""
+        record, said = batch.too_large, []
+        if record is None:
+            return
+
+        def park(pipe: Any) -> None:
+            said.append(sqlite_batch.dead_letter_too_large(pipe, stream, record, batch.size))
+
+        self._finish(stream, batch.last, now, {**counts, "records_failed": counts.get("records_failed", 0) + 1},
+                     settled, also=park)
+        log.error("%s: %s: %s; dead-lettered alone, the stream goes on", stream.function.name, sqlite_batch.TOO_LARGE,
+                  said[0] if said else "")
+
+    def _finish(self, stream: Stream, last: int, now: float, counts: dict[str, int], settled: str = "",
+                also: Callable[[Any], None] | None = None) -> None:
         """Record that nothing is in flight up to change ``last`` (adding ``counts``, dropping the
-        successor staged after ``settled``), in one transaction."""
+        successor staged after ``settled``, and queuing what ``also`` adds), in one transaction."""
         with self.client.pipeline(transaction=True) as pipe:
             quarantine.guard(pipe, {stream.key: "hash"})
+            if also is not None:
+                also(pipe)
             pipe.hset(stream.key, mapping={"last": last, "done": last, "event": "", "records": "",
                                            "retries": 0, "file": stream.db.file})
             for counter, n in counts.items():
