@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from broker import deadletter, results
+from broker import deadletter, results, schedules
 from broker.connection import TRANSIENT, RedisRefusesWrites, connect
 from broker.envelope import Event, parse_json
 from broker.errors import InvocationError, LambdaliteError, RedisUnavailableError
@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     st = sub.add_parser("status", help="queued, running, workers and outcomes per function")
     st.add_argument("--json", action="store_true", help="print one JSON object")
+    st.add_argument("--cost", action="store_true", help="requests, GB-seconds and what they would cost on Lambda")
     inv = sub.add_parser("invoke", help="run one invocation through the queue")
     inv.add_argument("function")
     inv.add_argument("--event", type=Path, help="JSON file with the event (default: {})")
@@ -47,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     dp = dsub.add_parser("purge", help="drop all dead letters of a function")
     dp.add_argument("function")
     sub.add_parser("check", help="validate lambdalite.toml and import every handler")
+    lg = sub.add_parser("logs", help="a function's invocation logs (START, its output, END, REPORT)")
+    lg.add_argument("function")
+    lg.add_argument("--follow", "-f", action="store_true", help="then wait for new invocations (Ctrl-C ends)")
+    lg.add_argument("--since", default="10m", help="from this long ago (30s, 10m, 2h, 1d) or an ISO time")
+    lg.add_argument("--filter", dest="text", help="only the lines that hold this text")
+    lg.add_argument("--request-id", help="only this invocation")
+    lg.add_argument("--output", choices=("text", "json"), default="text")
     return p
 
 
@@ -89,11 +97,9 @@ def _warnings_to_stderr() -> None:
 
 def _run(args: argparse.Namespace, settings: Settings, registry: Registry) -> int:
     if args.command == "check":
-        from broker.registry import resolve_handler
+        from broker.environment import check_handlers
 
-        for fn in registry:
-            if fn.handler:
-                resolve_handler(fn, registry.path)
+        check_handlers(registry, settings)  # as each sandbox will: its environment, the sandbox user
         print(f"{registry.path}: {len(registry.functions)} function(s) OK")
         return 0
     client = connect(settings.redis_dsn)
@@ -103,8 +109,16 @@ def _run(args: argparse.Namespace, settings: Settings, registry: Registry) -> in
         logging.getLogger(__name__).warning("redis refuses writes (%s); a command that writes will fail", e)
     except TRANSIENT as e:
         raise RedisUnavailableError(f"redis unavailable at {settings.redis_dsn}: {e}") from e
+    if args.command == "logs":
+        from broker import logcli
+
+        return logcli.run(client, registry.get(args.function).name, args.since, args.follow, args.text,
+                          args.request_id, args.output)
+    if args.command == "status" and args.cost:
+        return _cost(args, client, registry)
     if args.command == "status":
         snapshot = status(client, registry)
+        _next_ticks(snapshot, registry, settings)
         print(json.dumps(snapshot, indent=2) if args.json else _table(snapshot))
         return 0
     if args.command == "invoke":
@@ -152,12 +166,34 @@ def _dlq(args: argparse.Namespace, client: Any, registry: Registry) -> int:
     return 0
 
 
+def _cost(args: argparse.Namespace, client: Any, registry: Registry) -> int:
+    from broker import cost
+
+    names = list(registry.functions)
+    priced = {name: cost.price(use) for name, use in cost.usage(client, names).items()}
+    print(json.dumps({"functions": priced, "prices": cost.price_table()}, indent=2) if args.json
+          else cost.table(priced))
+    return 0
+
+
+def _next_ticks(snapshot: dict[str, Any], registry: Registry, settings: Settings) -> None:
+    """Each function's schedules with their next tick, in its row of ``snapshot``."""
+    for schedule, tick in schedules.next_ticks(registry, schedules.clock(settings)()):
+        row = snapshot["functions"][schedule.function.name]
+        row.setdefault("schedules", []).append({
+            "rule": schedule.rule, "expression": schedule.trigger.expression, "timezone": schedule.trigger.timezone,
+            "next_tick": schedules.iso(tick) if tick is not None else None,
+        })
+
+
 def _table(snapshot: dict[str, Any]) -> str:
     cols = ["queued", "running", "workers", "succeeded", "failed", "dead"]
-    rows = [["function", *cols, "last decision"]]
+    rows = [["function", *cols, "next tick", "last decision"]]
     for name, row in snapshot["functions"].items():
         d = row.get("last_decision")
-        rows.append([name, *[str(row[c]) for c in cols], f"{d['action']}: {d['reason']}" if d else "-"])
+        ticks = [s["next_tick"] for s in row.get("schedules", ())]
+        upcoming = min((t for t in ticks if t), default="never" if ticks else "-")
+        rows.append([name, *[str(row[c]) for c in cols], upcoming, f"{d['action']}: {d['reason']}" if d else "-"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 

@@ -40,6 +40,14 @@ class Parser(DefaultParser):  # type: ignore[misc,valid-type]
 
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
 
+# Every connection's timeouts, set here so that no behaviour depends on a client library's defaults
+# (redis-py 8.2 gives a connection a 5 s socket timeout of its own; earlier versions none).
+CONNECT_TIMEOUT = 2.0  # seconds to open a connection: a unix socket or a local port answers in microseconds
+BLOCK_SLICE = 5.0  # seconds a blocking read (BLMOVE, XREAD BLOCK) waits in one command; longer waits loop
+# Seconds a reply may take: Redis answers in microseconds, in milliseconds when its disk is slow; a
+# blocking read's reply comes within BLOCK_SLICE. Past this the connection is dropped and retried.
+COMMAND_TIMEOUT = BLOCK_SLICE + 5.0
+
 RETRY_FIRST = 0.05  # seconds before the first retry
 RETRY_CAP = 0.5  # seconds between retries at most: work resumes within this of Redis coming back
 
@@ -74,12 +82,18 @@ class Backoff:
         self.delay = 0.0
 
 
-def connect(dsn: str, retries: int = 3) -> redis.Redis:
+def connect(dsn: str, retries: int = 3, timeout: float = COMMAND_TIMEOUT) -> redis.Redis:
     """A client for ``dsn`` (``redis://`` or ``unix://``) that retries brief faults itself
-    (``retries`` times; 0 for an answer at once, e.g. to learn whether Redis is there)."""
+    (``retries`` times; 0 for an answer at once, e.g. to learn whether Redis is there).
+
+    Its connections open within :data:`CONNECT_TIMEOUT` and give up on a reply after ``timeout``
+    seconds (:data:`COMMAND_TIMEOUT`: longer than any blocking read of lambdalite's, which waits
+    :data:`BLOCK_SLICE` at most and loops for a longer deadline).
+    """
     return redis.Redis.from_url(
         dsn,
-        socket_connect_timeout=2,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=timeout,
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=retries),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],

@@ -10,6 +10,7 @@ honcho stops the whole stack when any of its processes exits.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -19,10 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-import redis
-
 from broker import stacklock
-from broker.connection import wait_for_redis
+from broker.connection import connect, wait_for_redis
 from broker.errors import LambdaliteError, RedisUnavailableError
 from broker.kernel import stand_by
 from broker.settings import load_settings
@@ -85,7 +84,7 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while not self.socket.exists() and time.monotonic() < deadline and self.proc.poll() is None:
             time.sleep(0.005)  # the socket appears within milliseconds; then PING decides
-        client = redis.Redis.from_url(self.url)
+        client = connect(self.url, retries=0)
         try:
             wait_for_redis(client, timeout=timeout)
         except RedisUnavailableError as e:
@@ -122,8 +121,10 @@ LAST_OUT = 4.0  # seconds a stop waits for the other processes to let go of Redi
 def main() -> None:
     from broker import logs
 
+    os.umask(0o077)  # the AOF and all else under var/: the stack user's alone (kept across exec)
     try:
         settings = load_settings()
+        private_var(settings.var_dir)
         stacklock.hold(settings, "redis")
     except LambdaliteError as e:
         print(f"lambdalite: {e}", file=sys.stderr)
@@ -144,6 +145,18 @@ def main() -> None:
     args = server_args(socket, settings.var_dir.resolve(), appendfsync=settings.redis_appendfsync)
     log.info("starting %s on %s (appendfsync %s)", args[0], socket, settings.redis_appendfsync)
     supervise(socket, args)
+
+
+def private_var(var_dir: Path) -> None:
+    """Make ``var/`` 0700 and what is already in it the stack user's alone (0600 files, 0700
+    folders): every event payload and webhook header passes through the AOF there."""
+    var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for folder, dirs, files in os.walk(var_dir):
+        for name, mode in [(folder, 0o700), *((os.path.join(folder, d), 0o700) for d in dirs),
+                           *((os.path.join(folder, f), 0o600) for f in files)]:
+            with contextlib.suppress(OSError):  # gone meanwhile, or a socket of another owner
+                if not os.path.islink(name):
+                    os.chmod(name, mode)
 
 
 def supervise(socket: Path, args: list[str]) -> None:

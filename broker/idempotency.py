@@ -205,6 +205,69 @@ def _connection() -> _Store:
     return _store
 
 
+# -- the narrow door: a sandbox that cannot reach Redis asks its worker ---------------------------
+
+#: ``door(op, keys, args)``: runs one of the scripts below in the worker; set by the sandbox for an
+#: invocation whose worker serves it (see :func:`serve_door`).
+Door = Callable[[str, list[str], list[Any]], Any]
+_door: Door | None = None
+_SCRIPTS = {"claim": _CLAIM, "complete": _COMPLETE, "release": _RELEASE}
+
+
+def use_door(door: Door | None) -> None:
+    """Send the helper's Redis calls through ``door`` (None: connect to Redis directly)."""
+    global _door
+    _door = door
+
+
+def _script(name: str) -> Callable[..., Any]:
+    door = _door
+    if door is not None:
+        return lambda keys, args: door(name, keys, args)
+    store = _connection()
+    script: Script = {"claim": store.claim, "complete": store.complete, "release": store.release}[name]
+    return script
+
+
+_door_scripts: dict[int, dict[str, Script]] = {}
+
+
+def serve_door(client: redis.Redis, function: str, owner: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Answer a sandbox's ``door`` request in its worker: only the three scripts of this module,
+    only on ``function``'s own records and ``owner``'s held set. Returns ``{"value": ...}`` or
+    ``{"error": kind, "message": ...}``."""
+    op, keys, args = request.get("door"), request.get("keys"), request.get("args")
+    prefix = f"{KEY_PREFIX}{function}:"
+    if (op not in _SCRIPTS or not isinstance(keys, list) or not 1 <= len(keys) <= 2
+            or not isinstance(args, list) or len(args) > 3
+            or not all(isinstance(a, str | int) and not isinstance(a, bool) for a in args)
+            or not isinstance(keys[0], str) or not keys[0].startswith(prefix)
+            or (len(keys) == 2 and keys[1] != held_key(owner))):
+        return {"error": "refused", "message": f"the worker of {function!r} serves only its own idempotency records"}
+    scripts = _door_scripts.setdefault(id(client), {})
+    script = scripts.get(op) or scripts.setdefault(op, client.register_script(_SCRIPTS[op]))
+    try:
+        value = script(keys=keys, args=args)
+    except redis.ResponseError as e:
+        return {"error": "response", "message": str(e)}
+    except redis.RedisError as e:
+        return {"error": "unavailable", "message": str(e)}
+    return {"value": value.decode("utf-8", "replace") if isinstance(value, bytes) else value}
+
+
+def door_answer(answer: dict[str, Any]) -> Any:
+    """The value of :func:`serve_door`'s answer in the sandbox, or the error it stands for."""
+    kind = answer.get("error")
+    if kind is None:
+        return answer.get("value")
+    message = str(answer.get("message", ""))
+    if kind == "response":
+        raise redis.ResponseError(message)
+    if kind == "refused":
+        raise IdempotencyPersistenceLayerError(message)
+    raise redis.ConnectionError(message)
+
+
 def record_key(function: str, key: Any, scope: str = HANDLER_SCOPE) -> str:
     """The Redis key of ``key``'s record for ``function``: the key's canonical JSON, hashed, so a
     key of any length or characters fits. ``scope`` is "handler" for :func:`idempotent`, the
@@ -231,7 +294,7 @@ def release_held(client: redis.Redis, owner: str) -> int:
     return int(cast(int, released))
 
 
-def _call(script: Script, keys: list[str], args: list[Any], rkey: str) -> Any:
+def _call(script: Callable[..., Any], keys: list[str], args: list[Any], rkey: str) -> Any:
     try:
         return script(keys=keys, args=args)
     except redis.ResponseError as e:
@@ -270,20 +333,20 @@ def _stored(what: str, rkey: str, raw: bytes) -> Any:
 def _run_once(what: str, function: str, key: Any, scope: str, expires_after: int,
               context: InvocationContext, owner: str | None, body: Callable[[], Any]) -> Any:
     rkey = record_key(function, key, scope)
-    store = _connection()
+    claim_script, complete_script, release_script = _script("claim"), _script("complete"), _script("release")
     keys = [rkey] if owner is None else [rkey, held_key(owner)]
     token = f"{owner or 'local'}/{uuid.uuid4().hex}"
     request = context.aws_request_id
     claim = json.dumps({"status": INPROGRESS, "token": token, "request_id": request, "started_at": time.time()})
     # The claim lasts as long as the invocation may run: a killed one's claim frees itself.
-    existing = _call(store.claim, keys, [claim, max(1, context.get_remaining_time_in_millis())], rkey)
+    existing = _call(claim_script, keys, [claim, max(1, context.get_remaining_time_in_millis())], rkey)
     if existing is not None:
         return _stored(what, rkey, existing)
     try:
         result = body()
     except BaseException:
         try:
-            store.release(keys=keys, args=[token])
+            release_script(keys=keys, args=[token])
         except redis.RedisError as e:  # the body's own error matters more; the claim expires
             log.warning("%s: could not release the idempotency claim %s: %s", what, rkey, e)
         raise
@@ -295,7 +358,7 @@ def _run_once(what: str, function: str, key: Any, scope: str, expires_after: int
         problem = (f"{what}: the result is not JSON ({e}); the body ran once and is recorded as done "
                    f"without a result (delete {rkey} to let it run again)")
         data = json.dumps({"status": COMPLETED, "error": problem, "request_id": request, "completed_at": time.time()})
-    first = _call(store.complete, keys, [token, data, expires_after], rkey)
+    first = _call(complete_script, keys, [token, data, expires_after], rkey)
     if problem is not None:
         raise IdempotencyResultError(problem)
     if first is not None:

@@ -23,7 +23,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now as utcnow
 from rq.utils import utcformat
 
-from broker import quarantine, successors
+from broker import quarantine, settings, successors
 from broker.conditional import Conditional, recorded
 from broker.envelope import Event
 from broker.errors import EnvelopeError
@@ -32,7 +32,7 @@ from broker.registry import Function, Registry
 RUNNER = "workers.runtime.run"
 QUEUE_PREFIX = "lambdalite."
 WAKE_CHANNEL = "lambdalite:wake"
-SYNC_RESULT_TTL = 600  # seconds a synchronous caller's result is kept
+SYNC_RESULT_TTL = 600  # seconds a synchronous caller's result is kept (default of LAMBDALITE_SYNC_RESULT_TTL)
 FAILURE_TTL = 7 * 24 * 3600
 # Job data over this many bytes is compressed as RQ compresses it. Below it zlib saves next to
 # nothing and costs more than the rest of the job's encoding; RQ (and workers.jobs) read data that
@@ -76,7 +76,7 @@ def job_options(fn: Function, event: Event) -> dict[str, Any]:
         # Each attempt is its own RQ job; the event (request) id stays the same.
         "job_id": event.id if event.attempt == 0 else f"{event.id}-a{event.attempt}",
         "timeout": rq_timeout(fn),
-        "result_ttl": SYNC_RESULT_TTL if sync else 0,
+        "result_ttl": settings.current().sync_result_ttl if sync else 0,
         "failure_ttl": FAILURE_TTL,
         "description": f"{fn.name} {event.source} {event.id}",
     }

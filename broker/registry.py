@@ -15,6 +15,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from broker import schedule_expression
+from broker.envelope import dump_json
+from broker.environment import FromEnv, check_names
 from broker.errors import ConfigError, UnknownFunctionError
 
 FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"  # Lambda's own rule for function names
@@ -80,7 +83,44 @@ class HttpTrigger(_Strict):
     secret_env: str | None = None
 
 
-Trigger = Annotated[FilesTrigger | SqliteTrigger | HttpTrigger, Field(discriminator="source")]
+class ScheduleTrigger(_Strict):
+    """An EventBridge schedule: ``rate(...)`` or ``cron(...)`` in EventBridge's syntax, ticked by the
+    scaler exactly once per tick (:mod:`broker.schedules`).
+
+    ``input`` is a constant JSON event sent instead of the scheduled-rule event; ``catch_up`` says
+    what happens to ticks missed while no scaler ran: ``"none"`` (as EventBridge) or ``"latest"``
+    (the most recent one runs, if younger than the function's ``maximum_event_age``).
+    """
+
+    source: Literal["schedule"]
+    expression: str
+    timezone: str = "UTC"
+    input: Any = None
+    catch_up: Literal["none", "latest"] = "none"
+
+    @field_validator("expression")
+    @classmethod
+    def _expression(cls, text: str) -> str:
+        schedule_expression.parse(text)
+        return text.strip()
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, name: str) -> str:
+        schedule_expression.zone(name)
+        return name
+
+    @field_validator("input")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        try:
+            dump_json(value)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"not JSON: {e}") from e
+        return value
+
+
+Trigger = Annotated[FilesTrigger | SqliteTrigger | HttpTrigger | ScheduleTrigger, Field(discriminator="source")]
 
 
 class Function(_Strict):
@@ -101,6 +141,16 @@ class Function(_Strict):
     on_success: str | None = Field(None, pattern=FUNCTION_NAME)
     on_failure: str | None = Field(None, pattern=FUNCTION_NAME)
     triggers: tuple[Trigger, ...] = ()
+    environment: dict[str, str | FromEnv] = Field(
+        default_factory=dict,
+        description="Variables set before the handler is imported (Lambda's Environment.Variables).",
+    )
+
+    @field_validator("environment")
+    @classmethod
+    def _allowed_names(cls, variables: dict[str, str | FromEnv]) -> dict[str, str | FromEnv]:
+        check_names(variables)
+        return variables
 
     @model_validator(mode="after")
     def _one_entry_point(self) -> Function:
@@ -148,7 +198,7 @@ def _where(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("files", "sqlite", "http") and out.endswith("]"):
+        elif part in ("files", "sqlite", "http", "schedule") and out.endswith("]"):
             continue  # pydantic's discriminator tag: not a key the user wrote
         else:
             out += ("." if out else "") + str(part)

@@ -19,12 +19,12 @@ from typing import Any, Literal
 
 import redis
 
-from broker import quarantine
+from broker import connection, quarantine, settings
 from broker.errors import OutcomeError
 
 log = logging.getLogger(__name__)
 
-RESULT_TTL = 900  # seconds an outcome stays readable
+RESULT_TTL = 900  # seconds an outcome stays readable (default of LAMBDALITE_OUTCOME_TTL)
 Status = Literal["succeeded", "failed", "dead"]
 _STATUSES = ("succeeded", "failed", "dead")
 
@@ -70,9 +70,11 @@ def result_key(event_id: str) -> str:
     return f"lambdalite:result:{event_id}"
 
 
-def record(pipe: Any, event_id: str, outcome: Outcome, ttl: int = RESULT_TTL) -> None:
-    """Queue the commands that store ``outcome`` on ``pipe`` (a pipeline or a client)."""
+def record(pipe: Any, event_id: str, outcome: Outcome, ttl: int | None = None) -> None:
+    """Queue the commands that store ``outcome`` on ``pipe`` (a pipeline or a client), kept ``ttl``
+    seconds (default: ``LAMBDALITE_OUTCOME_TTL``)."""
     key = result_key(event_id)
+    ttl = settings.current().outcome_ttl if ttl is None else ttl
     quarantine.guard(pipe, {key: "stream"})
     pipe.xadd(key, {"outcome": outcome.encode()})
     pipe.expire(key, ttl)
@@ -90,7 +92,8 @@ def _read(client: redis.Redis, event_id: str, timeout: float | None) -> Outcome 
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            block = max(1, int(left * 1000))
+            # in slices: a connection's socket timeout (broker.connection) outlasts a slice, not any deadline
+            block = max(1, int(min(left, connection.BLOCK_SLICE) * 1000))
         try:
             entries: Any = client.xread({key: after}, count=10, block=block)
         except redis.ResponseError as e:
@@ -120,7 +123,8 @@ def wait(client: redis.Redis, event_id: str, timeout: float) -> Outcome | None:
 
 
 def wait_any(client: redis.Redis, event_ids: Iterable[str], timeout: float) -> dict[str, Outcome]:
-    """Block up to ``timeout`` seconds until one of the events has an outcome; one round trip.
+    """Block up to ``timeout`` seconds (:data:`broker.connection.BLOCK_SLICE` at most) until one of the
+    events has an outcome; one round trip.
 
     Returns event id -> outcome for the events whose stream now starts with one (empty when none
     arrived in time). A first entry that is not an outcome is left out, for :func:`fetch` to skip
@@ -129,7 +133,8 @@ def wait_any(client: redis.Redis, event_ids: Iterable[str], timeout: float) -> d
     ids = {result_key(i).encode(): i for i in event_ids}
     if not ids:
         return {}
-    entries: Any = client.xread(dict.fromkeys(ids, b"0-0"), count=1, block=max(1, int(timeout * 1000)))
+    block = max(1, int(min(timeout, connection.BLOCK_SLICE) * 1000))
+    entries: Any = client.xread(dict.fromkeys(ids, b"0-0"), count=1, block=block)
     found = {}
     for key, messages in entries or []:
         for _entry_id, fields in messages:

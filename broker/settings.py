@@ -5,6 +5,7 @@ Every setting has a default that works on a fresh machine. Durations are in seco
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,7 +53,7 @@ class Settings(BaseSettings):
         description="When the embedded Redis fsyncs its append-only file: everysec, or always (power-cut safe).",
     )
     buckets: Path = Field(Path("buckets"), description="Each sub-folder is a bucket.")
-    region: str = Field("us-east-1", min_length=1, description="The awsRegion written into event records.")
+    region: str = Field("us-east-1", min_length=1, description="The region of every ARN, event record and AWS_REGION.")
     max_workers: int = Field(default_factory=_default_max_workers, ge=1, description="Global worker cap.")
     idle_timeout: float = Field(30.0, gt=0, description="Seconds before an idle worker is retired.")
     memory_budget: int = Field(
@@ -65,6 +66,68 @@ class Settings(BaseSettings):
     http_host: str = Field("127.0.0.1", description="Address the webhook/Invoke API server binds to.")
     http_port: int = Field(9000, ge=0, le=65535, description="Port of the webhook/Invoke API server.")
     http_token: str = Field("", description="When set, the Invoke API needs 'Authorization: Bearer <it>'.")
+
+    # -- Redis's bounds (broker.pruning): how long results are kept, what stores without a TTL keep --
+    sync_result_ttl: int = Field(
+        600, ge=1, le=7 * 24 * 3600,
+        description="Seconds RQ keeps a synchronous invocation's job and result (finished registry).",
+    )
+    outcome_ttl: int = Field(
+        900, ge=1, le=7 * 24 * 3600,
+        description="Seconds an event's outcome stays readable (lambdalite:result:<id>).",
+    )
+    failed_jobs_kept: int = Field(
+        1000, ge=0, description="Failed RQ jobs kept per function, newest first (RQ's failed registry).",
+    )
+    dead_letters_kept: int = Field(
+        10000, ge=1, description="Dead letters kept per function; beyond it the oldest are dropped.",
+    )
+    prune_interval: float = Field(
+        15.0, gt=0, le=60, description="Seconds between the scaler's pruning passes over RQ's registries.",
+    )
+
+    # -- schedules (broker.schedules) --
+    account_id: str = Field(
+        "123456789012", pattern=r"^\d{12}$",
+        description="The AWS-style account written into scheduled events and their rules' ARNs.",
+    )
+    schedule_clock_rate: float = Field(
+        1.0, gt=0, le=3600,
+        description="Tests only: schedule time runs this many times faster than the clock, from schedule_clock_origin.",
+    )
+    schedule_clock_origin: float = Field(
+        0.0, ge=0, description="Tests only: the instant (seconds since the epoch) a faster schedule clock starts at.",
+    )
+
+    # -- sandbox: the identity, environment and /tmp of handlers (broker/environment.py, workers/isolation.py)
+    sandbox_user: str = Field(
+        "nobody", min_length=1,
+        description="The unprivileged user (name or uid) handlers run as when the stack runs as root.",
+    )
+    private_tmp: bool = Field(
+        True,
+        description="Give each worker's sandbox a private /tmp (a mount namespace); off: a TMPDIR per invocation.",
+    )
+
+    # -- HTTP front door: who may call, which proxies are believed, how long a connection may dawdle --
+    access_keys: str = Field(
+        "", description="Invoke API access keys checked as SigV4: KEY_ID:SECRET pairs, comma-separated."
+    )
+    access_keys_file: Path | None = Field(
+        None, description="An AWS credentials file whose aws_access_key_id/aws_secret_access_key pairs are accepted."
+    )
+    trusted_proxies: str = Field(
+        "", description="Comma-separated addresses or networks whose X-Forwarded-For / X-Real-IP is believed."
+    )
+    http_header_timeout: float = Field(
+        5.0, gt=0, le=300, description="Seconds a connection has to send a request's headers."
+    )
+    http_keepalive_timeout: float = Field(
+        5.0, gt=0, le=3600, description="Seconds an idle keep-alive connection stays open."
+    )
+    http_max_connections: int = Field(
+        1000, ge=1, description="Most open HTTP connections; more are answered 503 and closed."
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -91,6 +154,13 @@ class Settings(BaseSettings):
     def redis_dsn(self) -> str:
         """The URL every process connects to."""
         return self.redis_url or f"unix://{self.redis_socket}"
+
+
+@functools.lru_cache(maxsize=1)
+def current() -> Settings:
+    """The settings as this process first read them, for code deep in a call chain that is given
+    no :class:`Settings` (the lifetimes a publish writes). Raises :class:`SettingsError`."""
+    return load_settings()
 
 
 def load_settings(**overrides: object) -> Settings:

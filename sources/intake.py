@@ -74,7 +74,7 @@ class Intake:
     ) -> None:
         self.publisher = publisher
         self.client: redis.Redis = publisher.client
-        self.waiter = waiter  # for blocking reads of outcomes: no socket timeout
+        self.waiter = waiter  # for blocking reads of outcomes, in slices its socket timeout outlasts
         self.transactor = transactor
         self.max_pending = max_pending
         self.max_batch = max_batch

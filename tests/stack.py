@@ -24,6 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def env(**extra: str) -> dict[str, str]:
     out = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDALITE_") or k == "LAMBDALITE_REDIS_URL"}
     out["PYTHONPATH"] = str(ROOT)
+    # Project folders live below pytest's 0700 temp root, which the sandbox user cannot enter: the
+    # stacks these tests start keep handlers as the stack's user. tests/test_sandbox_identity.py
+    # runs them as the sandbox user.
+    out["LAMBDALITE_SANDBOX_USER"] = "root"
     out.update(extra)
     return out
 

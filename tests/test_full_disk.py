@@ -301,7 +301,9 @@ def test_an_invocation_without_room_for_its_tmpdir_fails_alone_and_its_worker_ca
         '[functions.echo]\nhandler = "hostile.echo"\nretries = 2\nretry_backoff = 3\n')
     tmp = FullDisk(project / "tmp", size="1m", inodes=64)
     try:
-        with Scaler(project, TMPDIR=str(tmp.folder), LAMBDALITE_IDLE_TIMEOUT="60") as scaler:
+        # A TMPDIR per invocation (the behaviour where no private /tmp can be made) is what fails here.
+        with Scaler(project, TMPDIR=str(tmp.folder), LAMBDALITE_IDLE_TIMEOUT="60",
+                    LAMBDALITE_PRIVATE_TMP="0") as scaler:
             assert invoke(redis_url, project, "echo").ok
             workers = workers_of(scaler)
             tmp.fill()

@@ -260,7 +260,7 @@ def test_workers_that_never_got_a_job_are_retired_too(project: Path, redis_url: 
 
 
 def test_a_wake_up_steps_at_once_only_when_the_function_may_be_short_of_workers(
-        project: Path, redis_url: str, r: redis.Redis) -> None:
+        project: Path, redis_url: str, r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     from broker.envelope import Event
     from broker.queues import Publisher
     from broker.registry import load_registry
@@ -270,6 +270,8 @@ def test_a_wake_up_steps_at_once_only_when_the_function_may_be_short_of_workers(
 
     setup(project, RECORD.format(cap=2) + RECORD.format(cap=1).replace("functions.rec", "functions.one"))
     registry = load_registry(project / "lambdalite.toml")
+    # The project sits below pytest's 0700 temp root: the handler check imports as the stack's user.
+    monkeypatch.setenv("LAMBDALITE_SANDBOX_USER", "root")
     scaler = InProcess(load_settings(), registry, r, spawn=lambda fn: 0)
     publisher = Publisher(r, registry)
     assert not scaler.short_of_workers([]) and not scaler.short_of_workers(["not-a-function"])
@@ -290,7 +292,7 @@ def test_a_wake_up_steps_at_once_only_when_the_function_may_be_short_of_workers(
 
 
 def test_a_step_counts_repairs_and_releases_in_few_round_trips_and_survives_a_forgotten_script(
-        project: Path, redis_url: str, r: redis.Redis) -> None:
+        project: Path, redis_url: str, r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     from broker import delayed
     from broker.envelope import Event
     from broker.queues import Publisher
@@ -300,6 +302,7 @@ def test_a_step_counts_repairs_and_releases_in_few_round_trips_and_survives_a_fo
 
     setup(project, RECORD.format(cap=2))
     registry = load_registry(project / "lambdalite.toml")
+    monkeypatch.setenv("LAMBDALITE_SANDBOX_USER", "root")  # as in the test above
     spawned: list[str] = []
 
     def spawn(fn: Function) -> int:

@@ -38,8 +38,10 @@ def test_honcho_stack_makes_a_thumbnail_and_stops_cleanly_on_ctrl_c(project: Pat
         shutil.copy(ROOT / name, project / name)
     (project / "buckets" / "uploads").mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDALITE_")}
+    # The project sits below pytest's 0700 temp root, which the sandbox user cannot enter; the shipped
+    # handler as the sandbox user: tests/test_sandbox_identity.py.
     env.update(PATH=f"{BIN}:{env['PATH']}", PYTHONPATH=str(ROOT), LAMBDALITE_HTTP_PORT=str(free_port()),
-               LAMBDALITE_IDLE_TIMEOUT="2")
+               LAMBDALITE_IDLE_TIMEOUT="2", LAMBDALITE_SANDBOX_USER="root")
     log = (project / "honcho.log").open("w")
     honcho = subprocess.Popen([str(BIN / "honcho"), "start"], cwd=project, env=env, stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True)

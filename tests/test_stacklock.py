@@ -20,7 +20,9 @@ from tests.test_stack_e2e import BIN, ROOT, free_port, lambdalite
 
 def stack_env(project: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDALITE_")}
-    env.update(PATH=f"{BIN}:{env['PATH']}", PYTHONPATH=str(ROOT), LAMBDALITE_HTTP_PORT=str(free_port()))
+    # The project's own handler sits below pytest's 0700 temp root, which the sandbox user cannot enter.
+    env.update(PATH=f"{BIN}:{env['PATH']}", PYTHONPATH=str(ROOT), LAMBDALITE_HTTP_PORT=str(free_port()),
+               LAMBDALITE_SANDBOX_USER="root")
     return env
 
 

@@ -5,12 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-REGION = "local"
-ACCOUNT = "000000000000"
+from broker.environment import ACCOUNT, function_arn, region
 
-
-def function_arn(name: str) -> str:
-    return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}"
+__all__ = ["ACCOUNT", "LambdaContext", "function_arn"]
 
 
 @dataclass(frozen=True)
@@ -46,7 +43,7 @@ class LambdaContext:
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_limit_in_mb),
             "AWS_LAMBDA_LOG_GROUP_NAME": self.log_group_name,
             "AWS_LAMBDA_LOG_STREAM_NAME": self.log_stream_name,
-            "AWS_REGION": REGION,
+            "AWS_REGION": region(),
             "LAMBDA_REQUEST_ID": self.aws_request_id,
             "LAMBDA_FUNCTION_ARN": self.invoked_function_arn,
             "LAMBDA_DEADLINE_MS": str(int(self.deadline * 1000)),

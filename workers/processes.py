@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from broker.kernel import die_with_parent
 from broker.registry import Function, Registry
 from broker.settings import Settings
 from workers.runtime import Runtime
+from workers.watchdog import Slot
 from workers.worker import FunctionWorker
 
 log = logging.getLogger("lambdalite.scaler")
@@ -58,8 +60,11 @@ def parse_worker_name(name: str) -> tuple[str, str, int] | None:
     return host, parts[0], int(parts[2])
 
 
-def fork(settings: Settings, registry: Registry, fn: Function, handler: Any, host: str, sid: str) -> int:
-    """Fork a worker for ``fn`` named for scaler ``sid`` on ``host``; its pid. The child never returns."""
+def fork(settings: Settings, registry: Registry, fn: Function, handler: Any, host: str, sid: str,
+         slot: Slot | None = None) -> int:
+    """Fork a worker for ``fn`` named for scaler ``sid`` on ``host``; its pid. The child never returns.
+
+    ``slot``: the worker's place on the scaler's watchdog board (see :mod:`workers.watchdog`)."""
     sys.stdout.flush()
     # Frozen objects are left alone by the child's garbage collector, so it does not touch
     # (and copy) every page of the warm heap it shares with the scaler.
@@ -71,7 +76,7 @@ def fork(settings: Settings, registry: Registry, fn: Function, handler: Any, hos
     code = 0
     stacklock.forget_inherited()
     try:
-        _run_worker(settings, registry, fn, handler, worker_name(host, sid, fn.name, os.getpid()))
+        _run_worker(settings, registry, fn, handler, worker_name(host, sid, fn.name, os.getpid()), slot)
     except BaseException:  # noqa: B036 - a forked child must never return into the scaler
         log.exception("worker for %s failed", fn.name)
         code = 1
@@ -80,17 +85,20 @@ def fork(settings: Settings, registry: Registry, fn: Function, handler: Any, hos
         os._exit(code)
 
 
-def _run_worker(settings: Settings, registry: Registry, fn: Function, handler: Any, name: str) -> None:
+def _run_worker(settings: Settings, registry: Registry, fn: Function, handler: Any, name: str,
+                slot: Slot | None) -> None:
     parent = os.getppid()
     die_with_parent(signal.SIGUSR1)  # the scaler is gone: hand the event back and stop
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_DFL)
     if os.getppid() != parent:
         return
-    runtime = Runtime(fn, handler, name)
+    if slot is not None:
+        slot.seal()  # before the sandbox forks: no handler can reach the board
+    runtime = Runtime(fn, handler, name, slot=slot)
     runtime.prepare()  # the sandbox forks and gets ready while this process connects and sets up
     client = connect(settings.redis_dsn)
-    worker = FunctionWorker(fn, registry, client, runtime, name)
+    worker = FunctionWorker(fn, registry, client, runtime, name, slot=slot)
     worker.serve()
 
 
@@ -100,10 +108,11 @@ def send(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def stop(procs: dict[int, WorkerProc], grace: float) -> None:
+def stop(procs: dict[int, WorkerProc], grace: float, send: Callable[[int, int], None] = send) -> None:
     """Warm-stop ``procs``; after ``grace`` s hand back what still runs; kill stragglers.
 
-    Returns once every one of them is collected, or after the SIGKILL.
+    Returns once every one of them is collected, or after the SIGKILL. ``send`` signals a worker
+    (the scaler's marks the signal as its own: see :meth:`workers.watchdog.Board.send`).
     """
     for pid in procs:
         send(pid, signal.SIGTERM)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import cast
 
 import redis
@@ -65,9 +65,13 @@ def _put_back_taken(client: redis.Redis, queue: Queue, is_dead: Callable[[str], 
     return put_back
 
 
-def recover(client: redis.Redis, registry: Registry, is_dead: Callable[[str], bool]) -> int:
+def recover(client: redis.Redis, registry: Registry, is_dead: Callable[[str], bool],
+            causes: Mapping[str, tuple[str, str]] | None = None) -> int:
     """Settle every started job whose worker ``is_dead(worker_name)``, and put back what dead
-    workers had taken but not started; returns how many jobs that concerned."""
+    workers had taken but not started; returns how many jobs that concerned.
+
+    ``causes``: for a worker the scaler killed because it could not enforce a limit itself (see
+    :mod:`workers.watchdog`), the error type and message its event is settled with."""
     publisher = Publisher(client, registry)
     recovered = 0
     for fn in registry:
@@ -86,12 +90,14 @@ def recover(client: redis.Redis, registry: Registry, is_dead: Callable[[str], bo
                 log.warning("redis key %s: entry %r is not a job execution; removed", started.key, member[:80])
                 client.zrem(started.key, member)
                 continue
-            recovered += _recover_one(client, publisher, fn, started.key, member, job_id, expires, is_dead)
+            recovered += _recover_one(client, publisher, fn, started.key, member, job_id, expires, is_dead,
+                                      causes or {})
     return recovered
 
 
 def _recover_one(client: redis.Redis, publisher: Publisher, fn: Function, registry_key: str, member: bytes,
-                 job_id: str, expires: float, is_dead: Callable[[str], bool]) -> int:
+                 job_id: str, expires: float, is_dead: Callable[[str], bool],
+                 causes: Mapping[str, tuple[str, str]]) -> int:
     try:
         job = jobs.read(client, job_id)
     except jobs.UnreadableJob as e:
@@ -113,8 +119,10 @@ def _recover_one(client: redis.Redis, publisher: Publisher, fn: Function, regist
         log.warning("%s: job %s of dead worker %s holds no event (%s); nothing to run again", fn.name, job_id,
                     worker, e)
         return 0
-    error = error_object("Runtime.ExitError", f"RequestId: {event.id} Error: the worker {worker} died")
-    Outcomes(client, publisher, fn).settle_failure(event, error, f"worker {worker} died during {event.id}")
+    error_type, detail = causes.get(worker or "", ("Runtime.ExitError", f"the worker {worker} died"))
+    error = error_object(error_type, f"RequestId: {event.id} Error: {detail}")
+    Outcomes(client, publisher, fn).settle_failure(event, error, f"worker {worker} died during {event.id}"
+                                                   + (f" ({error_type})" if worker in causes else ""))
     return 1
 
 

@@ -8,10 +8,10 @@ Lambda's ``START`` / ``END`` / ``REPORT`` lines to stdout.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import secrets
-import select
 import shutil
 import sys
 import tempfile
@@ -22,11 +22,14 @@ from typing import Any
 
 import psutil
 
-from broker import kernel
+from broker import cost, kernel
 from broker.registry import Function
-from workers import limits
+from workers import isolation, limits
+from workers.capture import Capture
 from workers.limits import MB, Limits
+from workers.logtail import TAIL_BYTES
 from workers.sandbox import Sandbox, SandboxGone, error_object
+from workers.watchdog import Slot
 
 SAMPLE_INTERVAL = 0.05  # seconds between memory / disk samples while an invocation runs
 MAX_LEFTOVERS = 64  # more processes than this left behind by an invocation: recycle the sandbox
@@ -53,6 +56,7 @@ class Invocation:
     max_memory_mb: int
     max_storage_mb: float
     init_ms: float | None
+    log_tail: str | None = None  # the last 4 KB of its log, when the caller asked (LogType=Tail)
 
     @property
     def ok(self) -> bool:
@@ -68,12 +72,18 @@ class Runtime:
         handler: Callable[[Any, Any], Any] | None,
         worker_name: str,
         out: Callable[[str], None] | None = None,
+        slot: Slot | None = None,
     ) -> None:
         self.fn = fn
+        self.slot = slot  # where the scaler's watchdog reads each invocation's deadline
         self.limits = Limits(fn.timeout, fn.memory, fn.ephemeral_storage)
-        self.sandbox = Sandbox(fn, handler, worker_name)
+        self.tmp = isolation.private_tmp(fn)  # None: a TMPDIR per invocation instead
+        self.sandbox = Sandbox(fn, handler, worker_name, self.tmp)
+        # The idempotency helper's way to Redis from a sandbox that has none (set by the worker).
+        self.door: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.me = psutil.Process()
-        self._out = out or _stdout
+        self.log = Capture(out or _stdout)  # the invocation's lines: relayed to stdout and kept
+        self._out = self.log.line
         self._tmpdir: str | None = None  # the next invocation's, being made ahead (see prepare_tmpdir)
         kernel.become_subreaper()
 
@@ -85,7 +95,19 @@ class Runtime:
         ``job_data``, when given, is the RQ job data (JSON) that ``event`` was read from: the sandbox
         gets it as it is, so a large event costs no second encoding.
         """
+        if self.slot is None:
+            return self._invoke(request_id, event, abandon, job_data)
+        # The scaler enforces the deadline itself if this process cannot (stopped, stuck).
+        self.slot.begin(time.monotonic() + self.limits.timeout)
+        try:
+            return self._invoke(request_id, event, abandon, job_data)
+        finally:
+            self.slot.end()
+
+    def _invoke(self, request_id: str, event: Any, abandon: Callable[[], bool],
+                job_data: bytes | None) -> Invocation:
         self.prepare()
+        self.log.begin()
         self._out(f"START RequestId: {request_id} Version: $LATEST")
         tmpdir, self._tmpdir = self._tmpdir or self._tmpdir_name(), None  # the sandbox makes it
         started = time.perf_counter()
@@ -96,7 +118,8 @@ class Runtime:
         try:
             self.sandbox.ready()
             init_ms, self.sandbox.init_ms = self.sandbox.init_ms, None
-            request = {"id": request_id, "tmpdir": tmpdir, "deadline": time.time() + self.limits.timeout}
+            request = {"id": request_id, "tmpdir": isolation.SANDBOX_TMP if self.tmp else tmpdir,
+                       "deadline": time.time() + self.limits.timeout, "door": self.door is not None}
             if job_data is None:
                 self.sandbox.send({**request, "event": event})
             else:
@@ -104,8 +127,12 @@ class Runtime:
             while True:
                 now = time.perf_counter()
                 wait = min(SAMPLE_INTERVAL, deadline - now)
-                if wait > 0 and select.select([self.sandbox.replies], [], [], wait)[0]:
+                if wait > 0 and self.log.wait(self.sandbox.replies, wait):
                     reply = self.sandbox.receive()
+                    if "door" in reply and self.door is not None:  # the handler's idempotency helper
+                        self.sandbox.send(self.door(reply))
+                        reply = None
+                        continue
                     if "tmpdir_error" in reply:  # a full disk (ENOSPC), a temp root gone or read-only
                         self.sandbox.init_ms = init_ms  # reported with the first invocation that runs
                         return self._without_tmpdir(request_id, reply["tmpdir_error"])
@@ -145,10 +172,14 @@ class Runtime:
         if broken or strays:
             limits.kill_tree(self.me, keep=None if broken else self.sandbox.pid)
         exit_status = self._reap(wait_for_sandbox=broken)
-        try:
-            os.rmdir(tmpdir)  # the usual case, an empty folder: one call instead of rmtree's walk
-        except OSError:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+        if self.tmp is not None:
+            if broken:
+                self.tmp.wipe()  # the next sandbox is a new execution environment
+        else:
+            try:
+                os.rmdir(tmpdir)  # the usual case, an empty folder: one call instead of rmtree's walk
+            except OSError:
+                shutil.rmtree(tmpdir, ignore_errors=True)
         if broken:
             self.prepare()  # the next invocation finds a fresh sandbox already set up
         error = reply.get("error") if reply else self._error(status, request_id, duration_ms, peak_rss,
@@ -158,8 +189,13 @@ class Runtime:
             error=error, duration_ms=duration_ms, max_memory_mb=math.ceil(peak_rss / MB),
             max_storage_mb=round(peak_disk / MB, 1), init_ms=init_ms,
         )
+        self.log.finish()
         self._out(f"END RequestId: {request_id}")
         self._out(report_line(inv, self.fn))
+        if reply is not None and "log_tail" in reply:
+            text = (f"START RequestId: {request_id} Version: $LATEST\n{reply['log_tail']}"
+                    f"END RequestId: {request_id}\n{report_line(inv, self.fn)}\n")
+            inv = dataclasses.replace(inv, log_tail=text.encode()[-TAIL_BYTES:].decode("utf-8", "ignore"))
         return inv
 
     def _without_tmpdir(self, request_id: str, why: str) -> Invocation:
@@ -176,12 +212,13 @@ class Runtime:
     def prepare(self) -> None:
         """Start the sandbox if there is none; it gets ready in parallel with the caller."""
         if not self.sandbox.running:
-            self.sandbox.start()
+            with self.log.inherited():  # the sandbox's stdout and stderr are the log's pipe
+                self.sandbox.start()
 
     def prepare_tmpdir(self) -> None:
         """Have the sandbox make the next invocation's TMPDIR now, in parallel with the caller (the
         worker calls this as a job arrives, before it reads the job); :meth:`invoke` uses it."""
-        if self._tmpdir is None and self.sandbox.running:
+        if self._tmpdir is None and self.sandbox.running and self.tmp is None:
             path = self._tmpdir_name()
             try:
                 self.sandbox.send({"mkdir": path})
@@ -190,6 +227,8 @@ class Runtime:
             self._tmpdir = path
 
     def _tmpdir_name(self) -> str:
+        if self.tmp is not None:
+            return self.tmp.host
         return os.path.join(tempfile.gettempdir(), f"lambdalite-{self.fn.name}-{secrets.token_hex(8)}")
 
     def _reap(self, wait_for_sandbox: bool) -> int | None:
@@ -226,9 +265,11 @@ class Runtime:
             limits.kill_group(self.sandbox.pid)
         limits.kill_tree(self.me)
         self._reap(wait_for_sandbox=self.sandbox.running)
-        if self._tmpdir is not None:
+        if self._tmpdir is not None and self.tmp is None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
-            self._tmpdir = None
+        self._tmpdir = None
+        if self.tmp is not None:
+            self.tmp.remove()
 
 
 def _describe(wait_status: int | None) -> str:
@@ -251,7 +292,7 @@ def report_line(inv: Invocation, fn: Function) -> str:
     parts = [
         f"REPORT RequestId: {inv.request_id}",
         f"Duration: {inv.duration_ms:.2f} ms",
-        f"Billed Duration: {math.ceil(inv.duration_ms)} ms",
+        f"Billed Duration: {cost.billed_ms(inv.duration_ms, inv.init_ms)} ms",
         f"Memory Size: {fn.memory} MB",
         f"Max Memory Used: {inv.max_memory_mb} MB",
     ]

@@ -6,7 +6,12 @@ pipes with length-prefixed JSON frames (an event goes as the job's own JSON, not
 the handler's own stdout and stderr go to the log. The sandbox makes each invocation's TMPDIR, at
 the path the worker names: ahead of the request (a ``mkdir`` frame, sent as a job arrives, so that
 the directory is made while the worker reads the job) or on the request itself; if it cannot, it
-answers ``tmpdir_error`` and runs nothing.
+answers ``tmpdir_error`` and runs nothing. A sandbox with a private /tmp (see :mod:`workers.isolation`)
+makes none: its /tmp is its TMPDIR for all its invocations.
+
+Before it imports the handler, the sandbox isolates itself (:func:`workers.isolation.enter`): the
+function's environment, a private /tmp, the sandbox identity. What the handler's idempotency helper
+needs from Redis it asks the worker over the pipes (a ``door`` frame, answered before the reply).
 """
 
 from __future__ import annotations
@@ -30,10 +35,15 @@ import orjson
 
 from broker import idempotency
 from broker.envelope import dump_json, parse_json
+from broker.environment import log_stream_name
+from broker.errors import LambdaliteError
 from broker.kernel import die_with_parent
-from broker.registry import Function
+from broker.registry import Function, resolve_handler
+from workers import client_context, isolation
 from workers.context import LambdaContext
+from workers.isolation import PrivateTmp
 from workers.limits import reap
+from workers.logtail import LogTail
 
 _HEADER = struct.Struct("!I")
 PIPE_SIZE = 1 << 20  # bytes; Linux's default /proc/sys/fs/pipe-max-size
@@ -93,10 +103,12 @@ def error_object(error_type: str, message: str, stack: list[str] | None = None) 
 class Sandbox:
     """The worker's handle on one sandbox process."""
 
-    def __init__(self, fn: Function, handler: Callable[[Any, Any], Any] | None, worker_name: str) -> None:
+    def __init__(self, fn: Function, handler: Callable[[Any, Any], Any] | None, worker_name: str,
+                 tmp: PrivateTmp | None = None) -> None:
         self.fn = fn
-        self.handler = handler
+        self.handler = handler  # None: the sandbox imports fn.handler itself, once isolated
         self.worker_name = worker_name
+        self.tmp = tmp
         self.pid = 0
         self.requests = self.replies = -1
         self.init_ms: float | None = None  # reported with the first invocation, then None
@@ -116,7 +128,7 @@ class Sandbox:
             os.close(req_w)
             os.close(rep_r)
             try:
-                _serve(self.fn, self.handler, self.worker_name, req_r, rep_w)
+                _serve(self.fn, self.handler, self.worker_name, req_r, rep_w, self.tmp)
             finally:
                 os._exit(0)
         os.close(req_r)
@@ -153,14 +165,21 @@ class Sandbox:
 
 
 def _serve(
-    fn: Function, handler: Callable[[Any, Any], Any] | None, worker_name: str, requests: int, replies: int
+    fn: Function, handler: Callable[[Any, Any], Any] | None, worker_name: str, requests: int, replies: int,
+    tmp: PrivateTmp | None = None,
 ) -> None:
     os.setpgid(0, 0)  # its own process group: a Ctrl-C meant for the worker does not reach it
     die_with_parent(signal.SIGKILL)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     me = os.getpid()
+    handler, broken = _isolate(fn, handler, worker_name, tmp, requests, replies)
     write_frame(replies, {"ready": True, "at": time.time()})
+
+    def door(op: str, keys: list[str], args: list[Any]) -> Any:
+        write_frame(replies, {"door": op, "keys": keys, "args": args})
+        return idempotency.door_answer(read_frame(requests))
+
     made: tuple[str, str | None] | None = None  # a TMPDIR made ahead, and why it could not be
     while True:
         try:
@@ -170,15 +189,30 @@ def _serve(
         if "mkdir" in request:  # the next invocation's TMPDIR, made while the worker reads its job
             made = (request["mkdir"], _mkdir(request["mkdir"]))
             continue
-        problem = made[1] if made is not None and made[0] == request["tmpdir"] else _mkdir(request["tmpdir"])
+        if tmp is not None:
+            problem = None  # its private /tmp, kept between invocations
+        else:
+            problem = made[1] if made is not None and made[0] == request["tmpdir"] else _mkdir(request["tmpdir"])
         made = None
         if problem is not None:
             write_frame(replies, {"ok": False, "tmpdir_error": problem})
             continue
         if "job" in request:  # the job's data as the worker read it: RQ's [function, instance, [envelope], kwargs]
-            request["event"] = request.pop("job")[2][0]["payload"]
+            envelope = request.pop("job")[2][0]
+            request["event"] = envelope["payload"]
+            request["client_context"] = envelope.get("client_context")
+            request["log_type"] = envelope.get("log_type")
         reap()  # children of the last invocation, killed by the worker after it ended
-        reply = _invoke(fn, handler, worker_name, request)
+        if broken is not None:  # the handler could not be imported, or the sandbox not isolated
+            write_frame(replies, {"ok": False, "error": broken})
+            continue
+        idempotency.use_door(door if request.get("door") else None)
+        if request.get("log_type") == "Tail":  # the caller wants the end of this invocation's log
+            with LogTail() as tail:
+                reply = _invoke(fn, handler, worker_name, request)
+            reply["log_tail"] = tail.text
+        else:
+            reply = _invoke(fn, handler, worker_name, request)
         if os.getpid() != me:
             os._exit(0)  # a process the handler forked returned from it: only the sandbox answers
         reply["max_rss_kb"] = max(
@@ -187,6 +221,23 @@ def _serve(
         )
         reply["recycle"] = _stdio_broken()
         write_frame(replies, reply)
+
+
+def _isolate(fn: Function, handler: Callable[[Any, Any], Any] | None, worker_name: str, tmp: PrivateTmp | None,
+             requests: int, replies: int) -> tuple[Callable[[Any, Any], Any] | None, dict[str, Any] | None]:
+    """Isolate this sandbox, then import the handler (unless one was given): the handler, or the
+    error every invocation of this sandbox answers with (nothing runs unisolated)."""
+    try:
+        isolation.enter(fn, worker_name, tmp, keep=(0, 1, 2, requests, replies))
+    except (OSError, LambdaliteError) as e:
+        return None, error_object("Sandbox.IsolationError", f"the sandbox could not isolate itself: {e}")
+    if handler is not None or fn.handler is None:
+        return handler, None
+    try:
+        return resolve_handler(fn, isolation.plan().settings.config), None
+    except LambdaliteError as e:
+        _log_error(f"[ERROR] Runtime.ImportModuleError: {e}\n")
+        return None, error_object("Runtime.ImportModuleError", f"Unable to import module: {e}")
 
 
 def _mkdir(path: str) -> str | None:
@@ -216,7 +267,8 @@ def _invoke(
         aws_request_id=request["id"],
         memory_limit_in_mb=fn.memory,
         deadline=request["deadline"],
-        log_stream_name=f"{time.strftime('%Y/%m/%d')}/[$LATEST]{worker_name}",
+        log_stream_name=log_stream_name(worker_name),
+        client_context=client_context.from_dict(request.get("client_context")),
     )
     if handler is None:
         return _run_command(fn, request, context)
@@ -225,9 +277,13 @@ def _invoke(
         result = handler(request["event"], context)
     except Exception as e:
         # The handler's own frames only, as Lambda shows them (not the runtime's).
-        stack = traceback.format_exception(type(e), e, e.__traceback__.tb_next if e.__traceback__ else None)
+        frames = e.__traceback__.tb_next if e.__traceback__ else None
+        stack = traceback.format_exception(type(e), e, frames)
         _log_error(f"[ERROR] {type(e).__name__}: {e}\n" + "".join(stack))
-        return {"ok": False, "error": error_object(type(e).__name__, str(e), [s.rstrip() for s in stack])}
+        # The Python runtime's error: these four fields in this order, the stack as frames only.
+        return {"ok": False, "error": {"errorMessage": str(e), "errorType": type(e).__name__,
+                                       "requestId": request["id"],
+                                       "stackTrace": traceback.format_list(traceback.extract_tb(frames))}}
     except BaseException as e:  # SystemExit, KeyboardInterrupt raised by the handler
         return {"ok": False, "error": error_object(
             "Runtime.ExitError", f"RequestId: {request['id']} Error: Runtime exited: {type(e).__name__}: {e}")}

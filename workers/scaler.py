@@ -4,7 +4,7 @@ Each step (every 100 ms, and at once when a source publishes for a function that
 workers) it decides, per function,
 ``desired = clamp(queued + running, min_workers, max_concurrency)``, within the host's worker cap
 and memory budget, sharing the cap fairly between functions. Workers are forked from this warm
-process (:mod:`workers.processes`), which has already imported lambdalite and every handler, so a
+process (:mod:`workers.processes`), which has already imported lambdalite, so a
 cold start costs a fork. Idle workers are retired by a warm stop, never a busy one.
 ``max_concurrency`` holds across every scaler sharing one Redis (a Lua-guarded slot count per
 function: :mod:`workers.slots`).
@@ -28,14 +28,14 @@ from typing import Any
 import psutil
 import redis
 
-from broker import connection, delayed, quarantine, stacklock, stats
+from broker import connection, delayed, environment, kernel, pruning, quarantine, schedules, stacklock, stats
 from broker.connection import TRANSIENT, Backoff, connect, wait_for_redis
 from broker.errors import LambdaliteError
 from broker.queues import WAKE_CHANNEL, Publisher, function_queue
-from broker.registry import Function, Registry, load_registry, resolve_handler
+from broker.registry import Function, Registry, load_registry
 from broker.settings import Settings, load_settings
 from broker.stats import alive_key
-from workers import processes, recovery, slots
+from workers import isolation, processes, recovery, slots, watchdog
 from workers.limits import MB
 from workers.processes import WorkerProc
 
@@ -76,7 +76,7 @@ class Scaler:
 
     def __init__(self, settings: Settings, registry: Registry, client: redis.Redis,
                  spawn: Callable[[Function], int] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, adopt_orphans: bool = False) -> None:
         self.settings = settings
         self.registry = registry
         self.client = client
@@ -89,12 +89,26 @@ class Scaler:
         self.queues = {fn.name: function_queue(client, fn.name) for fn in registry}
         self._published: dict[str, str] = {}
         self._last_view = -1e9
-        self.handlers = {fn.name: resolve_handler(fn, registry.path) for fn in registry if fn.handler}
+        # Handlers are imported by each sandbox, isolated; here only seen to import (in a child, as they will).
+        isolation.plan(settings)
+        environment.check_handlers(registry, settings)
+        self.handlers: dict[str, Any] = {}
         self.slots = slots.Slots(client, self.id, settings.max_workers)
         self._last_sweep = -1e9
         self._last_alive = -1e9
         self.quiet = False  # the last step saw no worker here and no work for any function
         self.memory_budget_mb = settings.memory_budget or int(psutil.virtual_memory().total / MB * 0.9)
+        # Limits a worker cannot enforce (it is stopped or stuck) are enforced from here: see
+        # workers.watchdog. Room for every worker, retiring ones included.
+        self.board = watchdog.Board(settings.max_workers * 2 + 4)
+        self.watchdog = watchdog.Watchdog(self.board)
+        self.breaches: dict[str, tuple[str, str]] = {}  # worker name -> the error its event gets
+        # The scaler's own process (not a test's) adopts what dead workers' invocations left, and kills it.
+        self.adopt_orphans = adopt_orphans
+        if adopt_orphans:
+            kernel.become_subreaper()
+        self.ticker = schedules.Ticker(client, registry, self.publisher, settings)
+        self.pruner = pruning.Pruner(client, settings)
 
     # -- one step -----------------------------------------------------------------------------------
 
@@ -103,14 +117,19 @@ class Scaler:
         if now - self._last_alive >= 1.0:
             self.client.set(alive_key(self.id), 1, ex=ALIVE_TTL)
             self._last_alive = now
+        self.guard(now)
         self.reap()
         if self.observe(now):
             delayed.release_due(self.client, self.publisher, time.time())
         if now - self._last_sweep >= 2.0:
             self._last_sweep = now
             recovery.recover(self.client, self.registry, self.is_dead)
+            if self.adopt_orphans:
+                watchdog.kill_orphans(self.worker_pids())
+        self.pruner.step(now)  # RQ's registries and the dead letters kept within their bounds
         self.scale(now)
         self.publish_view(now)
+        self.ticker.step()  # schedules' ticks now due, each published once across every scaler
 
     def short_of_workers(self, functions: Iterable[str]) -> bool:
         """Whether a step may have to start workers for ``functions`` (their sources just published):
@@ -142,9 +161,26 @@ class Scaler:
                 return True
         return False
 
+    def guard(self, now: float) -> None:
+        """Kill the tree of every worker that cannot enforce its invocation's limits (stopped or
+        stuck past the deadline, stopped over the memory limit); :meth:`reap` settles its event."""
+        procs = {p.pid: p for v in self.views.values() for p in v.workers.values()}
+        limits = {pid: (fn.timeout, fn.memory) for pid, p in procs.items()
+                  for fn in (self.registry.get(p.fn),)}
+        for pid, breach in self.watchdog.check(now, limits).items():
+            self.breaches[procs[pid].name] = (breach.error_type, breach.detail)
+            self.decide(procs[pid].fn, now, "kill", f"{procs[pid].name}: {breach.error_type}")
+        if self.breaches:
+            time.sleep(0.01)  # SIGKILL of a stopped process takes effect at once; collect it in this step
+
+    def worker_pids(self) -> list[int]:
+        return [pid for v in self.views.values() for pid in v.workers]
+
     def reap(self) -> None:
-        """Collect exited workers; work of one that died mid-invocation is settled at once."""
-        crashed = False
+        """Collect exited workers; work of one that died mid-invocation is settled at once, and
+        whatever its invocation left running is killed."""
+        crashed = collected = False
+        gone: list[str] = []
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -156,11 +192,18 @@ class Scaler:
                 proc = view.workers.pop(pid, None)
                 if proc is None:
                     continue
+                collected = True
+                self.watchdog.forget(pid)
+                gone.append(proc.name)
                 if status != 0:
                     crashed = True
                     log.warning("worker %s exited abnormally (status %d)", proc.name, status)
+        if collected and self.adopt_orphans:
+            watchdog.kill_orphans(self.worker_pids())
         if crashed:
-            recovery.recover(self.client, self.registry, self.is_dead)
+            recovery.recover(self.client, self.registry, self.is_dead, self.breaches)
+        for name in gone:
+            self.breaches.pop(name, None)
 
     def is_dead(self, worker_name: str) -> bool:
         """Whether the worker that RQ names ``worker_name`` is gone.
@@ -303,7 +346,7 @@ class Scaler:
 
     def retire(self, proc: WorkerProc, now: float, reason: str) -> None:
         proc.retiring = True
-        processes.send(proc.pid, signal.SIGTERM)  # warm: the worker finishes what it runs, then exits
+        self.board.send(proc.pid, signal.SIGTERM)  # warm: the worker finishes what it runs, then exits
         self.decide(proc.fn, now, "scale-down", f"{proc.name} {reason}")
 
     def decide(self, fn: str, now: float, action: str, reason: str) -> None:
@@ -350,7 +393,8 @@ class Scaler:
             log.warning("redis unavailable at the stop (%s): the next start settles what runs now", e)
         finally:
             probe.close()
-        processes.stop({p.pid: p for v in self.views.values() for p in v.workers.values()}, grace)
+        processes.stop({p.pid: p for v in self.views.values() for p in v.workers.values()}, grace,
+                       send=self.board.send)
         for v in self.views.values():
             v.workers.clear()
         if not reachable:
@@ -369,7 +413,15 @@ class Scaler:
     # -- workers ------------------------------------------------------------------------------------
 
     def _fork_worker(self, fn: Function) -> int:
-        return processes.fork(self.settings, self.registry, fn, self.handlers.get(fn.name), self.host, self.sid)
+        slot = self.board.reserve()
+        try:
+            pid = processes.fork(self.settings, self.registry, fn, self.handlers.get(fn.name), self.host, self.sid,
+                                 slot)
+        except BaseException:
+            self.board.unreserve()
+            raise
+        self.board.assign(pid)
+        return pid
 
 
 def _count(raw: bytes | None) -> int:
@@ -398,7 +450,7 @@ def main() -> None:
         signal.signal(signal.SIGINT, stop)
         client = connect(settings.redis_dsn)
         wait_for_redis(client, stop=lambda: stop.set)
-        scaler = Scaler(settings, registry, client)
+        scaler = Scaler(settings, registry, client, adopt_orphans=True)
     except LambdaliteError as e:
         print(f"lambdalite: {e}", file=sys.stderr)
         sys.exit(1)

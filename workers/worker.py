@@ -9,6 +9,7 @@ failed asynchronous events are retried with backoff and then dead-lettered, as L
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -36,11 +37,12 @@ from broker.envelope import Event
 from broker.errors import EnvelopeError
 from broker.queues import RUNNER, Publisher, function_queue, rq_timeout, taking_key
 from broker.registry import Function, Registry
-from workers import jobs
+from workers import capture, jobs
 from workers.outcomes import Outcomes
 from workers.runtime import Runtime
 from workers.sandbox import error_object
 from workers.taking import Started, Taker
+from workers.watchdog import Slot
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ class FunctionWorker(SimpleWorker):
     """An RQ worker bound to one function's queue, running jobs in that function's sandbox."""
 
     def __init__(self, fn: Function, registry: Registry, client: redis.Redis, runtime: Runtime,
-                 name: str) -> None:
+                 name: str, slot: Slot | None = None) -> None:
         # prepare_for_work=False skips RQ's CLIENT SETNAME / CLIENT INFO round trips at start;
         # the facts they would record are set here.
         super().__init__([function_queue(client, fn.name)], connection=client, name=name,
@@ -66,6 +68,7 @@ class FunctionWorker(SimpleWorker):
         self.fn = fn
         self.registry = registry
         self.runtime = runtime
+        runtime.door = functools.partial(idempotency.serve_door, client, fn.name, name)
         self.taking = taking_key(name)
         probe = Job("ttl", connection=client, serializer=JSONSerializer)
         probe.timeout = rq_timeout(fn)  # the heartbeat's lifetime, as RQ sizes it for this function's jobs
@@ -81,18 +84,32 @@ class FunctionWorker(SimpleWorker):
                           queue.failed_job_registry.key: "zset"}
         self.stop_requested = False
         self.abandon_requested = False
+        self.ran: Any = None  # the invocation whose outcome finish() records (its lines and cost go too)
         self._last_beat = 0.0
         self.parent = os.getppid()
+        self.slot = slot  # the scaler's marks of the control signals it sent (see workers.watchdog)
 
     # -- the loop -------------------------------------------------------------------------------
 
     def install_signals(self) -> None:
-        """SIGTERM/SIGINT: finish the current invocation, then stop. SIGUSR1: abandon it (requeue)."""
+        """SIGTERM/SIGINT: finish the current invocation, then stop. SIGUSR1: abandon it (requeue).
+
+        With a watchdog slot, each is obeyed only when the scaler sent it (it marks the slot first)
+        or the scaler is gone (the kernel's parent-death signal): a handler that signals its worker
+        must not stop it, nor have its event handed back without the attempt counting.
+        """
+        def obeyed(signum: int) -> bool:
+            return self.slot is None or self.slot.ordered(signum) or os.getppid() != self.parent
+
         def stop(signum: int, frame: Any) -> None:
+            if not obeyed(signum):
+                return
             self.stop_requested = True
             self.taker.interrupt()  # an idle worker stops now, not when its wait for a job times out
 
         def abandon(signum: int, frame: Any) -> None:
+            if not obeyed(signum):
+                return
             self.stop_requested = self.abandon_requested = True
             self.taker.interrupt()
 
@@ -292,6 +309,7 @@ class FunctionWorker(SimpleWorker):
     # -- one job --------------------------------------------------------------------------------
 
     def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
+        self.ran = None
         try:
             event = self.accept(job)
         except Refused as e:
@@ -322,17 +340,19 @@ class FunctionWorker(SimpleWorker):
             self.finish(job, execution, None, json.dumps(error), lambda pipe: self.outcomes.failure(
                 pipe, event, error, 0.0))
             return False
+        self.ran = inv
         if inv.status not in ("success", "error"):
             self.release_claims(event)  # the sandbox was killed mid-handler: its claims die with it
         if inv.status == "abandoned":
             self.requeue(job, queue, event, execution)
             return False
+        extra = {"log_tail": inv.log_tail} if inv.log_tail is not None else None
         if inv.ok:
             self.finish(job, execution, inv.result, None, lambda pipe: self.outcomes.success(
-                pipe, event, inv.result, inv.duration_ms))
+                pipe, event, inv.result, inv.duration_ms, extra))
             return True
         self.finish(job, execution, None, json.dumps(inv.error), lambda pipe: self.outcomes.failure(
-            pipe, event, inv.error, inv.duration_ms))
+            pipe, event, inv.error, inv.duration_ms, extra=extra))
         return False
 
     def finish(self, job: Job, execution: Any, result: Any, failure: str | None,
@@ -369,6 +389,8 @@ class FunctionWorker(SimpleWorker):
                 self.cleanup_execution(job, pipeline=pipe, execution=execution)
                 self.set_state(WorkerStatus.IDLE, pipeline=pipe)
                 line = settle(pipe)
+                if self.ran is not None:
+                    capture.store(pipe, self.fn, self.ran, self.runtime.log)
                 commands = [args for args, _options in pipe.command_stack]
             quarantine.report(transact(self.connection, commands))
             return line

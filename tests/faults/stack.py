@@ -56,7 +56,8 @@ class Stack:
             settings = {"LAMBDALITE_REDIS_URL": self.redis.url, **settings}
         env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDALITE_")}
         env.update(PATH=f"{BIN}:{env['PATH']}", PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1",
-                   LAMBDALITE_HTTP_PORT=str(self.port), CHAOS_RECORDS=str(project / "records"))
+                   LAMBDALITE_HTTP_PORT=str(self.port), CHAOS_RECORDS=str(project / "records"),
+                   LAMBDALITE_SANDBOX_USER="root")  # handlers write records below pytest's 0700 temp root
         env.update(settings)
         self.env = env
         self.honcho: subprocess.Popen[bytes] | None = None
