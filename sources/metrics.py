@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from broker import stats
 from broker.connection import TRANSIENT
 from broker.registry import Registry
+from sources.cost_metrics import CostCollector
 
 log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -77,6 +78,7 @@ class HttpMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
         )
         self.registry.register(_QueueCollector(client, registry))
+        self.registry.register(CostCollector(client, registry))
         self._invoked: dict[tuple[str, str], Any] = {}
 
     def invoked(self, function: str, invocation_type: str) -> None:

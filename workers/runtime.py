@@ -8,10 +8,10 @@ Lambda's ``START`` / ``END`` / ``REPORT`` lines to stdout.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import secrets
-import select
 import shutil
 import sys
 import tempfile
@@ -22,10 +22,12 @@ from typing import Any
 
 import psutil
 
-from broker import kernel
+from broker import cost, kernel
 from broker.registry import Function
 from workers import isolation, limits
+from workers.capture import Capture
 from workers.limits import MB, Limits
+from workers.logtail import TAIL_BYTES
 from workers.sandbox import Sandbox, SandboxGone, error_object
 from workers.watchdog import Slot
 
@@ -54,6 +56,7 @@ class Invocation:
     max_memory_mb: int
     max_storage_mb: float
     init_ms: float | None
+    log_tail: str | None = None  # the last 4 KB of its log, when the caller asked (LogType=Tail)
 
     @property
     def ok(self) -> bool:
@@ -79,7 +82,8 @@ class Runtime:
         # The idempotency helper's way to Redis from a sandbox that has none (set by the worker).
         self.door: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.me = psutil.Process()
-        self._out = out or _stdout
+        self.log = Capture(out or _stdout)  # the invocation's lines: relayed to stdout and kept
+        self._out = self.log.line
         self._tmpdir: str | None = None  # the next invocation's, being made ahead (see prepare_tmpdir)
         kernel.become_subreaper()
 
@@ -103,6 +107,7 @@ class Runtime:
     def _invoke(self, request_id: str, event: Any, abandon: Callable[[], bool],
                 job_data: bytes | None) -> Invocation:
         self.prepare()
+        self.log.begin()
         self._out(f"START RequestId: {request_id} Version: $LATEST")
         tmpdir, self._tmpdir = self._tmpdir or self._tmpdir_name(), None  # the sandbox makes it
         started = time.perf_counter()
@@ -122,7 +127,7 @@ class Runtime:
             while True:
                 now = time.perf_counter()
                 wait = min(SAMPLE_INTERVAL, deadline - now)
-                if wait > 0 and select.select([self.sandbox.replies], [], [], wait)[0]:
+                if wait > 0 and self.log.wait(self.sandbox.replies, wait):
                     reply = self.sandbox.receive()
                     if "door" in reply and self.door is not None:  # the handler's idempotency helper
                         self.sandbox.send(self.door(reply))
@@ -184,8 +189,13 @@ class Runtime:
             error=error, duration_ms=duration_ms, max_memory_mb=math.ceil(peak_rss / MB),
             max_storage_mb=round(peak_disk / MB, 1), init_ms=init_ms,
         )
+        self.log.finish()
         self._out(f"END RequestId: {request_id}")
         self._out(report_line(inv, self.fn))
+        if reply is not None and "log_tail" in reply:
+            text = (f"START RequestId: {request_id} Version: $LATEST\n{reply['log_tail']}"
+                    f"END RequestId: {request_id}\n{report_line(inv, self.fn)}\n")
+            inv = dataclasses.replace(inv, log_tail=text.encode()[-TAIL_BYTES:].decode("utf-8", "ignore"))
         return inv
 
     def _without_tmpdir(self, request_id: str, why: str) -> Invocation:
@@ -202,7 +212,8 @@ class Runtime:
     def prepare(self) -> None:
         """Start the sandbox if there is none; it gets ready in parallel with the caller."""
         if not self.sandbox.running:
-            self.sandbox.start()
+            with self.log.inherited():  # the sandbox's stdout and stderr are the log's pipe
+                self.sandbox.start()
 
     def prepare_tmpdir(self) -> None:
         """Have the sandbox make the next invocation's TMPDIR now, in parallel with the caller (the
@@ -281,7 +292,7 @@ def report_line(inv: Invocation, fn: Function) -> str:
     parts = [
         f"REPORT RequestId: {inv.request_id}",
         f"Duration: {inv.duration_ms:.2f} ms",
-        f"Billed Duration: {math.ceil(inv.duration_ms)} ms",
+        f"Billed Duration: {cost.billed_ms(inv.duration_ms, inv.init_ms)} ms",
         f"Memory Size: {fn.memory} MB",
         f"Max Memory Used: {inv.max_memory_mb} MB",
     ]

@@ -37,7 +37,7 @@ from broker.envelope import Event
 from broker.errors import EnvelopeError
 from broker.queues import RUNNER, Publisher, function_queue, rq_timeout, taking_key
 from broker.registry import Function, Registry
-from workers import jobs
+from workers import capture, jobs
 from workers.outcomes import Outcomes
 from workers.runtime import Runtime
 from workers.sandbox import error_object
@@ -84,6 +84,7 @@ class FunctionWorker(SimpleWorker):
                           queue.failed_job_registry.key: "zset"}
         self.stop_requested = False
         self.abandon_requested = False
+        self.ran: Any = None  # the invocation whose outcome finish() records (its lines and cost go too)
         self._last_beat = 0.0
         self.parent = os.getppid()
         self.slot = slot  # the scaler's marks of the control signals it sent (see workers.watchdog)
@@ -308,6 +309,7 @@ class FunctionWorker(SimpleWorker):
     # -- one job --------------------------------------------------------------------------------
 
     def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
+        self.ran = None
         try:
             event = self.accept(job)
         except Refused as e:
@@ -338,17 +340,19 @@ class FunctionWorker(SimpleWorker):
             self.finish(job, execution, None, json.dumps(error), lambda pipe: self.outcomes.failure(
                 pipe, event, error, 0.0))
             return False
+        self.ran = inv
         if inv.status not in ("success", "error"):
             self.release_claims(event)  # the sandbox was killed mid-handler: its claims die with it
         if inv.status == "abandoned":
             self.requeue(job, queue, event, execution)
             return False
+        extra = {"log_tail": inv.log_tail} if inv.log_tail is not None else None
         if inv.ok:
             self.finish(job, execution, inv.result, None, lambda pipe: self.outcomes.success(
-                pipe, event, inv.result, inv.duration_ms))
+                pipe, event, inv.result, inv.duration_ms, extra))
             return True
         self.finish(job, execution, None, json.dumps(inv.error), lambda pipe: self.outcomes.failure(
-            pipe, event, inv.error, inv.duration_ms))
+            pipe, event, inv.error, inv.duration_ms, extra=extra))
         return False
 
     def finish(self, job: Job, execution: Any, result: Any, failure: str | None,
@@ -385,6 +389,8 @@ class FunctionWorker(SimpleWorker):
                 self.cleanup_execution(job, pipeline=pipe, execution=execution)
                 self.set_state(WorkerStatus.IDLE, pipeline=pipe)
                 line = settle(pipe)
+                if self.ran is not None:
+                    capture.store(pipe, self.fn, self.ran, self.runtime.log)
                 commands = [args for args, _options in pipe.command_stack]
             quarantine.report(transact(self.connection, commands))
             return line
