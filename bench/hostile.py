@@ -83,7 +83,8 @@ retries = 0
 
 def _env(url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDALITE_")}
-    env.update(PYTHONPATH=str(ROOT), LAMBDALITE_REDIS_URL=url, LAMBDALITE_MAX_WORKERS="4")
+    env.update(PYTHONPATH=str(ROOT), LAMBDALITE_REDIS_URL=url, LAMBDALITE_MAX_WORKERS="4",
+               LAMBDALITE_SANDBOX_USER="root")  # handlers here live in a 0700 temp folder
     return env
 
 
