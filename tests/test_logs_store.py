@@ -4,6 +4,7 @@ followed live by ``lambdalite logs``; the real scaler writes them as invocations
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -42,6 +43,16 @@ def chatty(event, context):
     return "done"
 
 
+def structured(event, context):
+    logging.getLogger("app").info("hello %s", "json")
+    print("plain print")
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        logging.getLogger("app").exception("caught")
+    return 1
+
+
 def fail(event, context):
     print("about to fail")
     raise RuntimeError("it failed")
@@ -55,6 +66,9 @@ handler = "loggy.chatty"
 [functions.fail]
 handler = "loggy.fail"
 retries = 0
+[functions.structured]
+handler = "loggy.structured"
+log_format = "JSON"
 """
 
 
@@ -105,6 +119,32 @@ def test_an_invocation_s_lines_are_stored_in_order(stack: Scaler, r: redis.Redis
     assert f"hello from {entries[1].request_id}" in _messages(entries[1])
     assert f"hello from {rid}" not in _messages(entries[1]), "each invocation holds its own lines only"
     assert "Init Duration" not in entries[1].lines[-1][1], "a warm invocation has no INIT"
+
+
+def test_json_log_format(stack: Scaler, r: redis.Redis, redis_url: str, project: Path) -> None:
+    assert invoke(redis_url, project, "structured").ok
+    [entry] = logstore.entries(r, "structured", since_ms=0)
+    rid = entry.request_id
+    lines = _messages(entry)
+    assert "plain print" in lines, "what a handler prints stays as it is, as in Lambda's Python runtime"
+    records = [json.loads(line) for line in lines if line != "plain print"]
+    start, info, caught, done, report = records
+    assert start["type"] == "platform.start" and start["record"] == {"requestId": rid, "version": "$LATEST"}
+    assert {k: info[k] for k in ("level", "message", "logger", "requestId")} == {
+        "level": "INFO", "message": "hello json", "logger": "app", "requestId": rid}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", info["timestamp"])
+    assert caught["level"] == "ERROR" and caught["errorType"] == "ZeroDivisionError" and caught["stackTrace"]
+    assert done == {"time": done["time"], "type": "platform.runtimeDone",
+                    "record": {"requestId": rid, "status": "success"}}
+    assert report["type"] == "platform.report" and report["record"]["status"] == "success"
+    metrics = report["record"]["metrics"]
+    assert set(metrics) == {"durationMs", "billedDurationMs", "memorySizeMB", "maxMemoryUsedMB", "initDurationMs"}
+    assert metrics["memorySizeMB"] == 128
+    assert metrics["billedDurationMs"] >= metrics["durationMs"] + metrics["initDurationMs"]
+    assert "Init Duration" not in "".join(lines)
+    # A text function beside it keeps the text format.
+    assert invoke(redis_url, project, "talk", {}).ok
+    assert logstore.entries(r, "talk", since_ms=0)[0].lines[0][1].startswith("START RequestId: ")
 
 
 def test_a_failed_invocation_keeps_its_traceback(stack: Scaler, r: redis.Redis, redis_url: str,
@@ -301,3 +341,11 @@ def test_since_accepts_durations_and_times(value: str) -> None:
     if value == "10m":
         assert got == int((now - 600) * 1000)
 
+
+
+def test_an_unknown_log_format_is_refused_at_start(project: Path) -> None:
+    (project / "loggy.py").write_text(HANDLER)
+    (project / "lambdalite.toml").write_text('[functions.talk]\nhandler = "loggy.talk"\nlog_format = "json"\n')
+    done = cli(project, "check")
+    assert done.returncode == 1
+    assert "log_format" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
