@@ -109,6 +109,15 @@ class Settings(BaseSettings):
         description="Give each worker's sandbox a private /tmp (a mount namespace); off: a TMPDIR per invocation.",
     )
 
+    # -- logs and cost: the log store's bounds (broker/logstore.py)
+    logs_max_invocations: int = Field(
+        100_000, ge=100, description="Invocations whose log lines are kept per function; the oldest go first.",
+    )
+    logs_max_invocation_bytes: int = Field(
+        16_384, ge=1024, le=1 << 20,
+        description="Log text kept per invocation; the middle of a longer output is left out (counted).",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
