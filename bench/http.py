@@ -8,7 +8,11 @@ in flight per connection, bounded in time) and prints:
 - bare hello-world requests/s and p99 (the reference);
 - asynchronous accepts/s and p99 (``X-Amz-Invocation-Type: Event``, 202 once stored) and the ratio;
 - synchronous round trips/s and p99 (``RequestResponse``, a no-op handler run by the real
-  worker), when ``workers/scaler.py`` is present.
+  worker), when ``workers/scaler.py`` is present;
+- the SigV4-signed path beside the unsigned one: asynchronous accepts on a second server started
+  with ``LAMBDALITE_ACCESS_KEYS`` (one request signed by botocore, sent again and again: each one
+  checked in full), p50/p99 and the ratio, and the check's own cost per request measured
+  in-process. These figures go into docs/http-security.md (``--no-write`` to leave it alone).
 
 Everything runs on this machine: the generator competes with the servers for the same cores.
 Usage: ``.venv/bin/python bench/http.py [--seconds 5] [--connections 32] [--rounds 3]``
@@ -54,6 +58,7 @@ max_concurrency = 2
 min_workers = 1
 """
 _LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
+KEY_ID, SECRET = "AKIDBENCH", "bench-secret"
 
 
 class _Connection(asyncio.Protocol):
@@ -154,9 +159,82 @@ def invoke_request(port: int, kind: str, body: bytes = b'{"n": 1}') -> bytes:
             f"content-length: {len(body)}\r\n\r\n").encode() + body
 
 
+def signed_request(port: int, kind: str, body: bytes = b'{"n": 1}') -> bytes:
+    """:func:`invoke_request`'s bytes with botocore's SigV4 headers (as boto3 would send them)."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    url = f"http://127.0.0.1:{port}/2015-03-31/functions/noop/invocations"
+    request = AWSRequest(method="POST", url=url, data=body,
+                         headers={"X-Amz-Invocation-Type": kind, "Content-Type": "application/json"})
+    SigV4Auth(Credentials(KEY_ID, SECRET), "lambda", "us-east-1").add_auth(request)
+    head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items())
+    return (f"POST /2015-03-31/functions/noop/invocations HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n{head}"
+            f"content-length: {len(body)}\r\n\r\n").encode() + body
+
+
+def check_cost(n: int = 20_000) -> tuple[float, float]:
+    """Microseconds per caller check, in-process: (no credentials configured, SigV4)."""
+    from sources.callers import Callers
+    from sources.sigv4 import SigV4
+
+    raw = signed_request(9000, "Event")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    pairs = [line.split(b": ", 1) for line in head.split(b"\r\n")[1:]]
+    headers = [(k.lower(), v) for k, v in pairs]
+    scope = {"method": "POST", "raw_path": b"/2015-03-31/functions/noop/invocations", "query_string": b"",
+             "headers": headers, "path": "/2015-03-31/functions/noop/invocations"}
+    costs = []
+    for callers in (Callers(), Callers(sigv4=SigV4({KEY_ID: SECRET}))):
+        started = time.perf_counter()
+        for _ in range(n):
+            first = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(headers)}
+            callers.check_body(callers.check_headers(first), scope, body)
+        costs.append((time.perf_counter() - started) / n * 1e6)
+    return costs[0], costs[1]
+
+
 def report(name: str, figures: tuple[float, float, float, dict[int, int]]) -> None:
     rate, p50, p99, counts = figures
     print(f"{name:<53} {rate:>9,.0f} req/s   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   status {counts}")
+
+
+def sigv4_rounds(args: argparse.Namespace, app_port: int, signed_port: int) -> str:
+    """Unsigned and SigV4-signed accepts, alternated; returns the Markdown of the figures."""
+    from bench.report import table
+
+    unsigned_runs, signed_runs, ratios = [], [], []
+    for n in range(1, args.rounds + 1):
+        plain = load(app_port, invoke_request(app_port, "Event"), args.seconds, args.connections)
+        report(f"round {n}: async accepts, no credentials", plain)
+        signed = load(signed_port, signed_request(signed_port, "Event"), args.seconds, args.connections)
+        report(f"round {n}: async accepts, SigV4-signed", signed)
+        if signed[3].keys() != {202}:
+            raise SystemExit(f"the signed server answered {signed[3]}: the signature was not accepted")
+        unsigned_runs.append(plain)
+        signed_runs.append(signed)
+        ratios.append(signed[0] / plain[0])
+    unsigned_cost, signed_cost = check_cost()
+    print(f"{'caller check in-process, no credentials':<53} {unsigned_cost:>9.1f} us per request")
+    print(f"{'caller check in-process, SigV4 (botocore signer)':<53} {signed_cost:>9.1f} us per request")
+    ratio = statistics.median(ratios)
+    print(f"{'median ratio signed / unsigned accepts':<53} {ratio:>9.2f} x")
+
+    def median(runs: list[tuple[float, float, float, dict[int, int]]], i: int) -> float:
+        return statistics.median(run[i] for run in runs)
+
+    rows = [
+        ["unsigned (no credentials)", f"{median(unsigned_runs, 0):,.0f}", f"{median(unsigned_runs, 1):.2f}",
+         f"{median(unsigned_runs, 2):.2f}", f"{unsigned_cost:.1f}"],
+        ["SigV4-signed (`LAMBDALITE_ACCESS_KEYS`)", f"{median(signed_runs, 0):,.0f}", f"{median(signed_runs, 1):.2f}",
+         f"{median(signed_runs, 2):.2f}", f"{signed_cost:.1f}"],
+    ]
+    header = ["Invoke, `Event` (202 once stored)", "req/s", "p50 ms", "p99 ms", "caller check, µs"]
+    return (f"{os.cpu_count()} cores, {args.connections} keep-alive connections, {args.seconds:g} s per figure, "
+            f"{args.rounds} alternating rounds (medians), the Python load generator on the same machine.\n\n"
+            + table(header, rows)
+            + f"\n\nSigned / unsigned throughput: {ratio:.2f}x (rounds {', '.join(f'{r:.2f}' for r in ratios)}).")
 
 
 def main() -> None:
@@ -164,6 +242,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3, help="hello-world / accepts pairs to alternate")
+    parser.add_argument("--no-write", action="store_true", help="do not write docs/http-security.md")
     args = parser.parse_args()
     if shutil.which("wrk"):
         print("note: wrk is installed, but this script uses its own generator for all three figures "
@@ -177,15 +256,21 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("LAMBDALITE_")},
            "LAMBDALITE_REDIS_URL": server.url, "LAMBDALITE_LOG_LEVEL": "WARNING",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(work)])}
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(work)]),
+           "LAMBDALITE_SANDBOX_USER": "root"}  # handlers here live in a 0700 temp folder
     try:
         server.start()
-        hello_port, app_port = free_port(), free_port()
+        hello_port, app_port, signed_port = free_port(), free_port(), free_port()
         procs.append(subprocess.Popen([sys.executable, "-c", HELLO.replace("{port}", str(hello_port))]))
         procs.append(subprocess.Popen([sys.executable, "-m", "sources.webhook"], cwd=work,
                                       env={**env, "LAMBDALITE_HTTP_PORT": str(app_port)}))
+        procs.append(subprocess.Popen([sys.executable, "-m", "sources.webhook"], cwd=work,
+                                      env={**env, "LAMBDALITE_HTTP_PORT": str(signed_port),
+                                           "LAMBDALITE_VAR_DIR": str(work / "var-signed"),
+                                           "LAMBDALITE_ACCESS_KEYS": f"{KEY_ID}:{SECRET}"}))
         wait_http(hello_port, procs[0])
         wait_http(app_port, procs[1], "/healthz")
+        wait_http(signed_port, procs[2], "/healthz")
         print(f"{os.cpu_count()} cores, {args.connections} connections, {args.seconds:.0f} s per figure, "
               f"python generator on the same machine")
         # The same request bytes for both (a POST with the same headers and JSON body): the
@@ -202,6 +287,14 @@ def main() -> None:
             print(f"round {n}: {'ratio async accepts / hello-world':<44} {ratios[-1]:>9.2f} x")
         print(f"{'median ratio async accepts / hello-world':<53} {statistics.median(ratios):>9.2f} x   "
               f"(goal >= 0.80; rounds {', '.join(f'{r:.2f}' for r in ratios)})")
+        signed_rows = sigv4_rounds(args, app_port, signed_port)
+        if not args.no_write:
+            from bench.report import write_section
+
+            command = (f"python bench/http.py --seconds {args.seconds:g} --connections {args.connections} "
+                       f"--rounds {args.rounds}")
+            path = write_section("http-security.md", "sigv4", signed_rows, command)
+            print(f"written to {path.relative_to(ROOT)}")
         if (ROOT / "workers" / "scaler.py").exists():
             import redis
 

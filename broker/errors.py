@@ -119,3 +119,14 @@ class SandboxIdentityError(LambdaliteError):
 class LogsError(LambdaliteError):
     """Raised by ``lambdalite logs`` for an option it cannot read (``--since`` that is no duration or
     time) or a request id the log store does not hold."""
+
+
+class CallerAuthError(LambdaliteError):
+    """Raised by the HTTP source when a caller of the Invoke API is not authenticated (no, a
+    malformed, a wrong or an expired signature, or an unknown key): ``error_type`` is Lambda's
+    error type for it (sent as ``X-Amzn-ErrorType`` with status 403)."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message

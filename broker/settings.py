@@ -109,6 +109,26 @@ class Settings(BaseSettings):
         description="Give each worker's sandbox a private /tmp (a mount namespace); off: a TMPDIR per invocation.",
     )
 
+    # -- HTTP front door: who may call, which proxies are believed, how long a connection may dawdle --
+    access_keys: str = Field(
+        "", description="Invoke API access keys checked as SigV4: KEY_ID:SECRET pairs, comma-separated."
+    )
+    access_keys_file: Path | None = Field(
+        None, description="An AWS credentials file whose aws_access_key_id/aws_secret_access_key pairs are accepted."
+    )
+    trusted_proxies: str = Field(
+        "", description="Comma-separated addresses or networks whose X-Forwarded-For / X-Real-IP is believed."
+    )
+    http_header_timeout: float = Field(
+        5.0, gt=0, le=300, description="Seconds a connection has to send a request's headers."
+    )
+    http_keepalive_timeout: float = Field(
+        5.0, gt=0, le=3600, description="Seconds an idle keep-alive connection stays open."
+    )
+    http_max_connections: int = Field(
+        1000, ge=1, description="Most open HTTP connections; more are answered 503 and closed."
+    )
+
     # -- logs and cost: the log store's bounds (broker/logstore.py)
     logs_max_invocations: int = Field(
         100_000, ge=100, description="Invocations whose log lines are kept per function; the oldest go first.",

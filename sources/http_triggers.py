@@ -3,8 +3,9 @@
 A request is read under its size limit, authenticated on the raw bytes, turned into an API
 Gateway payload-format-2.0 event and stored. ``mode = "async"`` answers 202 with the event id
 once Redis holds the event; ``mode = "sync"`` waits for the handler and answers with its return
-value as API Gateway would. A Standard Webhooks ``webhook-id`` (or, for async triggers, an
-``Idempotency-Key``) seen before gets the first request's answer and runs nothing again.
+value as API Gateway would. A sender's delivery id seen before (Standard Webhooks' ``webhook-id``,
+GitHub's ``X-GitHub-Delivery``, a Stripe event's ``id``; or, for async triggers, an
+``Idempotency-Key``) gets the first request's answer and runs nothing again.
 """
 
 from __future__ import annotations

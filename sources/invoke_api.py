@@ -3,14 +3,18 @@
 Speaks what ``boto3.client("lambda").invoke`` and ``aws lambda invoke`` send and expect:
 ``X-Amz-Invocation-Type`` ``RequestResponse`` (default; 200 with the result, or 200 with
 ``X-Amz-Function-Error: Unhandled`` and the error object), ``Event`` (202 once stored) or
-``DryRun`` (204); errors as ``X-Amzn-ErrorType`` plus ``{"Type", "message"}`` with Lambda's status
-codes. AWS credentials and SigV4 signatures are accepted and not checked; when a token is
-configured, ``Authorization: Bearer <token>`` is required instead.
+``DryRun`` (204); ``X-Amz-Log-Type: Tail`` (the last 4 KB of the invocation's log, base64, in
+``X-Amz-Log-Result``); ``X-Amz-Client-Context`` (base64 JSON, given to the handler as
+``context.client_context``); a qualifier other than ``$LATEST`` is a 404, as for a version that
+does not exist; a result over 6 MB becomes the function error ``Function.ResponseSizeTooLarge``.
+Errors are ``X-Amzn-ErrorType`` plus ``{"Type", "message"}`` with Lambda's status codes. Callers
+are checked by :mod:`sources.callers` (SigV4 access keys or a bearer token).
 """
 
 from __future__ import annotations
 
-import hmac
+import base64
+import binascii
 import json
 import logging
 import re
@@ -23,13 +27,16 @@ from starlette.types import Receive, Scope, Send
 from broker import environment
 from broker.envelope import Event, parse_json
 from broker.errors import (
+    CallerAuthError,
     IdempotencyConflictError,
     PayloadTooLargeError,
     RedisUnavailableError,
     ThrottledError,
 )
 from sources.bodies import ASYNC_LIMIT, SYNC_LIMIT, read_body
+from sources.callers import refusal
 from sources.intake import idempotency_key
+from sources.lambda_api import ACCOUNT, Reply, find, lambda_error, split_function_name
 
 if TYPE_CHECKING:
     from sources.webhook import HttpSource
@@ -38,21 +45,14 @@ log = logging.getLogger(__name__)
 
 PATH = "/2015-03-31/functions/{name}/invocations"
 _PATH = re.compile(r"/2015-03-31/functions/([^/]+)/invocations")  # what Starlette's {name} matches
-REGION = "us-east-1"
-ACCOUNT = "000000000000"
 INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
+LOG_TYPES = ("None", "Tail")
+RESPONSE_LIMIT = SYNC_LIMIT  # bytes of a synchronous result, as Lambda allows
+CLIENT_CONTEXT_LIMIT = 3583  # bytes of the base64 X-Amz-Client-Context header, as Lambda allows
+TAIL_BYTES = 4096
 _JSON = (b"content-type", b"application/json")
 
-# A reply: status, extra headers, body (JSON unless empty).
-Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
-
-
-def lambda_error(status: int, error_type: str, message: str, retry_after: bool = False) -> Reply:
-    """An error the way Lambda's REST API sends it (boto3 reads the type from the header)."""
-    headers = [(b"x-amzn-errortype", error_type.encode())]
-    if retry_after:
-        headers.append((b"retry-after", b"1"))
-    return status, headers, json.dumps({"Type": "User", "message": message}).encode()
+__all__ = ["ACCOUNT", "PATH", "Reply", "function_arn", "function_name", "invoke", "lambda_error", "match"]
 
 
 async def send_reply(send: Send, reply: Reply) -> None:
@@ -72,13 +72,7 @@ def function_arn(name: str) -> str:
 
 def function_name(raw: str) -> str:
     """The name inside a FunctionName parameter: a name, a partial or a full ARN, maybe qualified."""
-    if raw.startswith("arn:"):
-        parts = raw.split(":")
-        return parts[6] if len(parts) >= 7 else raw
-    if ":function:" in raw or raw.count(":") >= 2:
-        parts = raw.split(":")
-        return parts[2] if len(parts) >= 3 else raw
-    return raw.split(":")[0]
+    return split_function_name(raw)[0]
 
 
 def match(path: str) -> str | None:
@@ -87,16 +81,37 @@ def match(path: str) -> str | None:
     return found.group(1) if found else None
 
 
-def _authorized(authorization: str, token: str) -> bool:
-    if not token:
-        return True
-    scheme, _, given = authorization.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
-
-
 def _timed_out(timeout: float) -> dict[str, Any]:
     return {"errorType": "Sandbox.Timedout",
             "errorMessage": f"Task timed out: no result within {timeout:.2f} seconds"}
+
+
+def client_context(header: str) -> dict[str, Any]:
+    """The ``X-Amz-Client-Context`` header's JSON object; raises ValueError with Lambda's reason."""
+    if len(header) > CLIENT_CONTEXT_LIMIT:
+        raise ValueError(f"Client context must be at most {CLIENT_CONTEXT_LIMIT} bytes (base64)")
+    try:
+        value = json.loads(base64.b64decode(header, validate=True))
+    except (binascii.Error, ValueError):
+        raise ValueError("Client context must be a valid Base64-encoded JSON object.") from None
+    if not isinstance(value, dict):
+        raise ValueError("Client context must be a valid Base64-encoded JSON object.")
+    return value
+
+
+def runtime_error(error: dict[str, Any], request_id: str) -> dict[str, Any]:
+    """A handler's exception with exactly the Python runtime's fields and order; the errors of the
+    runtime itself (a timeout, the memory limit: no stack trace) pass as Lambda sends them."""
+    if "stackTrace" not in error:
+        return error
+    return {"errorMessage": error.get("errorMessage", ""), "errorType": error.get("errorType", ""),
+            "requestId": error.get("requestId") or request_id, "stackTrace": error.get("stackTrace") or []}
+
+
+def log_result(tail: str | None) -> bytes:
+    """The ``X-Amz-Log-Result`` value: the last 4 KB of the log, base64."""
+    raw = (tail or "").encode("utf-8", "replace")[-TAIL_BYTES:]
+    return base64.b64encode(raw)
 
 
 async def invoke(source: HttpSource, raw_name: str, scope: Scope, receive: Receive, send: Send) -> None:
@@ -108,17 +123,11 @@ async def invoke(source: HttpSource, raw_name: str, scope: Scope, receive: Recei
 async def _invoke(source: HttpSource, raw_name: str, scope: Scope, receive: Receive) -> Reply:
     # The first of each header, as Starlette's Headers.get gives it; ASGI names are lower case.
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(scope["headers"])}
-    if not _authorized(headers.get("authorization", ""), source.token):
-        return lambda_error(403, "UnrecognizedClientException",
-                            "The security token included in the request is invalid.")
-    name = function_name(raw_name)
-    fn = source.registry.functions.get(name)
-    if fn is None:
-        return lambda_error(404, "ResourceNotFoundException", f"Function not found: {function_arn(name)}")
+    try:
+        signed = source.callers.check_headers(headers)
+    except CallerAuthError as e:
+        return refusal(e)
     kind = headers.get("x-amz-invocation-type", "RequestResponse")
-    if kind not in INVOCATION_TYPES:
-        return lambda_error(400, "InvalidParameterValueException",
-                            f"Invalid X-Amz-Invocation-Type {kind!r}: expected {', '.join(INVOCATION_TYPES)}")
     limit = ASYNC_LIMIT if kind == "Event" else SYNC_LIMIT
     try:
         body = await read_body(receive, headers.get("content-length", ""), limit)
@@ -127,6 +136,26 @@ async def _invoke(source: HttpSource, raw_name: str, scope: Scope, receive: Rece
     except PayloadTooLargeError as e:
         return lambda_error(413, "RequestTooLargeException", f"Request must be smaller than {limit} bytes "
                             f"for the {kind} invocation type ({e})")
+    try:
+        source.callers.check_body(signed, scope, body)
+    except CallerAuthError as e:
+        return refusal(e)
+    fn, missing = find(source, raw_name, scope.get("query_string", b""))
+    if fn is None:
+        return missing or lambda_error(404, "ResourceNotFoundException", "Function not found")
+    if kind not in INVOCATION_TYPES:
+        return lambda_error(400, "InvalidParameterValueException",
+                            f"Invalid X-Amz-Invocation-Type {kind!r}: expected {', '.join(INVOCATION_TYPES)}")
+    log_type = headers.get("x-amz-log-type", "None")
+    if log_type not in LOG_TYPES:
+        return lambda_error(400, "InvalidParameterValueException",
+                            f"Invalid X-Amz-Log-Type {log_type!r}: expected {' or '.join(LOG_TYPES)}")
+    context = None
+    if "x-amz-client-context" in headers:
+        try:
+            context = client_context(headers["x-amz-client-context"])
+        except ValueError as e:
+            return lambda_error(400, "InvalidRequestContentException", str(e))
     text = None
     try:
         if body.strip():
@@ -139,8 +168,10 @@ async def _invoke(source: HttpSource, raw_name: str, scope: Scope, receive: Rece
                             f"Could not parse request body into json: {e}")
     if kind == "DryRun":
         return 204, [], b""
+    tail = kind == "RequestResponse" and log_type == "Tail"
     event = Event(function=fn.name, payload=payload, source="http",
-                  invocation_type="Event" if kind == "Event" else "RequestResponse")
+                  invocation_type="Event" if kind == "Event" else "RequestResponse",
+                  client_context=context, log_type="Tail" if tail else None)
     try:
         if kind == "Event":
             key = headers.get("idempotency-key")
@@ -163,10 +194,21 @@ async def _invoke(source: HttpSource, raw_name: str, scope: Scope, receive: Rece
         return lambda_error(409, "ResourceConflictException", str(e))
     source.metrics.duration.labels(fn.name).observe(time.monotonic() - started)
     reply_headers = [(b"x-amzn-requestid", event.id.encode()), (b"x-amz-executed-version", b"$LATEST")]
+    if tail:
+        reply_headers.append((b"x-amz-log-result", log_result(outcome.extra.get("log_tail") if outcome else None)))
     if outcome is not None and outcome.ok:
-        return 200, reply_headers, json.dumps(outcome.result, separators=(",", ":")).encode()
+        result = json.dumps(outcome.result, separators=(",", ":")).encode()
+        if len(result) <= RESPONSE_LIMIT:
+            return 200, reply_headers, result
+        error: dict[str, Any] = {
+            "errorMessage": f"Response payload size ({len(result)} bytes) exceeded maximum allowed payload "
+                            f"size ({RESPONSE_LIMIT} bytes).",
+            "errorType": "Function.ResponseSizeTooLarge"}
+    elif outcome is None:
+        error = _timed_out(timeout)
+    else:
+        error = runtime_error(outcome.error or {"errorType": "Unknown"}, event.id)
     source.metrics.errors.labels(fn.name).inc()
-    error = _timed_out(timeout) if outcome is None else (outcome.error or {"errorType": "Unknown"})
     reply_headers.append((b"x-amz-function-error", b"Unhandled"))
     return 200, reply_headers, json.dumps(error).encode()
 

@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -26,7 +27,9 @@ Headers = Mapping[str, str]  # lower-case names, as Starlette gives them
 
 @dataclass(frozen=True, slots=True)
 class Verified:
-    """A request that passed its check. ``webhook_id`` is set for Standard Webhooks (replay key)."""
+    """A request that passed its check. ``webhook_id`` is the sender's delivery id, the key that
+    makes a redelivery run nothing again: Standard Webhooks' ``webhook-id``, GitHub's
+    ``X-GitHub-Delivery``, the ``id`` of a Stripe event."""
 
     webhook_id: str | None = None
 
@@ -54,7 +57,8 @@ def verify_github(secret: bytes, headers: Headers, body: bytes) -> Verified:
     expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected.encode(), given.encode()):
         raise SignatureError("X-Hub-Signature-256 does not match the body")
-    return Verified()
+    # A redelivery (by hand or by GitHub) keeps its delivery's GUID: the same key, nothing run twice.
+    return Verified(webhook_id=headers.get("x-github-delivery") or None)
 
 
 def verify_stripe(secret: bytes, headers: Headers, body: bytes, now: float) -> Verified:
@@ -72,13 +76,25 @@ def verify_stripe(secret: bytes, headers: Headers, body: bytes, now: float) -> V
     if not any(hmac.compare_digest(expected, c.encode()) for c in candidates):
         raise SignatureError("no v1 signature in Stripe-Signature matches the body")
     _fresh(timestamp, now)
-    return Verified()
+    # Stripe retries an event with a new signature but the same event id (evt_...).
+    return Verified(webhook_id=_stripe_event_id(body))
+
+
+def _stripe_event_id(body: bytes) -> str | None:
+    try:
+        event = json.loads(body)
+    except ValueError:  # UnicodeDecodeError included
+        return None
+    event_id = event.get("id") if isinstance(event, dict) else None
+    return event_id if isinstance(event_id, str) and event_id else None
 
 
 def standard_webhooks_key(secret: str) -> bytes:
-    """The HMAC key of a Standard Webhooks secret: base64 after an optional ``whsec_`` prefix."""
+    """The HMAC key of a Standard Webhooks secret: base64 after an optional ``whsec_`` prefix, its
+    padding optional (as the reference library reads it)."""
+    text = secret.removeprefix("whsec_").rstrip("=")
     try:
-        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError) as e:
         raise ValueError("not a base64 Standard Webhooks secret (whsec_...)") from e
 

@@ -2,17 +2,22 @@
 
 ``python -m sources.webhook`` serves, on ``LAMBDALITE_HTTP_HOST``:``LAMBDALITE_HTTP_PORT``:
 
-- ``POST /2015-03-31/functions/{name}/invocations``: Lambda's Invoke API (:mod:`sources.invoke_api`);
+- ``POST /2015-03-31/functions/{name}/invocations``: Lambda's Invoke API (:mod:`sources.invoke_api`),
+  and the rest of ``/2015-03-31/`` (:mod:`sources.lambda_api`), for callers that pass
+  :mod:`sources.callers` (SigV4 access keys or a bearer token);
 - one route per ``source = "http"`` trigger (:mod:`sources.http_triggers`);
-- ``GET /healthz``, ``GET /metrics`` (Prometheus) and ``GET /openapi.json``.
+- ``GET /healthz``, ``GET /metrics`` (Prometheus) and ``GET /openapi.json`` (the last two behind the
+  same caller check when the server listens beyond loopback).
 
 It starts even when Redis is down (answering 503 until it is back) and refuses at start-up,
-with one line and exit code 1, a trigger with ``auth = "none"`` unless it listens on loopback.
+with one line and exit code 1, a trigger with ``auth = "none"`` unless it listens on loopback, and
+any address beyond loopback without credentials. Connections are bounded by
+:mod:`sources.connections`; client addresses come from proxies only as :mod:`sources.proxies` allows.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import asyncio
 import json
 import logging
 import sys
@@ -20,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -27,22 +33,25 @@ from redis.retry import Retry
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from broker import stacklock
+from broker import environment, stacklock
 from broker.connection import COMMAND_TIMEOUT, TRANSIENT, Parser
-from broker.errors import ConfigError, LambdaliteError
+from broker.errors import CallerAuthError, ConfigError, LambdaliteError, PayloadTooLargeError
 from broker.queues import Publisher
 from broker.registry import Registry, load_registry
-from broker.settings import load_settings
-from sources import invoke_api, openapi
+from broker.settings import Settings, load_settings
+from sources import callers, connections, invoke_api, lambda_api, openapi, proxies
+from sources.bodies import read_body
+from sources.callers import Callers, is_loopback
 from sources.http_triggers import WebhookRoute, message, starlette_path
 from sources.intake import Intake
 from sources.metrics import CONTENT_TYPE, HttpMetrics
 from sources.signatures import verifier
+from sources.sigv4 import load_keys
 from sources.transactor import Transactor
 
 log = logging.getLogger("lambdalite.webhook")
@@ -58,17 +67,9 @@ class HttpSource:
     intake: Intake
     metrics: HttpMetrics
     client: redis.Redis
-    token: str = ""
+    callers: Callers
     sync_margin: float = SYNC_MARGIN
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    region: str = "us-east-1"
 
 
 def webhook_routes(
@@ -79,8 +80,9 @@ def webhook_routes(
     seen: dict[tuple[str, str], str] = {}
     for fn, trigger in registry.triggers("http"):
         where = f"{registry.path}: function {fn.name!r}: http trigger {trigger.path!r}"
-        if trigger.path.startswith(RESERVED):
-            raise ConfigError(f"{where}: path is reserved ({', '.join(RESERVED)})")
+        if trigger.path.startswith(RESERVED) or lambda_api.is_lambda_path(trigger.path):
+            raise ConfigError(f"{where}: path is reserved ({', '.join(RESERVED)}, and /YYYY-MM-DD/ "
+                              "for Lambda's API)")
         if trigger.auth == "none" and not is_loopback(host):
             raise ConfigError(f"{where}: auth 'none' is refused when listening on {host} (not loopback); "
                               "use bearer, github, stripe or standard-webhooks")
@@ -119,20 +121,52 @@ async def metrics(request: Request) -> Response:
 
 
 class App:
-    """The ASGI app: the Invoke API's POSTs straight to :func:`invoke_api.invoke`, everything
-    else (and the lifespan) to the Starlette app of the other routes."""
+    """The ASGI app: the Invoke API's POSTs straight to :func:`invoke_api.invoke`, the rest of
+    Lambda's API to :func:`lambda_api.answer`, everything else (and the lifespan) to the Starlette
+    app of the other routes."""
 
-    def __init__(self, routes: Starlette, source: HttpSource) -> None:
+    def __init__(self, routes: Starlette, source: HttpSource, guarded: tuple[str, ...] = ()) -> None:
         self.routes = routes
         self.source = source
+        self.guarded = guarded  # paths behind the caller check (beyond loopback: /metrics, /openapi.json)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            name = invoke_api.match(scope["path"])
-            if name is not None:
-                await invoke_api.invoke(self.source, name, scope, receive, send)
-                return
+        if scope["type"] == "http":
+            path = scope["path"]
+            if scope["method"] == "POST":
+                name = invoke_api.match(path)
+                if name is not None:
+                    await invoke_api.invoke(self.source, name, scope, receive, send)
+                    return
+            lambda_path = lambda_api.is_lambda_path(path)
+            if lambda_path or path in self.guarded:
+                reply = await self._checked(scope, receive)
+                if reply is not None:
+                    await invoke_api.send_reply(send, reply)
+                    return
+                if lambda_path:
+                    reply = lambda_api.answer(self.source, scope["method"], path, scope.get("query_string", b""))
+                    await invoke_api.send_reply(send, reply)
+                    return
         await self.routes(scope, receive, send)
+
+    async def _checked(self, scope: Scope, receive: Receive) -> lambda_api.Reply | None:
+        """None when the caller passes; else the 403 (or 413) to send. The body of such a request is
+        read here (it is small: these are reads), so a signature over it can be checked."""
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(scope["headers"])}
+        try:
+            signed = self.source.callers.check_headers(headers)
+            if signed is None:
+                return None
+            body = await read_body(receive, headers.get("content-length", ""), 64 * 1024)
+            self.source.callers.check_body(signed, scope, body)
+        except CallerAuthError as e:
+            return callers.refusal(e)
+        except PayloadTooLargeError:
+            return lambda_api.lambda_error(413, "RequestTooLargeException", "Request must be smaller than 65536 bytes")
+        except ClientDisconnect:
+            return 400, [], b""
+        return None
 
 
 def create_app(
@@ -141,16 +175,20 @@ def create_app(
     *,
     host: str = "127.0.0.1",
     token: str = "",
+    access_keys: dict[str, str] | None = None,
+    region: str | None = None,
     sync_margin: float = SYNC_MARGIN,
     clock: Callable[[], float] = time.time,
 ) -> App:
-    """The ASGI app; raises ConfigError for an invalid trigger set-up (see :func:`webhook_routes`)."""
+    """The ASGI app; raises ConfigError for an invalid trigger set-up (see :func:`webhook_routes`)
+    or for a server beyond loopback that no credentials guard."""
     triggers = webhook_routes(registry, host, clock)
+    guard = callers.guard(host, token, access_keys, clock)
     client = _store_client(redis_dsn, socket_timeout=5)
     waiter = _store_client(redis_dsn, socket_timeout=COMMAND_TIMEOUT)  # its reads block BLOCK_SLICE at most
     intake = Intake(Publisher(client, registry), waiter, Transactor(redis_dsn, timeout=5))
     source = HttpSource(registry, intake, HttpMetrics(client, registry),
-                        client, token, sync_margin)
+                        client, guard, sync_margin, region or environment.region())
     spec = json.dumps(openapi.document(registry)).encode()
 
     async def openapi_json(request: Request) -> Response:
@@ -158,6 +196,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        connections.install_accept_log_limit(asyncio.get_running_loop())
         await source.intake.start()
         try:
             yield
@@ -171,11 +210,7 @@ def create_app(
             return message(405, "Method Not Allowed")
         return message(404, "Not Found")
 
-    async def not_post(request: Request) -> Response:  # a POST never gets here (see App)
-        return message(405, "Method Not Allowed")
-
     routes = [
-        Route(invoke_api.PATH, not_post, methods=["POST"]),
         *(Route(starlette_path(r.trigger.path), r.handle, methods=list(r.trigger.methods)) for r in triggers),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -183,7 +218,21 @@ def create_app(
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
     app.state.source = source
-    return App(app, source)
+    return App(app, source, () if is_loopback(host) else ("/metrics", "/openapi.json"))
+
+
+def server_config(app: Any, settings: Settings, **options: Any) -> Any:
+    """The ``uvicorn.Config`` the process serves ``app`` with: bounded connections
+    (:mod:`sources.connections`), proxy headers believed only as :mod:`sources.proxies` says."""
+    import uvicorn
+
+    cap = connections.connection_cap(settings.http_max_connections)
+    return uvicorn.Config(
+        proxies.wrap(app, settings.trusted_proxies), host=settings.http_host, port=settings.http_port,
+        http=connections.guarded_protocol(settings.http_header_timeout, cap),
+        timeout_keep_alive=settings.http_keepalive_timeout,  # type: ignore[arg-type]  # a float is fine
+        proxy_headers=False,  # uvicorn's default believes X-Forwarded-For from 127.0.0.1
+        log_config=None, access_log=False, timeout_graceful_shutdown=3, lifespan="on", **options)
 
 
 def main() -> None:
@@ -197,16 +246,17 @@ def main() -> None:
         stacklock.hold(settings, "webhook")
         logs.configure(settings.log_level)
         registry = load_registry(settings.config)
-        app = create_app(registry, settings.redis_dsn, host=settings.http_host, token=settings.http_token)
+        keys = load_keys(settings.access_keys, settings.access_keys_file)
+        proxies.parse_trusted(settings.trusted_proxies)
+        app = create_app(registry, settings.redis_dsn, host=settings.http_host, token=settings.http_token,
+                         access_keys=keys, region=settings.region)
     except LambdaliteError as e:
         print(f"lambdalite: {e}", file=sys.stderr)
         sys.exit(1)
     count = sum(1 for _ in registry.triggers("http"))
     log.info("serving the Invoke API and %d webhook route(s) on http://%s:%d",
              count, settings.http_host, settings.http_port)
-    config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_config=None,
-                            access_log=False, timeout_graceful_shutdown=3, lifespan="on")
-    uvicorn.Server(config).run()
+    uvicorn.Server(server_config(app, settings)).run()
 
 
 if __name__ == "__main__":

@@ -32,14 +32,20 @@ def queued(r: redis.Redis, function: str) -> list[Event]:
 
 
 @contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Run ``app`` on uvicorn in a thread on a free 127.0.0.1 port; yields the base URL."""
+def serve(app: Any, settings: Any = None) -> Iterator[str]:
+    """Run ``app`` on uvicorn in a thread on a free 127.0.0.1 port; yields the base URL. With
+    ``settings``, uvicorn is configured as the webhook process configures it (``server_config``)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=3)
+    if settings is None:
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
+                                timeout_graceful_shutdown=3)
+    else:
+        from sources.webhook import server_config
+
+        config = server_config(app, settings)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
     thread.start()

@@ -181,10 +181,13 @@ def test_redis_down_is_a_prompt_503_and_recovers(registry) -> None:
 def test_other_methods_and_paths_next_to_the_invoke_api(registry, redis_url: str, r: redis.Redis) -> None:
     with serve(create_app(registry, redis_url)) as url, httpx.Client() as http:
         path = f"{url}/2015-03-31/functions/echo/invocations"
-        got = http.get(path)
-        assert got.status_code == 405 and got.json() == {"message": "Method Not Allowed"}
+        got = http.get(path)  # no such operation: a Lambda-shaped error, never a bare 404 or 405
+        assert got.status_code == 400 and got.headers["x-amzn-errortype"] == "UnknownOperationException"
+        assert "GET /2015-03-31/functions/echo/invocations" in got.json()["message"]
         for other in (f"{path}/more", f"{url}/2015-03-31/functions/echo", f"{url}/2015-03-31/functions//invocations"):
-            assert http.post(other, content=b"{}").status_code == 404, other
+            answer = http.post(other, content=b"{}")
+            assert answer.status_code == 400, other
+            assert answer.headers["x-amzn-errortype"] == "UnknownOperationException", other
         # a percent-encoded ARN in the path is the function's name
         arn = f"{url}/2015-03-31/functions/arn%3Aaws%3Alambda%3Aus-east-1%3A000000000000%3Afunction%3Aecho/invocations"
         assert http.post(arn, content=b"{}", headers={"X-Amz-Invocation-Type": "Event"}).status_code == 202

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import signal
 import tempfile
 import time
 import uuid
@@ -149,6 +150,20 @@ def test_a_retired_workers_tmp_is_removed(project_tmp: Path, project: Path, redi
         while list(project_tmp.iterdir()):
             assert time.monotonic() < deadline, "the retired worker's /tmp stayed"
             time.sleep(0.1)
+
+
+def test_a_killed_workers_tmp_is_removed_by_the_scaler(project_tmp: Path, project: Path, redis_url: str) -> None:
+    with Scaler(project, TMPDIR=str(project_tmp), LAMBDALITE_IDLE_TIMEOUT="60"):
+        assert invoke(redis_url, project, "peek", {"write": "x"}).ok
+        [folder] = list(project_tmp.iterdir())
+        pid = int(folder.name.partition(".env-")[0].rpartition("-")[2])
+        assert (folder / "tmp" / "x").exists()
+        os.kill(pid, signal.SIGKILL)  # the worker cannot remove its folder now
+        deadline = time.monotonic() + 15
+        while folder.exists():
+            assert time.monotonic() < deadline, "a dead worker's /tmp stayed"
+            time.sleep(0.1)
+        assert invoke(redis_url, project, "peek", {}).ok, "a new worker serves the function"
 
 
 def test_private_tmp_off_gives_a_tmpdir_per_invocation(project_tmp: Path, project: Path, redis_url: str) -> None:

@@ -39,10 +39,11 @@ from broker.environment import log_stream_name
 from broker.errors import LambdaliteError
 from broker.kernel import die_with_parent
 from broker.registry import Function, resolve_handler
-from workers import isolation
+from workers import client_context, isolation
 from workers.context import LambdaContext
 from workers.isolation import PrivateTmp
 from workers.limits import reap
+from workers.logtail import LogTail
 
 _HEADER = struct.Struct("!I")
 PIPE_SIZE = 1 << 20  # bytes; Linux's default /proc/sys/fs/pipe-max-size
@@ -197,13 +198,21 @@ def _serve(
             write_frame(replies, {"ok": False, "tmpdir_error": problem})
             continue
         if "job" in request:  # the job's data as the worker read it: RQ's [function, instance, [envelope], kwargs]
-            request["event"] = request.pop("job")[2][0]["payload"]
+            envelope = request.pop("job")[2][0]
+            request["event"] = envelope["payload"]
+            request["client_context"] = envelope.get("client_context")
+            request["log_type"] = envelope.get("log_type")
         reap()  # children of the last invocation, killed by the worker after it ended
         if broken is not None:  # the handler could not be imported, or the sandbox not isolated
             write_frame(replies, {"ok": False, "error": broken})
             continue
         idempotency.use_door(door if request.get("door") else None)
-        reply = _invoke(fn, handler, worker_name, request)
+        if request.get("log_type") == "Tail":  # the caller wants the end of this invocation's log
+            with LogTail() as tail:
+                reply = _invoke(fn, handler, worker_name, request)
+            reply["log_tail"] = tail.text
+        else:
+            reply = _invoke(fn, handler, worker_name, request)
         if os.getpid() != me:
             os._exit(0)  # a process the handler forked returned from it: only the sandbox answers
         reply["max_rss_kb"] = max(
@@ -259,6 +268,7 @@ def _invoke(
         memory_limit_in_mb=fn.memory,
         deadline=request["deadline"],
         log_stream_name=log_stream_name(worker_name),
+        client_context=client_context.from_dict(request.get("client_context")),
     )
     if handler is None:
         return _run_command(fn, request, context)
@@ -267,9 +277,13 @@ def _invoke(
         result = handler(request["event"], context)
     except Exception as e:
         # The handler's own frames only, as Lambda shows them (not the runtime's).
-        stack = traceback.format_exception(type(e), e, e.__traceback__.tb_next if e.__traceback__ else None)
+        frames = e.__traceback__.tb_next if e.__traceback__ else None
+        stack = traceback.format_exception(type(e), e, frames)
         _log_error(f"[ERROR] {type(e).__name__}: {e}\n" + "".join(stack))
-        return {"ok": False, "error": error_object(type(e).__name__, str(e), [s.rstrip() for s in stack])}
+        # The Python runtime's error: these four fields in this order, the stack as frames only.
+        return {"ok": False, "error": {"errorMessage": str(e), "errorType": type(e).__name__,
+                                       "requestId": request["id"],
+                                       "stackTrace": traceback.format_list(traceback.extract_tb(frames))}}
     except BaseException as e:  # SystemExit, KeyboardInterrupt raised by the handler
         return {"ok": False, "error": error_object(
             "Runtime.ExitError", f"RequestId: {request['id']} Error: Runtime exited: {type(e).__name__}: {e}")}
