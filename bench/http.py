@@ -257,7 +257,8 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("LAMBDALITE_")},
            "LAMBDALITE_REDIS_URL": server.url, "LAMBDALITE_LOG_LEVEL": "WARNING",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(work)])}
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(work)]),
+           "LAMBDALITE_SANDBOX_USER": "root"}  # handlers here live in a 0700 temp folder
     try:
         server.start()
         hello_port, app_port, signed_port = free_port(), free_port(), free_port()

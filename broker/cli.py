@@ -10,15 +10,16 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
+from rq.queue import Queue
 
 from broker import deadletter, results, schedules
 from broker.connection import TRANSIENT, RedisRefusesWrites, connect
 from broker.envelope import Event, parse_json
 from broker.errors import InvocationError, LambdaliteError, RedisUnavailableError
-from broker.queues import Publisher
+from broker.queues import Publisher, function_of_queue
 from broker.registry import Registry, load_registry
 from broker.settings import Settings, load_settings
 from broker.stats import status
@@ -63,8 +64,14 @@ def main(argv: list[str] | None = None) -> None:
     _warnings_to_stderr()
     try:
         settings = load_settings()
-        registry = load_registry(settings.config)
-        code = _run(args, settings, registry)
+        try:
+            registry = load_registry(settings.config)
+        except LambdaliteError as e:
+            if args.command != "status":
+                raise
+            code = _status_without_registry(args, settings, e)
+        else:
+            code = _run(args, settings, registry)
     except LambdaliteError as e:
         print(f"lambdalite: {e}", file=sys.stderr)
         sys.exit(1)
@@ -95,13 +102,8 @@ def _warnings_to_stderr() -> None:
     root.setLevel(logging.WARNING)
 
 
-def _run(args: argparse.Namespace, settings: Settings, registry: Registry) -> int:
-    if args.command == "check":
-        from broker.environment import check_handlers
-
-        check_handlers(registry, settings)  # as each sandbox will: its environment, the sandbox user
-        print(f"{registry.path}: {len(registry.functions)} function(s) OK")
-        return 0
+def _connected(settings: Settings) -> redis.Redis:
+    """A client of the stack's Redis, which answers; raises :class:`RedisUnavailableError`."""
     client = connect(settings.redis_dsn)
     try:
         client.ping()
@@ -109,6 +111,17 @@ def _run(args: argparse.Namespace, settings: Settings, registry: Registry) -> in
         logging.getLogger(__name__).warning("redis refuses writes (%s); a command that writes will fail", e)
     except TRANSIENT as e:
         raise RedisUnavailableError(f"redis unavailable at {settings.redis_dsn}: {e}") from e
+    return client
+
+
+def _run(args: argparse.Namespace, settings: Settings, registry: Registry) -> int:
+    if args.command == "check":
+        from broker.environment import check_handlers
+
+        check_handlers(registry, settings)  # as each sandbox will: its environment, the sandbox user
+        print(f"{registry.path}: {len(registry.functions)} function(s) OK")
+        return 0
+    client = _connected(settings)
     if args.command == "logs":
         from broker import logcli
 
@@ -124,6 +137,25 @@ def _run(args: argparse.Namespace, settings: Settings, registry: Registry) -> in
     if args.command == "invoke":
         return _invoke(args, client, registry)
     return _dlq(args, client, registry)
+
+
+def _status_without_registry(args: argparse.Namespace, settings: Settings, mistake: LambdaliteError) -> int:
+    """``status`` while lambdalite.toml has a mistake: the functions Redis knows of (their queues),
+    read as usual, and the mistake as one line on stderr; exit status 1. A running stack read its
+    file when it started, so what it does goes on being shown."""
+    try:
+        client = _connected(settings)
+    except RedisUnavailableError:
+        print(f"lambdalite: {mistake}", file=sys.stderr)
+        raise
+    print(f"lambdalite: {mistake} (the status below is of the functions Redis knows)", file=sys.stderr)
+    prefix = Queue.redis_queue_namespace_prefix
+    queues = (k.decode(errors="replace").removeprefix(prefix)
+              for k in cast("set[bytes]", client.smembers(Queue.redis_queues_keys)))
+    names = sorted(n for q in queues if (n := function_of_queue(q)))
+    snapshot = status(client, names)
+    print(json.dumps(snapshot, indent=2) if args.json else _table(snapshot))
+    return 1
 
 
 def _invoke(args: argparse.Namespace, client: Any, registry: Registry) -> int:

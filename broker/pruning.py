@@ -16,6 +16,9 @@ Two stores have no lifetime of their own and get a cap instead:
   ``LAMBDALITE_DEAD_LETTERS_KEPT`` of each function: when a function has more, the oldest are
   dropped down to nine tenths of the cap, with one log line saying how many.
 
+A scaler killed without a word leaves its view of each function (``lambdalite:scaler:<function>``):
+views of scalers whose liveness key has gone are dropped on the same pass.
+
 RQ's started registry is left to :mod:`workers.recovery` (its members belong to running jobs
 until their worker dies), and RQ's deferred and scheduled registries are not written by
 lambdalite (no job depends on another; retries wait in ``lambdalite:delayed``).
@@ -37,7 +40,7 @@ from rq.queue import Queue
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry
 from rq.results import Result
 
-from broker import deadletter, quarantine
+from broker import deadletter, quarantine, stats
 from broker.queues import function_of_queue
 from broker.settings import Settings
 
@@ -152,6 +155,9 @@ class Pruner:
             dropped = self.cap_dead_letters(function)
             if dropped:
                 done.removed[deadletter.dlq_key(function)] = dropped
+            gone = self.drop_dead_views(function)
+            if gone:
+                done.removed[stats.scaler_key(function)] = gone
         done.seconds = time.monotonic() - started
         if done.total:
             log.debug("pruned %d entries in %.3f s: %s", done.total, done.seconds, done.removed)
@@ -192,6 +198,29 @@ class Pruner:
             log.warning("%s: %d dead letter(s) over LAMBDALITE_DEAD_LETTERS_KEPT=%d; the %d oldest dropped",
                         function, size - self.dead_letters_kept, self.dead_letters_kept, len(drop))
         return len(drop)
+
+
+    def drop_dead_views(self, function: str) -> int:
+        """Drop the views (``lambdalite:scaler:<function>``) of scalers whose liveness key is gone: a
+        scaler stopped cleanly removes its own, one killed leaves it; returns how many went. A scaler
+        only paused past its liveness writes its view again at its next step."""
+        key = stats.scaler_key(function)
+        try:
+            ids = cast("list[bytes]", self.client.hkeys(key))
+        except redis.ResponseError as e:
+            if quarantine.wrong_type(e):
+                return 0  # the next scaler's write moves it aside
+            raise
+        if not ids:
+            return 0
+        with self.client.pipeline(transaction=False) as pipe:
+            for scaler_id in ids:
+                pipe.exists(stats.alive_key(scaler_id.decode(errors="replace")))
+            alive = pipe.execute()
+        dead = [scaler_id for scaler_id, live in zip(ids, alive, strict=True) if not live]
+        if dead:
+            self.client.hdel(key, *dead)
+        return len(dead)
 
 
 def _times(entries: Iterable[tuple[Any, Any]]) -> Iterable[tuple[bytes, float]]:

@@ -70,7 +70,7 @@ class Rate:
         """The last tick at or before ``t``."""
         return (t // self.seconds) * self.seconds
 
-    def count(self, after: float, until: float, zone: ZoneInfo, cap: int = _MAX_WALK) -> int:
+    def count(self, after: float, until: float, zone: ZoneInfo, cap: int = 10_000) -> int:
         """How many ticks fall in ``(after, until]`` (at most ``cap``)."""
         return int(max(0, min(cap, until // self.seconds - after // self.seconds)))
 
@@ -81,10 +81,11 @@ class Rate:
 class Cron:
     """``cron(minutes hours day-of-month month day-of-week year)`` in a time zone's wall-clock time."""
 
-    def __init__(self, text: str, spec: str, years: frozenset[int] | None) -> None:
+    def __init__(self, text: str, spec: str, years: frozenset[int] | None, last_weekday: bool = False) -> None:
         self.text = text
         self.spec = spec  # croniter's five fields
         self.years = years  # None: every year
+        self.last_weekday = last_weekday  # LW: of the days croniter finds, only the month's last weekday
 
     def after(self, t: float, zone: ZoneInfo) -> float | None:
         """The first tick strictly after ``t`` (seconds since the epoch), or None when there is none."""
@@ -122,6 +123,8 @@ class Cron:
                     if self.years is not None and wall.year not in self.years:
                         start = wall
                         break
+                    if self.last_weekday and not _last_weekday(wall):
+                        continue
                     instant = _instant(wall, zone)
                     if instant is None:
                         continue  # a local time the clocks skip: no tick
@@ -145,6 +148,14 @@ class Cron:
 
 
 Expression = Rate | Cron
+
+
+def _last_weekday(day: datetime) -> bool:
+    """Whether ``day`` is the last Monday-to-Friday of its month."""
+    if day.weekday() >= 5:
+        return False
+    following = day + timedelta(days=3 if day.weekday() == 4 else 1)  # the next weekday
+    return following.month != day.month
 
 
 def _instant(wall: datetime, zone: ZoneInfo) -> float | None:
@@ -207,7 +218,7 @@ def _parse_cron(text: str) -> Cron:
         _day_of_week(dow),
     ]
     years = None if year == "*" else frozenset(_values(_FIELDS[5], year))
-    cron = Cron(text, " ".join(spec), years)
+    cron = Cron(text, " ".join(spec), years, last_weekday=dom == "LW")
     try:
         croniter(cron.spec)
     except CroniterError as e:  # what the field checks above let through, croniter's words
@@ -274,8 +285,8 @@ def _day_of_month(text: str) -> str:
         return "*"
     if text.endswith("W"):
         day = text[:-1]
-        if day == "L":
-            raise ValueError(f"{_where(field, text)}: 'LW' is not supported; use a day with W (e.g. 15W) or L")
+        if day == "L":  # the month's last weekday: one of the last days, kept by Cron._walk
+            return "26,27,28,29,30,31"
         n = _number(field, day, text)
         return f"{n}W"
     parts = text.split(",")

@@ -42,6 +42,10 @@ START_GRACE = 2.0
 #: Seconds a schedule's key outlives the time it would take to need it again (the gap to the next
 #: tick plus the function's maximum_event_age): the key of a schedule that was removed goes.
 KEY_MARGIN = 7 * 86400
+COUNT_CAP = 10_000  # missed ticks counted one by one for the log, at most (then "10000+")
+#: Seconds (of real time) a tick whose publish failed for a reason other than Redis being away waits
+#: before the next attempt, so that a refused write costs one log line a second, not one a step.
+RETRY = 1.0
 _NAMESPACE = uuid.UUID("8a5f7bd0-3c1e-4d47-9a63-0f6f0c4a1e5d")  # event ids: uuid5 of the rule and tick
 
 # The tick goes out only if the schedule's key holds an earlier tick (or nothing, or something
@@ -156,6 +160,7 @@ class Ticker:
         self.now = now or clock(settings)
         self.schedules = schedules(registry)
         self.due: dict[str, float | None] = {}  # schedule key -> its next tick to publish
+        self.held: dict[str, float] = {}  # schedule key -> when a failed publish may be tried again
         self.started = False
         self.grace = START_GRACE * settings.schedule_clock_rate
 
@@ -170,14 +175,15 @@ class Ticker:
             self.started = True
         for schedule in self.schedules:
             tick = self.due.get(schedule.key)
-            if tick is None or tick > now:
+            if tick is None or tick > now or self.held.get(schedule.key, -1.0) > now:
                 continue
             try:
                 self._tick(schedule, tick, now)
             except TRANSIENT:
                 raise
             except Exception:  # a bug or a refused write costs this tick's attempt, not the scaler's step
-                log.exception("%s: tick %s failed; trying again at the next step", schedule.rule, iso(tick))
+                log.exception("%s: tick %s failed; trying again in %.0f s", schedule.rule, iso(tick), RETRY)
+                self.held[schedule.key] = now + RETRY * self.settings.schedule_clock_rate
 
     def _start(self, now: float) -> None:
         """Settle each schedule's ticks from before this scaler started: missed while no scaler ran
@@ -192,14 +198,19 @@ class Ticker:
             latest = schedule.at_or_before(present)
             if latest is None or latest <= last:
                 continue
-            missed = schedule.expression.count(last, latest, schedule.zone)
+            missed = schedule.expression.count(last, latest, schedule.zone, cap=COUNT_CAP)
             first = schedule.after(last) or latest
-            span = f"{missed} tick(s) from {iso(first)} to {iso(latest)}"
+            span = f"{missed}{'+' if missed >= COUNT_CAP else ''} tick(s) from {iso(first)} to {iso(latest)}"
             age = now - latest
             if schedule.trigger.catch_up == "latest" and age <= schedule.function.maximum_event_age:
                 log.info("%s: %s missed while no scaler ran; running the latest (catch_up = \"latest\")%s",
                          schedule.rule, span, f", skipping {missed - 1}" if missed > 1 else "")
-                self._publish(schedule, latest)
+                try:
+                    self._publish(schedule, latest)
+                except TRANSIENT:
+                    raise
+                except Exception:  # as in step: logged, and the scaler's step goes on
+                    log.exception("%s: the catch-up of tick %s failed; skipped", schedule.rule, iso(latest))
             elif schedule.trigger.catch_up == "latest":
                 log.warning("%s: %s missed while no scaler ran; skipped: the latest is %.0f s old, beyond "
                             "maximum_event_age (%.0f s)", schedule.rule, span, age,
@@ -211,9 +222,14 @@ class Ticker:
         """Publish the latest tick due (``tick`` or, when this scaler fell behind, a later one)."""
         latest = schedule.at_or_before(now)
         if latest is not None and latest > tick:
-            skipped = schedule.expression.count(tick - 1e-3, latest - 1e-3, schedule.zone)
-            log.warning("%s: this scaler fell %.0f s behind; %d tick(s) from %s skipped, running %s",
-                        schedule.rule, now - tick, skipped, iso(tick), iso(latest))
+            # the ticks before the latest that no other scaler published either are skipped
+            [raw] = self.client.mget([schedule.key])
+            since = max(tick - 1e-3, _tick_of(raw) or -1.0)
+            skipped = schedule.expression.count(since, latest - 1e-3, schedule.zone)
+            if skipped:
+                log.warning("%s: this scaler fell %.0f s behind and no other published %d tick(s) from %s; "
+                            "skipped, running %s", schedule.rule, now - tick, skipped,
+                            iso(schedule.after(since) or tick), iso(latest))
             tick = latest
         if now - tick <= schedule.function.maximum_event_age:
             self._publish(schedule, tick)

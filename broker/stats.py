@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -41,23 +42,25 @@ def count(pipe: redis.Redis | Any, function: str, counter: str, n: int = 1) -> N
     quarantine.incr(pipe, stats_key(function), counter, n)
 
 
-def status(client: redis.Redis, registry: Registry) -> dict[str, Any]:
-    """``{"functions": {name: {queued, running, workers, succeeded, failed, dead, ...}}}``.
+def status(client: redis.Redis, registry: Registry | Iterable[str]) -> dict[str, Any]:
+    """``{"functions": {name: {queued, running, workers, succeeded, failed, dead, ...}}}`` for the
+    functions of ``registry`` (or of these names).
 
     Read-only: a key of the wrong type, a counter that is not a count or a scaler's view that is
     not one is logged (one line naming the key) and counted as nothing; the processes that write
     those keys repair them.
     """
     out: dict[str, Any] = {}
-    for fn in registry:
-        queue = function_queue(client, fn.name)
+    names = [fn.name for fn in registry] if isinstance(registry, Registry) else list(registry)
+    for function in names:
+        queue = function_queue(client, function)
         started = StartedJobRegistry(queue=queue)
-        keys = {queue.key: "list", started.key: "zset", stats_key(fn.name): "hash", scaler_key(fn.name): "hash"}
+        keys = {queue.key: "list", started.key: "zset", stats_key(function): "hash", scaler_key(function): "hash"}
         with client.pipeline(transaction=False) as pipe:
             pipe.llen(queue.key)
             pipe.zcard(started.key)
-            pipe.hgetall(stats_key(fn.name))
-            pipe.hgetall(scaler_key(fn.name))
+            pipe.hgetall(stats_key(function))
+            pipe.hgetall(scaler_key(function))
             replies = pipe.execute(raise_on_error=False)
         values: list[Any] = []
         for (key, kind), reply, empty in zip(keys.items(), replies, (0, 0, {}, {}), strict=True):
@@ -71,7 +74,7 @@ def status(client: redis.Redis, registry: Registry) -> dict[str, Any]:
         row: dict[str, Any] = {"queued": queued, "running": running}
         states = {"starting": 0, "idle": 0, "busy": 0}
         decisions = []
-        for view in _live_views(client, fn.name, scalers):
+        for view in _live_views(client, function, scalers):
             for state in states:
                 states[state] += view["workers"].get(state, 0)
             if view["decision"]:
@@ -79,9 +82,9 @@ def status(client: redis.Redis, registry: Registry) -> dict[str, Any]:
         row["workers"] = sum(states.values())
         row["worker_states"] = states
         for name in COUNTERS:
-            row[name] = _count(fn.name, name, counters.get(name.encode()))
+            row[name] = _count(function, name, counters.get(name.encode()))
         row["last_decision"] = max(decisions, key=lambda d: d["at"]) if decisions else None
-        out[fn.name] = row
+        out[function] = row
     return {"functions": out}
 
 

@@ -17,9 +17,10 @@ import hashlib
 import logging
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class ObjectInfo:
     mtime_ns: int
     etag: str
     owner_uid: int
+    device: int = 0  # the file's identity when it was read, so a result read late can be checked
+    inode: int = 0
 
 
 class NotAnObject(OSError):
@@ -56,6 +59,10 @@ class Unsettled(NotAnObject):
 
     Not a fault: the event that follows (its removal, or its next close) tells the rest.
     """
+
+
+class Cancelled(Unsettled):
+    """Raised by :func:`read_object` when its ``cancelled`` callback said to stop reading."""
 
 
 def is_temporary(part: str) -> bool:
@@ -180,12 +187,14 @@ def _open_inside(root: BucketRoot, ref: ObjectRef) -> int:
         os.close(dir_fd)
 
 
-def read_object(root: BucketRoot, ref: ObjectRef) -> ObjectInfo:
+def read_object(root: BucketRoot, ref: ObjectRef, cancelled: Callable[[], bool] | None = None) -> ObjectInfo:
     """Stat and hash one object; raises :class:`NotAnObject` with the reason.
 
     The file is opened with ``O_NOFOLLOW``, from its folder's descriptor once that folder's real
     path is known to be inside the root, and measured through the open descriptor: a link swapped in
-    between the check and the read is refused, and the size matches the hashed bytes.
+    between the check and the read is refused, and the size matches the hashed bytes. It is read in
+    slices of 1 MiB; ``cancelled``, when given, is asked before each one, and :class:`Cancelled`
+    raised when it answers True.
     """
     try:
         fd = _open_inside(root, ref)
@@ -202,9 +211,12 @@ def read_object(root: BucketRoot, ref: ObjectRef) -> ObjectInfo:
             raise NotAnObject(f"{ref.path}: not a regular file")
         digest = hashlib.md5(usedforsecurity=False)
         size = 0
-        while chunk := os.read(fd, _CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
+        if cancelled is None:
+            while chunk := os.read(fd, _CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        else:
+            size = _hash_slices(fd, digest, cancelled, ref)
         after = os.fstat(fd)
     except NotAnObject:
         raise
@@ -214,4 +226,24 @@ def read_object(root: BucketRoot, ref: ObjectRef) -> ObjectInfo:
         os.close(fd)
     if after.st_mtime_ns != st.st_mtime_ns or size != after.st_size:
         raise Unsettled(f"{ref.path}: changed while it was read")
-    return ObjectInfo(size=size, mtime_ns=after.st_mtime_ns, etag=digest.hexdigest(), owner_uid=st.st_uid)
+    return ObjectInfo(size=size, mtime_ns=after.st_mtime_ns, etag=digest.hexdigest(), owner_uid=st.st_uid,
+                      device=st.st_dev, inode=st.st_ino)
+
+
+def _hash_slices(fd: int, digest: Any, cancelled: Callable[[], bool], ref: ObjectRef) -> int:
+    """Hash what ``fd`` reads into ``digest``, one slice at a time into one buffer; its size.
+
+    ``os.readv`` and ``md5.update`` of a whole slice both let go of the interpreter's lock, so a
+    thread hashing here leaves the loop that publishes free to run."""
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    size = 0
+    while True:
+        if cancelled():
+            raise Cancelled(f"{ref.path}: hashing stopped")
+        n = os.readv(fd, [buffer])
+        if n == 0:
+            return size
+        digest.update(view[:n])
+        size += n

@@ -14,6 +14,9 @@ manifest (what has been published) in the same Redis transaction as the events.
   Redis outage, every bucket is rescanned against the manifest: new or changed objects are
   published once, manifest entries whose file is gone become removals. A folder that appears
   (created or moved in) is scanned the same way once the events before it are handled.
+* An object larger than :data:`HASH_INLINE_MAX` is hashed beside the loop (:mod:`sources.hasher`)
+  and published when its hash is ready, so a large file holds up neither the other objects nor a
+  stop; smaller ones are hashed on the loop, which is quicker than handing them over.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from sources.buckets import (
     printable,
     read_object,
 )
+from sources.hasher import Hasher, Job
 from sources.manifest import Entry, Manifest
 from sources.object_events import Change, ObjectEvents
 from sources.observer import BucketObserver, Inbox, watch
@@ -70,6 +74,7 @@ SETTLE_NS = 1_000_000_000  # a scanned file modified more recently than this may
 RECHECK = 0.5  # seconds before such a file is looked at again
 EVENTS_PER_STEP = 500  # so a burst of events never delays a stop
 COLLECT_EVERY = 1000  # objects walked by a scan between two reads of inotify's queue
+HASH_INLINE_MAX = 4 << 20  # bytes: larger objects are hashed beside the loop (a few ms of MD5 here)
 
 
 def _path(raw: bytes | str) -> str:
@@ -97,6 +102,7 @@ class BucketWatcher:
         self.stopping = stopping
         self.clock = clock
         self.inbox = Inbox()
+        self.hasher = Hasher(self.root)
         self.observer: BucketObserver | None = None
         self._watched: tuple[int, int] | None = None
         self._overflowed = threading.Event()
@@ -116,7 +122,11 @@ class BucketWatcher:
         self._ensure_observer()
 
     def stop(self) -> None:
-        """Stop the observer (remove its watches)."""
+        """Stop the observer (remove its watches) and the hashing of large objects."""
+        self._stop_observer()
+        self.hasher.stop()
+
+    def _stop_observer(self) -> None:
         if self.observer is not None:
             self.observer.stop()
             self.observer.join(timeout=4)
@@ -137,6 +147,7 @@ class BucketWatcher:
             if self._rescan and self._watched is not None:
                 self._rescan = not self._reconcile_all()
             self._handle_events(timeout)
+            self._publish_hashed()
         except TRANSIENT as e:
             self._redis_lost(e)
         except Exception:  # a bug must not end the watcher; the next trigger rescans
@@ -159,13 +170,14 @@ class BucketWatcher:
         if self.observer is not None:
             if identity is not None:  # a vanished root has its own line below
                 log.warning("the buckets watch stopped (folder replaced or observer died); restarting it")
-            self.stop()
+            self._stop_observer()
             self._watched = None
         if identity is None:
             self._no_root("does not exist; waiting for it")
             return
         try:
-            self.observer = watch(self.root.path, self.inbox, on_overflow=self._overflowed.set)
+            self.observer = watch(self.root.path, self.inbox, on_overflow=self._overflowed.set,
+                                  wake_fd=self.hasher.wake_fd)
         except OSError as e:  # gone again since the check, or the inotify watch limit is reached
             self._no_root(f"cannot be watched ({e.strerror or e}); trying again")
             return
@@ -188,6 +200,7 @@ class BucketWatcher:
         self._rescan = True
         self._dirty.clear()
         self._recheck.clear()
+        self.hasher.forget()
         self._retry_at = self.clock() + self._backoff.failed(error)
 
     def _redis_back(self) -> bool:
@@ -205,6 +218,7 @@ class BucketWatcher:
 
     def _drain_while_down(self, timeout: float) -> None:
         """Keep the open-file count current; the rescan after the outage covers every other event."""
+        self.hasher.finished()  # dropped (the rescan asks again), and its wake-up with them
         deadline = self.clock() + timeout
         while not self.stopping():
             event = self._next_event(max(0.0, deadline - self.clock()))
@@ -299,6 +313,9 @@ class BucketWatcher:
             return  # gone already; its removal event follows
         if scanned and not self._settled(ref.path, st.st_mtime_ns):
             return
+        if st.st_size > HASH_INLINE_MAX and stat.S_ISREG(st.st_mode):
+            self.hasher.submit(ref, st, event_name, scanned=False)
+            return
         info = self._read(ref)
         if info is not None:  # unless this very version is published already (a scan got there first)
             entry = Entry(info.size, info.mtime_ns, info.etag)
@@ -333,6 +350,36 @@ class BucketWatcher:
         except NotAnObject as e:
             log.warning("not published: %s", e)
             return None
+
+    def _publish_hashed(self) -> None:
+        """Publish the large objects whose hash is ready, if each is still the version hashed."""
+        for job in self.hasher.finished():
+            if job.error:
+                log.warning("not published: %s", job.error)
+            elif job.info is not None and self._still(job):
+                self._publish_read(job.ref, job.info, job.event_name, job.scanned)
+
+    @staticmethod
+    def _still(job: Job) -> bool:
+        try:
+            st = os.lstat(job.ref.path)
+        except OSError:
+            return False
+        info = job.info
+        return info is not None and (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (
+            info.device, info.inode, info.size, info.mtime_ns)
+
+    def _publish_read(self, ref: ObjectRef, info: ObjectInfo, event_name: str, scanned: bool) -> None:
+        """Publish an object read off the loop. Found by a scan with the content it was published
+        with, it was only touched: its manifest entry is updated without an event, as a scan does."""
+        entry = Entry(info.size, info.mtime_ns, info.etag)
+        if scanned:
+            known = self.manifest.get(ref.bucket, ref.key)
+            if known is not None and (known.size, known.etag) == (info.size, info.etag):
+                self.notifications.publish([], [(ref, entry)])
+                return
+        only_if = Manifest.unpublished(ref.bucket, ref.key, entry)
+        self.notifications.publish([Change(ref, info, event_name)], only_if=only_if)
 
     # -- scans -----------------------------------------------------------------------------------
 
@@ -386,6 +433,10 @@ class BucketWatcher:
             if entry is not None and entry.same_stat(st.st_size, st.st_mtime_ns):
                 continue
             if not self._settled(ref.path, st.st_mtime_ns):
+                continue
+            if st.st_size > HASH_INLINE_MAX and stat.S_ISREG(st.st_mode):
+                if not self.hasher.pending(ref.path, st):
+                    self.hasher.submit(ref, st, s3event.CREATED_PUT, scanned=True)
                 continue
             info = self._read(ref)
             if info is None:

@@ -134,7 +134,7 @@ class _Emitter(InotifyFullEmitter):
 class BucketObserver:
     """Inotify watches over the buckets root (recursive, links not followed), read by :meth:`collect`."""
 
-    def __init__(self, root: str, inbox: Inbox, on_overflow: Callable[[], None]) -> None:
+    def __init__(self, root: str, inbox: Inbox, on_overflow: Callable[[], None], wake_fd: int | None = None) -> None:
         self.inotify_fd = _Reader()
         try:
             watch = ObservedWatch(root, recursive=True, event_filter=EVENT_FILTER, follow_symlink=False)
@@ -146,17 +146,21 @@ class BucketObserver:
             raise
         self._poll = select.poll()
         self._poll.register(self.inotify_fd.fd, select.POLLIN)
+        if wake_fd is not None:  # another descriptor whose readiness ends the wait (hashes done)
+            self._poll.register(wake_fd, select.POLLIN)
 
     def collect(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for inotify events and put every event that is ready in the
-        inbox; returns at once if some are ready. A move away (``IN_MOVED_FROM``) is held back, with
-        the events after it, for up to half a second, for its ``IN_MOVED_TO`` to pair it with."""
+        """Wait up to ``timeout`` seconds for inotify events (or the wake descriptor) and put every
+        event that is ready in the inbox; returns at once if some are ready. A move away
+        (``IN_MOVED_FROM``) is held back, with the events after it, for up to half a second, for its
+        ``IN_MOVED_TO`` to pair it with."""
         if not self.healthy():
             return
         try:
             held = self._hold_until()
             wait = timeout if held is None else min(timeout, max(0.0, held - time.monotonic()))
-            if self._poll.poll(max(0, int(wait * 1000 + 0.999))):
+            ready = self._poll.poll(max(0, int(wait * 1000 + 0.999)))
+            if any(fd == self.inotify_fd.fd for fd, _ in ready):
                 for event in self.inotify_fd.read_events():
                     if not self._plain(event):
                         self.inotify_fd.handle_event(event)  # the watch group pairs moves and keeps its watches
@@ -228,8 +232,9 @@ class BucketObserver:
         return not self._emitter.stopped_event.is_set() and not self.inotify_fd.closed
 
 
-def watch(root: str, inbox: Inbox, on_overflow: Callable[[], None]) -> BucketObserver:
+def watch(root: str, inbox: Inbox, on_overflow: Callable[[], None], wake_fd: int | None = None) -> BucketObserver:
     """An observer watching ``root`` recursively, links not followed; events come with
-    :meth:`BucketObserver.collect`. Raises OSError when ``root`` cannot be watched (gone by now, or
-    the inotify watch limit is reached), with the inotify descriptor closed again."""
-    return BucketObserver(root, inbox, on_overflow)
+    :meth:`BucketObserver.collect`, whose wait also ends when ``wake_fd`` is readable. Raises OSError
+    when ``root`` cannot be watched (gone by now, or the inotify watch limit is reached), with the
+    inotify descriptor closed again."""
+    return BucketObserver(root, inbox, on_overflow, wake_fd)

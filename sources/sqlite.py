@@ -164,27 +164,38 @@ class Feed:
         stream.outcome, stream.ahead, stream.beyond = None, None, None
         stream.loaded = True
         stream.done_history.append((self.clock(), stream.done))
+        file = stored.get(b"file", b"").decode("ascii", "replace")
+        if file and stream.db.file and file != stream.db.file:  # replaced while the feed was away
+            log.warning("%s: %s is another file than the one table %r was read from (device:inode %s, was %s); "
+                        "reading it from its first change", stream.function.name, stream.db.path, stream.table,
+                        stream.db.file, file)
+            stream.replaced = True
         if stream.event_id:
             log.info("%s: resuming; waiting for in-flight batch %s", stream.function.name, stream.event_id)
 
     def _advance(self, stream: Stream, conn: sqlite3.Connection, now: float) -> None:
         if not stream.loaded:
             self._load(stream)
+        if stream.replaced and not stream.event_id:
+            self._rebase(stream, now, {}, "")
         counts: dict[str, int] | None = None  # once the batch in flight is done: the counters it adds
         settled = ""  # the batch whose outcome this step acts on: what follows drops its staged successor
         if stream.event_id:
             outcome = self._outcome(stream)
             if outcome is None:  # ready the next batch, once per batch in flight (after a restart: now)
-                sqlite_ahead.prepare(self.publisher, stream, conn, now)
+                self._prepare(stream, conn, now)
                 return
             if outcome.ok and successors.clean(outcome.result) and self._released(stream, now):
                 # the worker published the next batch: ready the one after
-                sqlite_ahead.prepare(self.publisher, stream, conn, now)
+                self._prepare(stream, conn, now)
                 return
             settled = stream.event_id
             counts = self._settle(stream, outcome, now)
             if counts is None:
                 return  # a retry of part of the batch is now in flight
+        if stream.replaced:  # the batch in flight was the old file's last: start the new file's
+            self._rebase(stream, now, counts or {}, settled)
+            return
         # From here on the batch in flight (if any) is done; the publish of the next one records that
         # in the same transaction, so a batch costs one round trip.
         ahead, stream.ahead, stream.beyond = stream.ahead, stream.beyond, None
@@ -200,8 +211,28 @@ class Feed:
                 if counts is not None or last != stream.last:
                     self._finish(stream, last, now, counts or {}, settled)
                 return
-            self._publish(stream, sqlite_batch.records(stream, changes), consumed, 0, counts, now, None, settled)
-        sqlite_ahead.prepare(self.publisher, stream, conn, now)
+            batch = sqlite_batch.fit(sqlite_batch.records(stream, changes), consumed)
+            if batch.too_large is not None:
+                self._too_large(stream, batch, now, counts or {}, settled)
+                return
+            self._publish(stream, batch.records, batch.last, 0, counts, now, None, settled, batch.text)
+        self._prepare(stream, conn, now)
+
+    def _prepare(self, stream: Stream, conn: sqlite3.Connection, now: float) -> None:
+        """Read the next batch ahead, unless the database was replaced (its cursor starts again)."""
+        if not stream.replaced:
+            sqlite_ahead.prepare(self.publisher, stream, conn, now)
+
+    def _rebase(self, stream: Stream, now: float, counts: dict[str, int], settled: str) -> None:
+        """Start the stream again at the first change of a replaced database, once nothing of the
+        old one is in flight: what was read ahead from the old file is dropped, and nothing of the
+        new file's change table is pruned until its own batches are done."""
+        stream.ahead = stream.beyond = None
+        stream.read_ahead = stream.read_beyond = ""
+        stream.done_history.clear()
+        stream.safe = 0
+        self._finish(stream, 0, now, counts, settled)
+        stream.replaced = False
 
     def _released(self, stream: Stream, now: float) -> bool:
         """Whether the worker, recording the clean success of the batch in flight, published the
@@ -227,10 +258,12 @@ class Feed:
         return results.fetch(self.client, stream.event_id)
 
     def _publish(self, stream: Stream, records: list[dict[str, Any]], last: int, retries: int,
-                 counts: dict[str, int] | None, now: float, ahead: Ahead | None = None, settled: str = "") -> None:
+                 counts: dict[str, int] | None, now: float, ahead: Ahead | None = None, settled: str = "",
+                 text: str | None = None) -> None:
         """Publish a batch and move the cursor to it, in one transaction. With ``counts`` the batch
         in flight is done: the same transaction records that and adds its counters. ``settled``
-        names the batch whose staged successor the same transaction drops."""
+        names the batch whose staged successor the same transaction drops; ``text`` is the records'
+        JSON when the caller has it."""
         if not records:
             self._finish(stream, last, now, counts or {}, settled)
             return
@@ -240,10 +273,10 @@ class Feed:
         elif ahead is not None:  # read ahead long ago: a new envelope, whose age counts from now
             job, packed = sqlite_batch.job(self.publisher, stream, records, ahead.text), ahead.packed
         else:
-            text = sqlite_batch.to_json(records)
+            text = sqlite_batch.to_json(records) if text is None else text
             job, packed = sqlite_batch.job(self.publisher, stream, records, text), sqlite_cursor.pack(text)
         fields = {"last": last, "event": job.event.id, "records": packed, "retries": retries,
-                  "done": done, "database": str(stream.db.path), "table": stream.table}
+                  "done": done, "database": str(stream.db.path), "table": stream.table, "file": stream.db.file}
 
         def also(pipe: Any) -> None:
             pipe.hset(stream.key, mapping=fields)
@@ -283,13 +316,31 @@ class Feed:
                   name, len(rest), sqlite_batch.seq(rest[0]), sqlite_batch.seq(rest[-1]), stream.table, stream.retries)
         return {"records_failed": len(rest)}
 
-    def _finish(self, stream: Stream, last: int, now: float, counts: dict[str, int], settled: str = "") -> None:
+    def _too_large(self, stream: Stream, batch: sqlite_batch.Fit, now: float, counts: dict[str, int],
+                   settled: str) -> None:
+        """Dead-letter alone a record too large for any payload and go on after it, in one transaction."""
+        record, said = batch.too_large, []
+        if record is None:
+            return
+
+        def park(pipe: Any) -> None:
+            said.append(sqlite_batch.dead_letter_too_large(pipe, stream, record, batch.size))
+
+        self._finish(stream, batch.last, now, {**counts, "records_failed": counts.get("records_failed", 0) + 1},
+                     settled, also=park)
+        log.error("%s: %s: %s; dead-lettered alone, the stream goes on", stream.function.name, sqlite_batch.TOO_LARGE,
+                  said[0] if said else "")
+
+    def _finish(self, stream: Stream, last: int, now: float, counts: dict[str, int], settled: str = "",
+                also: Callable[[Any], None] | None = None) -> None:
         """Record that nothing is in flight up to change ``last`` (adding ``counts``, dropping the
-        successor staged after ``settled``), in one transaction."""
+        successor staged after ``settled``, and queuing what ``also`` adds), in one transaction."""
         with self.client.pipeline(transaction=True) as pipe:
             quarantine.guard(pipe, {stream.key: "hash"})
+            if also is not None:
+                also(pipe)
             pipe.hset(stream.key, mapping={"last": last, "done": last, "event": "", "records": "",
-                                           "retries": 0})
+                                           "retries": 0, "file": stream.db.file})
             for counter, n in counts.items():
                 quarantine.incr(pipe, stream.key + ":stats", counter, n)
             if settled:
@@ -304,7 +355,7 @@ class Feed:
         bounds: dict[tuple[Path, str], int] = {}
         for stream in self.streams:
             where = (stream.db.path, stream.table)
-            upto = stream.prunable(now) if stream.loaded else 0
+            upto = stream.prunable(now) if stream.loaded and not stream.replaced else 0
             bounds[where] = min(bounds.get(where, upto), upto)
         for (path, table), upto in bounds.items():
             db = self.databases[path]

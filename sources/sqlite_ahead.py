@@ -67,14 +67,17 @@ def prepare(publisher: Publisher, stream: Stream, conn: sqlite3.Connection, now:
 
 
 def read(publisher: Publisher, stream: Stream, conn: sqlite3.Connection, after: int, now: float) -> Ahead | None:
-    """The full batch after change ``after``, read, converted and encoded; None when fewer changes wait."""
+    """The full batch after change ``after``, read, converted and encoded (cut to fit one payload);
+    None when fewer changes wait, or when the first is too large to go at all."""
     changes, consumed, full = sqlite_capture.read_changes(conn, stream.table, after, stream.trigger.batch_size)
     if not full:
         return None
-    records = sqlite_batch.records(stream, changes)
-    text = sqlite_batch.to_json(records)
+    batch = sqlite_batch.fit(sqlite_batch.records(stream, changes), consumed)
+    if batch.too_large is not None:
+        return None  # dead-lettered when its turn comes
+    records, text = batch.records, batch.text
     job = sqlite_batch.job(publisher, stream, records, text) if records else None
-    return Ahead(after, consumed, records, text, sqlite_cursor.pack(text), job, now)
+    return Ahead(after, batch.last, records, text, sqlite_cursor.pack(text), job, now)
 
 
 def stage(publisher: Publisher, stream: Stream) -> None:

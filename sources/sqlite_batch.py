@@ -5,16 +5,23 @@ Each change is converted on its own (:mod:`sources.dynamodb`): one that cannot b
 skipped, never the batch. The records are encoded to JSON once (:func:`to_json`), and that text
 serves both the job's payload and the cursor (:mod:`sources.sqlite_cursor`). A handler's
 ``{"batchItemFailures": [...]}`` is read as Lambda reads it (:func:`first_failure`).
+
+A batch is cut short where its payload would pass :data:`PAYLOAD_MAX`, Lambda's 6 MB limit on an
+invocation's request (:func:`fit`): the records after the cut make the next batch. A record too
+large to go even alone is dead-lettered alone with a ``RequestEntityTooLargeException`` error, as
+Lambda answers such a request, and the stream goes on after it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from broker import deadletter
 from broker.envelope import Event
 from broker.errors import ChangeFeedError
 from broker.queues import Prepared, Publisher
@@ -24,6 +31,58 @@ if TYPE_CHECKING:
     from sources.sqlite_stream import Stream
 
 log = logging.getLogger("lambdalite.sqlite")
+
+PAYLOAD_MAX = 6 * 1024 * 1024  # bytes: Lambda's limit on a synchronous invocation's request, as event
+# source mappings invoke
+_WRAP = len('{"Records": ') + len("[]") + len("}")  # the payload around the records' JSON
+TOO_LARGE = "RequestEntityTooLargeException"
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What of a batch's records goes in one payload (:func:`fit`)."""
+
+    records: list[dict[str, Any]]  # the records that go, in order (empty when the first is too large)
+    text: str  # their JSON, as :func:`to_json` writes it
+    last: int  # the last change they account for: the cursor after them
+    too_large: dict[str, Any] | None  # the first record, when it alone passes the limit
+    size: int = 0  # the too-large record's payload size, in bytes
+
+
+def fit(records: list[dict[str, Any]], consumed: int, limit: int = PAYLOAD_MAX) -> Fit:
+    """The records from the first on that fit in one payload of at most ``limit`` bytes.
+
+    ``consumed`` is the last change the whole list accounts for; a cut moves it back to the last
+    record that goes. When the first record alone does not fit, nothing goes and it is returned as
+    ``too_large``, with the cursor just after it.
+    """
+    parts: list[str] = []
+    total = _WRAP
+    for i, record in enumerate(records):
+        part = _encode(record)
+        size = len(part.encode()) if not part.isascii() else len(part)
+        if i == 0 and total + size > limit:
+            return Fit([], "", change_id(record), record, total + size)
+        if total + size + (1 if parts else 0) > limit:
+            return Fit(records[:i], "[" + ",".join(parts) + "]", change_id(records[i - 1]), None)
+        parts.append(part)
+        total += size + (1 if len(parts) > 1 else 0)
+    return Fit(records, "[" + ",".join(parts) + "]", consumed, None)
+
+
+def change_id(record: dict[str, Any]) -> int:
+    """The change a record was made of (its SequenceNumber)."""
+    return int(record["dynamodb"]["SequenceNumber"])
+
+
+def dead_letter_too_large(pipe: Any, stream: Stream, record: dict[str, Any], size: int) -> str:
+    """Queue on ``pipe`` the commands that park a record too large for any payload, alone, as its
+    function's dead letter; the error's message, as Lambda words it."""
+    message = (f"Request must be smaller than {PAYLOAD_MAX} bytes for the InvokeFunction operation "
+               f"(one record, change {seq(record)} of table {stream.table!r}, is {size} bytes)")
+    event = Event(stream.function.name, payload={"Records": [record]}, source="sqlite", invocation_type="Event")
+    deadletter.add(pipe, event, {"errorType": TOO_LARGE, "errorMessage": message}, "payload too large")
+    return message
 
 
 def records(stream: Stream, changes: list[sqlite_capture.Change]) -> list[dict[str, Any]]:
@@ -45,6 +104,13 @@ def job(publisher: Publisher, stream: Stream, records: list[dict[str, Any]], tex
     """The batch's event and job; ``text`` (the records' JSON, also the cursor's) is encoded once."""
     event = Event(stream.function.name, payload={"Records": records}, source="sqlite", invocation_type="Event")
     return publisher.prepare(event, payload_json='{"Records": ' + text + "}")
+
+
+def _encode(record: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(record).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(record, allow_nan=False)
 
 
 def to_json(records: list[dict[str, Any]]) -> str:

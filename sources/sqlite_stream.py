@@ -1,7 +1,10 @@
 """What the SQLite feed keeps for each database it reads and each stream it follows.
 
 A :class:`Database` is one SQLite file, opened once for every stream that reads it and reopened
-(at most once a second) after an error, each problem logged once. A :class:`Stream` is one
+(at most once a second) after an error, each problem logged once. The file at its path is checked
+several times a second (device and inode): a database replaced (``mv`` of a new file over it) or
+deleted is logged once and reopened when a file is there again; its streams re-install their
+capture in it and read its changes from the first (:attr:`Database.replacements`). A :class:`Stream` is one
 function's trigger on one table: the capture installed in that table (:mod:`sources.sqlite_capture`,
 re-installed when the schema changes), the cursor as last read or written
 (:mod:`sources.sqlite_cursor`), the batch in flight and those read ahead
@@ -11,6 +14,7 @@ re-installed when the schema changes), the cursor as last read or written
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections import deque
 from dataclasses import dataclass, field
@@ -29,6 +33,7 @@ log = logging.getLogger("lambdalite.sqlite")
 
 PRUNE_DELAY = 5.0  # seconds a finished batch waits before its change rows are deleted
 RETRY_DB_EVERY = 1.0  # seconds between attempts to open a database or find a table
+CHECK_FILE_EVERY = 0.1  # seconds between two looks at which file the database's path names
 
 
 @dataclass
@@ -40,24 +45,76 @@ class Database:
     schema_version: int | None = None
     next_try: float = 0.0
     problem: str = ""
+    file: str = ""  # "device:inode" of the file the connection reads ("" before the first open)
+    replacements: int = 0  # how often another file was found at the path than the one read before
+    next_check: float = 0.0
 
     def open(self, now: float) -> sqlite3.Connection | None:
-        """The connection, (re)opening it at most once a second; None while it cannot be opened."""
+        """The connection, (re)opening it at most once a second; None while it cannot be opened.
+        A connection to a file that is no longer at the path is closed first (logged once)."""
         if self.conn is not None:
-            return self.conn
+            if now < self.next_check:
+                return self.conn
+            self.next_check = now + CHECK_FILE_EVERY
+            if self._still_there():
+                return self.conn
+            self._let_go(self.conn)
+            self.conn, self.next_try = None, 0.0
         if now < self.next_try:
             return None
         self.next_try = now + RETRY_DB_EVERY
         try:
-            self.conn = sqlite_capture.connect(self.path)
+            conn = sqlite_capture.connect(self.path)
         except ChangeFeedError as e:
-            self.complain(str(e) + "; retrying every second")
+            if self.file and not self.path.exists():  # deleted: said once, in _still_there's words
+                self.complain(f"{self.path}: the database file was deleted; waiting for a new one there")
+            else:
+                self.complain(str(e) + "; retrying every second")
             return None
+        try:
+            st = os.stat(self.path)
+        except OSError as e:
+            conn.close()
+            self.complain(f"{self.path}: {e.strerror or e}; retrying every second")
+            return None
+        file = f"{st.st_dev}:{st.st_ino}"
+        if self.file and file != self.file:
+            self.replacements += 1
+            log.warning("%s: another database file is there now (device:inode %s, was %s); reading it, with "
+                        "the capture re-installed, from its first change", self.path, file, self.file)
+            self.problem = ""
+        self.conn, self.file, self.next_check = conn, file, now + CHECK_FILE_EVERY
         self.schema_version = None
         if self.problem:
             log.info("%s: opened", self.path)
             self.problem = ""
         return self.conn
+
+    def _let_go(self, conn: sqlite3.Connection) -> None:
+        """Close the connection to a file that is no longer at the path.
+
+        SQLite neither checkpoints nor removes ``-wal`` at the close of a file renamed over or
+        deleted, and the next database opened at the path would take that write-ahead log for its
+        own (the old file's rows showing up in the new one). Checkpointed into the old file and
+        truncated first, the log is empty: the new database is read as it is."""
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as e:
+            log.warning("%s: the write-ahead log of the file that was there could not be emptied (%s); a "
+                        "database opened at the path may take it for its own", self.path, e)
+        conn.close()
+        self.conn = None
+
+    def _still_there(self) -> bool:
+        """Whether the path still names the file the connection reads; logs a change once."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self.complain(f"{self.path}: the database file was deleted; waiting for a new one there")
+            return False
+        except OSError:
+            return True  # cannot tell (a permission changed): keep reading what is open
+        return f"{st.st_dev}:{st.st_ino}" == self.file
 
     def complain(self, message: str) -> None:
         """Log a problem once (until it changes or goes away)."""
@@ -101,6 +158,8 @@ class Stream:
     waiting_said: bool = False
     trouble: str = ""  # the last unexpected error of this stream, logged once
     resume_at: float = 0.0  # after an unexpected error, the stream pauses until then
+    replacements: int = 0  # the database's replacements this stream has caught up with
+    replaced: bool = False  # the database was replaced: the cursor starts again once nothing is in flight
 
     @property
     def table(self) -> str:
@@ -120,6 +179,9 @@ class Stream:
         conn = db.open(now)
         if conn is None:
             return None
+        if self.replacements != db.replacements:  # another file: its capture, and its changes from the first
+            self.replacements, self.replaced = db.replacements, True
+            self.shape = self.seen_schema = None
         try:
             version = conn.execute("PRAGMA schema_version").fetchone()[0]
             if self.shape is not None and version == self.seen_schema:

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,40 @@ def test_a_daemon_that_kills_the_worker_does_not_outlive_it(project: Path, redis
     size = got["beat"].stat().st_size
     time.sleep(0.5)
     assert got["beat"].stat().st_size == size, "the daemon still writes"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a sandbox user needs a stack that runs as root")
+@pytest.mark.timeout(60)
+def test_as_the_sandbox_user_a_handler_cannot_signal_its_worker_and_a_killed_workers_sandbox_goes_too(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Handlers as the sandbox user (the default as root) cannot signal their worker at all. A worker
+    killed from outside (the OOM killer) leaves a sandbox that lost its parent-death signal when it
+    changed its uid: the scaler, its subreaper, kills it."""
+    folder = Path(tempfile.mkdtemp(prefix="ll-guard-"))
+    try:
+        folder.chmod(0o755)  # the sandbox user imports the handlers from here
+        (folder / "buckets").mkdir()
+        shared = folder / "notes"
+        shared.mkdir()
+        shared.chmod(0o777)
+        shutil.copy(FIXTURES / "worker_attacks.py", folder / "worker_attacks.py")
+        (folder / "lambdalite.toml").write_text(TOML)
+        monkeypatch.chdir(folder)
+        client = redis.Redis.from_url(redis_url)
+        with Scaler(folder, LAMBDALITE_SANDBOX_USER="nobody"):
+            event = publish(redis_url, folder, "hostile", {"attack": "freeze_worker", "log": str(shared / "a")})
+            outcome = wait_for(lambda: results.fetch(client, event.id), 15, "the event is settled")
+            assert outcome.error["errorType"] == "PermissionError", outcome
+
+            event = publish(redis_url, folder, "hostile", {"attack": "linger", "log": str(shared / "b")})
+            [note] = wait_for(lambda: notes(shared / "b"), 15, "the handler starts")
+            assert psutil.Process(note["sandbox"]).uids().real != 0
+            os.kill(note["worker"], signal.SIGKILL)
+            outcome = wait_for(lambda: results.fetch(client, event.id), 5, "the event is settled")
+            assert outcome.error["errorType"] == "Runtime.ExitError", outcome
+            wait_for(lambda: gone(note["sandbox"]), 2, "the sandbox is killed")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # -- the watchdog on its own, on real processes standing in for workers -------------------------------

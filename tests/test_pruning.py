@@ -141,3 +141,12 @@ def test_3000_synchronous_invokes_leave_no_member_a_minute_after_its_score(
             assert "Traceback" not in scaler.output()
     finally:
         settings.current.cache_clear()
+
+
+def test_the_views_of_scalers_that_died_without_a_word_go(r: redis.Redis) -> None:
+    _register_queue(r)
+    r.hset("lambdalite:scaler:f", mapping={"live.1": "{}", "killed.2": "{}"})
+    r.set("lambdalite:scaler-alive:live.1", 1, ex=30)
+    done = pruning.Pruner(r, load_settings()).prune(time.time())
+    assert done.removed == {"lambdalite:scaler:f": 1}
+    assert r.hkeys("lambdalite:scaler:f") == [b"live.1"]

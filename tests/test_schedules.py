@@ -190,8 +190,19 @@ def test_a_scaler_that_fell_behind_runs_the_latest_due_tick_only(project: Path, 
     with caplog.at_level(logging.INFO, logger="lambdalite.schedules"):
         t.step()
     assert times(published(r)) == ["2026-12-06T09:03:00Z"]
-    assert any("3 tick(s) from 2026-12-06T09:00:00Z skipped, running 2026-12-06T09:03:00Z" in m
-               for m in caplog.messages)
+    assert ("tick-schedule-0: this scaler fell 185 s behind and no other published 3 tick(s) from "
+            "2026-12-06T09:00:00Z; skipped, running 2026-12-06T09:03:00Z") in caplog.messages
+    # when another scaler went on meanwhile, nothing was skipped and nothing is said
+    other = ticker(r, reg, clock)
+    other.step()
+    for minute in (4, 5, 6):
+        clock.t = T0 + minute * MINUTE + 1
+        other.step()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lambdalite.schedules"):
+        t.step()
+    assert times(published(r))[1:] == ["2026-12-06T09:04:00Z", "2026-12-06T09:05:00Z", "2026-12-06T09:06:00Z"]
+    assert not [m for m in caplog.messages if "behind" in m]
 
 
 def test_a_schedule_key_of_another_type_is_moved_aside_and_the_tick_goes_out(project: Path,
@@ -264,3 +275,28 @@ def test_a_step_with_no_tick_due_costs_no_redis_command(project: Path, r: redis.
         t.step()
     assert r.info("stats")["total_commands_processed"] - before == 1  # this INFO only
     assert time.time() > 0
+
+
+def test_a_failed_publish_is_logged_and_tried_again_a_second_later(project: Path, r: redis.Redis,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    reg = registry(project)
+    clock = Clock(T0 - 1)
+    t = ticker(r, reg, clock)
+    t.step()
+    real = t.publisher.publish_if
+    calls = []
+
+    def broken_once(*args: Any, **kwargs: Any) -> Any:  # a bug no real part can be made to have
+        calls.append(clock.t)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(t.publisher, "publish_if", broken_once)
+    for offset in (0.1, 0.2, 0.5, 1.0, 1.2, 1.3):
+        clock.t = T0 + offset
+        t.step()  # does not raise: the scaler's step goes on
+    assert calls == [T0 + 0.1, T0 + 1.2]
+    assert times(published(r)) == ["2026-12-06T09:00:00Z"]
+    assert "tick-schedule-0: tick 2026-12-06T09:00:00Z failed; trying again in 1 s" in caplog.messages

@@ -67,6 +67,9 @@ DOCS_EXAMPLES = [
     # 3W: the weekday nearest the 3rd (Jan 3 2027 a Sunday -> Monday 4th; Apr 3 a Saturday -> Friday 2nd)
     ("cron(0 9 3W * ? *)", SUNDAY,
      ["2027-01-04 09:00", "2027-02-03 09:00", "2027-03-03 09:00", "2027-04-02 09:00", "2027-05-03 09:00"]),
+    # LW: the last weekday of the month (Jan 31 2027 a Sunday -> Friday 29th; Apr 30 a Friday)
+    ("cron(0 9 LW * ? *)", SUNDAY,
+     ["2026-12-31 09:00", "2027-01-29 09:00", "2027-02-26 09:00", "2027-03-31 09:00", "2027-04-30 09:00"]),
     ("cron(0 9 ? * 3#2 *)", SUNDAY,  # 3#2: the second Tuesday of the month
      ["2026-12-08 09:00", "2027-01-12 09:00", "2027-02-09 09:00", "2027-03-09 09:00", "2027-04-13 09:00"]),
     ("cron(0 9 ? * 6L *)", SUNDAY,  # 6L: the last Friday of the month

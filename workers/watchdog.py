@@ -140,10 +140,11 @@ class Board:
         return list(self._index)
 
 
-def stopped(pid: int) -> bool:
-    """Whether ``pid`` is stopped (by a signal, or a tracer); False for a process that is gone."""
+def stopped(pid: int, fd: int | None = None) -> bool:
+    """Whether ``pid`` is stopped (by a signal, or a tracer); False for a process that is gone.
+    ``fd``: its ``/proc/PID/stat`` held open (one read instead of open, read, read, close)."""
     try:
-        stat = limits._read(f"/proc/{pid}/stat")
+        stat = os.pread(fd, 1024, 0) if fd is not None else limits._read(f"/proc/{pid}/stat")
     except OSError:
         return False
     state = stat[stat.rfind(b")") + 2: stat.rfind(b")") + 3]
@@ -158,6 +159,7 @@ class Watchdog:
         self.grace = grace
         self._stopped_since: dict[int, float] = {}
         self._killed: set[int] = set()  # killed, not yet collected by the scaler
+        self._stat: dict[int, int] = {}  # pid -> its /proc/PID/stat, open until it is collected
 
     def check(self, now: float, workers: dict[int, tuple[float, int]]) -> dict[int, Breach]:
         """Kill every worker of ``workers`` (pid -> its function's timeout in seconds and memory limit
@@ -167,7 +169,7 @@ class Watchdog:
             deadline = self.board.deadline(pid)
             if deadline is None or pid in self._killed:
                 continue
-            frozen = stopped(pid)
+            frozen = stopped(pid, self._stat_fd(pid))
             if not frozen:
                 self._stopped_since.pop(pid, None)
             since = self._stopped_since.setdefault(pid, now) if frozen else now
@@ -200,10 +202,22 @@ class Watchdog:
                 return Breach("Sandbox.Timedout", f"Task timed out after {timeout + late:.2f} seconds")
         return None
 
+    def _stat_fd(self, pid: int) -> int | None:
+        fd = self._stat.get(pid)
+        if fd is None:
+            try:
+                fd = self._stat[pid] = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None
+        return fd
+
     def forget(self, pid: int) -> None:
         """The worker ``pid`` was collected: its slot is free."""
         self._stopped_since.pop(pid, None)
         self._killed.discard(pid)
+        fd = self._stat.pop(pid, None)
+        if fd is not None:
+            os.close(fd)
         self.board.release(pid)
 
 

@@ -35,6 +35,7 @@ from tests.faults.stack import KINDS, PROCFILE_KINDS, ROOT, Stack, victim
 HERE = Path(__file__).resolve().parent
 
 FAULTS = KINDS + ("ctrl-c", "outage")
+FLOWING_AFTER = 3.0  # seconds of events after the last fault
 
 # One recording function per source: (name, max_concurrency, the trigger's own keys).
 FUNCTIONS = (
@@ -90,12 +91,15 @@ class Report:
 
 
 class Load:
-    """Three producers, one per source, each making ``per_source`` events at ``rate`` per second."""
+    """Three producers, one per source, each making ``per_source`` events at ``rate`` per second, and
+    going on at that rate after them until :meth:`finish` (so a fault that comes late, on a slow
+    machine, still has events after it that show whether the stack flows again)."""
 
     def __init__(self, stack: Stack, per_source: int, rate: float) -> None:
         self.stack = stack
         self.per_source = per_source
         self.interval = 1 / rate
+        self.finishing = threading.Event()
         self.accepted: dict[str, float] = {}  # key -> time accepted
         self.refused: Counter[int] = Counter()  # status (0: no connection) -> count
         self.no_retry_after = 0  # 503s without Retry-After: the contract says there is one
@@ -124,11 +128,17 @@ class Load:
         with self.lock:
             self.accepted[key] = time.time()
 
+    def finish(self) -> None:
+        """Let the producers stop once they have made ``per_source`` events each."""
+        self.finishing.set()
+
     def _paced(self, produce) -> None:  # type: ignore[no-untyped-def]
         try:
             next_at = time.monotonic()
-            for n in range(self.per_source):
+            n = 0
+            while n < self.per_source or not self.finishing.is_set():
                 produce(n)
+                n += 1
                 next_at += self.interval
                 time.sleep(max(0.0, next_at - time.monotonic()))
         except BaseException as e:  # surfaced by join()
@@ -278,6 +288,8 @@ def run(project: Path, per_source: int, rate: float, faults: list[str], seed: in
             at, resumed = _disrupt(stack, fault, rng, report, say)
             struck.append((fault, at, resumed))
             stack.wait_healthy()
+        time.sleep(FLOWING_AFTER)  # events after the last fault, to see every source flow again
+        load.finish()
         load.join(timeout=per_source / rate + 120)
         report.accepted = len(load.accepted)
         report.http_refused = dict(load.refused)
