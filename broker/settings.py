@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     http_keepalive_timeout: float = Field(
         5.0, gt=0, le=3600, description="Seconds an idle keep-alive connection stays open."
     )
+    http_body_timeout: float = Field(
+        60.0, gt=0, le=3600, description="Seconds a request's body has to arrive after its headers."
+    )
     http_max_connections: int = Field(
         1000, ge=1, description="Most open HTTP connections; more are answered 503 and closed."
     )
