@@ -250,6 +250,7 @@ def main() -> None:
     from broker.embedded import RedisServer
 
     work = Path(tempfile.mkdtemp(prefix="ll-bench-"))
+    work.chmod(0o755)  # a stack run as root runs handlers as an unprivileged user: it must read the handler
     (work / "lambdalite.toml").write_text(TOML)
     (work / "bench_noop.py").write_text("def handler(event, context):\n    return None\n")
     server = RedisServer(work, appendonly=True)

@@ -227,3 +227,22 @@ def _inside_userns(folder: str) -> str:
     if (os.getuid(), os.geteuid()) != (65534, 65534):
         return f"uid changed: {os.getuid()}"
     return ""
+
+
+def test_where_no_private_tmp_can_be_made_the_stack_says_so_once_and_keeps_a_tmpdir_per_invocation(
+        project: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A kernel or container that refuses the namespace cannot be had here as root: the probe's
+    answer is the one faked part."""
+    from broker.registry import Function
+    from broker.settings import load_settings
+    from workers import isolation
+
+    monkeypatch.setattr(isolation, "_probe", lambda mode, settings: "unshare(CLONE_NEWNS): Operation not permitted")
+    monkeypatch.setattr(isolation, "_plan", None)
+    with caplog.at_level("WARNING", logger="lambdalite.isolation"):
+        plan = isolation.plan(load_settings(sandbox_user="root"))
+        again = isolation.plan()
+    assert plan is again and plan.private_tmp == ""
+    warnings = [r.getMessage() for r in caplog.records if "private /tmp unavailable" in r.getMessage()]
+    assert len(warnings) == 1 and "Operation not permitted" in warnings[0], warnings
+    assert isolation.private_tmp(Function(name="f", handler="m.h")) is None, "a TMPDIR per invocation instead"
