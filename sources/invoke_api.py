@@ -36,7 +36,7 @@ from broker.errors import (
 from sources.bodies import ASYNC_LIMIT, SYNC_LIMIT, read_body
 from sources.callers import refusal
 from sources.intake import idempotency_key
-from sources.lambda_api import ACCOUNT, Reply, find, lambda_error, split_function_name
+from sources.lambda_api import Reply, find, lambda_error, split_function_name
 
 if TYPE_CHECKING:
     from sources.webhook import HttpSource
@@ -52,7 +52,7 @@ CLIENT_CONTEXT_LIMIT = 3583  # bytes of the base64 X-Amz-Client-Context header, 
 TAIL_BYTES = 4096
 _JSON = (b"content-type", b"application/json")
 
-__all__ = ["ACCOUNT", "PATH", "Reply", "function_arn", "function_name", "invoke", "lambda_error", "match"]
+__all__ = ["PATH", "Reply", "function_arn", "function_name", "invoke", "lambda_error", "match"]
 
 
 async def send_reply(send: Send, reply: Reply) -> None:
