@@ -728,9 +728,10 @@ def main() -> None:
         print("plot:", args.plot)
         if args.write:
             text += f"\n\n![Every series of the run over time]({args.plot.name})"
-            print("written to", write_section("soak.md", "soak", text,
-                                              f"python bench/soak.py --duration {args.duration:g} "
-                                              f"--warmup {args.warmup:g} --write"))
+            command = (f"python bench/soak.py --from-samples {args.from_samples.name} --warmup {args.warmup:g} --write"
+                       if args.from_samples else
+                       f"python bench/soak.py --duration {args.duration:g} --warmup {args.warmup:g} --write")
+            print("written to", write_section("soak.md", "soak", text, command))
         capped = caps(args.short)
         largest = samples[-1].largest
         filling = {name for name, cap in capped.items() if name in largest and largest[name] <= cap}
