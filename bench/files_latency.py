@@ -147,7 +147,8 @@ def bench_rq(url: str, n: int) -> list[float]:
 def _stack_env(project: Path, url: str, marks: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDALITE_")}
     env.update(LAMBDALITE_REDIS_URL=url, BENCH_MARKS=str(marks), PYTHONPATH=str(ROOT),
-               LAMBDALITE_LOG_LEVEL="WARNING")
+               LAMBDALITE_LOG_LEVEL="WARNING",
+               LAMBDALITE_SANDBOX_USER="root")  # handlers write marks into a 0700 temp folder
     return env
 
 

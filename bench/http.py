@@ -250,13 +250,15 @@ def main() -> None:
     from broker.embedded import RedisServer
 
     work = Path(tempfile.mkdtemp(prefix="ll-bench-"))
+    work.chmod(0o755)  # a stack run as root runs handlers as an unprivileged user: it must read the handler
     (work / "lambdalite.toml").write_text(TOML)
     (work / "bench_noop.py").write_text("def handler(event, context):\n    return None\n")
     server = RedisServer(work, appendonly=True)
     procs: list[subprocess.Popen] = []
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("LAMBDALITE_")},
            "LAMBDALITE_REDIS_URL": server.url, "LAMBDALITE_LOG_LEVEL": "WARNING",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(work)])}
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(work)]),
+           "LAMBDALITE_SANDBOX_USER": "root"}  # handlers here live in a 0700 temp folder
     try:
         server.start()
         hello_port, app_port, signed_port = free_port(), free_port(), free_port()

@@ -45,7 +45,8 @@ def _free_port() -> int:
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDALITE_")}
-    env.update(PATH=f"{BIN}:{env['PATH']}", PYTHONPATH=str(ROOT), LAMBDALITE_HTTP_PORT=str(_free_port()))
+    env.update(PATH=f"{BIN}:{env['PATH']}", PYTHONPATH=str(ROOT), LAMBDALITE_HTTP_PORT=str(_free_port()),
+               LAMBDALITE_SANDBOX_USER="root")  # the project is a 0700 temp folder
     return env
 
 

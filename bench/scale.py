@@ -72,7 +72,9 @@ max_concurrency = 2
 """)
         self.registry = load_registry(self.dir / "lambdalite.toml")
         self.publisher = Publisher(self.client, self.registry)
-        self.env = {**os.environ, "LAMBDALITE_REDIS_URL": self.url, "PYTHONPATH": f"{ROOT}:{self.dir}"}
+        # Handlers here live in a 0700 temp folder and write their logs there: as the stack's user.
+        self.env = {**os.environ, "LAMBDALITE_REDIS_URL": self.url, "PYTHONPATH": f"{ROOT}:{self.dir}",
+                    "LAMBDALITE_SANDBOX_USER": "root"}
         self.scaler = subprocess.Popen([sys.executable, "-m", "workers.scaler"], cwd=self.dir, env=self.env,
                                        stdout=(self.dir / "scaler.log").open("w"), stderr=subprocess.STDOUT)
         time.sleep(1.5)

@@ -72,7 +72,8 @@ def config(handler: str, batch_size: int) -> str:
 
 class Stack:
     def __init__(self, project: Path, url: str) -> None:
-        env = {**os.environ, "LAMBDALITE_REDIS_URL": url, "PYTHONPATH": str(ROOT), "LAMBDALITE_LOG_LEVEL": "WARNING"}
+        env = {**os.environ, "LAMBDALITE_REDIS_URL": url, "PYTHONPATH": str(ROOT), "LAMBDALITE_LOG_LEVEL": "WARNING",
+               "LAMBDALITE_SANDBOX_USER": "root"}  # handlers here live in a 0700 temp folder
         out = (project / "stack.log").open("a")
         self.procs = [
             subprocess.Popen([sys.executable, "-m", "workers.scaler"], cwd=project, env=env, stdout=out,

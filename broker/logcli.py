@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import redis
 
-from broker import logstore
+from broker import logstore, settings
 from broker.errors import LogsError
 from broker.logs import escape
 
@@ -102,6 +102,6 @@ def _one(client: redis.Redis, function: str, request_id: str, follow: bool, prin
         entry = next((e for _, e in logstore.follow(client, cursor, BLOCK_MS) if e.request_id == request_id), None)
     if entry is None:
         raise LogsError(f"no log of request {request_id} for {function} (the store keeps each function's last "
-                        f"{logstore.MAX_INVOCATIONS:,} invocations for {logstore.KEEP // 86400} days)")
+                        f"{settings.current().logs_max_invocations:,} invocations for {logstore.KEEP // 86400} days)")
     printer.show([entry])
     return 0

@@ -4,10 +4,10 @@ One stream entry per invocation (``lambdalite:logs:<function>``, fields ``r``: t
 ``l``: its lines as JSON ``[[epoch_ms, text], ...]``): the START line, what the handler wrote to
 stdout and stderr, END and REPORT. The worker queues the write (:func:`record`) in the transaction
 that records the invocation's outcome, so it costs no round trip of its own, and a reader that sees
-an outcome finds its lines too. Bounds: the stream keeps about :data:`MAX_INVOCATIONS` entries
-(``XADD MAXLEN ~``), an entry holds at most :data:`MAX_INVOCATION_BYTES` of text (the middle of a
-longer output is left out, with a line saying how much), and both keys expire :data:`KEEP` seconds
-after a function's last invocation.
+an outcome finds its lines too. Bounds: the stream keeps about ``LAMBDALITE_LOGS_MAX_INVOCATIONS``
+entries (``XADD MAXLEN ~``), an entry holds at most ``LAMBDALITE_LOGS_MAX_INVOCATION_BYTES`` of text
+(the middle of a longer output is left out, with a line saying how much), and both keys expire
+:data:`KEEP` seconds after a function's last invocation.
 
 A request id is found among all those entries in two lookups: ``lambdalite:logs-index:<function>``
 is a sorted set of request ids scored by their entry's millisecond, trimmed to the stream's size;
@@ -26,12 +26,10 @@ from typing import Any
 import orjson
 import redis
 
-from broker import quarantine
+from broker import quarantine, settings
 
 log = logging.getLogger(__name__)
 
-MAX_INVOCATIONS = 100_000  # entries kept per function (about; XADD MAXLEN ~ trims whole nodes)
-MAX_INVOCATION_BYTES = 16_384  # text kept per invocation; the middle of a longer output is left out
 MAX_LINE_BYTES = 4_096  # one line longer than this is cut
 KEEP = 30 * 24 * 3600  # seconds a function's logs outlive its last invocation
 _INDEX_SLACK = 128  # the stream holds up to a node (100 entries) beyond its cap; so may the index
@@ -66,15 +64,15 @@ def now_ms() -> int:
 
 
 class Lines:
-    """An invocation's lines as they are written, within :data:`MAX_INVOCATION_BYTES`.
+    """An invocation's lines as they are written, within ``budget`` bytes (default: the setting).
 
     The first lines are kept up to a quarter of the budget, then the last lines in the rest; what
     falls between is counted and stands as one line in :meth:`items`. Memory stays bounded however
     much a handler prints.
     """
 
-    def __init__(self, budget: int = MAX_INVOCATION_BYTES) -> None:
-        self.budget = budget
+    def __init__(self, budget: int | None = None) -> None:
+        self.budget = settings.current().logs_max_invocation_bytes if budget is None else budget
         self._head: list[tuple[int, str]] = []
         self._head_bytes = 0
         self._tail: deque[tuple[int, str, int]] = deque()
@@ -118,9 +116,12 @@ def _cut(text: str, limit: int) -> str:
 
 
 def record(pipe: Any, function: str, request_id: str, lines: Iterable[tuple[int, str]],
-           cap: int = MAX_INVOCATIONS) -> None:
-    """Queue on ``pipe`` the write of one invocation's lines (one script: no write of it can fail
-    on a key of the wrong type; :func:`broker.quarantine.report` tells of what it moved)."""
+           cap: int | None = None) -> None:
+    """Queue on ``pipe`` the write of one invocation's lines, the stream capped at ``cap`` entries
+    (default: the setting). One script: no write of it can fail on a key of the wrong type
+    (:func:`broker.quarantine.report` tells of what it moved)."""
+    if cap is None:
+        cap = settings.current().logs_max_invocations
     data = orjson.dumps([[at, text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")]
                          for at, text in lines])
     pipe.eval(_RECORD, 2, stream_key(function), index_key(function), request_id, data, cap,

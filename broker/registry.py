@@ -145,6 +145,10 @@ class Function(_Strict):
         default_factory=dict,
         description="Variables set before the handler is imported (Lambda's Environment.Variables).",
     )
+    log_format: Literal["Text", "JSON"] = Field(
+        "Text", description="Lambda's LoggingConfig.LogFormat: JSON turns logging records and START/END/REPORT "
+        "into JSON objects.",
+    )
 
     @field_validator("environment")
     @classmethod

@@ -125,8 +125,20 @@ class Settings(BaseSettings):
     http_keepalive_timeout: float = Field(
         5.0, gt=0, le=3600, description="Seconds an idle keep-alive connection stays open."
     )
+    http_body_timeout: float = Field(
+        60.0, gt=0, le=3600, description="Seconds a request's body has to arrive after its headers."
+    )
     http_max_connections: int = Field(
         1000, ge=1, description="Most open HTTP connections; more are answered 503 and closed."
+    )
+
+    # -- logs and cost: the log store's bounds (broker/logstore.py)
+    logs_max_invocations: int = Field(
+        100_000, ge=100, description="Invocations whose log lines are kept per function; the oldest go first.",
+    )
+    logs_max_invocation_bytes: int = Field(
+        16_384, ge=1024, le=1 << 20,
+        description="Log text kept per invocation; the middle of a longer output is left out (counted).",
     )
 
     @classmethod

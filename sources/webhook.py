@@ -229,7 +229,7 @@ def server_config(app: Any, settings: Settings, **options: Any) -> Any:
     cap = connections.connection_cap(settings.http_max_connections)
     return uvicorn.Config(
         proxies.wrap(app, settings.trusted_proxies), host=settings.http_host, port=settings.http_port,
-        http=connections.guarded_protocol(settings.http_header_timeout, cap),
+        http=connections.guarded_protocol(settings.http_header_timeout, cap, settings.http_body_timeout),
         timeout_keep_alive=settings.http_keepalive_timeout,  # type: ignore[arg-type]  # a float is fine
         proxy_headers=False,  # uvicorn's default believes X-Forwarded-For from 127.0.0.1
         log_config=None, access_log=False, timeout_graceful_shutdown=3, lifespan="on", **options)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from sources.connections import AcceptLogLimit
 
@@ -142,9 +143,17 @@ def test_200_slow_header_senders_are_closed_while_plain_requests_stay_fast(proje
     assert grown <= 3, log.read_text()
 
 
-def test_idle_keep_alive_is_closed_and_the_cap_answers_503(project: Path, redis_url: str) -> None:
+def test_idle_keep_alive_and_a_stalled_body_are_closed_and_the_cap_answers_503(project: Path, redis_url: str,
+                                                                              r: redis.Redis) -> None:
     with webhook_process(project, http_keepalive_timeout="1", http_max_connections="20",
-                         http_header_timeout="2") as (port, log):
+                         http_header_timeout="2", http_body_timeout="2") as (port, log):
+        with socket.create_connection(("127.0.0.1", port)) as trickle:  # headers at once, the body never
+            trickle.settimeout(6)
+            trickle.sendall(b"POST /2015-03-31/functions/echo/invocations HTTP/1.1\r\nhost: x\r\n"
+                            b"x-amz-invocation-type: Event\r\ncontent-length: 100\r\n\r\n{\"a\": ")
+            started = time.monotonic()
+            assert trickle.recv(4096) == b""  # closed at the body deadline, nothing stored
+            assert 1.8 < time.monotonic() - started < 4
         with socket.create_connection(("127.0.0.1", port)) as kept:
             kept.settimeout(5)
             kept.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -169,6 +178,7 @@ def test_idle_keep_alive_is_closed_and_the_cap_answers_503(project: Path, redis_
         finally:
             for s in silent:
                 s.close()
+    assert r.dbsize() == 0  # the stalled request stored nothing
 
 
 @pytest.mark.timeout(60)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import signal
 import tempfile
 import time
 import uuid
@@ -151,6 +152,20 @@ def test_a_retired_workers_tmp_is_removed(project_tmp: Path, project: Path, redi
             time.sleep(0.1)
 
 
+def test_a_killed_workers_tmp_is_removed_by_the_scaler(project_tmp: Path, project: Path, redis_url: str) -> None:
+    with Scaler(project, TMPDIR=str(project_tmp), LAMBDALITE_IDLE_TIMEOUT="60"):
+        assert invoke(redis_url, project, "peek", {"write": "x"}).ok
+        [folder] = list(project_tmp.iterdir())
+        pid = int(folder.name.partition(".env-")[0].rpartition("-")[2])
+        assert (folder / "tmp" / "x").exists()
+        os.kill(pid, signal.SIGKILL)  # the worker cannot remove its folder now
+        deadline = time.monotonic() + 15
+        while folder.exists():
+            assert time.monotonic() < deadline, "a dead worker's /tmp stayed"
+            time.sleep(0.1)
+        assert invoke(redis_url, project, "peek", {}).ok, "a new worker serves the function"
+
+
 def test_private_tmp_off_gives_a_tmpdir_per_invocation(project_tmp: Path, project: Path, redis_url: str) -> None:
     with Scaler(project, TMPDIR=str(project_tmp), LAMBDALITE_PRIVATE_TMP="0") as scaler:
         one = invoke(redis_url, project, "peek", {})
@@ -212,3 +227,22 @@ def _inside_userns(folder: str) -> str:
     if (os.getuid(), os.geteuid()) != (65534, 65534):
         return f"uid changed: {os.getuid()}"
     return ""
+
+
+def test_where_no_private_tmp_can_be_made_the_stack_says_so_once_and_keeps_a_tmpdir_per_invocation(
+        project: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A kernel or container that refuses the namespace cannot be had here as root: the probe's
+    answer is the one faked part."""
+    from broker.registry import Function
+    from broker.settings import load_settings
+    from workers import isolation
+
+    monkeypatch.setattr(isolation, "_probe", lambda mode, settings: "unshare(CLONE_NEWNS): Operation not permitted")
+    monkeypatch.setattr(isolation, "_plan", None)
+    with caplog.at_level("WARNING", logger="lambdalite.isolation"):
+        plan = isolation.plan(load_settings(sandbox_user="root"))
+        again = isolation.plan()
+    assert plan is again and plan.private_tmp == ""
+    warnings = [r.getMessage() for r in caplog.records if "private /tmp unavailable" in r.getMessage()]
+    assert len(warnings) == 1 and "Operation not permitted" in warnings[0], warnings
+    assert isolation.private_tmp(Function(name="f", handler="m.h")) is None, "a TMPDIR per invocation instead"

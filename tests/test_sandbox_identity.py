@@ -58,6 +58,7 @@ def probe(event, context):
     out["var"] = attempt(lambda: os.listdir(event["var"]))
     out["other_tmp"] = attempt(lambda: open(os.path.join(event["other_tmp"], "planted"), "w").write("x"))
     out["setuid_root"] = attempt(lambda: os.setuid(0))
+    out["other_environ"] = attempt(lambda: open(f"/proc/{event['other_pid']}/environ", "rb").read())
     out["sockets"] = sorted(
         os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
         if os.path.exists(f"/proc/self/fd/{fd}") and os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"))
@@ -67,7 +68,7 @@ def probe(event, context):
 def other(event, context):
     with open("/tmp/mine", "w") as f:
         f.write("other's")
-    return os.listdir("/tmp")
+    return {"tmp": os.listdir("/tmp"), "pid": os.getpid()}
 
 
 @idempotent(key="order")
@@ -151,13 +152,13 @@ def test_handlers_run_as_nobody_and_reach_neither_redis_nor_var_nor_another_func
     url = _url(stack_project)
     with _Stack(stack_project) as scaler:
         listing = invoke(url, stack_project, "other", {})
-        assert listing.ok and "mine" in listing.result, listing
+        assert listing.ok and "mine" in listing.result["tmp"], listing
         [other_tmp] = glob.glob(os.path.join(tempfile.gettempdir(), "lambdalite-other-*", "tmp"))
         assert (Path(other_tmp) / "mine").read_text() == "other's"
         var = stack_project / "var"
         aof = next(str(p) for p in var.rglob("*") if p.is_file() and "aof" in p.name)
         out = invoke(url, stack_project, "probe", {"sock": str(var / "redis.sock"), "aof": aof, "var": str(var),
-                                                     "other_tmp": other_tmp})
+                                                     "other_tmp": other_tmp, "other_pid": listing.result["pid"]})
         assert out.ok, out
         res = out.result
         entry = pwd.getpwnam("nobody")
@@ -168,6 +169,7 @@ def test_handlers_run_as_nobody_and_reach_neither_redis_nor_var_nor_another_func
         assert res["other_tmp"] in ("PermissionError", "FileNotFoundError"), res
         assert not (Path(other_tmp) / "planted").exists()
         assert res["setuid_root"] == "PermissionError"
+        assert res["other_environ"] == "PermissionError", "another function's variables (its secrets) stay its own"
         assert res["sockets"] == [], "no inherited socket (the worker's Redis connection) reaches the handler"
         assert "handlers run as nobody" in scaler.output()
 

@@ -51,16 +51,22 @@ def test_two_scalers_run_each_minute_once_also_when_one_is_sigkilled(project: Pa
     (project / "lambdalite.toml").write_text(TOML)
     clock = {"LAMBDALITE_SCHEDULE_CLOCK_RATE": str(RATE), "LAMBDALITE_SCHEDULE_CLOCK_ORIGIN": repr(time.time())}
     # two "hosts": each scaler has its own var/ (its own stack lock), both share the Redis
+    origin = float(clock["LAMBDALITE_SCHEDULE_CLOCK_ORIGIN"])
     a = Scaler(project, LAMBDALITE_VAR_DIR="var-a", **clock)
     b = Scaler(project, LAMBDALITE_VAR_DIR="var-b", **clock)
     restarted = None
     try:
         wait_for_ticks(project, 3)
-        time.sleep(0.5)  # the third minute's invocation is over; the fourth tick is 1.5 s or more away
+        # SIGKILL between ticks: half-way to the next one (the last one has run by then)
+        midway = datetime.fromisoformat(recorded(project)[-1]["time"]).timestamp() + 30
+        while midway < origin + (time.time() - origin) * RATE + 5:
+            midway += 60
+        time.sleep((midway - (origin + (time.time() - origin) * RATE)) / RATE)
         a.stop(signal.SIGKILL)
-        wait_for_ticks(project, 6)
+        n = len(recorded(project))
+        wait_for_ticks(project, n + 3)
         restarted = Scaler(project, LAMBDALITE_VAR_DIR="var-a", **clock)
-        wait_for_ticks(project, 8)
+        wait_for_ticks(project, n + 5)
     finally:
         for scaler in (a, b, restarted):
             if scaler is not None and scaler.proc.poll() is None:
@@ -86,16 +92,18 @@ def test_a_stop_spanning_three_ticks(project: Path, redis_url: str, catch_up: st
     shutil.copy(FIXTURES / "schedule_recorder.py", project / "schedule_recorder.py")
     (project / "lambdalite.toml").write_text(TOML + f'catch_up = "{catch_up}"\n')
     origin = time.time()
-    clock = {"LAMBDALITE_SCHEDULE_CLOCK_RATE": str(RATE), "LAMBDALITE_SCHEDULE_CLOCK_ORIGIN": repr(origin)}
+    rate = RATE // 2  # a minute in 6 s: the restart below has 5.5 s to make its first step
+    clock = {"LAMBDALITE_SCHEDULE_CLOCK_RATE": str(rate), "LAMBDALITE_SCHEDULE_CLOCK_ORIGIN": repr(origin)}
     first = Scaler(project, **clock)
     try:
         wait_for_ticks(project, 2)
     finally:
         first.stop()
     last = datetime.fromisoformat(recorded(project)[-1]["time"]).timestamp()
-    # start again 3 min 45 s (schedule time) after the last tick run: the three ticks after it are missed
-    # (a tick up to 2 s of real time, 40 s here, before the first step counts as on time)
-    time.sleep(max(0.0, (last + 225 - (origin + (time.time() - origin) * RATE)) / RATE))
+    # start again 3 min 25 s (schedule time) after the last tick run: the three ticks after it are missed
+    # (a tick up to 2 s of real time, 20 s here, before the first step counts as on time), and the
+    # fourth is on time if the first step comes within the next 55 s (5.5 s of real time)
+    time.sleep(max(0.0, (last + 205 - (origin + (time.time() - origin) * rate)) / rate))
     second = Scaler(project, **clock)
     try:
         wait_for_ticks(project, 4 if catch_up == "latest" else 3)

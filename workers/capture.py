@@ -24,6 +24,7 @@ from broker import cost, logstore
 from broker.logs import escape
 from broker.logstore import Lines
 from broker.registry import Function
+from workers import jsonlogs
 
 if TYPE_CHECKING:
     from workers.runtime import Invocation
@@ -36,8 +37,11 @@ MAX_PARTIAL = 1 << 16  # a "line" longer than this without a newline is taken as
 class Capture:
     """The worker's end of the sandbox's output, and the current invocation's lines."""
 
-    def __init__(self, out: Callable[[str], None]) -> None:
+    def __init__(self, out: Callable[[str], None], log_format: str = "Text") -> None:
         self._out = out
+        self._json = jsonlogs.Converter() if log_format == "JSON" else None
+        if self._json is not None:
+            jsonlogs.install_in_sandbox()
         self._read, self._write = os.pipe()  # neither is inherited by an exec (os.pipe's default)
         os.set_blocking(self._read, False)
         with contextlib.suppress(OSError, AttributeError):
@@ -71,8 +75,9 @@ class Capture:
 
     def line(self, text: str) -> None:
         """A line of the runtime's own (START, END, REPORT)."""
-        self._out(text)
-        self.lines.add(text)
+        for line in self._json.platform(text) if self._json is not None else [text]:
+            self._out(line)
+            self.lines.add(line)
 
     def wait(self, fd: int, timeout: float) -> bool:
         """Wait up to ``timeout`` s for ``fd`` to be readable, relaying output meanwhile; whether it is."""
@@ -115,6 +120,8 @@ class Capture:
 
     def _emit(self, raw: bytes, keep: bool) -> None:
         text = raw.decode("utf-8", "replace").rstrip("\r")
+        if self._json is not None:
+            text = self._json.application(text)
         # Relayed with control characters escaped (tabs kept): a handler's output cannot repaint the
         # operator's terminal or pass for another process's line.
         self._out("\t".join(escape(part) for part in text.split("\t")))

@@ -40,6 +40,7 @@ _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 32, 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _libc = ctypes.CDLL(None, use_errno=True)
 SANDBOX_TMP = "/tmp"  # where a sandbox with a private /tmp sees it
+_MARK = ".env-"  # lambdalite-<function>-<worker pid>.env-<random>: a worker's private /tmp folder
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +206,7 @@ class PrivateTmp:
 
     def __init__(self, fn: Function, identity: Identity | None) -> None:
         # The outer folder is the stack user's alone, so no other sandbox reaches ``host`` by its path.
-        self.outer = tempfile.mkdtemp(prefix=f"lambdalite-{fn.name}-")
+        self.outer = tempfile.mkdtemp(prefix=f"lambdalite-{fn.name}-{os.getpid()}{_MARK}")
         self.host = os.path.join(self.outer, "tmp")
         self.identity = identity
         try:
@@ -227,6 +228,31 @@ class PrivateTmp:
 
     def remove(self) -> None:
         remove_tree(self.outer)
+
+
+def sweep() -> int:
+    """Remove the private /tmp folders (this user's, in the temp folder) of workers that are gone:
+    a worker killed outright cannot remove its own. Returns how many were removed."""
+    root = tempfile.gettempdir()
+    removed = 0
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return 0
+    for name in names:
+        head, mark, _ = name.partition(_MARK)
+        pid = head.rpartition("-")[2]
+        if not mark or not name.startswith("lambdalite-") or not pid.isdigit():
+            continue
+        path = os.path.join(root, name)
+        try:
+            if os.lstat(path).st_uid != os.geteuid() or os.path.exists(f"/proc/{pid}"):
+                continue
+        except OSError:
+            continue
+        remove_tree(path)
+        removed += 1
+    return removed
 
 
 def private_tmp(fn: Function) -> PrivateTmp | None:

@@ -82,7 +82,7 @@ class Runtime:
         # The idempotency helper's way to Redis from a sandbox that has none (set by the worker).
         self.door: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.me = psutil.Process()
-        self.log = Capture(out or _stdout)  # the invocation's lines: relayed to stdout and kept
+        self.log = Capture(out or _stdout, fn.log_format)  # the invocation's lines: relayed to stdout and kept
         self._out = self.log.line
         self._tmpdir: str | None = None  # the next invocation's, being made ahead (see prepare_tmpdir)
         kernel.become_subreaper()

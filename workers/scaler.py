@@ -124,6 +124,7 @@ class Scaler:
         if now - self._last_sweep >= 2.0:
             self._last_sweep = now
             recovery.recover(self.client, self.registry, self.is_dead)
+            isolation.sweep()  # the private /tmp of a worker that died without removing it
             if self.adopt_orphans:
                 watchdog.kill_orphans(self.worker_pids())
         self.pruner.step(now)  # RQ's registries and the dead letters kept within their bounds
