@@ -131,7 +131,8 @@ path = "/hook"
 # of an hour reaches the cap; --short shortens everything so a minute reaches every plateau.
 LONG = {"LAMBDALITE_DEAD_LETTERS_KEPT": "1000"}
 SHORT = {"LAMBDALITE_SYNC_RESULT_TTL": "5", "LAMBDALITE_OUTCOME_TTL": "10", "LAMBDALITE_PRUNE_INTERVAL": "5",
-         "LAMBDALITE_FAILED_JOBS_KEPT": "50", "LAMBDALITE_DEAD_LETTERS_KEPT": "30"}
+         "LAMBDALITE_FAILED_JOBS_KEPT": "50", "LAMBDALITE_DEAD_LETTERS_KEPT": "30",
+         "LAMBDALITE_LOGS_MAX_INVOCATIONS": "300"}
 
 # Key families: a pattern and its name. A name without <...> is one key (per function, per queue),
 # whose members are counted; the others count keys.
@@ -342,11 +343,13 @@ def caps(short: bool) -> dict[str, int]:
     env = SHORT if short else LONG
     found = {"rq:failed:QUEUE": int(env.get("LAMBDALITE_FAILED_JOBS_KEPT", 1000)),
              "lambdalite:dlq:FUNCTION": int(env.get("LAMBDALITE_DEAD_LETTERS_KEPT", 10000))}
-    with contextlib.suppress(ImportError):
-        from broker import logstore
+    from broker.settings import Settings
 
-        found["lambdalite:logs:FUNCTION"] = logstore.MAX_INVOCATIONS + 100  # MAXLEN ~ trims whole nodes
-        found["lambdalite:logs-index:FUNCTION"] = logstore.MAX_INVOCATIONS + 128
+    logs = Settings.model_fields.get("logs_max_invocations")  # the log store's cap, where there is one
+    if logs is not None:
+        cap = int(env.get("LAMBDALITE_LOGS_MAX_INVOCATIONS", logs.default))
+        found["lambdalite:logs:FUNCTION"] = cap + 100  # MAXLEN ~ trims whole nodes
+        found["lambdalite:logs-index:FUNCTION"] = cap + 128
     return found
 
 
