@@ -131,7 +131,8 @@ path = "/hook"
 # of an hour reaches the cap; --short shortens everything so a minute reaches every plateau.
 LONG = {"LAMBDALITE_DEAD_LETTERS_KEPT": "1000"}
 SHORT = {"LAMBDALITE_SYNC_RESULT_TTL": "5", "LAMBDALITE_OUTCOME_TTL": "10", "LAMBDALITE_PRUNE_INTERVAL": "5",
-         "LAMBDALITE_FAILED_JOBS_KEPT": "50", "LAMBDALITE_DEAD_LETTERS_KEPT": "30"}
+         "LAMBDALITE_FAILED_JOBS_KEPT": "50", "LAMBDALITE_DEAD_LETTERS_KEPT": "30",
+         "LAMBDALITE_LOGS_MAX_INVOCATIONS": "300"}
 
 # Key families: a pattern and its name. A name without <...> is one key (per function, per queue),
 # whose members are counted; the others count keys.
@@ -342,11 +343,13 @@ def caps(short: bool) -> dict[str, int]:
     env = SHORT if short else LONG
     found = {"rq:failed:QUEUE": int(env.get("LAMBDALITE_FAILED_JOBS_KEPT", 1000)),
              "lambdalite:dlq:FUNCTION": int(env.get("LAMBDALITE_DEAD_LETTERS_KEPT", 10000))}
-    with contextlib.suppress(ImportError):
-        from broker import logstore
+    from broker.settings import Settings
 
-        found["lambdalite:logs:FUNCTION"] = logstore.MAX_INVOCATIONS + 100  # MAXLEN ~ trims whole nodes
-        found["lambdalite:logs-index:FUNCTION"] = logstore.MAX_INVOCATIONS + 128
+    logs = Settings.model_fields.get("logs_max_invocations")  # the log store's cap, where there is one
+    if logs is not None:
+        cap = int(env.get("LAMBDALITE_LOGS_MAX_INVOCATIONS", logs.default))
+        found["lambdalite:logs:FUNCTION"] = cap + 100  # MAXLEN ~ trims whole nodes
+        found["lambdalite:logs-index:FUNCTION"] = cap + 128
     return found
 
 
@@ -549,29 +552,46 @@ def report(series: list[Series], warmup: float, samples: list[Sample], load: Loa
 
 
 def plot(series: list[Series], warmup: float, path: Path) -> None:
+    """One panel per kind of series; the processes' lines coloured by kind (one legend entry each), and
+    redis-server's RSS beside Redis's own count of its memory rather than above lambdalite's processes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [("redis", "Redis used_memory (MB)"), ("families", "keys (members) per family"),
-              ("rss", "RSS per process (MB)"), ("pss", "PSS per process (MB)"), ("fds", "open descriptors"),
-              ("threads", "threads"), ("log", "log size (MB)"), ("count", "processes")]
+    def is_redis(s: Series) -> bool:
+        return s.group in ("rss", "pss") and _kind_of(s.name) == "redis-server"
+
+    panels = [("Redis: used_memory and redis-server's RSS (MB)", lambda s: s.group == "redis" or
+               (is_redis(s) and s.group == "rss")),
+              ("keys (members) per family, the 14 largest", lambda s: s.group == "families"),
+              ("RSS of lambdalite's processes (MB)", lambda s: s.group == "rss" and not is_redis(s)),
+              ("PSS of lambdalite's processes (MB)", lambda s: s.group == "pss" and not is_redis(s)),
+              ("open descriptors", lambda s: s.group == "fds"), ("threads", lambda s: s.group == "threads"),
+              ("the stack's log (MB)", lambda s: s.group == "log"), ("processes", lambda s: s.group == "count")]
+    kinds = sorted({_kind_of(s.name) for s in series if s.group in ("rss", "pss", "fds", "threads")})
+    colours = {kind: plt.get_cmap("tab10")(i % 10) for i, kind in enumerate(kinds)}
     fig, axes = plt.subplots(4, 2, figsize=(16, 18))
-    for ax, (group, title) in zip(axes.flat, groups, strict=True):
-        members = [s for s in series if s.group == group]
-        if group == "families":
+    for ax, (title, chosen) in zip(axes.flat, panels, strict=True):
+        members = [s for s in series if chosen(s)]
+        if "family" in title:
             members = sorted(members, key=lambda s: -max(p[2] for p in s.points))[:14]
+        labelled: set[str] = set()
         for s in members:
-            scale = 2**20 if group in ("redis", "rss", "pss", "log") else 1
-            ax.plot([p[0] / 60 for p in s.points], [p[2] / scale for p in s.points], label=s.name, linewidth=1)
+            scale = 2**20 if s.group in ("redis", "rss", "pss", "log") else 1
+            style: dict[str, Any] = {"linewidth": 1, "label": s.name}
+            if s.group in ("rss", "pss", "fds", "threads"):
+                kind = _kind_of(s.name)
+                style.update(color=colours[kind], label=None if kind in labelled else kind)
+                labelled.add(kind)
+            ax.plot([p[0] / 60 for p in s.points], [p[2] / scale for p in s.points], **style)
         ax.axvspan(0, warmup / 60, color="0.9")
         ax.set_title(title)
         ax.set_xlabel("minutes (grey: warm-up)")
-        if group == "families":
+        if "family" in title:
             ax.set_yscale("symlog")
-        if members and len(members) <= 16:
-            ax.legend(fontsize=6, loc="upper left")
+        if members:
+            ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
@@ -711,9 +731,10 @@ def main() -> None:
         print("plot:", args.plot)
         if args.write:
             text += f"\n\n![Every series of the run over time]({args.plot.name})"
-            print("written to", write_section("soak.md", "soak", text,
-                                              f"python bench/soak.py --duration {args.duration:g} "
-                                              f"--warmup {args.warmup:g} --write"))
+            command = (f"python bench/soak.py --from-samples {args.from_samples.name} --warmup {args.warmup:g} --write"
+                       if args.from_samples else
+                       f"python bench/soak.py --duration {args.duration:g} --warmup {args.warmup:g} --write")
+            print("written to", write_section("soak.md", "soak", text, command))
         capped = caps(args.short)
         largest = samples[-1].largest
         filling = {name for name, cap in capped.items() if name in largest and largest[name] <= cap}

@@ -118,10 +118,8 @@ class Event:
     invocation_type: InvocationType = "Event"
     created_at: float = field(default_factory=time.time)
     attempt: int = 0
-    # Invoke API extras, written only when set: the caller's ClientContext object, and
-    # log_type "Tail" when the caller wants the end of the invocation's log back.
+    # Invoke API extra, written only when set: the caller's ClientContext object.
     client_context: dict[str, Any] | None = None
-    log_type: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form (what RQ stores as the job's one argument)."""
@@ -133,8 +131,6 @@ class Event:
         }
         if self.client_context is not None:
             data["client_context"] = self.client_context
-        if self.log_type is not None:
-            data["log_type"] = self.log_type
         return data
 
     def encode(self) -> bytes:
@@ -176,12 +172,12 @@ class Event:
         if not math.isfinite(when):
             raise EnvelopeError(f"malformed envelope: bad created_at {created_at!r:.40} in {event_id!r:.80}")
         invocation_type: InvocationType = "Event" if kind == "Event" else "RequestResponse"
-        client_context, log_type = data.get("client_context"), data.get("log_type")
-        if not isinstance(client_context, dict | None) or log_type not in (None, "Tail"):
-            raise EnvelopeError(f"malformed envelope: bad client_context or log_type in {event_id!r:.80}")
+        client_context = data.get("client_context")
+        if not isinstance(client_context, dict | None):
+            raise EnvelopeError(f"malformed envelope: bad client_context in {event_id!r:.80}")
         return cls(function=function, payload=data["payload"], id=event_id, source=source,
                    invocation_type=invocation_type, created_at=when, attempt=attempt,
-                   client_context=client_context, log_type=log_type)
+                   client_context=client_context)
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Event:

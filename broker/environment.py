@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from broker.settings import Settings
 
 DEFAULT_REGION = "us-east-1"
-ACCOUNT = "000000000000"
+DEFAULT_ACCOUNT = "000000000000"
 
 #: Names Lambda reserves for its runtime (its docs' "reserved environment variables"), plus TMPDIR,
 #: which lambdalite points at the function's private /tmp.
@@ -81,8 +81,19 @@ def region() -> str:
         return os.environ.get("LAMBDALITE_REGION") or DEFAULT_REGION
 
 
+@functools.cache
+def account() -> str:
+    """``LAMBDALITE_ACCOUNT_ID`` (default 000000000000): the account of every ARN, record and event."""
+    from broker.settings import load_settings
+
+    try:
+        return load_settings().account_id
+    except SettingsError:
+        return os.environ.get("LAMBDALITE_ACCOUNT_ID") or DEFAULT_ACCOUNT
+
+
 def function_arn(name: str) -> str:
-    return f"arn:aws:lambda:{region()}:{ACCOUNT}:function:{name}"
+    return f"arn:aws:lambda:{region()}:{account()}:function:{name}"
 
 
 def log_stream_name(worker_name: str, at: float | None = None) -> str:

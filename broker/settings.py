@@ -88,8 +88,8 @@ class Settings(BaseSettings):
 
     # -- schedules (broker.schedules) --
     account_id: str = Field(
-        "123456789012", pattern=r"^\d{12}$",
-        description="The AWS-style account written into scheduled events and their rules' ARNs.",
+        "000000000000", pattern=r"^\d{12}$",
+        description="The AWS-style account in every ARN, record and event (as LAMBDALITE_REGION is the region).",
     )
     schedule_clock_rate: float = Field(
         1.0, gt=0, le=3600,

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+from broker.environment import account
+
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _FRAMING = ("content-length", "transfer-encoding", "connection")  # the server's to set
-ACCOUNT_ID = "000000000000"
 API_ID = "lambdalite"
 _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript",
                "application/x-www-form-urlencoded", "+json", "+xml")
@@ -87,7 +88,7 @@ def request_event(
         event["queryStringParameters"] = params
     host = joined.get("host", "localhost")
     event["requestContext"] = {
-        "accountId": ACCOUNT_ID,
+        "accountId": account(),
         "apiId": API_ID,
         "domainName": host,
         "domainPrefix": host.split(".")[0],

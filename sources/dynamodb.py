@@ -31,14 +31,13 @@ from decimal import Decimal
 from json.encoder import encode_basestring_ascii as _ascii
 from typing import Any
 
-from broker.environment import region
+from broker.environment import account, region
 from broker.errors import ChangeFeedError
 
 log = logging.getLogger(__name__)
 
 EVENT_VERSION = "1.1"
 EVENT_SOURCE = "aws:dynamodb"
-ACCOUNT = "000000000000"
 SEQUENCE_DIGITS = 21  # as long as DynamoDB's own sequence numbers, so they also sort as strings
 
 _warned: set[tuple[str, str]] = set()
@@ -148,7 +147,7 @@ def sequence_number(change_id: int) -> str:
 def stream_arn(database: str, table: str) -> str:
     """A stable, fake stream ARN for one table of one database file (by its absolute path)."""
     label = hashlib.sha256(database.encode()).hexdigest()[:16]
-    return f"arn:aws:dynamodb:{region()}:{ACCOUNT}:table/{table}/stream/{label}"
+    return f"arn:aws:dynamodb:{region()}:{account()}:table/{table}/stream/{label}"
 
 
 def record(

@@ -13,6 +13,7 @@ are checked by :mod:`sources.callers` (SigV4 access keys or a bearer token).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from broker import environment
+from broker import environment, logstore
 from broker.envelope import Event, parse_json
 from broker.errors import (
     CallerAuthError,
@@ -36,7 +37,7 @@ from broker.errors import (
 from sources.bodies import ASYNC_LIMIT, SYNC_LIMIT, read_body
 from sources.callers import refusal
 from sources.intake import idempotency_key
-from sources.lambda_api import ACCOUNT, Reply, find, lambda_error, split_function_name
+from sources.lambda_api import Reply, find, lambda_error, split_function_name
 
 if TYPE_CHECKING:
     from sources.webhook import HttpSource
@@ -52,7 +53,7 @@ CLIENT_CONTEXT_LIMIT = 3583  # bytes of the base64 X-Amz-Client-Context header, 
 TAIL_BYTES = 4096
 _JSON = (b"content-type", b"application/json")
 
-__all__ = ["ACCOUNT", "PATH", "Reply", "function_arn", "function_name", "invoke", "lambda_error", "match"]
+__all__ = ["PATH", "Reply", "function_arn", "function_name", "invoke", "lambda_error", "match"]
 
 
 async def send_reply(send: Send, reply: Reply) -> None:
@@ -171,7 +172,7 @@ async def _invoke(source: HttpSource, raw_name: str, scope: Scope, receive: Rece
     tail = kind == "RequestResponse" and log_type == "Tail"
     event = Event(function=fn.name, payload=payload, source="http",
                   invocation_type="Event" if kind == "Event" else "RequestResponse",
-                  client_context=context, log_type="Tail" if tail else None)
+                  client_context=context)
     try:
         if kind == "Event":
             key = headers.get("idempotency-key")
@@ -195,7 +196,9 @@ async def _invoke(source: HttpSource, raw_name: str, scope: Scope, receive: Rece
     source.metrics.duration.labels(fn.name).observe(time.monotonic() - started)
     reply_headers = [(b"x-amzn-requestid", event.id.encode()), (b"x-amz-executed-version", b"$LATEST")]
     if tail:
-        reply_headers.append((b"x-amz-log-result", log_result(outcome.extra.get("log_tail") if outcome else None)))
+        # the invocation's lines are stored in the transaction that records its outcome (broker.logstore)
+        lines = await asyncio.to_thread(logstore.tail, source.client, fn.name, event.id, TAIL_BYTES)
+        reply_headers.append((b"x-amz-log-result", log_result(lines)))
     if outcome is not None and outcome.ok:
         result = json.dumps(outcome.result, separators=(",", ":")).encode()
         if len(result) <= RESPONSE_LIMIT:

@@ -28,8 +28,6 @@ if TYPE_CHECKING:
 
 PREFIX = "/2015-03-31/"
 _API_VERSION = re.compile(r"/20\d\d-\d\d-\d\d/")  # Lambda's REST paths start with their API version
-ACCOUNT = environment.ACCOUNT
-ROLE = f"arn:aws:iam::{ACCOUNT}:role/lambdalite"
 _FUNCTION = re.compile(r"/2015-03-31/functions/([^/]+)(/configuration)?/?")
 _LIST = re.compile(r"/2015-03-31/functions/?")
 _MAPPINGS = re.compile(r"/2015-03-31/event-source-mappings/?")
@@ -53,7 +51,7 @@ def lambda_error(status: int, error_type: str, message: str, retry_after: bool =
 
 
 def function_arn(region: str, name: str, qualifier: str | None = None) -> str:
-    arn = f"arn:aws:lambda:{region}:{ACCOUNT}:function:{name}"
+    arn = f"arn:aws:lambda:{region}:{environment.account()}:function:{name}"
     return f"{arn}:{qualifier}" if qualifier else arn
 
 
@@ -105,7 +103,7 @@ def configuration(source: HttpSource, fn: Function) -> dict[str, Any]:
         "FunctionName": fn.name,
         "FunctionArn": function_arn(source.region, fn.name),
         "Runtime": runtime,
-        "Role": ROLE,
+        "Role": f"arn:aws:iam::{environment.account()}:role/lambdalite",
         "Handler": fn.handler or " ".join(fn.command or ()),
         "CodeSize": 0,
         "Description": "",
@@ -136,7 +134,7 @@ def _mappings(source: HttpSource, fn: Function) -> list[dict[str, Any]]:
     modified = source.registry.path.stat().st_mtime if source.registry.path.exists() else time.time()
     for n, trigger in enumerate(fn.triggers):
         if trigger.source == "sqlite":
-            arn = f"arn:aws:dynamodb:{region}:{ACCOUNT}:table/{trigger.table}/stream/lambdalite"
+            arn = f"arn:aws:dynamodb:{region}:{environment.account()}:table/{trigger.table}/stream/lambdalite"
             extra: dict[str, Any] = {"BatchSize": trigger.batch_size, "StartingPosition": "LATEST",
                                      "MaximumBatchingWindowInSeconds": int(trigger.batching_window),
                                      "MaximumRetryAttempts": fn.retries}
@@ -144,10 +142,10 @@ def _mappings(source: HttpSource, fn: Function) -> list[dict[str, Any]]:
             arn = f"arn:aws:s3:::{trigger.bucket}"
             extra = {"BatchSize": 1}
         elif trigger.source == "http":
-            arn = f"arn:aws:execute-api:{region}:{ACCOUNT}:lambdalite/$default/*{trigger.path}"
+            arn = f"arn:aws:execute-api:{region}:{environment.account()}:lambdalite/$default/*{trigger.path}"
             extra = {"BatchSize": 1}
         else:  # a trigger kind added later: listed by its source name
-            arn = f"arn:aws:{trigger.source}:{region}:{ACCOUNT}:lambdalite/{fn.name}/{n}"
+            arn = f"arn:aws:{trigger.source}:{region}:{environment.account()}:lambdalite/{fn.name}/{n}"
             extra = {"BatchSize": 1}
         out.append({
             "UUID": str(uuid.uuid5(uuid.NAMESPACE_URL, f"lambdalite:{fn.name}:{n}:{arn}")),

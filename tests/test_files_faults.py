@@ -254,7 +254,10 @@ def test_a_read_only_target_bucket_fails_the_invocation_then_dead_letters_it(
                 (project / "thumbnails-read-only").touch()
                 handler = "rofault.handler"
             (project / "lambdalite.toml").write_text(THUMBNAIL.replace("HANDLER", handler))
-            started += [Scaler(project), FilesProcess(project)]
+            # A warm sandbox's private /tmp (a mount namespace) sees a mount removed later only where
+            # the machine's mounts propagate (shared, systemd's default); this machine's may not, and
+            # the replay below runs in the same warm worker: so the sandboxes share the machine's mounts.
+            started += [Scaler(project, LAMBDALITE_PRIVATE_TMP="0"), FilesProcess(project)]
             subprocess.run(["cp", str(photo), str(uploads / "red flower.jpg")], check=True, timeout=30)
             deadline = time.monotonic() + 30
             while not deadletter.entries(r, "thumbnail"):

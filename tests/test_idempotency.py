@@ -157,12 +157,12 @@ def test_a_claim_left_behind_is_taken_over_once_it_expires(stack: Scaler, r: red
     key = record_key("pay", event.id)
     # What an invocation on a host that vanished leaves: a claim nobody will release.
     r.set(key, json.dumps({"status": "INPROGRESS", "token": "gone/1", "request_id": event.id,
-                           "started_at": time.time()}), px=1500)
+                           "started_at": time.time()}), px=4000)  # outlives a cold start on a loaded machine
     deliver(r, project, event)
     (refused,) = outcomes(r, event.id, 1)
     assert refused.status == "failed" and refused.error["errorType"] == "IdempotencyAlreadyInProgressError"
     assert ledger(project) == []
-    wait_for(lambda: not r.exists(key), timeout=5)
+    wait_for(lambda: not r.exists(key), timeout=10)
     deliver(r, project, dataclasses.replace(event, attempt=1))
     _, taken = outcomes(r, event.id, 2)
     assert taken.ok and [line[0] for line in ledger(project)] == ["start", "done"]

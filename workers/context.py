@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from broker.environment import ACCOUNT, function_arn, region
+from broker.environment import function_arn, region
 
-__all__ = ["ACCOUNT", "LambdaContext", "function_arn"]
+__all__ = ["LambdaContext", "function_arn"]
 
 
 @dataclass(frozen=True)

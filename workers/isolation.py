@@ -36,7 +36,7 @@ log = logging.getLogger("lambdalite.isolation")
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
-_MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 32, 4096, 16384, 1 << 18
+_MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_SLAVE = 2, 4, 32, 4096, 16384, 1 << 19
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _libc = ctypes.CDLL(None, use_errno=True)
 SANDBOX_TMP = "/tmp"  # where a sandbox with a private /tmp sees it
@@ -160,8 +160,9 @@ def mount_private_tmp(mode: str, folder: str, keep: Iterable[str] = ()) -> None:
                 f.write(text)
     else:
         _check(_libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-    # Nothing mounted here reaches the machine's namespace, and nothing there reaches this one.
-    _check(_libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "mount --make-rprivate /")
+    # Nothing mounted here reaches the machine's namespace; what the machine mounts and unmounts
+    # reaches this one (a bucket made read-only, then writable again, is seen so by a warm sandbox).
+    _check(_libc.mount(None, b"/", None, _MS_REC | _MS_SLAVE, None), "mount --make-rslave /")
     for path in _below_tmp(keep):
         target = os.path.join(folder, os.path.relpath(path, SANDBOX_TMP))
         os.makedirs(target, exist_ok=True)

@@ -30,13 +30,11 @@ class Outcomes:
         self.publisher = publisher
         self.fn = fn
 
-    def success(self, pipe: Any, event: Event, result: Any, duration_ms: float,
-                extra: dict[str, Any] | None = None) -> str:
-        """Queue on ``pipe`` what a success changes; returns a line for the log (maybe empty).
-        ``extra`` goes into the outcome (the log tail a synchronous caller asked for)."""
+    def success(self, pipe: Any, event: Event, result: Any, duration_ms: float) -> str:
+        """Queue on ``pipe`` what a success changes; returns a line for the log (maybe empty)."""
         stats.count(pipe, self.fn.name, "succeeded")
         results.record(pipe, event.id, results.Outcome(
-            "succeeded", result=result, attempts=event.attempt + 1, duration_ms=duration_ms, extra=extra or {}))
+            "succeeded", result=result, attempts=event.attempt + 1, duration_ms=duration_ms))
         if event.invocation_type == "Event" and successors.clean(result):
             successors.release(pipe, event.id)  # the next event of a stream, staged by its source
         if event.invocation_type == "Event" and self.fn.on_success:
@@ -44,7 +42,7 @@ class Outcomes:
         return ""
 
     def failure(self, pipe: Any, event: Event, error: dict[str, Any] | None, duration_ms: float,
-                condition: str = "RetriesExhausted", dead: bool = False, extra: dict[str, Any] | None = None) -> str:
+                condition: str = "RetriesExhausted", dead: bool = False) -> str:
         """Queue on ``pipe`` what a failure changes: a retry with backoff, or the final outcome.
 
         Synchronous invocations are never retried; asynchronous ones are retried ``retries``
@@ -66,7 +64,7 @@ class Outcomes:
             return f"{self.fn.name}: attempt {event.attempt + 1} of {event.id} failed; retrying in {backoff:g}s"
         status: results.Status = "failed" if sync else "dead"
         results.record(pipe, event.id, results.Outcome(
-            status, error=error, attempts=event.attempt + 1, duration_ms=duration_ms, extra=extra or {}))
+            status, error=error, attempts=event.attempt + 1, duration_ms=duration_ms))
         if sync:
             return ""
         deadletter.add(pipe, event, error, condition)

@@ -8,7 +8,6 @@ Lambda's ``START`` / ``END`` / ``REPORT`` lines to stdout.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import secrets
@@ -27,7 +26,6 @@ from broker.registry import Function
 from workers import isolation, limits
 from workers.capture import Capture
 from workers.limits import MB, Limits
-from workers.logtail import TAIL_BYTES
 from workers.sandbox import Sandbox, SandboxGone, error_object
 from workers.watchdog import Slot
 
@@ -56,7 +54,6 @@ class Invocation:
     max_memory_mb: int
     max_storage_mb: float
     init_ms: float | None
-    log_tail: str | None = None  # the last 4 KB of its log, when the caller asked (LogType=Tail)
 
     @property
     def ok(self) -> bool:
@@ -192,10 +189,6 @@ class Runtime:
         self.log.finish()
         self._out(f"END RequestId: {request_id}")
         self._out(report_line(inv, self.fn))
-        if reply is not None and "log_tail" in reply:
-            text = (f"START RequestId: {request_id} Version: $LATEST\n{reply['log_tail']}"
-                    f"END RequestId: {request_id}\n{report_line(inv, self.fn)}\n")
-            inv = dataclasses.replace(inv, log_tail=text.encode()[-TAIL_BYTES:].decode("utf-8", "ignore"))
         return inv
 
     def _without_tmpdir(self, request_id: str, why: str) -> Invocation:

@@ -43,7 +43,6 @@ from workers import client_context, isolation
 from workers.context import LambdaContext
 from workers.isolation import PrivateTmp
 from workers.limits import reap
-from workers.logtail import LogTail
 
 _HEADER = struct.Struct("!I")
 PIPE_SIZE = 1 << 20  # bytes; Linux's default /proc/sys/fs/pipe-max-size
@@ -201,18 +200,12 @@ def _serve(
             envelope = request.pop("job")[2][0]
             request["event"] = envelope["payload"]
             request["client_context"] = envelope.get("client_context")
-            request["log_type"] = envelope.get("log_type")
         reap()  # children of the last invocation, killed by the worker after it ended
         if broken is not None:  # the handler could not be imported, or the sandbox not isolated
             write_frame(replies, {"ok": False, "error": broken})
             continue
         idempotency.use_door(door if request.get("door") else None)
-        if request.get("log_type") == "Tail":  # the caller wants the end of this invocation's log
-            with LogTail() as tail:
-                reply = _invoke(fn, handler, worker_name, request)
-            reply["log_tail"] = tail.text
-        else:
-            reply = _invoke(fn, handler, worker_name, request)
+        reply = _invoke(fn, handler, worker_name, request)
         if os.getpid() != me:
             os._exit(0)  # a process the handler forked returned from it: only the sandbox answers
         reply["max_rss_kb"] = max(

@@ -346,13 +346,12 @@ class FunctionWorker(SimpleWorker):
         if inv.status == "abandoned":
             self.requeue(job, queue, event, execution)
             return False
-        extra = {"log_tail": inv.log_tail} if inv.log_tail is not None else None
         if inv.ok:
             self.finish(job, execution, inv.result, None, lambda pipe: self.outcomes.success(
-                pipe, event, inv.result, inv.duration_ms, extra))
+                pipe, event, inv.result, inv.duration_ms))
             return True
         self.finish(job, execution, None, json.dumps(inv.error), lambda pipe: self.outcomes.failure(
-            pipe, event, inv.error, inv.duration_ms, extra=extra))
+            pipe, event, inv.error, inv.duration_ms))
         return False
 
     def finish(self, job: Job, execution: Any, result: Any, failure: str | None,
