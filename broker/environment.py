@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker.errors import ConfigError, SandboxIdentityError, SettingsError
+from broker.kernel import try_in_child
 
 if TYPE_CHECKING:
     from broker.registry import Function
@@ -243,24 +244,13 @@ def check_handlers(functions: Iterable[Function], settings: Settings) -> None:
         if not fn.handler:
             continue
         variables = sandbox_environment(fn, settings.config, "check", tempfile.gettempdir())  # ConfigError
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            code = 0
-            try:
-                os.close(read)
-                close_inherited(keep=(0, 1, 2, write))
-                apply(variables)
-                become(identity)
-                resolve_handler(fn, settings.config)
-            except BaseException as e:  # noqa: B036 - whatever happens, the child exits here
-                os.write(write, (str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}").encode())
-                code = 1
-            finally:
-                os._exit(code)
-        os.close(write)
-        with os.fdopen(read, "rb") as pipe:
-            problem = pipe.read().decode("utf-8", "replace")
-        os.waitpid(pid, 0)
+
+        def imported(report: int, fn: Function = fn, variables: dict[str, str] = variables) -> None:
+            close_inherited(keep=(0, 1, 2, report))
+            apply(variables)
+            become(identity)
+            resolve_handler(fn, settings.config)
+
+        problem = try_in_child(imported, lambda e: str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}")
         if problem:
             raise ConfigError(problem + who)

@@ -29,6 +29,7 @@ from broker.environment import (
     sandbox_environment,
     sandbox_identity,
 )
+from broker.kernel import try_in_child
 from broker.registry import Function
 from broker.settings import Settings, load_settings
 
@@ -103,24 +104,9 @@ def grant_buckets(settings: Settings, identity: Identity) -> None:
 def _probe(mode: str, settings: Settings) -> str | None:
     """Whether a private /tmp can be made here: None, or why not (tried in a child process)."""
     folder = tempfile.mkdtemp(prefix="lambdalite-probe-")
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            os.close(read)
-            mount_private_tmp(mode, folder, needed_paths(settings))
-        except BaseException as e:  # noqa: B036 - the child exits here whatever happens
-            os.write(write, str(e).encode())
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        why = pipe.read().decode("utf-8", "replace")
-    os.waitpid(pid, 0)
+    why = try_in_child(lambda _report: mount_private_tmp(mode, folder, needed_paths(settings)))
     remove_tree(folder)
-    return why or None
+    return why
 
 
 def remove_tree(folder: str) -> None:
