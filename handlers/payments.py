@@ -16,7 +16,9 @@ from typing import Any
 
 from broker.idempotency import idempotent
 
-LEDGER = Path(os.environ.get("PAYMENTS_LEDGER", "var/payments.ledger"))
+# An object in the `ledger` bucket: the bucket folders are the one place of the project the sandbox
+# user may write (var/ is the stack's own). No trigger watches that bucket.
+LEDGER = Path(os.environ.get("PAYMENTS_LEDGER", "buckets/ledger/payments.jsonl"))
 
 
 @idempotent(key="order_id", expires_after_seconds=24 * 3600)
