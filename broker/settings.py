@@ -182,7 +182,8 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as e:
         problems = []
         for err in e.errors():
-            key = "LAMBDALITE_" + ".".join(str(p) for p in err["loc"]).upper()
+            key = ".".join(str(p) for p in err["loc"]).upper()
+            key = key if key.startswith("LAMBDALITE_") else "LAMBDALITE_" + key  # .env's extras keep their prefix
             msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
             problems.append(f"{key}: {msg}")
         raise SettingsError("; ".join(problems)) from e

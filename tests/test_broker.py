@@ -98,7 +98,7 @@ def test_settings_env_and_dotenv(project: Path, monkeypatch: pytest.MonkeyPatch)
         load_settings()
     monkeypatch.delenv("LAMBDALITE_IDLE_TIMEOUT")
     (project / ".env").write_text("LAMBDALITE_MAX_WORKER=7\n")
-    with pytest.raises(SettingsError, match="LAMBDALITE_MAX_WORKER: unknown setting"):
+    with pytest.raises(SettingsError, match="^LAMBDALITE_MAX_WORKER: unknown setting$"):
         load_settings()
 
 
