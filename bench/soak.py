@@ -54,6 +54,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from report import table, write_section  # noqa: E402
 
+from broker import history  # noqa: E402
+from broker.settings import Settings  # noqa: E402
+
 # Events per second each load thread sends (about 75 handler runs a second in all, with retries).
 RATES = {"invoke-sync": 12.0, "invoke-async": 12.0, "flaky": 5.0, "pay": 5.0, "webhook": 10.0,
          "files": 8.0, "rows": 40.0}
@@ -158,7 +161,7 @@ FAMILIES = [
     (r"lambdalite:successor:.+", "lambdalite:successor:<id>"),
     (r"lambdalite:quarantine:.+", "lambdalite:quarantine:<key>"),
     (r"lambdalite:scaler-alive:.+", "lambdalite:scaler-alive:<scaler>"),
-    (r"lambdalite:(dlq|stats|scaler|slots):.+", r"lambdalite:\1:FUNCTION"),
+    (r"lambdalite:(dlq|stats|scaler|slots|history):.+", r"lambdalite:\1:FUNCTION"),
     (r"lambdalite:files:manifest:.+", "lambdalite:files:manifest:BUCKET"),
     (r"lambdalite:sqlite:.+", "lambdalite:sqlite:CURSOR"),
     (r"lambdalite:delayed", "lambdalite:delayed"),
@@ -352,8 +355,9 @@ def caps(short: bool) -> dict[str, int]:
     trimming allows). Such a family grows until it reaches its cap, which a short run may not."""
     env = SHORT if short else LONG
     found = {"rq:failed:QUEUE": int(env.get("LAMBDALITE_FAILED_JOBS_KEPT", 1000)),
-             "lambdalite:dlq:FUNCTION": int(env.get("LAMBDALITE_DEAD_LETTERS_KEPT", 10000))}
-    from broker.settings import Settings
+             "lambdalite:dlq:FUNCTION": int(env.get("LAMBDALITE_DEAD_LETTERS_KEPT", 10000)),
+             # a function's buckets: the last hour's and the last day's (the day's fill over a day)
+             "lambdalite:history:FUNCTION": sum(ring.slots for ring in history.RINGS.values())}
 
     logs = Settings.model_fields.get("logs_max_invocations")  # the log store's cap, where there is one
     if logs is not None:
