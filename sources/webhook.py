@@ -40,7 +40,7 @@ from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from broker import environment, schedules, stacklock
-from broker.connection import COMMAND_TIMEOUT, TRANSIENT, Parser
+from broker.connection import COMMAND_TIMEOUT, TRANSIENT, Parser, client_for
 from broker.errors import CallerAuthError, ConfigError, LambdaliteError, PayloadTooLargeError
 from broker.queues import Publisher
 from broker.registry import Registry, load_registry
@@ -103,7 +103,7 @@ def _store_client(dsn: str, socket_timeout: float | None) -> redis.Redis:
     # One retry, only for a connection error (a stale pooled socket after a Redis restart): a
     # retried timeout could store a transaction twice, and long backoffs would hold requests.
     # Parser: a full disk (MISCONF) is an outage too (503), see broker.connection.
-    return redis.Redis.from_url(
+    return client_for(
         dsn, socket_connect_timeout=1, socket_timeout=socket_timeout, health_check_interval=30,
         retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)), parser_class=Parser,
         driver_info=None,  # as broker.connection.connect
