@@ -108,9 +108,23 @@ def stack(project: Path) -> Iterator[tuple[Path, str]]:
     honcho = start_stack(project, env, "honcho.log")
     try:
         wait_up(project, env, honcho, "honcho.log")
-        yield project, f"http://127.0.0.1:{env['LAMBDALITE_HTTP_PORT']}"
+        base = f"http://127.0.0.1:{env['LAMBDALITE_HTTP_PORT']}"
+        wait_serving(base)
+        yield project, base
     finally:
         stop_stack(honcho)
+
+
+def wait_serving(base: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the HTTP source did not come up"
+        time.sleep(0.2)
 
 
 def rows(project: Path, name: str, count: int, timeout: float = 60) -> list[dict[str, Any]]:
