@@ -16,6 +16,7 @@ import psutil
 import redis
 
 from broker import results
+from broker.connection import connect
 from broker.envelope import Event
 from broker.queues import Publisher
 from broker.registry import load_registry
@@ -94,7 +95,13 @@ def publish(url: str, project: Path, function: str, payload: Any, sync: bool = F
 def invoke(url: str, project: Path, function: str, payload: Any = None, wait: float = 30) -> results.Outcome:
     """A synchronous invocation through the queue; returns its outcome (fails the test on none)."""
     event = publish(url, project, function, payload if payload is not None else {}, sync=True)
-    outcome = results.wait(redis.Redis.from_url(url), event.id, wait)
+    # broker.connection's client: its socket timeout outlasts a blocking read's slice, which a plain
+    # client's does not when the machine is slow.
+    client = connect(url)
+    try:
+        outcome = results.wait(client, event.id, wait)
+    finally:
+        client.close()
     if outcome is None:
         raise AssertionError(f"no outcome for {function} within {wait}s")
     return outcome
