@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from broker import results
+from broker import connection, results
 from broker.envelope import Event
 from broker.queues import Publisher
 from broker.registry import load_registry
@@ -91,7 +91,9 @@ def publish(url: str, project: Path, function: str, payload: Any, sync: bool = F
 def invoke(url: str, project: Path, function: str, payload: Any = None, wait: float = 30) -> results.Outcome:
     """A synchronous invocation through the queue; returns its outcome (fails the test on none)."""
     event = publish(url, project, function, payload if payload is not None else {}, sync=True)
-    outcome = results.wait(redis.Redis.from_url(url), event.id, wait)
+    # a reply's own timeout, as lambdalite's connections have: redis-py's default (5 s in 8.2) is no
+    # longer than a blocking read's slice (broker.connection.BLOCK_SLICE)
+    outcome = results.wait(redis.Redis.from_url(url, socket_timeout=connection.COMMAND_TIMEOUT), event.id, wait)
     if outcome is None:
         raise AssertionError(f"no outcome for {function} within {wait}s")
     return outcome
