@@ -133,7 +133,7 @@ def test_the_worker_writes_each_outcome_into_the_history(stack: Scaler, r: redis
     assert invoke(redis_url, project, "ok", {}).ok
     assert not invoke(redis_url, project, "fail", {}).ok
     publish(redis_url, project, "fail", {})  # asynchronous, retries = 0: dead-lettered
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         b = history.total(history.series(r, "fail", HOUR, time.time()))
         if b.dead:
