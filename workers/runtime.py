@@ -70,8 +70,10 @@ class Runtime:
         worker_name: str,
         out: Callable[[str], None] | None = None,
         slot: Slot | None = None,
+        version: str = "$LATEST",
     ) -> None:
         self.fn = fn
+        self.version = version  # the START lines' Version: the running revision of lambdalite.toml
         self.slot = slot  # where the scaler's watchdog reads each invocation's deadline
         self.limits = Limits(fn.timeout, fn.memory, fn.ephemeral_storage)
         self.tmp = isolation.private_tmp(fn)  # None: a TMPDIR per invocation instead
@@ -105,7 +107,7 @@ class Runtime:
                 job_data: bytes | None) -> Invocation:
         self.prepare()
         self.log.begin()
-        self._out(f"START RequestId: {request_id} Version: $LATEST")
+        self._out(f"START RequestId: {request_id} Version: {self.version}")
         tmpdir, self._tmpdir = self._tmpdir or self._tmpdir_name(), None  # the sandbox makes it
         started = time.perf_counter()
         deadline = started + self.limits.timeout
