@@ -23,7 +23,7 @@ from broker.errors import InvocationError, LambdaliteError, RedisUnavailableErro
 from broker.queues import Publisher, function_of_queue
 from broker.registry import Registry, load_registry
 from broker.settings import Settings, load_settings
-from broker.stats import status
+from broker.stats import alive_key, status
 
 WAIT_MARGIN = 30.0  # seconds a synchronous invoke waits beyond the function's timeout
 
@@ -89,12 +89,14 @@ def main(argv: list[str] | None = None) -> None:
 
 def _registry(command: str, settings: Settings) -> Registry:
     """The functions a command works on: the running stack's revision (published in Redis by the
-    scaler), so the CLI answers for what runs; the file itself for ``check`` and ``reload``, and when
-    no stack has published a revision (or Redis cannot be reached: the command says so later)."""
+    scaler), so the CLI answers for what runs; the file itself for ``check`` and ``reload``, when no
+    scaler runs (the next start reads the file), and when Redis cannot be reached (the command says
+    so later)."""
     if command not in ("check", "reload"):
         client = connect(settings.redis_dsn, retries=0)
         try:
-            running = revision.running(client, settings.config)
+            alive = next(client.scan_iter(match=alive_key("*"), count=1000), None) is not None
+            running = revision.running(client, settings.config) if alive else None
         except TRANSIENT:
             running = None
         finally:
@@ -241,9 +243,17 @@ def _invoke(args: argparse.Namespace, client: Any, registry: Registry) -> int:
     return 1
 
 
+def _known(client: Any, registry: Registry, name: str) -> str:
+    """``name`` if the running revision has it, or if Redis still holds a queue of it (a function
+    removed by a reload: its dead letters stay readable)."""
+    if name in registry or name in _queued_names(client):
+        return name
+    return registry.get(name).name  # raises UnknownFunctionError
+
+
 def _dlq(args: argparse.Namespace, client: Any, registry: Registry) -> int:
     if args.action == "list":
-        names = [registry.get(args.function).name] if args.function else list(registry.functions)
+        names = [_known(client, registry, args.function)] if args.function else list(registry.functions)
         rows = [{"function": n, **e} for n in names for e in deadletter.entries(client, n)]
         print(json.dumps(rows, indent=2))
     elif args.action == "replay":
@@ -251,8 +261,7 @@ def _dlq(args: argparse.Namespace, client: Any, registry: Registry) -> int:
         done = deadletter.replay(client, Publisher(client, registry), fn.name, args.ids or None)
         print(json.dumps({"replayed": done}))
     else:
-        fn = registry.get(args.function)
-        print(json.dumps({"purged": deadletter.purge(client, fn.name)}))
+        print(json.dumps({"purged": deadletter.purge(client, _known(client, registry, args.function))}))
     return 0
 
 

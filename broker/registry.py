@@ -198,7 +198,8 @@ class Registry:
         try:
             return self.functions[name]
         except KeyError:
-            raise UnknownFunctionError(f"no function named {name!r} in {self.path}") from None
+            running = f" (running revision {self.revision.number})" if self.revision is not None else ""
+            raise UnknownFunctionError(f"no function named {name!r} in {self.path}{running}") from None
 
     def triggers(self, source: str) -> Iterator[tuple[Function, Any]]:
         """Every (function, trigger) pair whose trigger has the given ``source``."""

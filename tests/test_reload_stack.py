@@ -264,3 +264,34 @@ def _get(url: str) -> int:
         return httpx.get(url, timeout=2).status_code
     except httpx.HTTPError:
         return 0
+
+
+@pytest.mark.timeout(120)
+def test_reload_command_and_sighup(project: Path, redis_url: str) -> None:
+    import signal
+
+    (project / "reloadee.py").write_text(HANDLER.format(code="v1"))
+    (project / "lambdalite.toml").write_text(ONE)
+    client = redis.Redis.from_url(redis_url)
+    quiet = cli(project, "reload", "--wait", "2")
+    assert quiet.returncode == 1 and "no scaler is running" in quiet.stderr
+    scaler = Scaler(project)
+    try:
+        wait_until("revision 1 published", lambda: running_number(client) == 1)
+        scaler.proc.send_signal(signal.SIGHUP)  # looks again: nothing changed, nothing restarts
+        done = cli(project, "reload")
+        assert done.returncode == 0 and done.stdout.strip() == "revision 1 of lambdalite.toml is running", done
+        assert scaler.proc.poll() is None and running_number(client) == 1
+
+        (project / "lambdalite.toml").write_text(ONE + "retries = 0\n")
+        done = cli(project, "reload")
+        assert done.returncode == 0 and done.stdout.strip() == "revision 2 of lambdalite.toml is running", done
+
+        (project / "lambdalite.toml").write_text(ONE + "retries = -1\n")
+        refused = cli(project, "reload")
+        assert refused.returncode == 1 and "'alpha'" in refused.stderr and "retries" in refused.stderr
+        assert len(refused.stderr.splitlines()) == 1
+        assert running_number(client) == 2
+    finally:
+        scaler.stop()
+    assert "Traceback" not in scaler.output()

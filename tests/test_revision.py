@@ -16,6 +16,7 @@ from broker import revision
 from broker.queues import function_queue
 from broker.registry import Registry, load_registry
 from broker.settings import load_settings
+from broker.stats import alive_key
 from tests.stack import cli
 from workers.reload import Reloader
 
@@ -174,6 +175,9 @@ def test_the_cli_answers_for_the_running_revision(project: Path, redis_url: str)
     project_with_package(project, ONE)
     revision.publish(client, ONE.encode(), {})
     (project / "lambdalite.toml").write_text(TWO)  # b is in the file, not in the running revision
+    assert cli(project, "invoke", "b", "--async").returncode == 0, "no scaler runs: the file is what will run"
+    client.delete(function_queue(client, "b").key)
+    client.set(alive_key("test-scaler"), 1, ex=60)  # a scaler runs revision 1
     refused = cli(project, "invoke", "b", "--async")
     assert refused.returncode == 1 and "no function named 'b'" in refused.stderr
     assert client.llen(function_queue(client, "b").key) == 0
