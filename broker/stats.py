@@ -52,29 +52,35 @@ def status(client: redis.Redis, registry: Registry | Iterable[str]) -> dict[str,
     """
     out: dict[str, Any] = {}
     names = [fn.name for fn in registry] if isinstance(registry, Registry) else list(registry)
-    for function in names:
-        queue = function_queue(client, function)
-        started = StartedJobRegistry(queue=queue)
-        keys = {queue.key: "list", started.key: "zset", stats_key(function): "hash", scaler_key(function): "hash"}
-        with client.pipeline(transaction=False) as pipe:
+    kinds = []
+    with client.pipeline(transaction=False) as pipe:  # one round trip for every function
+        for function in names:
+            queue = function_queue(client, function)
+            started = StartedJobRegistry(queue=queue)
+            keys = {queue.key: "list", started.key: "zset", stats_key(function): "hash", scaler_key(function): "hash"}
+            kinds.append(keys)
             pipe.llen(queue.key)
             pipe.zcard(started.key)
             pipe.hgetall(stats_key(function))
             pipe.hgetall(scaler_key(function))
-            replies = pipe.execute(raise_on_error=False)
+        replies = pipe.execute(raise_on_error=False)
+    rows = {}
+    for i, (function, keys) in enumerate(zip(names, kinds, strict=True)):
         values: list[Any] = []
-        for (key, kind), reply, empty in zip(keys.items(), replies, (0, 0, {}, {}), strict=True):
+        for (key, kind), reply, empty in zip(keys.items(), replies[4 * i:4 * i + 4], (0, 0, {}, {}), strict=True):
             if isinstance(reply, Exception):
                 if not quarantine.wrong_type(reply):
                     raise reply
                 log.warning("%s; counted as empty", quarantine.describe(client, key, kind))
                 reply = empty
             values.append(reply)
-        queued, running, counters, scalers = values
+        rows[function] = values
+    alive = _alive(client, [i.decode(errors="replace") for v in rows.values() for i in v[3]])
+    for function, (queued, running, counters, scalers) in rows.items():
         row: dict[str, Any] = {"queued": queued, "running": running}
         states = {"starting": 0, "idle": 0, "busy": 0}
         decisions = []
-        for view in _live_views(client, function, scalers):
+        for view in _live_views(function, scalers, alive):
             for state in states:
                 states[state] += view["workers"].get(state, 0)
             if view["decision"]:
@@ -88,6 +94,18 @@ def status(client: redis.Redis, registry: Registry | Iterable[str]) -> dict[str,
     return {"functions": out}
 
 
+def _alive(client: redis.Redis, ids: list[str]) -> set[str]:
+    """Which of these scalers still have their liveness key (one round trip)."""
+    unique = sorted(set(ids))
+    if not unique:
+        return set()
+    with client.pipeline(transaction=False) as pipe:
+        for scaler_id in unique:
+            pipe.exists(alive_key(scaler_id))
+        found = pipe.execute()
+    return {i for i, n in zip(unique, found, strict=True) if n}
+
+
 def _count(function: str, name: str, raw: bytes | None) -> int:
     if raw is None:
         return 0
@@ -98,17 +116,14 @@ def _count(function: str, name: str, raw: bytes | None) -> int:
     return 0
 
 
-def _live_views(client: redis.Redis, function: str, scalers: dict[bytes, bytes]) -> list[dict[str, Any]]:
+def _live_views(function: str, scalers: dict[bytes, bytes], alive: set[str]) -> list[dict[str, Any]]:
     """The views of scalers whose liveness key still exists, each checked: a view that is not one is
     logged and left out."""
-    ids = [i.decode(errors="replace") for i in scalers]
-    if not ids:
-        return []
-    # Views of scalers that died without cleaning up (SIGKILL) stop counting with their key.
-    alive = client.exists(*[alive_key(i) for i in ids])
     views = []
-    for scaler_id, raw in zip(ids, scalers.values(), strict=True):
-        if alive != len(ids) and not client.exists(alive_key(scaler_id)):
+    for raw_id, raw in scalers.items():
+        scaler_id = raw_id.decode(errors="replace")
+        # Views of scalers that died without cleaning up (SIGKILL) stop counting with their key.
+        if scaler_id not in alive:
             continue
         view = _view(raw)
         if view is None:

@@ -7,7 +7,8 @@
   :mod:`sources.callers` (SigV4 access keys or a bearer token);
 - one route per ``source = "http"`` trigger (:mod:`sources.http_triggers`);
 - ``GET /healthz``, ``GET /metrics`` (Prometheus) and ``GET /openapi.json`` (the last two behind the
-  same caller check when the server listens beyond loopback).
+  same caller check when the server listens beyond loopback);
+- the web console under ``/console/`` (:mod:`sources.console`).
 
 It starts even when Redis is down (answering 503 until it is back) and refuses at start-up,
 with one line and exit code 1, a trigger with ``auth = "none"`` unless it listens on loopback, and
@@ -34,19 +35,22 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from broker import environment, revision, stacklock
-from broker.connection import COMMAND_TIMEOUT, TRANSIENT, Parser, connect
+from broker import environment, revision, schedules, stacklock
+from broker.connection import COMMAND_TIMEOUT, TRANSIENT, Parser, client_for, connect
 from broker.errors import CallerAuthError, ConfigError, LambdaliteError, PayloadTooLargeError
 from broker.queues import Publisher
 from broker.registry import Registry, load_registry
 from broker.settings import Settings, load_settings
+from broker.settings import current as current_settings
 from sources import callers, connections, invoke_api, lambda_api, openapi, proxies
 from sources.bodies import read_body
 from sources.callers import Callers, is_loopback
+from sources.console import ConsoleApp
+from sources.console_data import Console
 from sources.http_triggers import WebhookRoute, message, starlette_path
 from sources.intake import Intake
 from sources.metrics import CONTENT_TYPE, HttpMetrics
@@ -55,7 +59,7 @@ from sources.sigv4 import load_keys
 from sources.transactor import Transactor
 
 log = logging.getLogger("lambdalite.webhook")
-RESERVED = ("/healthz", "/metrics", "/openapi.json", "/2015-03-31/")
+RESERVED = ("/healthz", "/metrics", "/openapi.json", "/2015-03-31/", "/console")
 SYNC_MARGIN = 10.0  # seconds a synchronous caller waits beyond the function's timeout (cold start)
 
 
@@ -99,7 +103,7 @@ def _store_client(dsn: str, socket_timeout: float | None) -> redis.Redis:
     # One retry, only for a connection error (a stale pooled socket after a Redis restart): a
     # retried timeout could store a transaction twice, and long backoffs would hold requests.
     # Parser: a full disk (MISCONF) is an outage too (503), see broker.connection.
-    return redis.Redis.from_url(
+    return client_for(
         dsn, socket_connect_timeout=1, socket_timeout=socket_timeout, health_check_interval=30,
         retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)), parser_class=Parser,
         driver_info=None,  # as broker.connection.connect
@@ -192,6 +196,8 @@ def create_app(
     region: str | None = None,
     sync_margin: float = SYNC_MARGIN,
     clock: Callable[[], float] = time.time,
+    max_workers: int | None = None,
+    schedule_clock: Callable[[], float] = time.time,
 ) -> App:
     """The ASGI app; raises ConfigError for an invalid trigger set-up (see :func:`webhook_routes`)
     or for a server beyond loopback that no credentials guard."""
@@ -203,6 +209,9 @@ def create_app(
     source = HttpSource(registry, intake, HttpMetrics(client, registry),
                         client, guard, sync_margin, region or environment.region())
     spec = [json.dumps(openapi.document(registry)).encode()]
+    reader = _store_client(redis_dsn, socket_timeout=5)  # the console's own: never behind the Invoke API
+    console = ConsoleApp(Console(registry, reader, max_workers or current_settings().max_workers, schedule_clock),
+                         Publisher(reader, registry), guard, is_loopback(host), source.metrics.throttled)
 
     async def openapi_json(request: Request) -> Response:
         return Response(spec[0], media_type="application/json")
@@ -211,12 +220,15 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         connections.install_accept_log_limit(asyncio.get_running_loop())
         await source.intake.start()
+        await console.start()
         try:
             yield
         finally:
+            await console.stop()
             await source.intake.stop()
             client.close()
             waiter.close()
+            reader.close()
 
     async def not_found(request: Request, exc: Exception) -> Response:
         if isinstance(exc, HTTPException) and exc.status_code == 405:
@@ -229,6 +241,8 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
+            Route("/console", lambda request: RedirectResponse("/console/", 308), methods=["GET"]),
+            Mount("/console", app=console),
         ]
 
     app = Starlette(routes=routes(triggers), lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
@@ -272,7 +286,8 @@ def main() -> None:
         keys = load_keys(settings.access_keys, settings.access_keys_file)
         proxies.parse_trusted(settings.trusted_proxies)
         app = create_app(registry, settings.redis_dsn, host=settings.http_host, token=settings.http_token,
-                         access_keys=keys, region=settings.region)
+                         access_keys=keys, region=settings.region, max_workers=settings.max_workers,
+                         schedule_clock=schedules.clock(settings))
     except LambdaliteError as e:
         print(f"lambdalite: {e}", file=sys.stderr)
         sys.exit(1)

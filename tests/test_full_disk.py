@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from broker.queues import Publisher
 from broker.registry import load_registry
 from sources.manifest import Manifest
 from sources.sqlite_cursor import cursor_key
-from tests.stack import ROOT, Scaler, cli, env, invoke, publish, status
+from tests.stack import ROOT, Scaler, cli, env, free_port, invoke, publish, status
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -76,12 +75,6 @@ mode = "async"
 handler = "sink.handler"
 timeout = 30
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Process:

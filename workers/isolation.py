@@ -64,6 +64,12 @@ def plan(settings: Settings | None = None) -> Plan:
     return _plan
 
 
+def use(the_plan: Plan) -> None:
+    """Make ``the_plan`` this process tree's (benches compare set-ups side by side in one process)."""
+    global _plan
+    _plan = the_plan
+
+
 def decide(settings: Settings) -> Plan:
     identity = sandbox_identity(settings)
     mode = ""

@@ -30,7 +30,7 @@ from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
-from broker import idempotency, quarantine
+from broker import history, idempotency, quarantine
 from broker.conditional import recorded
 from broker.connection import TRANSIENT, Backoff, transact
 from broker.envelope import Event
@@ -85,6 +85,7 @@ class FunctionWorker(SimpleWorker):
         self.stop_requested = False
         self.abandon_requested = False
         self.ran: Any = None  # the invocation whose outcome finish() records (its lines and cost go too)
+        self.age_ms = 0.0  # the age of its event when it was taken, for the history (broker.history)
         self._last_beat = 0.0
         self.parent = os.getppid()
         self.slot = slot  # the scaler's marks of the control signals it sent (see workers.watchdog)
@@ -310,6 +311,7 @@ class FunctionWorker(SimpleWorker):
 
     def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
         self.ran = None
+        self.age_ms = 0.0
         try:
             event = self.accept(job)
         except Refused as e:
@@ -324,6 +326,7 @@ class FunctionWorker(SimpleWorker):
             self.finish(job, execution, None, f"Refused: {e}", refuse)
             log.error("worker %s: refused job %s: %s", self.name, job.id, line)
             return False
+        self.age_ms = event.age * 1000  # when taken: Lambda's IteratorAge (a stream) or AsyncEventAge
         if event.invocation_type == "Event" and event.age > self.fn.maximum_event_age:
             limit = self.fn.maximum_event_age
             error = {"errorType": "EventAgeExceeded",
@@ -387,9 +390,12 @@ class FunctionWorker(SimpleWorker):
                 self.increment_total_working_time(worked, pipe)
                 self.cleanup_execution(job, pipeline=pipe, execution=execution)
                 self.set_state(WorkerStatus.IDLE, pipeline=pipe)
+                self.outcomes.ended = ""
                 line = settle(pipe)
                 if self.ran is not None:
                     capture.store(pipe, self.fn, self.ran, self.runtime.log)
+                history.record(pipe, self.fn.name, time.time(), self.ran.duration_ms if self.ran else 0.0,
+                               failure is not None, self.outcomes.ended == "dead", self.age_ms)
                 commands = [args for args, _options in pipe.command_stack]
             quarantine.report(transact(self.connection, commands))
             return line
