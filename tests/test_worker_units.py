@@ -74,15 +74,28 @@ def test_the_census_counts_queued_and_running_and_heals_a_damaged_count(r: redis
 
 
 def test_the_census_survives_a_redis_that_forgot_its_script(r: redis.Redis, registry: Registry) -> None:
-    fn = registry.functions["g"]
-    queue = function_queue(r, "g")
-    slots = Slots(r, "a", max_workers=2)
+    fn = registry.functions["f"]
+    queue = function_queue(r, "f")
+    slots = Slots(r, "a", max_workers=10)
     alive(r, "a")
     assert slots.take(fn, queue, 0).taken
     r.script_flush()  # as after a restart of Redis
     census = slots.census([(fn, queue, 1)])[0]
     assert census.workers == 1
-    assert slots.take(fn, queue, 1).taken and not slots.take(fn, queue, 2).taken, "the host's cap of 2"
+    assert slots.take(fn, queue, 1).taken and slots.take(fn, queue, 2).taken
+    assert not slots.take(fn, queue, 3).taken, "max_concurrency 3"
+
+
+def test_without_max_concurrency_hosts_add_up(r: redis.Redis, registry: Registry) -> None:
+    """A function without ``max_concurrency``: each host's own LAMBDALITE_MAX_WORKERS bounds its part
+    (the scaler's grow), not the count across hosts."""
+    fn = registry.functions["g"]
+    queue = function_queue(r, "g")
+    a, b = Slots(r, "a", max_workers=2), Slots(r, "b", max_workers=2)
+    alive(r, "a", "b")
+    assert a.take(fn, queue, 0).taken and a.take(fn, queue, 1).taken
+    assert b.take(fn, queue, 0).taken and b.take(fn, queue, 1).taken
+    assert a.census([(fn, queue, 2)])[0].workers == 4
 
 
 # workers.limits: the process tree below a worker

@@ -98,6 +98,7 @@ class Scaler:
         self.slots = slots.Slots(client, self.id, settings.max_workers)
         self._last_sweep = -1e9
         self._last_alive = -1e9
+        self._steady_since = 0.0  # since when this scaler has renewed its liveness without a gap
         self.quiet = False  # the last step saw no worker here and no work for any function
         self.memory_budget_mb = settings.memory_budget or int(psutil.virtual_memory().total / MB * 0.9)
         # Limits a worker cannot enforce (it is stopped or stuck) are enforced from here: see
@@ -118,6 +119,8 @@ class Scaler:
         now = self.clock() if now is None else now
         if now - self._last_alive >= 1.0:
             self.client.set(alive_key(self.id), 1, ex=ALIVE_TTL)
+            if now - self._last_alive > ALIVE_TTL:  # first, or after an outage: others may not have renewed yet
+                self._steady_since = now
             self._last_alive = now
         self.guard(now)
         self.reap()
@@ -230,8 +233,12 @@ class Scaler:
         """Whether the worker that RQ names ``worker_name`` is gone.
 
         Ours: it is no longer among our workers. Another scaler's on this host (or one of an
-        earlier run): its process is gone. Another host's, or a name that is not a lambdalite
-        worker's (a plain RQ worker's, or a damaged one): its RQ worker key expired.
+        earlier run): its process is gone. Another host's: its RQ worker key expired, or its
+        scaler's liveness key did (the host's lease: a host that died or was cut off for
+        ``ALIVE_TTL`` seconds), judged only once this scaler has itself renewed its liveness for
+        that long without a gap, so that after a Redis outage every scaler has had its turn to
+        renew. A name that is not a lambdalite worker's (a plain RQ worker's, or a damaged one):
+        its RQ worker key expired.
         """
         owner = processes.parse_worker_name(worker_name)
         if owner is None:
@@ -241,7 +248,10 @@ class Scaler:
             return not any(pid in v.workers for v in self.views.values())
         if host == self.host:
             return not psutil.pid_exists(pid)
-        return not self.client.exists(f"rq:worker:{worker_name}")
+        if not self.client.exists(f"rq:worker:{worker_name}"):
+            return True
+        steady = self._last_alive - self._steady_since >= ALIVE_TTL and self.clock() - self._last_alive < ALIVE_TTL
+        return steady and not self.client.exists(alive_key(f"{host}.{sid}"))
 
     def observe(self, now: float) -> bool:
         """Read every worker's RQ state and job counts, and look for delayed events now due, in one
@@ -275,8 +285,8 @@ class Scaler:
         for fn, census in zip(functions, counts, strict=True):
             view = self.views[fn.name]
             queued, running, total = census.queued, census.running, census.workers
-            cap = fn.concurrency(self.settings.max_workers)
-            desired = max(fn.min_workers, min(queued + running, cap))
+            # across every host: this host's part is bounded by its own cap in grow()
+            desired = max(fn.min_workers, min(queued + running, slots.cluster_cap(fn)))
             active += desired > 0
             live = [p for p in view.workers.values() if not p.retiring]
             if desired > total:
