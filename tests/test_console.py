@@ -262,3 +262,20 @@ def test_the_sampler_writes_gauges_into_the_history(stack: str, project: Path, r
         hour = history.total(history.series(r, "ok", history.HOUR, time.time()))
         return hour.concurrency_max >= 0 and r.hlen(history.history_key("quiet")) > 0
     _wait(sampled, timeout=20, what="a gauge sample of a function that never ran")
+
+
+def test_metrics_carry_the_console_s_figures(stack: str, project: Path, redis_url: str) -> None:
+    assert invoke(redis_url, project, "ok", {}).ok
+    assert not invoke(redis_url, project, "fail", {}).ok
+    text = httpx.get(f"{stack}/metrics").text
+    assert 'lambdalite_outcomes_total{function="ok",outcome="succeeded"} 1.0' in text
+    assert 'lambdalite_outcomes_total{function="fail",outcome="failed"} 1.0' in text
+    assert 'lambdalite_dead_letters{function="fail"} 0.0' in text
+    assert 'lambdalite_concurrency_cap{function="ok"} 3.0' in text
+    assert 'lambdalite_success_ratio_last_hour{function="ok"} 1.0' in text
+    assert 'lambdalite_success_ratio_last_hour{function="fail"} 0.0' in text
+    assert 'lambdalite_duration_last_hour_seconds{function="ok",quantile="0.99"}' in text
+    assert 'lambdalite_workers_by_state{function="ok",state="idle"}' in text
+    assert 'lambdalite_next_schedule_tick_timestamp_seconds{function="quiet"}' in text
+    assert 'lambdalite_oldest_queued_age_seconds{function="ok"} 0.0' in text
+    assert 'lambdalite_event_age_last_minute_seconds{function="ok"}' in text
