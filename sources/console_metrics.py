@@ -9,16 +9,13 @@ of the history's last hour and minute, and the next schedule tick.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from broker import history
 from broker.connection import TRANSIENT
-from broker.history import HOUR
 from broker.stats import COUNTERS
 from sources.console_data import Console, overview
 
@@ -34,7 +31,6 @@ class ConsoleCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         try:
             rows = overview(self.console)["functions"]
-            hours = history.series_many(self.console.client, list(rows), HOUR, time.time())
         except TRANSIENT as e:  # lambdalite_redis_up says so
             log.warning("metrics: redis unreachable: %s", e)
             return
@@ -73,7 +69,7 @@ class ConsoleCollector(Collector):
                     duration.add_metric([name, quantile], row[key] / 1000)
             if row["success_rate"] is not None:
                 success.add_metric([name], row["success_rate"] / 100)
-            age.add_metric([name], hours[name][-1].age_max / 1000)
+            age.add_metric([name], row["age_minute_ms"] / 1000)
             if row["next_tick"]:
                 at = datetime.strptime(row["next_tick"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
                 tick.add_metric([name], at.timestamp())
