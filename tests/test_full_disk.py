@@ -10,7 +10,6 @@ The disks are real (a small tmpfs, see ``diskkit``); so are every process and th
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -309,11 +308,13 @@ def test_an_invocation_without_room_for_its_tmpdir_fails_alone_and_its_worker_ca
             queued = publish(redis_url, project, "echo", {"n": 1})
             wait_until(lambda: status(project)["echo"]["retried"] == 1, "the asynchronous event's first failure")
             tmp.free()
-            outcome = results.wait(redis.Redis.from_url(redis_url), queued.id, 30)
+            outcome = results.wait(connect(redis_url), queued.id, 30)
             assert outcome is not None and outcome.ok and outcome.attempts == 2, outcome
             assert invoke(redis_url, project, "echo").ok
             assert workers_of(scaler) == workers, "the same worker served every invocation"
-            assert [p for p in os.listdir(tmp.folder) if p.startswith("lambdalite-")] == [], "no TMPDIR left"
+            left = [p for p in tmp.folder.glob("lambdalite-*/tmp/*")] + [
+                p for p in tmp.folder.iterdir() if p.name.startswith("lambdalite-") and ".env-" not in p.name]
+            assert left == [], "no TMPDIR left"
     finally:
         tmp.close()
     out = scaler.output()

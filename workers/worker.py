@@ -47,6 +47,10 @@ from workers.watchdog import Slot
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY = 5  # seconds between an idle worker's heartbeats (a job's start sends one too)
+# An invocation that lasted this long may have outlived its host's lease (the scaler's liveness key,
+# renewed every second, 3 s to live: workers.scaler), had the host been cut off from Redis; its end
+# is recorded only if the job is still this worker's (see FunctionWorker.finish).
+FENCE_AFTER = 1.0
 T = TypeVar("T")
 
 
@@ -87,6 +91,7 @@ class FunctionWorker(SimpleWorker):
         self.ran: Any = None  # the invocation whose outcome finish() records (its lines and cost go too)
         self.age_ms = 0.0  # the age of its event when it was taken, for the history (broker.history)
         self._last_beat = 0.0
+        self._taken_at = 0.0  # when the current job was taken (time.monotonic())
         self.parent = os.getppid()
         self.slot = slot  # the scaler's marks of the control signals it sent (see workers.watchdog)
 
@@ -164,6 +169,7 @@ class FunctionWorker(SimpleWorker):
             return False
         if raw is None and started is None:
             return False
+        self._taken_at = time.monotonic()
         self.runtime.prepare_tmpdir()  # made by the sandbox while this process reads the job
         taken = self.hold(lambda: self.take(queue, raw, started), "starting a job")
         if taken is not None:
@@ -363,8 +369,13 @@ class FunctionWorker(SimpleWorker):
         Redis takes it: the outcome is never dropped)."""
         job.ended_at = now()
         worked = job.ended_at - (job.started_at or job.ended_at)
+        fenced = time.monotonic() - self._taken_at >= FENCE_AFTER
 
         def transaction() -> str:
+            if fenced and not self.still_ours(job, execution):
+                log.warning("worker %s: job %s was taken over while this host's lease ran out (cut off from "
+                            "Redis); its outcome is dropped, its event runs again elsewhere", self.name, job.id)
+                return ""
             with recorded(self.connection) as pipe:  # run by transact(): the hot path's one write
                 quarantine.guard(pipe, self.rq_keys(job))
                 if failure is None:
@@ -403,6 +414,13 @@ class FunctionWorker(SimpleWorker):
         line = self.hold(transaction, f"recording the outcome of job {job.id}")
         if line:
             log.info("%s", line)
+
+    def still_ours(self, job: Job, execution: Any) -> bool:
+        """Whether this worker still holds ``job``: its execution is in the started registry, from
+        which another host's scaler removes it when it takes the job over (see
+        :mod:`workers.recovery`)."""
+        member = f"{job.id}:{execution.id}"
+        return self.connection.zscore(job.started_job_registry.key, member) is not None
 
     def accept(self, job: Job) -> Event:
         """The job's event, or :class:`Refused` without importing anything the job names."""
