@@ -95,15 +95,18 @@ def code_files(registry: Registry) -> dict[str, list[Path]]:
     A Python handler's: its module (a package: its folder) and the rest of its top-level package,
     less the other functions' own handler modules (so an edit of one handler restarts only its
     function's workers, and an edit of a shared module every function that may import it). A
-    command's: each argument that names a file. Code from elsewhere (an installed package) is not
-    watched.
+    command's: each argument that names a file. A provided runtime's: its ``bootstrap``. Code from
+    elsewhere (an installed package) is not watched.
     """
     root = registry.path.resolve().parent
     owns: dict[str, Path] = {}
     shared: dict[str, list[Path]] = {}
     out: dict[str, list[Path]] = {}
     for fn in registry:
-        if fn.handler is not None:
+        if fn.provided:  # a runtime: its bootstrap (what the runtime loads besides is its own affair)
+            boot = fn.bootstrap_path(registry.path)
+            out[fn.name] = [boot] if boot.is_file() else []
+        elif fn.handler is not None:
             own, folders = _module_files(root, fn.handler.rpartition(".")[0])
             if own is not None:
                 owns[fn.name] = own
@@ -148,7 +151,9 @@ def watched(registry: Registry) -> list[tuple[Path, bool]]:
     folders: dict[Path, bool] = {registry.path.resolve().parent: False}
     root = registry.path.resolve().parent
     for fn in registry:
-        if fn.handler is not None:
+        if fn.provided:
+            folders.setdefault(fn.bootstrap_path(registry.path).parent, False)
+        elif fn.handler is not None:
             _own, shared = _module_files(root, fn.handler.rpartition(".")[0])
             for folder in shared:
                 if folder.is_dir():

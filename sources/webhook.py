@@ -51,6 +51,7 @@ from sources.bodies import read_body
 from sources.callers import Callers, is_loopback
 from sources.console import ConsoleApp
 from sources.console_data import Console
+from sources.console_metrics import ConsoleCollector
 from sources.http_triggers import WebhookRoute, message, starlette_path
 from sources.intake import Intake
 from sources.metrics import CONTENT_TYPE, HttpMetrics
@@ -212,6 +213,7 @@ def create_app(
     reader = _store_client(redis_dsn, socket_timeout=5)  # the console's own: never behind the Invoke API
     console = ConsoleApp(Console(registry, reader, max_workers or current_settings().max_workers, schedule_clock),
                          Publisher(reader, registry), guard, is_loopback(host), source.metrics.throttled)
+    source.metrics.registry.register(ConsoleCollector(console.console))
 
     async def openapi_json(request: Request) -> Response:
         return Response(spec[0], media_type="application/json")
