@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import redis
+from rq.queue import Queue
 from rq.registry import StartedJobRegistry
 
 from broker import quarantine
-from broker.queues import function_queue
+from broker.queues import queue_name
 from broker.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -52,27 +54,20 @@ def status(client: redis.Redis, registry: Registry | Iterable[str]) -> dict[str,
     """
     out: dict[str, Any] = {}
     names = [fn.name for fn in registry] if isinstance(registry, Registry) else list(registry)
-    kinds = []
-    with client.pipeline(transaction=False) as pipe:  # one round trip for every function
-        for function in names:
-            queue = function_queue(client, function)
-            started = StartedJobRegistry(queue=queue)
-            keys = {queue.key: "list", started.key: "zset", stats_key(function): "hash", scaler_key(function): "hash"}
-            kinds.append(keys)
-            pipe.llen(queue.key)
-            pipe.zcard(started.key)
-            pipe.hgetall(stats_key(function))
-            pipe.hgetall(scaler_key(function))
-        replies = pipe.execute(raise_on_error=False)
+    keys: list[str] = []
+    for function in names:
+        keys += [*_rq_keys(function), stats_key(function), scaler_key(function)]
+    replies = _read_all(client, keys) if keys else []
     rows = {}
-    for i, (function, keys) in enumerate(zip(names, kinds, strict=True)):
+    for i, function in enumerate(names):
         values: list[Any] = []
-        for (key, kind), reply, empty in zip(keys.items(), replies[4 * i:4 * i + 4], (0, 0, {}, {}), strict=True):
-            if isinstance(reply, Exception):
-                if not quarantine.wrong_type(reply):
-                    raise reply
+        for key, kind, reply, empty in zip(keys[4 * i:4 * i + 4], _KINDS, replies[4 * i:4 * i + 4], (0, 0, {}, {}),
+                                           strict=True):
+            if reply is None:  # a key of another type
                 log.warning("%s; counted as empty", quarantine.describe(client, key, kind))
                 reply = empty
+            elif kind == "hash":
+                reply = dict(zip(reply[0::2], reply[1::2], strict=True))
             values.append(reply)
         rows[function] = values
     alive = _alive(client, [i.decode(errors="replace") for v in rows.values() for i in v[3]])
@@ -92,6 +87,37 @@ def status(client: redis.Redis, registry: Registry | Iterable[str]) -> dict[str,
         row["last_decision"] = max(decisions, key=lambda d: d["at"]) if decisions else None
         out[function] = row
     return {"functions": out}
+
+
+_KINDS = ("list", "zset", "hash", "hash")
+
+
+@functools.lru_cache(maxsize=4096)
+def _rq_keys(function: str) -> tuple[str, str]:
+    """The function's queue and started-registry keys, as RQ names them (made once: an RQ Queue
+    object costs more to build than the read)."""
+    name = queue_name(function)
+    return Queue.redis_queue_namespace_prefix + name, StartedJobRegistry.key_template.format(name)
+
+# KEYS: per function its queue (list), started registry (zset), counters and scaler views (hashes).
+# Returns per key LLEN, ZCARD or HGETALL's flat list; false (nil) for a key of another type. One
+# command however many functions: read-only, so it may run on a replica too.
+_READ = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local kind = ({'list', 'zset', 'hash', 'hash'})[(i - 1) % 4 + 1]
+  local found = redis.call('TYPE', key).ok
+  if found ~= 'none' and found ~= kind then out[i] = false
+  elseif kind == 'list' then out[i] = redis.call('LLEN', key)
+  elseif kind == 'zset' then out[i] = redis.call('ZCARD', key)
+  else out[i] = redis.call('HGETALL', key) end
+end
+return out
+"""
+
+
+def _read_all(client: redis.Redis, keys: list[str]) -> list[Any]:
+    return cast("list[Any]", client.eval(_READ, len(keys), *keys))
 
 
 def _alive(client: redis.Redis, ids: list[str]) -> set[str]:

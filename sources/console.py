@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -39,6 +40,7 @@ from broker import deadletter, logstore
 from broker.connection import TRANSIENT
 from broker.errors import UnknownFunctionError
 from broker.queues import Publisher
+from sources import console_render as render
 from sources.callers import Callers
 from sources.console_data import Console, function_page, overview
 from sources.console_live import Hub
@@ -50,35 +52,10 @@ PAGE_SIZE = 50
 FORM_BYTES = 64 * 1024
 
 
-def _fmt_ms(v: Any) -> str:
-    if v is None:
-        return "-"
-    return f"{v:,.0f} ms" if v >= 10 else f"{v:.1f} ms"
-
-
-def _fmt_usd(v: float) -> str:
-    return f"${v:.6f}" if v < 1 else f"${v:,.2f}"
-
-
-def _fmt_pct(v: Any) -> str:
-    return "-" if v is None else f"{v:.1f} %"
-
-
-def _fmt_age(v: Any) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.1f} s" if v < 120 else f"{v / 60:.0f} min"
-
-
-def _fmt_time(v: float) -> str:
-    import time
-
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v))
-
-
 def templates() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "console_templates"), autoescape=select_autoescape(["html"]))
-    env.filters.update(ms=_fmt_ms, usd=_fmt_usd, pct=_fmt_pct, age=_fmt_age, when=_fmt_time)
+    env.filters.update(ms=render.ms, usd=render.usd, pct=render.pct, age=render.age, when=render.when,
+                       count=render.count)
     env.filters["json"] = lambda v: orjson.dumps(v).decode().replace("</", "<\\/")
     return env
 
@@ -207,7 +184,7 @@ class ConsoleApp:
     async def overview_page(self, request: Request) -> Response:
         async def make() -> Response:
             data = await self.read(lambda: overview(self.console))
-            return self._render("overview.html", data=data)
+            return self._render("overview.html", data=data, rows=Markup(render.overview_rows(data["functions"])))
         return await self._guarded(request, make)
 
     async def overview_data(self, request: Request) -> Response:
@@ -292,6 +269,7 @@ class ConsoleApp:
 
         async def make() -> Response:
             n = await self.read(run)
+            self.console.forget(name)
             verb = "replayed" if action == "replay" else "purged"
             log.info("console: %s %d dead letter(s) of %s", verb, n, name)
             return RedirectResponse(f"/console/functions/{name}/dead-letters?done={verb}+{n}", 303)

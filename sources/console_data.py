@@ -42,6 +42,11 @@ class Console:
     max_workers: int
     schedule_clock: Any = time.time
     decisions: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
+    cache: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = field(default_factory=dict)
+
+    def forget(self, function: str) -> None:
+        """Read the function's figures afresh next time (its dead letters were replayed or purged)."""
+        self.cache.pop(function, None)
 
     def remember(self, function: str, decision: dict[str, Any] | None) -> None:
         if decision is None:
@@ -84,40 +89,45 @@ def _dead_letters(client: redis.Redis, names: list[str]) -> dict[str, int]:
     return {n: (r if isinstance(r, int) else 0) for n, r in zip(names, replies, strict=True)}
 
 
-def _figures(hour: list[Bucket]) -> dict[str, Any]:
-    """What the overview shows of a function's last hour."""
-    now, whole = hour[-1], history.total(hour)
+def _figures(minute: Bucket, whole: Bucket) -> dict[str, Any]:
+    """What the overview shows of a function's current minute and last hour."""
     return {
-        "invocations_minute": now.invocations, "errors_minute": now.errors,
+        "invocations_minute": minute.invocations, "errors_minute": minute.errors,
         "invocations_hour": whole.invocations, "errors_hour": whole.errors,
         "success_rate": whole.success_rate, "p50_ms": history.percentile(whole, 0.5),
         "p99_ms": history.percentile(whole, 0.99), "max_ms": whole.duration_max if whole.invocations else None,
-        "throttles_hour": whole.throttles,
+        "throttles_hour": whole.throttles, "age_minute_ms": minute.age_max,
     }
 
 
-def overview(console: Console, now: float | None = None) -> dict[str, Any]:
-    """``{"at": now, "functions": {name: {...}}, "totals": {...}}``; each row holds the fields of
-    ``lambdalite status --json`` and the console's own."""
-    now = time.time() if now is None else now
+REFRESH = 10.0  # seconds after which a function's figures are read again even if its counts did not move
+
+
+def _signature(row: dict[str, Any], now: float) -> tuple[Any, ...]:
+    """What tells that a function's other figures may have changed: its counts, the minute, and
+    every :data:`REFRESH` seconds (for what time alone moves: the oldest event's age, the hour)."""
+    return (row["queued"], row["running"], row["workers"], *(row[c] for c in stats.COUNTERS),
+            int(now // 60), int(now // REFRESH))
+
+
+def _others(console: Console, rows: dict[str, dict[str, Any]], names: list[str], now: float) -> None:
+    """The figures beside the counts, for ``names``, into ``console.cache``."""
     client = console.client
-    names = list(console.registry.functions)
-    rows: dict[str, dict[str, Any]] = stats.status(client, names)["functions"]
-    hours = history.series_many(client, names, HOUR, now)
+    hours = history.last_hour(client, names, now)
     oldest = _oldest_ages(client, names, {n: rows[n]["queued"] for n in names}, now)
     dead_now = _dead_letters(client, names)
     usage = cost.usage(client, names)
     ticks: dict[str, list[float | None]] = {}
+    wanted = set(names)
     for schedule, tick in schedules.next_ticks(console.registry, console.schedule_clock()):
-        ticks.setdefault(schedule.function.name, []).append(tick)
+        if schedule.function.name in wanted:
+            ticks.setdefault(schedule.function.name, []).append(tick)
     for name in names:
-        row = rows[name]
         fn = console.registry.get(name)
-        console.remember(name, row["last_decision"])
         priced = cost.price(usage[name])
         upcoming = [t for t in ticks.get(name, []) if t is not None]
-        row.update(_figures(hours[name]))
-        row.update({
+        figures = _figures(*hours[name])
+        figures.update({
             "cap": fn.concurrency(console.max_workers),
             "oldest_age_s": oldest.get(name),
             "dead_letters": dead_now[name],
@@ -125,6 +135,25 @@ def overview(console: Console, now: float | None = None) -> dict[str, Any]:
             "has_schedule": name in ticks,
             "cost_usd": priced["usd"], "gb_seconds": priced["gb_seconds"], "requests": priced["requests"],
         })
+        console.cache[name] = (_signature(rows[name], now), figures)
+
+
+def overview(console: Console, now: float | None = None, names: list[str] | None = None) -> dict[str, Any]:
+    """``{"at": now, "functions": {name: {...}}}`` for every function (or these ``names``); each row
+    holds the fields of ``lambdalite status --json`` and the console's own. The counts are read
+    each time (one round trip); the rest only for the functions whose counts moved since the last
+    call (or not within :data:`REFRESH` s), so a call costs little more than ``status`` when few
+    functions are busy."""
+    now = time.time() if now is None else now
+    names = list(console.registry.functions) if names is None else names
+    rows: dict[str, dict[str, Any]] = stats.status(console.client, names)["functions"]
+    stale = [n for n in names if console.cache.get(n, ((),))[0] != _signature(rows[n], now)]
+    if stale:
+        _others(console, rows, stale, now)
+    for name in names:
+        row = rows[name]
+        console.remember(name, row["last_decision"])
+        row.update(console.cache[name][1])
     return {"at": now, "functions": rows}
 
 
@@ -192,8 +221,7 @@ def function_page(console: Console, name: str, now: float | None = None, day: bo
     and scaler decisions."""
     now = time.time() if now is None else now
     fn = console.registry.get(name)
-    one = Console(console.registry, console.client, console.max_workers, console.schedule_clock, console.decisions)
-    row = _overview_row(one, name, now)
+    row = overview(console, now, [name])["functions"][name]
     out: dict[str, Any] = {
         "at": now, "function": name, "row": row,
         "hour": _series(history.series(console.client, name, HOUR, now)),
@@ -204,10 +232,3 @@ def function_page(console: Console, name: str, now: float | None = None, day: bo
     if day:
         out["day"] = _series(history.series(console.client, name, DAY, now))
     return out
-
-
-def _overview_row(console: Console, name: str, now: float) -> dict[str, Any]:
-    sub = Registry({name: console.registry.get(name)}, console.registry.path)
-    rows = overview(Console(sub, console.client, console.max_workers, console.schedule_clock, console.decisions),
-                    now)
-    return rows["functions"][name]  # type: ignore[no-any-return]

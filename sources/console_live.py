@@ -42,6 +42,8 @@ class Hub:
         self.throttles = throttles or dict
         self.subscribers: dict[str | None, set[asyncio.Queue[bytes]]] = {}
         self._last: dict[str | None, bytes] = {}
+        self._rows: dict[str, bytes] = {}  # each overview row as last pushed
+        self._fresh: set[asyncio.Queue[bytes]] = set()  # overview pages that get every row next
         self._day_at: dict[str, float] = {}
         self._counted: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
@@ -53,6 +55,8 @@ class Hub:
         queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1)
         self.subscribers.setdefault(name, set()).add(queue)
         self._last.pop(name, None)  # the new page gets the figures at once
+        if name is None:
+            self._fresh.add(queue)
         self._day_at.pop(name or "", None)
         self._wake.set()
         return queue
@@ -60,6 +64,7 @@ class Hub:
     def unsubscribe(self, name: str | None, queue: asyncio.Queue[bytes]) -> None:
         watching = self.subscribers.get(name, set())
         watching.discard(queue)
+        self._fresh.discard(queue)
         if not watching:
             self.subscribers.pop(name, None)
 
@@ -98,7 +103,7 @@ class Hub:
             data = await self.read(lambda: overview(self.console, now))
             rows = data["functions"]
             if None in self.subscribers:
-                self._push(None, data)
+                self._push_overview(data)
         for name in [n for n in self.subscribers if n is not None]:
             day = now - self._day_at.get(name, 0.0) >= DAY_EVERY
             page = await self.read(functools.partial(function_page, self.console, name, now, day=day))
@@ -124,13 +129,36 @@ class Hub:
                     queue.get_nowait()
             queue.put_nowait(message)
 
+    def _push_overview(self, data: dict[str, Any]) -> None:
+        """Each overview page gets the rows that changed since the last push (a new page, or one
+        too slow to take the last message, gets them all)."""
+        changed = {}
+        for name, row in data["functions"].items():
+            body = orjson.dumps(row)
+            if self._rows.get(name) != body:
+                self._rows[name] = body
+                changed[name] = row
+        everything = orjson.dumps(data)
+        some = orjson.dumps({"at": data["at"], "functions": changed}) if changed else None
+        for queue in list(self.subscribers.get(None, ())):
+            if queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+                self._fresh.add(queue)
+            if queue in self._fresh:
+                queue.put_nowait(everything)
+                self._fresh.discard(queue)
+            elif some is not None:
+                queue.put_nowait(some)
+
     def _sample(self, rows: dict[str, Any], now: float) -> None:
         counted = self.throttles()
         with self.console.client.pipeline(transaction=False) as pipe:
             for name, row in rows.items():
                 new = counted.get(name, 0) - self._counted.get(name, 0)
-                oldest = row.get("oldest_age_s")
-                history.sample(pipe, name, now, row["running"], row["queued"],
-                               oldest * 1000 if oldest is not None else 0, max(0, new))
-            pipe.execute()
+                oldest = row.get("oldest_age_s") or 0.0
+                if row["running"] or row["queued"] or new > 0:  # zeros change no bucket: nothing to write
+                    history.sample(pipe, name, now, row["running"], row["queued"], oldest * 1000, max(0, new))
+            if pipe.command_stack:
+                pipe.execute()
         self._counted = counted

@@ -36,11 +36,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from broker import environment, schedules, stacklock
-from broker.connection import COMMAND_TIMEOUT, TRANSIENT, Parser, client_for
+from broker import environment, revision, schedules, stacklock
+from broker.connection import COMMAND_TIMEOUT, TRANSIENT, Parser, client_for, connect
 from broker.errors import CallerAuthError, ConfigError, LambdaliteError, PayloadTooLargeError
 from broker.queues import Publisher
 from broker.registry import Registry, load_registry
@@ -51,6 +51,7 @@ from sources.bodies import read_body
 from sources.callers import Callers, is_loopback
 from sources.console import ConsoleApp
 from sources.console_data import Console
+from sources.console_metrics import ConsoleCollector
 from sources.http_triggers import WebhookRoute, message, starlette_path
 from sources.intake import Intake
 from sources.metrics import CONTENT_TYPE, HttpMetrics
@@ -129,10 +130,23 @@ class App:
     Lambda's API to :func:`lambda_api.answer`, everything else (and the lifespan) to the Starlette
     app of the other routes."""
 
-    def __init__(self, routes: Starlette, source: HttpSource, guarded: tuple[str, ...] = ()) -> None:
+    def __init__(self, routes: Starlette, source: HttpSource, guarded: tuple[str, ...] = (),
+                 follow: Callable[[Registry], None] | None = None) -> None:
         self.routes = routes
         self.source = source
         self.guarded = guarded  # paths behind the caller check (beyond loopback: /metrics, /openapi.json)
+        self._follow = follow
+
+    def follow(self, registry: Registry) -> None:
+        """Serve ``registry`` (a new revision) from now on: its functions for the Invoke API, its
+        routes and its OpenAPI document, each swapped in one assignment. Routes this server refuses
+        (see :func:`webhook_routes`) leave everything as it was, with one log line."""
+        if self._follow is not None:
+            try:
+                self._follow(registry)
+            except ConfigError as e:
+                number = registry.revision.number if registry.revision is not None else 0
+                log.error("revision %d not served: %s (the routes and functions before it stay)", number, e)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -192,16 +206,20 @@ def create_app(
     guard = callers.guard(host, token, access_keys, clock)
     client = _store_client(redis_dsn, socket_timeout=5)
     waiter = _store_client(redis_dsn, socket_timeout=COMMAND_TIMEOUT)  # its reads block BLOCK_SLICE at most
-    intake = Intake(Publisher(client, registry), waiter, Transactor(redis_dsn, timeout=5))
+    replicas = current_settings()
+    intake = Intake(Publisher(client, registry), waiter,
+                    Transactor(redis_dsn, timeout=5, wait_replicas=replicas.redis_wait_replicas,
+                               wait_timeout=replicas.redis_wait_timeout))
     source = HttpSource(registry, intake, HttpMetrics(client, registry),
                         client, guard, sync_margin, region or environment.region())
-    spec = json.dumps(openapi.document(registry)).encode()
+    spec = [json.dumps(openapi.document(registry)).encode()]
     reader = _store_client(redis_dsn, socket_timeout=5)  # the console's own: never behind the Invoke API
     console = ConsoleApp(Console(registry, reader, max_workers or current_settings().max_workers, schedule_clock),
                          Publisher(reader, registry), guard, is_loopback(host), source.metrics.throttled)
+    source.metrics.registry.register(ConsoleCollector(console.console))
 
     async def openapi_json(request: Request) -> Response:
-        return Response(spec, media_type="application/json")
+        return Response(spec[0], media_type="application/json")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -222,17 +240,27 @@ def create_app(
             return message(405, "Method Not Allowed")
         return message(404, "Not Found")
 
-    routes = [
-        *(Route(starlette_path(r.trigger.path), r.handle, methods=list(r.trigger.methods)) for r in triggers),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/openapi.json", openapi_json, methods=["GET"]),
-        Route("/console", lambda request: RedirectResponse("/console/", 308), methods=["GET"]),
-        Mount("/console", app=console),
-    ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
+    def routes(triggers: list[WebhookRoute]) -> list[BaseRoute]:
+        return [
+            *(Route(starlette_path(r.trigger.path), r.handle, methods=list(r.trigger.methods)) for r in triggers),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", openapi_json, methods=["GET"]),
+            Route("/console", lambda request: RedirectResponse("/console/", 308), methods=["GET"]),
+            Mount("/console", app=console),
+        ]
+
+    app = Starlette(routes=routes(triggers), lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
     app.state.source = source
-    return App(app, source, () if is_loopback(host) else ("/metrics", "/openapi.json"))
+
+    def follow(new: Registry) -> None:
+        new_routes = routes(webhook_routes(new, host, clock))  # raises ConfigError
+        new_spec = json.dumps(openapi.document(new)).encode()
+        registry.replace(new)  # the Invoke API, the publisher and the metrics hold this object
+        app.router.routes = new_routes
+        spec[0] = new_spec
+
+    return App(app, source, () if is_loopback(host) else ("/metrics", "/openapi.json"), follow)
 
 
 def server_config(app: Any, settings: Settings, **options: Any) -> Any:
@@ -271,7 +299,12 @@ def main() -> None:
     count = sum(1 for _ in registry.triggers("http"))
     log.info("serving the Invoke API and %d webhook route(s) on http://%s:%d",
              count, settings.http_host, settings.http_port)
-    uvicorn.Server(server_config(app, settings)).run()
+    follower = revision.Follower(connect(settings.redis_dsn), settings.config, app.follow, name="webhook-revision")
+    follower.start()
+    try:
+        uvicorn.Server(server_config(app, settings)).run()
+    finally:
+        follower.stop(timeout=0.1)  # a daemon thread: it ends with the process
 
 
 if __name__ == "__main__":

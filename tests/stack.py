@@ -84,6 +84,31 @@ class FilesProcess:
         return self.log.read_text()
 
 
+class WebhookProcess:
+    """``python -m sources.webhook`` in a project folder on a free loopback port, stopped by SIGTERM."""
+
+    def __init__(self, project: Path, **settings: str) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = project / f"webhook-{time.monotonic_ns()}.log"
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "sources.webhook"], cwd=project,
+                                         env=env(LAMBDALITE_HTTP_PORT=str(self.port), **settings),
+                                         stdout=out, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(10)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
 def publish(url: str, project: Path, function: str, payload: Any, sync: bool = False) -> Event:
     client = redis.Redis.from_url(url)
     registry = load_registry(project / "lambdalite.toml")

@@ -25,6 +25,7 @@ from broker import deadletter
 from broker.registry import load_registry
 from sources.webhook import create_app
 
+SUCCEEDED = "document.querySelector('tr[data-function=\"ok\"] [data-k=\"succeeded\"]').textContent === '{}'"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 
 
@@ -68,7 +69,7 @@ def stack(project: Path, redis_url: str) -> Iterator[str]:
 
 
 def _cell(page: Any, function: str, key: str) -> str:
-    return str(page.locator(f'[data-f="{function}"][data-k="{key}"]').first.text_content()).strip()
+    return str(page.locator(f'tr[data-function="{function}"] [data-k="{key}"]').first.text_content()).strip()
 
 
 def _live(page: Any) -> None:
@@ -104,12 +105,10 @@ def test_an_invocation_shows_up_on_the_open_page_within_2_s_without_a_reload(
     page.goto(f"{stack}/console/")
     _live(page)
     page.evaluate("window.__sameDocument = true")
-    page.wait_for_function("document.querySelector('[data-f=\"ok\"][data-k=\"succeeded\"]').textContent === '1'",
-                           timeout=5_000)
+    page.wait_for_function(SUCCEEDED.format(1), timeout=5_000)
     assert invoke(redis_url, project, "ok", {}).ok  # its outcome is in Redis now
     started = time.monotonic()
-    page.wait_for_function("document.querySelector('[data-f=\"ok\"][data-k=\"succeeded\"]').textContent === '2'",
-                           timeout=2_000)
+    page.wait_for_function(SUCCEEDED.format(2), timeout=2_000)
     print(f"overview showed it {time.monotonic() - started:.2f} s after the outcome was recorded")
     assert page.evaluate("window.__sameDocument") is True, "the page was not reloaded"
 

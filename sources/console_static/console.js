@@ -9,16 +9,27 @@
     usd: (v) => (v == null ? "-" : v < 1 ? "$" + v.toFixed(6) : "$" + v.toFixed(2)),
     text: (v) => (v == null ? "-" : String(v)),
   };
+  const FORMAT = {  // each figure's format, as sources/console_render.py writes it
+    success_rate: "pct", p50_ms: "ms", p99_ms: "ms", max_ms: "ms", oldest_age_s: "age", next_tick: "text",
+    "cost_usd.x86_64": "usd", "cost_usd.arm64": "usd",
+  };
   const when = (s) => {
     const d = new Date(s * 1000), p = (n) => String(n).padStart(2, "0");
     return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
   };
   const pick = (row, path) => path.split(".").reduce((o, k) => (o == null ? o : o[k]), row);
 
+  let cells = null;  // function name -> its elements that show a figure
+
   function fill(name, row) {
-    for (const el of document.querySelectorAll("[data-f]")) {
-      if (el.dataset.f !== name) continue;
-      const text = (fmt[el.dataset.fmt] || fmt.text)(pick(row, el.dataset.k));
+    if (!cells) {
+      cells = new Map();
+      for (const box of document.querySelectorAll("[data-function]")) {
+        cells.set(box.dataset.function, Array.from(box.querySelectorAll("[data-k]")));
+      }
+    }
+    for (const el of cells.get(name) || []) {
+      const text = fmt[FORMAT[el.dataset.k] || "int"](pick(row, el.dataset.k));
       if (el.textContent !== text) el.textContent = text;
     }
   }
