@@ -9,9 +9,12 @@ hostile bootstraps.
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import shutil
 import stat
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -367,3 +370,45 @@ def test_lambdalite_check_wants_an_executable_bootstrap(project: Path) -> None:
     assert done.returncode == 0, done.stderr
     fn = load_registry(project / "lambdalite.toml").get("f")
     assert fn.provided and not fn.python and fn.bootstrap_path(project / "lambdalite.toml") == project / "rt" / "boot"
+
+
+WHOAMI = r'''#!/bin/bash
+set -euo pipefail
+API="http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime/invocation"
+while true
+do
+  HEADERS="$(mktemp)"
+  curl -sS -o /dev/null -D "$HEADERS" "$API/next"
+  REQUEST_ID=$(grep -Fi Lambda-Runtime-Aws-Request-Id "$HEADERS" | tr -d '[:space:]' | cut -d: -f2)
+  curl -sS -o /dev/null "$API/$REQUEST_ID/response" -d "{\"uid\": $(id -u), \"pid\": $$, \"tmp\": \"$HEADERS\"}"
+done
+'''
+
+
+def test_a_runtime_runs_as_the_sandbox_user(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root, the stack's default: the runtime runs as nobody, in its private /tmp (a project
+    folder the sandbox user may read: pytest's own temp root is 0700)."""
+    if os.geteuid() != 0:
+        pytest.skip("the switch to the sandbox user needs a stack running as root")
+    folder = Path(tempfile.mkdtemp(prefix="ll-runtime-api-"))
+    try:
+        folder.chmod(0o755)
+        (folder / "buckets").mkdir()
+        _tutorial(folder)
+        _script(folder / "whoami", WHOAMI)
+        (folder / "lambdalite.toml").write_text(
+            '[functions.tutorial]\nruntime = "provided"\nhandler = "function.handler"\nbootstrap = "bootstrap"\n'
+            '[functions.whoami]\nruntime = "provided"\nbootstrap = "whoami"\n')
+        monkeypatch.chdir(folder)
+        with Scaler(folder, LAMBDALITE_SANDBOX_USER="nobody") as scaler:
+            _, out = _invoke(redis_url, folder, "tutorial", {"text": "Hello"})
+            assert out.ok and out.result == "Echoing request: '{\"text\":\"Hello\"}'", (out, scaler.output())
+            _, first = _invoke(redis_url, folder, "whoami", {})
+            _, second = _invoke(redis_url, folder, "whoami", {})
+            assert first.ok and second.ok, (first, second, scaler.output())
+            assert first.result["uid"] == pwd.getpwnam("nobody").pw_uid
+            assert first.result["pid"] == second.result["pid"], "warm as the sandbox user too"
+            assert first.result["tmp"].startswith("/tmp/tmp.")
+            assert not Path(first.result["tmp"]).exists(), "its /tmp is its own, not the machine's"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

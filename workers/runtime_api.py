@@ -23,6 +23,7 @@ import json
 import os
 import re
 import signal
+import socketserver
 import subprocess
 import threading
 import time
@@ -139,6 +140,13 @@ class RuntimeAPI:
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     api: RuntimeAPI
+
+    def server_bind(self) -> None:
+        # HTTPServer's own looks its address up by name (socket.getfqdn), which a sandbox that switched
+        # users may not be able to do (the codec it imports can lie beyond the sandbox user's reach).
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
