@@ -412,3 +412,31 @@ def test_a_runtime_runs_as_the_sandbox_user(redis_url: str, monkeypatch: pytest.
             assert not Path(first.result["tmp"]).exists(), "its /tmp is its own, not the machine's"
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+NODE_HANDLER = """let count = 0;
+export const handler = async (event, context) =>
+  ({ count: ++count, pid: process.pid, event, id: context.awsRequestId });
+"""
+
+
+@pytest.mark.timeout(180)
+def test_nodes_aws_lambda_ric_runs_a_handler_warm(project: Path, redis_url: str) -> None:
+    """Node.js's aws-lambda-ric, where it is built: its install compiles a native part and the curl
+    it bundles from source, which needs autoconf, automake, libtool and cmake (a fresh machine has
+    none of them). NODE_RIC_MODULES names a node_modules folder that holds a built aws-lambda-ric."""
+    modules = os.environ.get("NODE_RIC_MODULES")
+    if not modules or not (Path(modules) / ".bin" / "aws-lambda-ric").exists():
+        pytest.skip("no built aws-lambda-ric (NODE_RIC_MODULES); see docs/runtimes.md")
+    shutil.copytree(modules, project / "node_modules", symlinks=True)  # in the task root, as Lambda lays it out
+    (project / "app.mjs").write_text(NODE_HANDLER)
+    _script(project / "bootstrap", '#!/bin/sh\nexec ./node_modules/.bin/aws-lambda-ric "$_HANDLER"\n')
+    (project / "lambdalite.toml").write_text(
+        '[functions.node]\nruntime = "provided"\nhandler = "app.handler"\nbootstrap = "bootstrap"\ntimeout = 30\n')
+    with Scaler(project, LAMBDALITE_IDLE_TIMEOUT="60") as scaler:
+        first_id, first = _invoke(redis_url, project, "node", {"a": 1})
+        second_id, second = _invoke(redis_url, project, "node", {"a": 2})
+        assert first.ok and second.ok, (first, second, scaler.output())
+    assert (first.result["count"], second.result["count"]) == (1, 2), "module state lives on"
+    assert first.result["pid"] == second.result["pid"], "the same Node.js process serves both"
+    assert second.result == {"count": 2, "pid": first.result["pid"], "event": {"a": 2}, "id": second_id}

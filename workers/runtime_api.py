@@ -151,6 +151,7 @@ class _Server(http.server.ThreadingHTTPServer):
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: a runtime client reuses its connection
+    disable_nagle_algorithm = True  # headers and body go as two writes: no delayed-ACK wait between them
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
