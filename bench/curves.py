@@ -530,7 +530,10 @@ def main() -> None:
     for name in args.axes.split(","):
         if name not in runners:
             raise SystemExit(f"curves: unknown axis {name!r} (one of {', '.join(runners)})")
+        load = os.getloadavg()[0]
         axis = runners[name]()
+        axis.notes.append(f"the machine's load average: {load:.1f} before this axis, {os.getloadavg()[0]:.1f} after "
+                          f"({CORES} cores)")
         text = render(axis, sizes[name])
         print(f"\n## {name}\n\n{text}\n", flush=True)
         if plots is not None:

@@ -263,7 +263,7 @@ def main() -> None:
         client.close()
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
-    text = render(results, p, sizes, rounds)
+    text = render(results, p, sizes, rounds) + f" The machine's load average at the end: {os.getloadavg()[0]:.1f}."
     print("\n" + text)
     if args.write:
         write_section("performance.md", "peers", text, "nice -n 10 python bench/peers.py " + " ".join(sys.argv[1:]))
