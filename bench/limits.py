@@ -5,8 +5,9 @@ Prints, over N runs each (medians, p95 and max):
   dead and reaped (goal <= 100 ms);
 - memory breach: time from the handler's RSS crossing the limit until it is dead (goal <= 250 ms);
 - tmp-disk breach: time from the TMPDIR crossing the limit until it is dead (goal <= 250 ms);
-- per-invocation cost of the limits: a no-op handler through the sandboxed runtime vs. the same
-  handler called directly in the worker process (what RQ's SimpleWorker does), same run.
+- per-invocation cost of the limits: a no-op handler through the sandboxed runtime, with a TMPDIR
+  per invocation (the private /tmp off) and with the worker's private /tmp (the default), in turns,
+  vs. the same handler called directly in the worker process (what RQ's SimpleWorker does), same run.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # The limits as such, measured the way they were: handlers read the breach's mark from the machine's
 # temp folder, which a private /tmp would hide (and wipe with a broken sandbox). What the isolation
-# costs is bench/sandbox.py's figure.
+# costs is bench/sandbox.py's figure; the no-op's cost is measured here with it off and on.
 os.environ.setdefault("LAMBDALITE_SANDBOX_USER", "root")
 os.environ.setdefault("LAMBDALITE_PRIVATE_TMP", "0")
 
 from broker.registry import Function  # noqa: E402
+from broker.settings import load_settings  # noqa: E402
+from workers import isolation  # noqa: E402
 from workers.runtime import Runtime  # noqa: E402
 
 MARK = Path(tempfile.gettempdir()) / f"lambdalite-bench-{os.getpid()}.mark"
@@ -89,7 +92,7 @@ def runtime(name: str, handler, **limits) -> Runtime:
 def summary(label: str, samples: list[float], goal: str) -> None:
     s = sorted(samples)
     p95 = s[min(len(s) - 1, int(len(s) * 0.95))]
-    print(f"{label:<44} median {statistics.median(s):8.1f} ms   p95 {p95:8.1f} ms   max {s[-1]:8.1f} ms"
+    print(f"{label:<66} median {statistics.median(s):8.2f} ms   p95 {p95:8.2f} ms   max {s[-1]:8.2f} ms"
           f"   ({len(s)} runs; goal {goal})")
 
 
@@ -121,18 +124,29 @@ def after_breach(runs: int, name: str, handler, status: str, **limits) -> list[f
     return out
 
 
-def overhead(n: int) -> tuple[list[float], list[float]]:
-    rt = runtime("noop", noop)
-    rt.invoke("warm", {})
-    with_limits, direct = [], []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        rt.invoke("r", {})
-        with_limits.append((time.perf_counter() - t0) * 1000)
-        t0 = time.perf_counter()
-        noop({}, None)
-        direct.append((time.perf_counter() - t0) * 1000)
-    rt.close()
+TMP_SETUPS = {"a TMPDIR per invocation (private /tmp off)": False, "the worker's private /tmp (default)": True}
+
+
+def overhead(n: int, turns: int = 10) -> tuple[dict[str, list[float]], list[float]]:
+    """No-op invocations through a fresh runtime per turn, each set-up of TMP_SETUPS in turn (one
+    runtime at a time), beside the handler called directly."""
+    plans = {name: isolation.decide(load_settings(private_tmp=on)) for name, on in TMP_SETUPS.items()}
+    with_limits: dict[str, list[float]] = {name: [] for name in plans}
+    direct: list[float] = []
+    for _ in range(turns):
+        for name, plan in plans.items():
+            isolation.use(plan)
+            rt = runtime("noop", noop)
+            rt.invoke("warm", {})
+            for _ in range(max(1, n // turns)):
+                t0 = time.perf_counter()
+                rt.invoke("r", {})
+                with_limits[name].append((time.perf_counter() - t0) * 1000)
+                t0 = time.perf_counter()
+                noop({}, None)
+                direct.append((time.perf_counter() - t0) * 1000)
+            rt.close()
+    isolation.use(plans[next(iter(plans))])
     return with_limits, direct
 
 
@@ -147,10 +161,12 @@ def main() -> None:
     summary("tmp-disk breach (16 MB), dead after crossing",
             after_breach(args.runs, "hog_disk", hog_disk, "storage", ephemeral_storage=16), "<= 250 ms")
     with_limits, direct = overhead(max(200, args.runs * 10))
-    summary("no-op invocation with limits (sandbox)", with_limits, "small")
-    print(f"{'no-op handler called directly (reference)':<44} median {statistics.median(direct) * 1000:8.1f} µs")
-    print(f"cost of the limits per invocation: {statistics.median(with_limits) - statistics.median(direct):.3f} ms "
-          "(median, fork-free: the sandbox is reused)")
+    for name, samples in with_limits.items():
+        summary(f"no-op with limits, {name}", samples, "small")
+    print(f"{'no-op handler called directly (reference)':<66} median {statistics.median(direct) * 1000:8.1f} µs")
+    for name, samples in with_limits.items():
+        print(f"cost of the limits per invocation, {name}: "
+              f"{statistics.median(samples) - statistics.median(direct):.3f} ms (median, the sandbox reused)")
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def _quiet(line: str) -> None:
 def cold_and_warm(project: Path, plan: isolation.Plan, preimport: bool, calls: int,
                   cold: list[float], init: list[float], warm: list[float]) -> None:
     """One new execution environment: its first invocation, then ``calls`` warm ones."""
-    isolation._plan = plan
+    isolation.use(plan)
     fn = Function(name="noop", handler="noop.handler")
     handler = resolve_handler(fn, project / "lambdalite.toml") if preimport else None
     started = time.perf_counter()

@@ -1,7 +1,8 @@
 """Autoscaling figures beside plain RQ, in one run: ``python bench/scale.py [--quick]``.
 
 1. cold start: no worker -> handler running, vs. a new ``rq worker`` process starting an
-   already-queued job (goal: <= 0.15 x);
+   already-queued job (goal: <= 0.15 x); lambdalite's with the worker's private /tmp (the default)
+   and beside it a second stack's with it off (a TMPDIR per invocation), in turns;
 2. burst: 30 one-second invocations, max_concurrency 10, no warm worker: drain time / ideal 3 s
    (goal <= 1.15), beside 10 plain RQ workers already running;
 3. CPU-bound: 200 invocations of 50 ms CPU, max_concurrency = cores: drain time / (CPU time /
@@ -46,7 +47,7 @@ CORES = os.cpu_count() or 1
 
 
 class Bench:
-    def __init__(self) -> None:
+    def __init__(self, **settings: str) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="ll-scale-"))
         self.redis = RedisServer(self.dir).start()
         self.redis_process = psutil.Process(self.redis.proc.pid)  # type: ignore[union-attr]
@@ -74,7 +75,7 @@ max_concurrency = 2
         self.publisher = Publisher(self.client, self.registry)
         # Handlers here live in a 0700 temp folder and write their logs there: as the stack's user.
         self.env = {**os.environ, "LAMBDALITE_REDIS_URL": self.url, "PYTHONPATH": f"{ROOT}:{self.dir}",
-                    "LAMBDALITE_SANDBOX_USER": "root"}
+                    "LAMBDALITE_SANDBOX_USER": "root", **settings}
         self.scaler = subprocess.Popen([sys.executable, "-m", "workers.scaler"], cwd=self.dir, env=self.env,
                                        stdout=(self.dir / "scaler.log").open("w"), stderr=subprocess.STDOUT)
         time.sleep(1.5)
@@ -113,18 +114,23 @@ def workers_of(b: Bench, function: str) -> int:
     return sum(sum(json.loads(v)["workers"].values()) for v in raw)
 
 
-def cold_start(b: Bench, runs: int) -> tuple[list[float], list[float]]:
-    ours, theirs = [], []
+def cold_once(b: Bench) -> float:
+    deadline = time.monotonic() + 30
+    while workers_of(b, "cold") and time.monotonic() < deadline:  # back at zero workers
+        time.sleep(0.05)
+    time.sleep(0.4)
+    log = b.log("cold")
+    t0 = time.time()
+    b.publisher.publish(Event("cold", {"log": str(log)}))
+    return (wait_for(log, starts=1)[0]["start"] - t0) * 1000
+
+
+def cold_start(b: Bench, b_off: Bench, runs: int) -> tuple[list[float], list[float], list[float]]:
+    ours, ours_off, theirs = [], [], []
     queue = Queue("rq-cold", connection=b.client)
     for _ in range(runs):
-        deadline = time.monotonic() + 30
-        while workers_of(b, "cold") and time.monotonic() < deadline:  # back at zero workers
-            time.sleep(0.05)
-        time.sleep(0.4)
-        log = b.log("cold")
-        t0 = time.time()
-        b.publisher.publish(Event("cold", {"log": str(log)}))
-        ours.append((wait_for(log, starts=1)[0]["start"] - t0) * 1000)
+        ours.append(cold_once(b))
+        ours_off.append(cold_once(b_off))
 
         log = b.log("rq-cold")
         queue.enqueue("scale_handlers.rq_mark", str(log))
@@ -132,7 +138,7 @@ def cold_start(b: Bench, runs: int) -> tuple[list[float], list[float]]:
         subprocess.run([str(BIN / "rq"), "worker", "--burst", "--url", b.url, "rq-cold", "-q"], env=b.env,
                        cwd=b.dir, check=True, capture_output=True)
         theirs.append((wait_for(log, starts=1)[0]["start"] - t0) * 1000)
-    return ours, theirs
+    return ours, ours_off, theirs
 
 
 def drain(log: Path, n: int) -> tuple[float, int]:
@@ -232,10 +238,16 @@ def main() -> None:
     b = Bench()
     try:
         print(f"lambdalite scale bench: {CORES} cores, load {os.getloadavg()[0]:.2f}, {args.runs} runs where repeated")
-        ours, theirs = cold_start(b, args.runs)
+        b_off = Bench(LAMBDALITE_PRIVATE_TMP="0")
+        try:
+            ours, ours_off, theirs = cold_start(b, b_off, args.runs)
+        finally:
+            b_off.close()
         mo, mt = statistics.median(ours), statistics.median(theirs)
         print(f"cold start, no worker -> handler running: {mo:7.1f} ms median | new `rq worker` process -> "
               f"queued job running: {mt:7.1f} ms median | ratio {mo / mt:.3f} (goal <= 0.15)")
+        print(f"  the same with the private /tmp off (a TMPDIR per invocation): {statistics.median(ours_off):7.1f} ms "
+              f"median; with it on (above) {mo - statistics.median(ours_off):+.1f} ms")
         took, most, rq_took = burst(b)
         print(f"burst, 30 x 1 s, max_concurrency 10, from zero: drained in {took:.2f} s = {took / 3:.2f} x ideal "
               f"(goal <= 1.15), at most {most} at once | 10 warm plain RQ workers: {rq_took:.2f} s = "

@@ -9,20 +9,21 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any, cast
 
 import redis
 from rq.queue import Queue
 
-from broker import deadletter, results, schedules
+from broker import deadletter, results, revision, schedules
 from broker.connection import TRANSIENT, RedisRefusesWrites, connect
 from broker.envelope import Event, parse_json
 from broker.errors import InvocationError, LambdaliteError, RedisUnavailableError
 from broker.queues import Publisher, function_of_queue
 from broker.registry import Registry, load_registry
 from broker.settings import Settings, load_settings
-from broker.stats import status
+from broker.stats import alive_key, status
 
 WAIT_MARGIN = 30.0  # seconds a synchronous invoke waits beyond the function's timeout
 
@@ -49,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     dp = dsub.add_parser("purge", help="drop all dead letters of a function")
     dp.add_argument("function")
     sub.add_parser("check", help="validate lambdalite.toml and import every handler")
+    rl = sub.add_parser("reload", help="validate lambdalite.toml and the handlers; the running stack takes them")
+    rl.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the stack to take them")
     lg = sub.add_parser("logs", help="a function's invocation logs (START, its output, END, REPORT)")
     lg.add_argument("function")
     lg.add_argument("--follow", "-f", action="store_true", help="then wait for new invocations (Ctrl-C ends)")
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = load_settings()
         try:
-            registry = load_registry(settings.config)
+            registry = _registry(args.command, settings)
         except LambdaliteError as e:
             if args.command != "status":
                 raise
@@ -82,6 +85,25 @@ def main(argv: list[str] | None = None) -> None:
         print(f"lambdalite: redis refused the command: {_reason(e)}", file=sys.stderr)
         sys.exit(1)
     sys.exit(code)
+
+
+def _registry(command: str, settings: Settings) -> Registry:
+    """The functions a command works on: the running stack's revision (published in Redis by the
+    scaler), so the CLI answers for what runs; the file itself for ``check`` and ``reload``, when no
+    scaler runs (the next start reads the file), and when Redis cannot be reached (the command says
+    so later)."""
+    if command not in ("check", "reload"):
+        client = connect(settings.redis_dsn, retries=0)
+        try:
+            alive = next(client.scan_iter(match=alive_key("*"), count=1000), None) is not None
+            running = revision.running(client, settings.config) if alive else None
+        except TRANSIENT:
+            running = None
+        finally:
+            client.close()
+        if running is not None:
+            return running
+    return load_registry(settings.config)
 
 
 def _reason(e: BaseException) -> str:
@@ -122,6 +144,8 @@ def _run(args: argparse.Namespace, settings: Settings, registry: Registry) -> in
         print(f"{registry.path}: {len(registry.functions)} function(s) OK")
         return 0
     client = _connected(settings)
+    if args.command == "reload":
+        return _reload(args, client, registry, settings)
     if args.command == "logs":
         from broker import logcli
 
@@ -130,8 +154,17 @@ def _run(args: argparse.Namespace, settings: Settings, registry: Registry) -> in
     if args.command == "status" and args.cost:
         return _cost(args, client, registry)
     if args.command == "status":
-        snapshot = status(client, registry)
+        removed = sorted(set(_queued_names(client)) - set(registry.functions))
+        snapshot = status(client, [*registry.functions, *removed])
+        for name in removed:
+            snapshot["functions"][name]["removed"] = True
         _next_ticks(snapshot, registry, settings)
+        rev = registry.revision
+        if rev is not None:
+            snapshot["revision"] = {**rev.describe(), "refused": revision.refused(client) or None}
+            if snapshot["revision"]["refused"]:
+                print(f"lambdalite: the last edit was refused: {snapshot['revision']['refused']} "
+                      f"(revision {rev.number} keeps running)", file=sys.stderr)
         print(json.dumps(snapshot, indent=2) if args.json else _table(snapshot))
         return 0
     if args.command == "invoke":
@@ -149,13 +182,40 @@ def _status_without_registry(args: argparse.Namespace, settings: Settings, mista
         print(f"lambdalite: {mistake}", file=sys.stderr)
         raise
     print(f"lambdalite: {mistake} (the status below is of the functions Redis knows)", file=sys.stderr)
+    snapshot = status(client, sorted(_queued_names(client)))
+    print(json.dumps(snapshot, indent=2) if args.json else _table(snapshot))
+    return 1
+
+
+def _queued_names(client: redis.Redis) -> list[str]:
+    """The functions Redis has a queue for (those of earlier revisions too)."""
     prefix = Queue.redis_queue_namespace_prefix
     queues = (k.decode(errors="replace").removeprefix(prefix)
               for k in cast("set[bytes]", client.smembers(Queue.redis_queues_keys)))
-    names = sorted(n for q in queues if (n := function_of_queue(q)))
-    snapshot = status(client, names)
-    print(json.dumps(snapshot, indent=2) if args.json else _table(snapshot))
-    return 1
+    return [n for q in queues if (n := function_of_queue(q))]
+
+
+def _reload(args: argparse.Namespace, client: redis.Redis, registry: Registry, settings: Settings) -> int:
+    """Validate the files as ``check`` does, ask the scaler to take them, and wait until the running
+    revision is theirs (the scaler validates them again, and refuses them in its log if they fail)."""
+    from broker.environment import check_handlers
+
+    check_handlers(registry, settings)
+    sha, code = revision.digest(registry.path.read_bytes()), revision.code_digests(registry)
+    if not client.publish(revision.RELOAD_CHANNEL, "force"):
+        raise InvocationError("no scaler is running to reload (start the stack with `make run`)")
+    deadline = time.monotonic() + args.wait
+    while True:
+        found = revision.read(client)
+        if found is not None and found[0].sha256 == sha and found[0].code == code:
+            print(f"revision {found[0].number} of {registry.path.name} is running")
+            return 0
+        refused = revision.refused(client)
+        if refused and found is not None and found[0].sha256 != sha:
+            raise InvocationError(f"the scaler refused it: {refused}")
+        if time.monotonic() >= deadline:
+            raise InvocationError(f"the stack did not take it within {args.wait:g} s (see the scaler's log)")
+        time.sleep(0.05)
 
 
 def _invoke(args: argparse.Namespace, client: Any, registry: Registry) -> int:
@@ -183,9 +243,17 @@ def _invoke(args: argparse.Namespace, client: Any, registry: Registry) -> int:
     return 1
 
 
+def _known(client: Any, registry: Registry, name: str) -> str:
+    """``name`` if the running revision has it, or if Redis still holds a queue of it (a function
+    removed by a reload: its dead letters stay readable)."""
+    if name in registry or name in _queued_names(client):
+        return name
+    return registry.get(name).name  # raises UnknownFunctionError
+
+
 def _dlq(args: argparse.Namespace, client: Any, registry: Registry) -> int:
     if args.action == "list":
-        names = [registry.get(args.function).name] if args.function else list(registry.functions)
+        names = [_known(client, registry, args.function)] if args.function else list(registry.functions)
         rows = [{"function": n, **e} for n in names for e in deadletter.entries(client, n)]
         print(json.dumps(rows, indent=2))
     elif args.action == "replay":
@@ -193,8 +261,7 @@ def _dlq(args: argparse.Namespace, client: Any, registry: Registry) -> int:
         done = deadletter.replay(client, Publisher(client, registry), fn.name, args.ids or None)
         print(json.dumps({"replayed": done}))
     else:
-        fn = registry.get(args.function)
-        print(json.dumps({"purged": deadletter.purge(client, fn.name)}))
+        print(json.dumps({"purged": deadletter.purge(client, _known(client, registry, args.function))}))
     return 0
 
 
@@ -223,11 +290,14 @@ def _table(snapshot: dict[str, Any]) -> str:
     rows = [["function", *cols, "next tick", "last decision"]]
     for name, row in snapshot["functions"].items():
         d = row.get("last_decision")
+        name = f"{name} (removed)" if row.get("removed") else name
         ticks = [s["next_tick"] for s in row.get("schedules", ())]
         upcoming = min((t for t in ticks if t), default="never" if ticks else "-")
         rows.append([name, *[str(row[c]) for c in cols], upcoming, f"{d['action']}: {d['reason']}" if d else "-"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    rev = snapshot.get("revision")
+    tail = f"\nrunning revision {rev['number']} of the config (sha256 {rev['sha256'][:12]})" if rev else ""
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows) + tail
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -57,22 +57,60 @@ def entries(client: redis.Redis, function: str) -> list[dict[str, Any]]:
         log.warning("%s; no dead letters of %s can be read from it", quarantine.describe(client, key, "hash"),
                     function)
         return []
-    out = []
-    for raw_id, raw in stored.items():
-        entry_id = raw_id.decode(errors="replace") if isinstance(raw_id, bytes) else raw_id
-        try:
-            record = json.loads(raw)
-            if not isinstance(record, dict):
-                raise ValueError(f"a JSON {type(record).__name__}, not an object")
-            if not isinstance(record.get("at", 0), int | float):
-                raise ValueError("'at' is not a time")
-        except ValueError as e:
-            log.warning("redis key %s: dead letter %s is not readable (%s); listed as CorruptEntry", key,
-                        entry_id, e)
-            record = {"event": None, "error": {"errorType": "CorruptEntry", "errorMessage": str(e)}, "at": 0}
-        record["id"] = entry_id
-        out.append(record)
+    out = [_record(key, raw_id, raw) for raw_id, raw in stored.items()]
     return sorted(out, key=lambda r: r.get("at", 0))
+
+
+def _record(key: str, raw_id: bytes | str, raw: bytes | str) -> dict[str, Any]:
+    entry_id = raw_id.decode(errors="replace") if isinstance(raw_id, bytes) else raw_id
+    try:
+        record = json.loads(raw)
+        if not isinstance(record, dict):
+            raise ValueError(f"a JSON {type(record).__name__}, not an object")
+        if not isinstance(record.get("at", 0), int | float):
+            raise ValueError("'at' is not a time")
+    except ValueError as e:
+        log.warning("redis key %s: dead letter %s is not readable (%s); listed as CorruptEntry", key,
+                    entry_id, e)
+        record = {"event": None, "error": {"errorType": "CorruptEntry", "errorMessage": str(e)}, "at": 0}
+    record["id"] = entry_id
+    return record
+
+
+def count(client: redis.Redis, function: str) -> int:
+    """How many dead letters ``function`` has (0 for a key of another type)."""
+    try:
+        return int(client.hlen(dlq_key(function)))
+    except redis.ResponseError as e:
+        if not quarantine.wrong_type(e):
+            raise
+        return 0
+
+
+def page(client: redis.Redis, function: str, cursor: int = 0, size: int = 50) -> tuple[list[dict[str, Any]], int]:
+    """About ``size`` dead letters from ``cursor`` (``HSCAN``: no order, each listed once while the
+    hash is not rehashed) and the cursor of the next page (0: none). However many there are, a page
+    costs the same."""
+    key = dlq_key(function)
+    try:
+        nxt, stored = cast("tuple[int, dict[bytes, bytes]]", client.hscan(key, cursor, count=size))
+    except redis.ResponseError as e:
+        if not quarantine.wrong_type(e):
+            raise
+        return [], 0
+    out = [_record(key, raw_id, raw) for raw_id, raw in stored.items()]
+    return sorted(out, key=lambda r: r.get("at", 0)), int(nxt)
+
+
+def _chosen(client: redis.Redis, function: str, ids: list[str]) -> list[dict[str, Any]]:
+    key = dlq_key(function)
+    try:
+        stored = client.hmget(key, ids)
+    except redis.ResponseError as e:
+        if not quarantine.wrong_type(e):
+            raise
+        return []
+    return [_record(key, i, raw) for i, raw in zip(ids, stored, strict=True) if raw is not None]
 
 
 def replay(client: redis.Redis, publisher: Publisher, function: str, ids: list[str] | None = None) -> list[str]:
@@ -81,9 +119,7 @@ def replay(client: redis.Redis, publisher: Publisher, function: str, ids: list[s
     An entry that holds no event is logged and left where it is.
     """
     done = []
-    for record in entries(client, function):
-        if ids and record["id"] not in ids:
-            continue
+    for record in _chosen(client, function, ids) if ids else entries(client, function):
         try:
             event = Event.from_dict(record.get("event"))
             publisher.registry.get(event.function)
@@ -103,10 +139,17 @@ def replay(client: redis.Redis, publisher: Publisher, function: str, ids: list[s
     return done
 
 
-def purge(client: redis.Redis, function: str) -> int:
-    """Drop every dead letter of ``function``; returns how many there were (a key of another type
-    is dropped too, with one log line)."""
+def purge(client: redis.Redis, function: str, ids: list[str] | None = None) -> int:
+    """Drop the dead letters of ``function`` with these ``ids``, or every one; returns how many went
+    (a key of another type is dropped too, with one log line)."""
     key = dlq_key(function)
+    if ids:
+        try:
+            return int(client.hdel(key, *ids))
+        except redis.ResponseError as e:
+            if not quarantine.wrong_type(e):
+                raise
+            return 0
     with client.pipeline() as pipe:
         pipe.type(key)
         pipe.hlen(key)

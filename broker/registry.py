@@ -170,11 +170,22 @@ class Function(_Strict):
 
 
 class Registry:
-    """The functions of one ``lambdalite.toml``, by name."""
+    """The functions of one ``lambdalite.toml``, by name.
 
-    def __init__(self, functions: dict[str, Function], path: Path) -> None:
+    ``revision`` is the running revision it was read as (:mod:`broker.revision`), None for a file
+    read on its own. :meth:`replace` swaps in another revision's functions in place, so whatever
+    holds this object (a publisher, the HTTP source) sees them at once.
+    """
+
+    def __init__(self, functions: dict[str, Function], path: Path, revision: Any = None) -> None:
         self.functions = functions
         self.path = path
+        self.revision = revision
+
+    def replace(self, other: Registry) -> None:
+        """Take ``other``'s functions and revision (each one assignment: readers see old or new)."""
+        self.functions = other.functions
+        self.revision = other.revision
 
     def __iter__(self) -> Iterator[Function]:
         return iter(self.functions.values())
@@ -187,7 +198,8 @@ class Registry:
         try:
             return self.functions[name]
         except KeyError:
-            raise UnknownFunctionError(f"no function named {name!r} in {self.path}") from None
+            running = f" (running revision {self.revision.number})" if self.revision is not None else ""
+            raise UnknownFunctionError(f"no function named {name!r} in {self.path}{running}") from None
 
     def triggers(self, source: str) -> Iterator[tuple[Function, Any]]:
         """Every (function, trigger) pair whose trigger has the given ``source``."""
@@ -221,13 +233,27 @@ def _describe(path: Path, name: str, e: ValidationError) -> str:
     return f"{path}: function {name!r}: " + "; ".join(problems)
 
 
-def load_registry(path: Path) -> Registry:
-    """Read and validate ``path``; raises :class:`ConfigError` with one readable line."""
+def read_config(path: Path) -> bytes:
+    """The bytes of ``path``; raises :class:`ConfigError` with one readable line."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file (set LAMBDALITE_CONFIG to use another)") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from e
+
+
+def load_registry(path: Path) -> Registry:
+    """Read and validate ``path``; raises :class:`ConfigError` with one readable line."""
+    return parse_registry(read_config(path), path)
+
+
+def parse_registry(raw: bytes, path: Path) -> Registry:
+    """Validate the text of a ``lambdalite.toml`` (``path`` names it in errors and anchors its
+    relative paths); raises :class:`ConfigError` with one readable line."""
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: cannot read: {e}") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from e

@@ -164,6 +164,23 @@ class Ticker:
         self.started = False
         self.grace = START_GRACE * settings.schedule_clock_rate
 
+    def replace(self, registry: Registry) -> None:
+        """Tick the schedules of ``registry`` (a new revision) from now on: an unchanged schedule
+        keeps its next tick; a new or changed one starts with its first tick after now (nothing
+        before it counts as missed); a removed one ticks no more."""
+        before = {s.key: s for s in self.schedules}
+        self.schedules = schedules(registry)
+        now = self.now()
+        due: dict[str, float | None] = {}
+        for schedule in self.schedules:
+            old = before.get(schedule.key)
+            if old is not None and old.trigger == schedule.trigger and schedule.key in self.due:
+                due[schedule.key] = self.due[schedule.key]
+            else:
+                due[schedule.key] = schedule.after(now)
+        self.due = due
+        self.held = {k: v for k, v in self.held.items() if k in due}
+
     def step(self) -> None:
         """Publish every tick now due. Raises redis's transient errors (the scaler backs off and
         steps again: a tick not yet published stays due); any other failure is logged."""

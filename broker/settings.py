@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from broker.errors import SettingsError
+from broker.redis_url import sentinel_target
 
 
 def _default_max_workers() -> int:
@@ -45,7 +46,8 @@ class Settings(BaseSettings):
 
     config: Path = Field(Path("lambdalite.toml"), description="The function registry file.")
     redis_url: str = Field(
-        "", description="Redis to use; empty means the embedded server on a unix socket under var/."
+        "", description="Redis to use (redis://, unix:// or redis+sentinel://); empty means the embedded server "
+        "on a unix socket under var/."
     )
     var_dir: Path = Field(Path("var"), description="Runtime state: the embedded Redis's socket and AOF.")
     redis_appendfsync: str = Field(
@@ -151,6 +153,12 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, _PrefixedDotEnv(settings_cls), file_secret_settings
+
+    @field_validator("redis_url")
+    @classmethod
+    def _sentinel_url(cls, url: str) -> str:
+        sentinel_target(url)  # a malformed redis+sentinel:// URL says what is wrong at start-up
+        return url
 
     @property
     def embedded_redis(self) -> bool:

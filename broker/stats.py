@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import redis
+from rq.queue import Queue
 from rq.registry import StartedJobRegistry
 
 from broker import quarantine
-from broker.queues import function_queue
+from broker.queues import queue_name
 from broker.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -52,29 +54,28 @@ def status(client: redis.Redis, registry: Registry | Iterable[str]) -> dict[str,
     """
     out: dict[str, Any] = {}
     names = [fn.name for fn in registry] if isinstance(registry, Registry) else list(registry)
+    keys: list[str] = []
     for function in names:
-        queue = function_queue(client, function)
-        started = StartedJobRegistry(queue=queue)
-        keys = {queue.key: "list", started.key: "zset", stats_key(function): "hash", scaler_key(function): "hash"}
-        with client.pipeline(transaction=False) as pipe:
-            pipe.llen(queue.key)
-            pipe.zcard(started.key)
-            pipe.hgetall(stats_key(function))
-            pipe.hgetall(scaler_key(function))
-            replies = pipe.execute(raise_on_error=False)
+        keys += [*_rq_keys(function), stats_key(function), scaler_key(function)]
+    replies = _read_all(client, keys) if keys else []
+    rows = {}
+    for i, function in enumerate(names):
         values: list[Any] = []
-        for (key, kind), reply, empty in zip(keys.items(), replies, (0, 0, {}, {}), strict=True):
-            if isinstance(reply, Exception):
-                if not quarantine.wrong_type(reply):
-                    raise reply
+        for key, kind, reply, empty in zip(keys[4 * i:4 * i + 4], _KINDS, replies[4 * i:4 * i + 4], (0, 0, {}, {}),
+                                           strict=True):
+            if reply is None:  # a key of another type
                 log.warning("%s; counted as empty", quarantine.describe(client, key, kind))
                 reply = empty
+            elif kind == "hash":
+                reply = dict(zip(reply[0::2], reply[1::2], strict=True))
             values.append(reply)
-        queued, running, counters, scalers = values
+        rows[function] = values
+    alive = _alive(client, [i.decode(errors="replace") for v in rows.values() for i in v[3]])
+    for function, (queued, running, counters, scalers) in rows.items():
         row: dict[str, Any] = {"queued": queued, "running": running}
         states = {"starting": 0, "idle": 0, "busy": 0}
         decisions = []
-        for view in _live_views(client, function, scalers):
+        for view in _live_views(function, scalers, alive):
             for state in states:
                 states[state] += view["workers"].get(state, 0)
             if view["decision"]:
@@ -88,6 +89,49 @@ def status(client: redis.Redis, registry: Registry | Iterable[str]) -> dict[str,
     return {"functions": out}
 
 
+_KINDS = ("list", "zset", "hash", "hash")
+
+
+@functools.lru_cache(maxsize=4096)
+def _rq_keys(function: str) -> tuple[str, str]:
+    """The function's queue and started-registry keys, as RQ names them (made once: an RQ Queue
+    object costs more to build than the read)."""
+    name = queue_name(function)
+    return Queue.redis_queue_namespace_prefix + name, StartedJobRegistry.key_template.format(name)
+
+# KEYS: per function its queue (list), started registry (zset), counters and scaler views (hashes).
+# Returns per key LLEN, ZCARD or HGETALL's flat list; false (nil) for a key of another type. One
+# command however many functions: read-only, so it may run on a replica too.
+_READ = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local kind = ({'list', 'zset', 'hash', 'hash'})[(i - 1) % 4 + 1]
+  local found = redis.call('TYPE', key).ok
+  if found ~= 'none' and found ~= kind then out[i] = false
+  elseif kind == 'list' then out[i] = redis.call('LLEN', key)
+  elseif kind == 'zset' then out[i] = redis.call('ZCARD', key)
+  else out[i] = redis.call('HGETALL', key) end
+end
+return out
+"""
+
+
+def _read_all(client: redis.Redis, keys: list[str]) -> list[Any]:
+    return cast("list[Any]", client.eval(_READ, len(keys), *keys))
+
+
+def _alive(client: redis.Redis, ids: list[str]) -> set[str]:
+    """Which of these scalers still have their liveness key (one round trip)."""
+    unique = sorted(set(ids))
+    if not unique:
+        return set()
+    with client.pipeline(transaction=False) as pipe:
+        for scaler_id in unique:
+            pipe.exists(alive_key(scaler_id))
+        found = pipe.execute()
+    return {i for i, n in zip(unique, found, strict=True) if n}
+
+
 def _count(function: str, name: str, raw: bytes | None) -> int:
     if raw is None:
         return 0
@@ -98,17 +142,14 @@ def _count(function: str, name: str, raw: bytes | None) -> int:
     return 0
 
 
-def _live_views(client: redis.Redis, function: str, scalers: dict[bytes, bytes]) -> list[dict[str, Any]]:
+def _live_views(function: str, scalers: dict[bytes, bytes], alive: set[str]) -> list[dict[str, Any]]:
     """The views of scalers whose liveness key still exists, each checked: a view that is not one is
     logged and left out."""
-    ids = [i.decode(errors="replace") for i in scalers]
-    if not ids:
-        return []
-    # Views of scalers that died without cleaning up (SIGKILL) stop counting with their key.
-    alive = client.exists(*[alive_key(i) for i in ids])
     views = []
-    for scaler_id, raw in zip(ids, scalers.values(), strict=True):
-        if alive != len(ids) and not client.exists(alive_key(scaler_id)):
+    for raw_id, raw in scalers.items():
+        scaler_id = raw_id.decode(errors="replace")
+        # Views of scalers that died without cleaning up (SIGKILL) stop counting with their key.
+        if scaler_id not in alive:
             continue
         view = _view(raw)
         if view is None:

@@ -45,12 +45,13 @@ from watchdog.events import (
     FileSystemEvent,
 )
 
-from broker import logs, stacklock
+from broker import logs, revision, stacklock
 from broker.connection import TRANSIENT, Backoff, connect
 from broker.errors import BucketsError, LambdaliteError
 from broker.registry import Registry, load_registry
 from broker.settings import load_settings
 from sources import s3event
+from sources.bucket_triggers import BucketTriggers
 from sources.buckets import (
     BucketRoot,
     NotAnObject,
@@ -116,6 +117,17 @@ class BucketWatcher:
         self._said_no_root = ""  # why the buckets folder is not watched, as last logged
 
     # -- lifecycle -----------------------------------------------------------------------------
+
+    def follow(self, registry: Registry) -> None:
+        """Notify the functions of ``registry`` (a new revision) from now on: its triggers take the
+        place of the old ones in one assignment. Objects already published are not notified again,
+        as S3 does not notify a new configuration of objects already there."""
+        triggers = BucketTriggers(registry)
+        self.notifications.publisher.registry.replace(registry)
+        self.notifications.triggers = self.triggers = triggers
+        missing = sorted(b for b in triggers.buckets if not os.path.isdir(os.path.join(self.root.path, b)))
+        if missing:
+            log.warning("triggers name buckets with no folder yet: %s", ", ".join(missing))
 
     def start(self) -> None:
         """Start watching; the first :meth:`step` scans every bucket against the manifest."""
@@ -489,10 +501,13 @@ def main() -> None:
     if missing:
         log.warning("triggers name buckets with no folder yet: %s", ", ".join(missing))
     watcher.start()
+    follower = revision.Follower(client, settings.config, watcher.follow, name="files-revision")
+    follower.start()
     try:
         while not stop.is_set():
             watcher.step(0.2)
     finally:
+        follower.stop(timeout=0.1)  # a daemon thread: it ends with the process
         watcher.stop()
         client.close()
     log.info("stopped")

@@ -22,16 +22,13 @@ from starlette.responses import Response
 
 from broker.envelope import Event, new_id
 from broker.errors import (
-    IdempotencyConflictError,
     PayloadTooLargeError,
-    RedisUnavailableError,
     SignatureError,
-    ThrottledError,
 )
 from broker.registry import Function, HttpTrigger
 from sources import apigateway
 from sources.bodies import ASYNC_LIMIT, SYNC_LIMIT, read_body
-from sources.intake import idempotency_key
+from sources.intake import REFUSED, idempotency_key, refusal_for
 from sources.signatures import Verifier
 
 if TYPE_CHECKING:
@@ -115,14 +112,11 @@ class WebhookRoute:
                                 media_type="application/json")
             timeout = fn.timeout + source.sync_margin
             outcome = await source.intake.outcome(event_id, timeout)
-        except RedisUnavailableError:
-            source.metrics.throttles.labels(fn.name, "redis").inc()
-            return message(503, "Service Unavailable", **{"Retry-After": "1"})
-        except ThrottledError:
-            source.metrics.throttles.labels(fn.name, "backlog").inc()
-            return message(429, "Too Many Requests", **{"Retry-After": "1"})
-        except IdempotencyConflictError:
-            return message(409, "A request with the same id is still being processed")
+        except REFUSED as e:
+            refused = refusal_for(e)
+            source.metrics.refused(fn.name, refused.throttle)
+            retry = {"Retry-After": "1"} if refused.retry_after else {}
+            return message(refused.status, refused.gateway_message, **retry)
         source.metrics.duration.labels(fn.name).observe(time.monotonic() - started)
         if outcome is None:
             source.metrics.errors.labels(fn.name).inc()

@@ -45,6 +45,36 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del
 _EVENT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """How the HTTP source answers an event the intake did not take, on every route alike: its status,
+    whether to say Retry-After, the throttles metric's reason (None: not a throttle), and the words of
+    the Invoke API (an error type and a message, ``{e}`` the exception) and of API Gateway."""
+
+    status: int
+    retry_after: bool
+    throttle: str | None
+    lambda_type: str
+    lambda_message: str
+    gateway_message: str
+
+
+REFUSALS: dict[type[Exception], Refusal] = {
+    RedisUnavailableError: Refusal(503, True, "redis", "ServiceException",
+                                   "The event store is unreachable; retry later.", "Service Unavailable"),
+    ThrottledError: Refusal(429, True, "backlog", "TooManyRequestsException", "Rate exceeded: {e}",
+                            "Too Many Requests"),
+    IdempotencyConflictError: Refusal(409, False, None, "ResourceConflictException", "{e}",
+                                      "A request with the same id is still being processed"),
+}
+REFUSED = tuple(REFUSALS)  # for ``except REFUSED``
+
+
+def refusal_for(e: Exception) -> Refusal:
+    """The answer to ``e``, one of :data:`REFUSED`."""
+    return next(answer for kind, answer in REFUSALS.items() if isinstance(e, kind))
+
+
 def idempotency_key(scope: str, key: str) -> str:
     """The Redis key remembering ``key`` within ``scope`` (a function, or a webhook route)."""
     digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()

@@ -29,14 +29,11 @@ from broker import environment, logstore
 from broker.envelope import Event, parse_json
 from broker.errors import (
     CallerAuthError,
-    IdempotencyConflictError,
     PayloadTooLargeError,
-    RedisUnavailableError,
-    ThrottledError,
 )
 from sources.bodies import ASYNC_LIMIT, SYNC_LIMIT, read_body
 from sources.callers import refusal
-from sources.intake import idempotency_key
+from sources.intake import REFUSED, idempotency_key, refusal_for
 from sources.lambda_api import Reply, find, lambda_error, split_function_name
 
 if TYPE_CHECKING:
@@ -185,14 +182,11 @@ async def _invoke(source: HttpSource, raw_name: str, scope: Scope, receive: Rece
         timeout = fn.timeout + source.sync_margin
         source.metrics.invoked(fn.name, "RequestResponse")
         outcome = await source.intake.invoke(event, timeout, payload_json=text)
-    except RedisUnavailableError:
-        source.metrics.throttles.labels(fn.name, "redis").inc()
-        return lambda_error(503, "ServiceException", "The event store is unreachable; retry later.", True)
-    except ThrottledError as e:
-        source.metrics.throttles.labels(fn.name, "backlog").inc()
-        return lambda_error(429, "TooManyRequestsException", f"Rate exceeded: {e}", True)
-    except IdempotencyConflictError as e:
-        return lambda_error(409, "ResourceConflictException", str(e))
+    except REFUSED as e:
+        refused = refusal_for(e)
+        source.metrics.refused(fn.name, refused.throttle)
+        return lambda_error(refused.status, refused.lambda_type, refused.lambda_message.format(e=e),
+                            refused.retry_after)
     source.metrics.duration.labels(fn.name).observe(time.monotonic() - started)
     reply_headers = [(b"x-amzn-requestid", event.id.encode()), (b"x-amz-executed-version", b"$LATEST")]
     if tail:

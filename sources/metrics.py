@@ -89,6 +89,21 @@ class HttpMetrics:
             child = self._invoked[function, invocation_type] = self.invocations.labels(function, invocation_type)
         child.inc()
 
+    def refused(self, function: str, reason: str | None) -> None:
+        """Count a request refused for back-pressure or an unreachable Redis (``reason``; None counts nothing)."""
+        if reason is not None:
+            self.throttles.labels(function, reason).inc()
+
+    def throttled(self) -> dict[str, int]:
+        """Requests refused per function so far (every reason), as the console's history samples them."""
+        out: dict[str, int] = {}
+        for family in self.throttles.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    name = sample.labels["function"]
+                    out[name] = out.get(name, 0) + int(sample.value)
+        return out
+
     def render(self) -> bytes:
         """The Prometheus text exposition (blocks on Redis: call it from a thread)."""
         return generate_latest(self.registry)

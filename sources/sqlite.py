@@ -33,6 +33,7 @@ import os
 import signal
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,10 +41,9 @@ from typing import Any, cast
 
 import redis
 
-from broker import quarantine, results, stacklock, successors
+from broker import quarantine, results, revision, stacklock, successors
 from broker.connection import TRANSIENT, Backoff, connect
 from broker.errors import LambdaliteError
-from broker.kernel import stand_by
 from broker.queues import Publisher
 from broker.registry import Registry, load_registry
 from broker.settings import Settings, load_settings
@@ -79,20 +79,59 @@ class Feed:
         self.redis_down_until = 0.0
         self.backoff = Backoff(log, "cursors stay; retrying")
         self.next_prune = 0.0
+        self.streams = self._streams_of(registry)
+        self._next: Registry | None = None  # a revision to follow, handed over by another thread
+        self.changed = threading.Event()  # set with it
+
+    def _streams_of(self, registry: Registry) -> list[Stream]:
+        streams = []
         root = registry.path.resolve().parent
         for fn, trigger in registry.triggers("sqlite"):
             path = trigger.database if trigger.database.is_absolute() else root / trigger.database
             path = path.resolve()
             db = self.databases.setdefault(path, Database(path))
-            self.streams.append(Stream(
+            streams.append(Stream(
                 fn, trigger, db, sqlite_cursor.cursor_key(fn.name, path, trigger.table),
                 dynamodb.stream_arn(str(path), trigger.table),
             ))
+        return streams
+
+    def follow(self, registry: Registry) -> None:
+        """Follow ``registry`` (a new revision) from the next step on (thread-safe)."""
+        self._next = registry
+        self.changed.set()
+
+    def _apply(self, registry: Registry) -> None:
+        """The streams of ``registry`` from now on. A stream whose function and trigger stay keeps
+        going as it was; a new or changed one starts from its cursor in Redis, as after a restart
+        (a changed batch size applies from the next batch); a removed one stops (its cursor stays,
+        should it come back)."""
+        self.publisher.registry.replace(registry)
+        old = {s.key: s for s in self.streams}
+        streams = []
+        for stream in self._streams_of(registry):
+            kept = old.get(stream.key)
+            if kept is not None and kept.trigger == stream.trigger and kept.function == stream.function:
+                streams.append(kept)
+            else:
+                streams.append(stream)
+        used = {s.db.path for s in streams}
+        for path in [p for p in self.databases if p not in used]:
+            db = self.databases.pop(path)
+            if db.conn is not None:
+                db.conn.close()
+                db.conn = None
+        self.streams = streams
+        log.info("following %d sqlite stream(s)", len(streams))
 
     # -- one round ----------------------------------------------------------------------------
 
     def step(self) -> None:
         """Look at every stream once: capture set-up, outcomes, new batches, pruning."""
+        if self._next is not None:
+            registry, self._next = self._next, None
+            self.changed.clear()
+            self._apply(registry)
         now = self.clock()
         if now < self.redis_down_until:
             return
@@ -396,7 +435,10 @@ def run(feed: Feed, stop: Callable[[], bool], sleep: Callable[[float], None] = t
         backoff = 0.0
         if stop():
             break
-        feed.wait(feed.poll_interval)
+        if feed.streams:
+            feed.wait(feed.poll_interval)
+        else:  # nothing to follow until a revision brings a sqlite trigger
+            feed.changed.wait(1.0)
 
 
 def main() -> None:
@@ -413,16 +455,18 @@ def main() -> None:
     stopping: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
-    feed = Feed(registry, connect(settings.redis_dsn), settings.sqlite_poll_interval)
+    client = connect(settings.redis_dsn)
+    feed = Feed(registry, client, settings.sqlite_poll_interval)
     if not feed.streams:
-        log.info("no sqlite triggers in %s: standing by until the stack stops", settings.config)
-        feed.close()
-        stand_by("sqlite")
+        log.info("no sqlite triggers in %s: waiting for a revision that has some", settings.config)
     else:
         log.info("following %d sqlite stream(s)", len(feed.streams))
+    follower = revision.Follower(client, settings.config, feed.follow, name="sqlite-revision")
+    follower.start()
     try:
         run(feed, lambda: bool(stopping))
     finally:
+        follower.stop(timeout=0.1)  # a daemon thread: it ends with the process
         feed.close()
     log.info("stopped")
 

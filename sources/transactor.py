@@ -7,6 +7,9 @@ one. So the intake records a batch's commands on a pipeline it never executes
 (:func:`broker.conditional.recorded`) and gives them to :meth:`Transactor.execute`, which writes
 them in one packet (``hiredis.pack_command``) and reads the replies with ``hiredis.Reader``.
 
+With a ``redis+sentinel://`` URL each new connection asks the sentinels where the primary is, and a
+``READONLY`` reply (a primary since turned replica) drops the connection as a connection error.
+
 Errors are those of redis-py: ``redis.ConnectionError`` or ``redis.TimeoutError`` when Redis is
 unreachable or slow (the connection is then dropped, and the next transaction connects afresh),
 :class:`broker.connection.RedisRefusesWrites` for ``MISCONF``, ``redis.ResponseError`` for a
@@ -26,6 +29,7 @@ import redis
 from redis.connection import SSLConnection, parse_url
 
 from broker.connection import Parser, pack_transaction
+from broker.redis_url import SentinelTarget, sentinel_target
 
 
 def _error(reply: Any) -> Exception | None:
@@ -40,7 +44,13 @@ class Transactor:
     flusher is its only caller). Close with :meth:`close`."""
 
     def __init__(self, dsn: str, timeout: float = 5.0, connect_timeout: float = 1.0) -> None:
-        self.options: dict[str, Any] = parse_url(dsn)  # type: ignore[no-untyped-call]
+        self.sentinel: SentinelTarget | None = sentinel_target(dsn)
+        self.options: dict[str, Any] = {}
+        if self.sentinel is None:
+            self.options = parse_url(dsn)  # type: ignore[no-untyped-call]
+        else:
+            self.options = {"username": self.sentinel.username, "password": self.sentinel.password,
+                            "db": self.sentinel.db}
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
@@ -65,6 +75,9 @@ class Transactor:
             raise
         for reply in replies[:-1]:  # MULTI's OK, then QUEUED for each command or why it was refused
             error = _error(reply)
+            if isinstance(error, redis.ReadOnlyError) and self.sentinel is not None:
+                await self.close()  # a primary turned replica: the next transaction asks the sentinels again
+                raise redis.ConnectionError(f"redis is a replica now: {error}")
             if error is not None:
                 raise error  # EXEC then aborts: nothing was applied
         error = _error(replies[-1])
@@ -100,7 +113,10 @@ class Transactor:
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         options = self.options
         try:
-            if "path" in options:
+            if self.sentinel is not None:
+                host, port = await self._primary(self.sentinel)
+                opened = asyncio.open_connection(host, port)
+            elif "path" in options:
                 opened = asyncio.open_unix_connection(options["path"])
             else:
                 tls = ssl.create_default_context() if options.get("connection_class") is SSLConnection else None
@@ -127,6 +143,34 @@ class Transactor:
                 writer.close()
                 raise redis.ConnectionError(f"redis refused the connection: {errors[0]}")
         return stream_reader, writer
+
+    async def _primary(self, target: SentinelTarget) -> tuple[str, int]:
+        """The primary's address as the first sentinel that answers names it."""
+        problems: list[str] = []
+        for host, port in target.sentinels:
+            try:
+                stream_reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port),
+                                                               self.connect_timeout)
+            except (TimeoutError, OSError) as e:
+                problems.append(f"{host}:{port}: {e!r}")
+                continue
+            try:
+                asks: list[tuple[Any, ...]] = [("SENTINEL", "get-master-addr-by-name", target.service)]
+                if target.sentinel_password:
+                    asks.insert(0, ("AUTH", target.sentinel_password))
+                writer.write(b"".join(hiredis.pack_command(c) for c in asks))
+                self._reader = hiredis.Reader(replyError=redis.ResponseError)
+                async with asyncio.timeout(self.connect_timeout):
+                    address = (await self._replies(stream_reader, len(asks)))[-1]
+            except (TimeoutError, OSError, EOFError, hiredis.ProtocolError) as e:
+                problems.append(f"{host}:{port}: {e!r}")
+                continue
+            finally:
+                writer.close()
+            if isinstance(address, list) and len(address) == 2:
+                return address[0].decode(), int(address[1])
+            problems.append(f"{host}:{port}: {address!r}")
+        raise redis.ConnectionError(f"no sentinel names the primary of {target.service!r}: {'; '.join(problems)}")
 
     async def close(self) -> None:
         if self._streams is not None:

@@ -7,7 +7,8 @@
   :mod:`sources.callers` (SigV4 access keys or a bearer token);
 - one route per ``source = "http"`` trigger (:mod:`sources.http_triggers`);
 - ``GET /healthz``, ``GET /metrics`` (Prometheus) and ``GET /openapi.json`` (the last two behind the
-  same caller check when the server listens beyond loopback).
+  same caller check when the server listens beyond loopback);
+- the web console under ``/console/`` (:mod:`sources.console`).
 
 It starts even when Redis is down (answering 503 until it is back) and refuses at start-up,
 with one line and exit code 1, a trigger with ``auth = "none"`` unless it listens on loopback, and
@@ -34,19 +35,23 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from broker import environment, stacklock
-from broker.connection import COMMAND_TIMEOUT, TRANSIENT, Parser
+from broker import environment, revision, schedules, stacklock
+from broker.connection import COMMAND_TIMEOUT, TRANSIENT, Parser, client_for, connect
 from broker.errors import CallerAuthError, ConfigError, LambdaliteError, PayloadTooLargeError
 from broker.queues import Publisher
 from broker.registry import Registry, load_registry
 from broker.settings import Settings, load_settings
+from broker.settings import current as current_settings
 from sources import callers, connections, invoke_api, lambda_api, openapi, proxies
 from sources.bodies import read_body
 from sources.callers import Callers, is_loopback
+from sources.console import ConsoleApp
+from sources.console_data import Console
+from sources.console_metrics import ConsoleCollector
 from sources.http_triggers import WebhookRoute, message, starlette_path
 from sources.intake import Intake
 from sources.metrics import CONTENT_TYPE, HttpMetrics
@@ -55,7 +60,7 @@ from sources.sigv4 import load_keys
 from sources.transactor import Transactor
 
 log = logging.getLogger("lambdalite.webhook")
-RESERVED = ("/healthz", "/metrics", "/openapi.json", "/2015-03-31/")
+RESERVED = ("/healthz", "/metrics", "/openapi.json", "/2015-03-31/", "/console")
 SYNC_MARGIN = 10.0  # seconds a synchronous caller waits beyond the function's timeout (cold start)
 
 
@@ -99,7 +104,7 @@ def _store_client(dsn: str, socket_timeout: float | None) -> redis.Redis:
     # One retry, only for a connection error (a stale pooled socket after a Redis restart): a
     # retried timeout could store a transaction twice, and long backoffs would hold requests.
     # Parser: a full disk (MISCONF) is an outage too (503), see broker.connection.
-    return redis.Redis.from_url(
+    return client_for(
         dsn, socket_connect_timeout=1, socket_timeout=socket_timeout, health_check_interval=30,
         retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)), parser_class=Parser,
         driver_info=None,  # as broker.connection.connect
@@ -125,10 +130,23 @@ class App:
     Lambda's API to :func:`lambda_api.answer`, everything else (and the lifespan) to the Starlette
     app of the other routes."""
 
-    def __init__(self, routes: Starlette, source: HttpSource, guarded: tuple[str, ...] = ()) -> None:
+    def __init__(self, routes: Starlette, source: HttpSource, guarded: tuple[str, ...] = (),
+                 follow: Callable[[Registry], None] | None = None) -> None:
         self.routes = routes
         self.source = source
         self.guarded = guarded  # paths behind the caller check (beyond loopback: /metrics, /openapi.json)
+        self._follow = follow
+
+    def follow(self, registry: Registry) -> None:
+        """Serve ``registry`` (a new revision) from now on: its functions for the Invoke API, its
+        routes and its OpenAPI document, each swapped in one assignment. Routes this server refuses
+        (see :func:`webhook_routes`) leave everything as it was, with one log line."""
+        if self._follow is not None:
+            try:
+                self._follow(registry)
+            except ConfigError as e:
+                number = registry.revision.number if registry.revision is not None else 0
+                log.error("revision %d not served: %s (the routes and functions before it stay)", number, e)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -179,6 +197,8 @@ def create_app(
     region: str | None = None,
     sync_margin: float = SYNC_MARGIN,
     clock: Callable[[], float] = time.time,
+    max_workers: int | None = None,
+    schedule_clock: Callable[[], float] = time.time,
 ) -> App:
     """The ASGI app; raises ConfigError for an invalid trigger set-up (see :func:`webhook_routes`)
     or for a server beyond loopback that no credentials guard."""
@@ -189,36 +209,55 @@ def create_app(
     intake = Intake(Publisher(client, registry), waiter, Transactor(redis_dsn, timeout=5))
     source = HttpSource(registry, intake, HttpMetrics(client, registry),
                         client, guard, sync_margin, region or environment.region())
-    spec = json.dumps(openapi.document(registry)).encode()
+    spec = [json.dumps(openapi.document(registry)).encode()]
+    reader = _store_client(redis_dsn, socket_timeout=5)  # the console's own: never behind the Invoke API
+    console = ConsoleApp(Console(registry, reader, max_workers or current_settings().max_workers, schedule_clock),
+                         Publisher(reader, registry), guard, is_loopback(host), source.metrics.throttled)
+    source.metrics.registry.register(ConsoleCollector(console.console))
 
     async def openapi_json(request: Request) -> Response:
-        return Response(spec, media_type="application/json")
+        return Response(spec[0], media_type="application/json")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         connections.install_accept_log_limit(asyncio.get_running_loop())
         await source.intake.start()
+        await console.start()
         try:
             yield
         finally:
+            await console.stop()
             await source.intake.stop()
             client.close()
             waiter.close()
+            reader.close()
 
     async def not_found(request: Request, exc: Exception) -> Response:
         if isinstance(exc, HTTPException) and exc.status_code == 405:
             return message(405, "Method Not Allowed")
         return message(404, "Not Found")
 
-    routes = [
-        *(Route(starlette_path(r.trigger.path), r.handle, methods=list(r.trigger.methods)) for r in triggers),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/openapi.json", openapi_json, methods=["GET"]),
-    ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
+    def routes(triggers: list[WebhookRoute]) -> list[BaseRoute]:
+        return [
+            *(Route(starlette_path(r.trigger.path), r.handle, methods=list(r.trigger.methods)) for r in triggers),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", openapi_json, methods=["GET"]),
+            Route("/console", lambda request: RedirectResponse("/console/", 308), methods=["GET"]),
+            Mount("/console", app=console),
+        ]
+
+    app = Starlette(routes=routes(triggers), lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
     app.state.source = source
-    return App(app, source, () if is_loopback(host) else ("/metrics", "/openapi.json"))
+
+    def follow(new: Registry) -> None:
+        new_routes = routes(webhook_routes(new, host, clock))  # raises ConfigError
+        new_spec = json.dumps(openapi.document(new)).encode()
+        registry.replace(new)  # the Invoke API, the publisher and the metrics hold this object
+        app.router.routes = new_routes
+        spec[0] = new_spec
+
+    return App(app, source, () if is_loopback(host) else ("/metrics", "/openapi.json"), follow)
 
 
 def server_config(app: Any, settings: Settings, **options: Any) -> Any:
@@ -249,14 +288,20 @@ def main() -> None:
         keys = load_keys(settings.access_keys, settings.access_keys_file)
         proxies.parse_trusted(settings.trusted_proxies)
         app = create_app(registry, settings.redis_dsn, host=settings.http_host, token=settings.http_token,
-                         access_keys=keys, region=settings.region)
+                         access_keys=keys, region=settings.region, max_workers=settings.max_workers,
+                         schedule_clock=schedules.clock(settings))
     except LambdaliteError as e:
         print(f"lambdalite: {e}", file=sys.stderr)
         sys.exit(1)
     count = sum(1 for _ in registry.triggers("http"))
     log.info("serving the Invoke API and %d webhook route(s) on http://%s:%d",
              count, settings.http_host, settings.http_port)
-    uvicorn.Server(server_config(app, settings)).run()
+    follower = revision.Follower(connect(settings.redis_dsn), settings.config, app.follow, name="webhook-revision")
+    follower.start()
+    try:
+        uvicorn.Server(server_config(app, settings)).run()
+    finally:
+        follower.stop(timeout=0.1)  # a daemon thread: it ends with the process
 
 
 if __name__ == "__main__":

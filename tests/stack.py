@@ -5,20 +5,24 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis
 
 from broker import results
+from broker.connection import connect
 from broker.envelope import Event
 from broker.queues import Publisher
 from broker.registry import load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -80,6 +84,31 @@ class FilesProcess:
         return self.log.read_text()
 
 
+class WebhookProcess:
+    """``python -m sources.webhook`` in a project folder on a free loopback port, stopped by SIGTERM."""
+
+    def __init__(self, project: Path, **settings: str) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = project / f"webhook-{time.monotonic_ns()}.log"
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "sources.webhook"], cwd=project,
+                                         env=env(LAMBDALITE_HTTP_PORT=str(self.port), **settings),
+                                         stdout=out, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(10)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
 def publish(url: str, project: Path, function: str, payload: Any, sync: bool = False) -> Event:
     client = redis.Redis.from_url(url)
     registry = load_registry(project / "lambdalite.toml")
@@ -91,7 +120,13 @@ def publish(url: str, project: Path, function: str, payload: Any, sync: bool = F
 def invoke(url: str, project: Path, function: str, payload: Any = None, wait: float = 30) -> results.Outcome:
     """A synchronous invocation through the queue; returns its outcome (fails the test on none)."""
     event = publish(url, project, function, payload if payload is not None else {}, sync=True)
-    outcome = results.wait(redis.Redis.from_url(url), event.id, wait)
+    # broker.connection's client: its socket timeout outlasts a blocking read's slice, which a plain
+    # client's does not when the machine is slow.
+    client = connect(url)
+    try:
+        outcome = results.wait(client, event.id, wait)
+    finally:
+        client.close()
     if outcome is None:
         raise AssertionError(f"no outcome for {function} within {wait}s")
     return outcome
@@ -106,3 +141,49 @@ def status(project: Path) -> dict[str, Any]:
     done = cli(project, "status", "--json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["functions"]  # type: ignore[no-any-return]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# The whole stack as a user starts it: `honcho start` of the project's Procfile.
+
+def lambdalite(project: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "lambdalite"), *args], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def stack_env(project: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDALITE_")}
+    # The project's own handlers sit below pytest's 0700 temp root, which the sandbox user cannot enter.
+    env.update(PATH=f"{BIN}:{env['PATH']}", PYTHONPATH=str(ROOT), LAMBDALITE_HTTP_PORT=str(free_port()),
+               LAMBDALITE_SANDBOX_USER="root")
+    env.update(extra)
+    return env
+
+
+def start_stack(project: Path, env: dict[str, str], log: str) -> subprocess.Popen[bytes]:
+    with (project / log).open("w") as out:
+        return subprocess.Popen([str(BIN / "honcho"), "start"], cwd=project, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_stack(honcho: subprocess.Popen[bytes]) -> None:
+    family = psutil.Process(honcho.pid).children(recursive=True) if honcho.poll() is None else []
+    if honcho.poll() is None:
+        os.killpg(honcho.pid, signal.SIGINT)
+        honcho.wait(15)
+    _, alive = psutil.wait_procs(family, timeout=3)
+    for proc in alive:
+        proc.kill()
+
+
+def wait_up(project: Path, env: dict[str, str], honcho: subprocess.Popen[bytes], log: str) -> None:
+    deadline = time.monotonic() + 60
+    while lambdalite(project, env, "status", "--json").returncode != 0:
+        assert honcho.poll() is None, (project / log).read_text()
+        assert time.monotonic() < deadline, "the stack did not come up"
+        time.sleep(0.2)

@@ -10,9 +10,7 @@ The disks are real (a small tmpfs, see ``diskkit``); so are every process and th
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -35,7 +33,7 @@ from broker.queues import Publisher
 from broker.registry import load_registry
 from sources.manifest import Manifest
 from sources.sqlite_cursor import cursor_key
-from tests.stack import ROOT, Scaler, cli, env, invoke, publish, status
+from tests.stack import ROOT, Scaler, cli, env, free_port, invoke, publish, status
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -76,12 +74,6 @@ mode = "async"
 handler = "sink.handler"
 timeout = 30
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Process:
@@ -316,11 +308,13 @@ def test_an_invocation_without_room_for_its_tmpdir_fails_alone_and_its_worker_ca
             queued = publish(redis_url, project, "echo", {"n": 1})
             wait_until(lambda: status(project)["echo"]["retried"] == 1, "the asynchronous event's first failure")
             tmp.free()
-            outcome = results.wait(redis.Redis.from_url(redis_url), queued.id, 30)
+            outcome = results.wait(connect(redis_url), queued.id, 30)
             assert outcome is not None and outcome.ok and outcome.attempts == 2, outcome
             assert invoke(redis_url, project, "echo").ok
             assert workers_of(scaler) == workers, "the same worker served every invocation"
-            assert [p for p in os.listdir(tmp.folder) if p.startswith("lambdalite-")] == [], "no TMPDIR left"
+            left = [p for p in tmp.folder.glob("lambdalite-*/tmp/*")] + [
+                p for p in tmp.folder.iterdir() if p.name.startswith("lambdalite-") and ".env-" not in p.name]
+            assert left == [], "no TMPDIR left"
     finally:
         tmp.close()
     out = scaler.output()

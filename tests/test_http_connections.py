@@ -21,18 +21,13 @@ import pytest
 import redis
 
 from sources.connections import AcceptLogLimit
+from tests.stack import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TOML = """
 [functions.echo]
 handler = "handlers.echo.handler"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -81,8 +76,8 @@ async def _slow_client(port: int, seconds: float, lifetimes: list[float], still_
     request = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-padding: " + b"a" * 64 + b"\r\n\r\n"
     until = time.monotonic() + seconds
     while time.monotonic() < until:
+        started = time.monotonic()  # before the connect: the server's clock cannot start earlier than this
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        started = time.monotonic()
         try:
             for byte in request:
                 writer.write(bytes([byte]))

@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from broker.envelope import Event
 from broker.errors import ConfigError
 from broker.registry import load_registry
 from sources.webhook import create_app
+from tests.stack import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SW_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -180,12 +180,6 @@ def test_open_auth_is_refused_unless_on_loopback(registry, redis_url: str) -> No
     with pytest.raises(ConfigError, match="auth 'none' is refused when listening on 0.0.0.0"):
         create_app(registry, redis_url, host="0.0.0.0")
     create_app(registry, redis_url, host="::1")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_process_refuses_open_auth_in_one_line(registry, redis_url: str, project: Path) -> None:

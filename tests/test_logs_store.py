@@ -91,7 +91,7 @@ def test_an_invocation_s_lines_are_stored_in_order(stack: Scaler, r: redis.Redis
     [entry] = logstore.entries(r, "talk", since_ms=0)
     lines = _messages(entry)
     rid = entry.request_id
-    assert lines[0] == f"START RequestId: {rid} Version: $LATEST"
+    assert lines[0] == f"START RequestId: {rid} Version: 1"  # the running revision
     assert lines[-2] == f"END RequestId: {rid}"
     assert lines[-1].startswith(f"REPORT RequestId: {rid}\tDuration: ")
     assert "Init Duration: " in lines[-1], "the first invocation of a sandbox is a cold start"
@@ -129,7 +129,7 @@ def test_json_log_format(stack: Scaler, r: redis.Redis, redis_url: str, project:
     assert "plain print" in lines, "what a handler prints stays as it is, as in Lambda's Python runtime"
     records = [json.loads(line) for line in lines if line != "plain print"]
     start, info, caught, done, report = records
-    assert start["type"] == "platform.start" and start["record"] == {"requestId": rid, "version": "$LATEST"}
+    assert start["type"] == "platform.start" and start["record"] == {"requestId": rid, "version": "1"}
     assert {k: info[k] for k in ("level", "message", "logger", "requestId")} == {
         "level": "INFO", "message": "hello json", "logger": "app", "requestId": rid}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", info["timestamp"])

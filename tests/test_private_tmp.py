@@ -76,7 +76,11 @@ def peek(event, context):
         with open("/tmp/" + event["write"], "w") as f:
             f.write("x")
     import tempfile
-    return {"tmp": sorted(os.listdir("/tmp")), "tmpdir": tempfile.gettempdir(), "pid": os.getpid()}
+    if event.get("write_tmpdir"):
+        with open(os.path.join(tempfile.gettempdir(), event["write_tmpdir"]), "w") as f:
+            f.write("x")
+    return {"tmp": sorted(os.listdir("/tmp")), "tmpdir": tempfile.gettempdir(), "pid": os.getpid(),
+            "in_tmpdir": sorted(os.listdir(tempfile.gettempdir()))}
 '''
 
 FUNCTIONS = '''
@@ -172,11 +176,17 @@ def test_a_killed_workers_tmp_is_removed_by_the_scaler(project_tmp: Path, projec
 
 def test_private_tmp_off_gives_a_tmpdir_per_invocation(project_tmp: Path, project: Path, redis_url: str) -> None:
     with Scaler(project, TMPDIR=str(project_tmp), LAMBDALITE_PRIVATE_TMP="0") as scaler:
-        one = invoke(redis_url, project, "peek", {})
+        one = invoke(redis_url, project, "peek", {"write_tmpdir": "x"})
         two = invoke(redis_url, project, "peek", {})
+        [folder] = list(project_tmp.iterdir())  # the worker's: only its sandbox's user may enter its tmp/
+        assert folder.name.startswith("lambdalite-peek-") and oct(folder.stat().st_mode & 0o777) == "0o711"
+        assert list((folder / "tmp").iterdir()) == [], "an invocation's TMPDIR goes with it"
     assert one.ok and two.ok
-    assert one.result["tmpdir"].startswith(str(project_tmp / "lambdalite-peek-")), one.result
-    assert one.result["tmpdir"] != two.result["tmpdir"]
+    assert one.result["tmpdir"].startswith(str(folder / "tmp")), one.result
+    assert one.result["in_tmpdir"] == ["x"] and two.result["in_tmpdir"] == [], "each invocation's starts empty"
+    # made afresh at the same path: the sandbox's environment keeps no copy of every TMPDIR it had
+    # (tests/test_sandbox_memory.py)
+    assert one.result["tmpdir"] == two.result["tmpdir"]
     assert "private /tmp off" in scaler.output()
 
 

@@ -390,3 +390,36 @@ def test_a_cursor_holds_its_records_compressed_and_reads_them_as_json_too() -> N
         assert (cursor["event"], cursor["records"], problems) == ("e1", records, [])
     cursor, problems = read_cursor({b"last": b"1", b"event": b"e1", b"records": b"x\x9cgarbage"})
     assert cursor["event"] == "" and "cannot be read" in problems[0]
+
+
+def test_a_new_revision_starts_and_stops_streams_and_keeps_the_unchanged(project: Path, r: redis.Redis,
+                                                                          redis_url: str) -> None:
+    from broker.registry import parse_registry
+
+    registry = make_project(project)
+    app = app_db(project / "app.db")
+    app.executescript("CREATE TABLE other(id INTEGER PRIMARY KEY, name TEXT)")
+    feed = feed_for(registry, redis_url)
+    feed.step()
+    [kept] = feed.streams
+    text = (project / "lambdalite.toml").read_text() + (
+        '[functions.late]\nhandler = "handlers.noop.handler"\n'
+        '[[functions.late.triggers]]\nsource = "sqlite"\ndatabase = "app.db"\ntable = "other"\n')
+    feed.follow(parse_registry(text.encode(), project / "lambdalite.toml"))
+    assert feed.changed.is_set()
+    feed.step()
+    assert [s.function.name for s in feed.streams] == ["feed", "late"] and feed.streams[0] is kept
+    app.execute("INSERT INTO other(name) VALUES ('x')")
+    app.execute("INSERT INTO items(name, n) VALUES ('y', 1)")
+    feed.step()
+    feed.step()
+    assert [e["payload"]["Records"][0]["dynamodb"]["NewImage"]["name"] for e in queued_events(r, "late")] == [
+        {"S": "x"}]
+    assert len(queued_events(r, "feed")) == 1
+    feed.follow(parse_registry(b'[functions.late]\nhandler = "handlers.noop.handler"\n', project / "lambdalite.toml"))
+    feed.step()
+    assert feed.streams == [] and feed.databases == {}  # no stream left: the database is let go
+    app.execute("INSERT INTO items(name, n) VALUES ('z', 2)")
+    feed.step()
+    assert len(queued_events(r, "feed")) == 1  # removed: no new events
+    feed.close()

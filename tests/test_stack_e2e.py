@@ -7,9 +7,7 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,19 +15,7 @@ import psutil
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def lambdalite(project: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "lambdalite"), *args], cwd=project, env=env, capture_output=True,
-                          text=True, timeout=60)
+from tests.stack import BIN, ROOT, free_port, lambdalite
 
 
 @pytest.mark.timeout(180)

@@ -4,50 +4,15 @@ first one serving; the embedded Redis's supervisor stops the stack when its sock
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.test_stack_e2e import BIN, ROOT, free_port, lambdalite
-
-
-def stack_env(project: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDALITE_")}
-    # The project's own handler sits below pytest's 0700 temp root, which the sandbox user cannot enter.
-    env.update(PATH=f"{BIN}:{env['PATH']}", PYTHONPATH=str(ROOT), LAMBDALITE_HTTP_PORT=str(free_port()),
-               LAMBDALITE_SANDBOX_USER="root")
-    return env
-
-
-def start_stack(project: Path, env: dict[str, str], log: str) -> subprocess.Popen[bytes]:
-    with (project / log).open("w") as out:
-        return subprocess.Popen([str(BIN / "honcho"), "start"], cwd=project, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop_stack(honcho: subprocess.Popen[bytes]) -> None:
-    family = psutil.Process(honcho.pid).children(recursive=True) if honcho.poll() is None else []
-    if honcho.poll() is None:
-        os.killpg(honcho.pid, signal.SIGINT)
-        honcho.wait(15)
-    _, alive = psutil.wait_procs(family, timeout=3)
-    for proc in alive:
-        proc.kill()
-
-
-def wait_up(project: Path, env: dict[str, str], honcho: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while lambdalite(project, env, "status", "--json").returncode != 0:
-        assert honcho.poll() is None, (project / "first.log").read_text()
-        assert time.monotonic() < deadline, "the stack did not come up"
-        time.sleep(0.2)
+from tests.stack import ROOT, free_port, lambdalite, stack_env, start_stack, stop_stack, wait_up
 
 
 @pytest.mark.timeout(180)
@@ -60,7 +25,7 @@ def test_a_second_stack_in_the_same_folder_exits_with_one_line_and_the_first_kee
     env = stack_env(project)
     first = start_stack(project, env, "first.log")
     try:
-        wait_up(project, env, first)
+        wait_up(project, env, first, "first.log")
         sock = project / "var" / "redis.sock"
         inode = sock.stat().st_ino
 

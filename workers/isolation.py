@@ -6,7 +6,8 @@ A private /tmp is what a Lambda execution environment has: each worker owns a fo
 namespace, kept between that worker's invocations and removed when the worker retires. As root the
 sandbox makes the namespace itself; otherwise it needs an unprivileged user namespace. Where
 neither is possible the stack says so once at start and each invocation gets its own TMPDIR, as
-before (``LAMBDALITE_PRIVATE_TMP=0`` chooses that too).
+before (``LAMBDALITE_PRIVATE_TMP=0`` chooses that too), made afresh at one path of its worker's
+(:class:`InvocationFolder`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ def plan(settings: Settings | None = None) -> Plan:
     if _plan is None:
         _plan = decide(settings or load_settings())
     return _plan
+
+
+def use(the_plan: Plan) -> None:
+    """Make ``the_plan`` this process tree's (benches compare set-ups side by side in one process)."""
+    global _plan
+    _plan = the_plan
 
 
 def decide(settings: Settings) -> Plan:
@@ -240,6 +247,41 @@ def sweep() -> int:
         remove_tree(path)
         removed += 1
     return removed
+
+
+class InvocationFolder(PrivateTmp):
+    """Without a private /tmp, where one worker's invocations get their TMPDIRs: each invocation's is
+    made afresh by the sandbox at the same path, :attr:`invocation`, and removed after it. One path
+    rather than a new one each time, because a sandbox keeps every value it ever gave TMPDIR: the C
+    library's ``setenv`` never frees a value it was given (about 100 bytes an invocation, for good).
+
+    It is a private /tmp's folder, not mounted: the outer folder (the stack user's) can be passed
+    through but not listed or written, ``host`` is the sandbox identity's alone, and the scaler's
+    :func:`sweep` removes it when its worker dies without a word."""
+
+    def __init__(self, fn: Function, identity: Identity | None) -> None:
+        super().__init__(fn, identity)
+        os.chmod(self.outer, 0o711)  # the sandbox reaches ``host`` by its path
+        self.serial = 0
+
+    @property
+    def invocation(self) -> str:
+        """The next invocation's TMPDIR."""
+        return os.path.join(self.host, f"invocation-{self.serial}" if self.serial else "invocation")
+
+    def renew(self) -> None:
+        """The last invocation's TMPDIR could not be removed: the next one gets another path."""
+        self.serial += 1
+
+
+def invocation_folder(fn: Function) -> InvocationFolder | None:
+    """A new worker's :class:`InvocationFolder` (where it has no private /tmp), or None when it cannot
+    be made now: then each invocation's TMPDIR is a new folder in the temp folder."""
+    try:
+        return InvocationFolder(fn, plan().identity)
+    except OSError as e:
+        log.warning("%s: cannot make a folder for the invocations' TMPDIRs (%s); each gets a new path", fn.name, e)
+        return None
 
 
 def private_tmp(fn: Function) -> PrivateTmp | None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from broker import deadletter, delayed, quarantine, results, stats, successors
+from broker import deadletter, delayed, history, quarantine, results, stats, successors
 from broker.envelope import Event
 from broker.errors import EnvelopeError
 from broker.queues import Publisher
@@ -29,10 +29,12 @@ class Outcomes:
         self.connection = client
         self.publisher = publisher
         self.fn = fn
+        self.ended = ""  # how the last event queued here ended: succeeded, retried, failed or dead
 
     def success(self, pipe: Any, event: Event, result: Any, duration_ms: float) -> str:
         """Queue on ``pipe`` what a success changes; returns a line for the log (maybe empty)."""
         stats.count(pipe, self.fn.name, "succeeded")
+        self.ended = "succeeded"
         results.record(pipe, event.id, results.Outcome(
             "succeeded", result=result, attempts=event.attempt + 1, duration_ms=duration_ms))
         if event.invocation_type == "Event" and successors.clean(result):
@@ -51,6 +53,7 @@ class Outcomes:
         sync = event.invocation_type == "RequestResponse"
         retry = not sync and not dead and event.attempt < self.fn.retries
         stats.count(pipe, self.fn.name, "failed")
+        self.ended = "failed"
         if retry:
             backoff = self.fn.retry_backoff * (2 ** event.attempt)
             try:
@@ -61,6 +64,7 @@ class Outcomes:
                 retry = False
         if retry:
             stats.count(pipe, self.fn.name, "retried")
+            self.ended = "retried"
             return f"{self.fn.name}: attempt {event.attempt + 1} of {event.id} failed; retrying in {backoff:g}s"
         status: results.Status = "failed" if sync else "dead"
         results.record(pipe, event.id, results.Outcome(
@@ -69,6 +73,7 @@ class Outcomes:
             return ""
         deadletter.add(pipe, event, error, condition)
         stats.count(pipe, self.fn.name, "dead")
+        self.ended = "dead"
         if self.fn.on_failure:
             self.send_destination(pipe, self.fn.on_failure, event, condition, error, error=True)
         return (f"{self.fn.name}: event {event.id} dead-lettered after {event.attempt + 1} attempt(s): "
@@ -89,12 +94,14 @@ class Outcomes:
         deadletter.add_unreadable(pipe, self.fn.name, job_id, error, "InvalidJob")
         stats.count(pipe, self.fn.name, "failed")
         stats.count(pipe, self.fn.name, "dead")
+        self.ended = "dead"
         return f"{reason}; listed as dead letter {job_id} of {self.fn.name} (no event in it to run again)"
 
     def settle_failure(self, event: Event, error: dict[str, Any] | None, reason: str) -> None:
         """:meth:`failure` in a transaction of its own (for work found abandoned by a dead worker)."""
         with self.connection.pipeline(transaction=True) as pipe:
             line = self.failure(pipe, event, error, 0.0)
+            history.record(pipe, self.fn.name, time.time(), 0.0, True, self.ended == "dead", event.age * 1000)
             quarantine.report(pipe.execute())
         log.warning("%s: %s; %s", self.fn.name, reason, line or "settled as a failed attempt")
 

@@ -95,7 +95,8 @@ def _run_worker(settings: Settings, registry: Registry, fn: Function, handler: A
         return
     if slot is not None:
         slot.seal()  # before the sandbox forks: no handler can reach the board
-    runtime = Runtime(fn, handler, name, slot=slot)
+    version = registry.revision.version if registry.revision is not None else "$LATEST"
+    runtime = Runtime(fn, handler, name, slot=slot, version=version)
     runtime.prepare()  # the sandbox forks and gets ready while this process connects and sets up
     client = connect(settings.redis_dsn)
     worker = FunctionWorker(fn, registry, client, runtime, name, slot=slot)

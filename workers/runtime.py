@@ -70,11 +70,14 @@ class Runtime:
         worker_name: str,
         out: Callable[[str], None] | None = None,
         slot: Slot | None = None,
+        version: str = "$LATEST",
     ) -> None:
         self.fn = fn
+        self.version = version  # the START lines' Version: the running revision of lambdalite.toml
         self.slot = slot  # where the scaler's watchdog reads each invocation's deadline
         self.limits = Limits(fn.timeout, fn.memory, fn.ephemeral_storage)
-        self.tmp = isolation.private_tmp(fn)  # None: a TMPDIR per invocation instead
+        self.tmp = isolation.private_tmp(fn)  # None: a TMPDIR per invocation instead, made in self.folder
+        self.folder = isolation.invocation_folder(fn) if self.tmp is None else None
         self.sandbox = Sandbox(fn, handler, worker_name, self.tmp)
         # The idempotency helper's way to Redis from a sandbox that has none (set by the worker).
         self.door: Callable[[dict[str, Any]], dict[str, Any]] | None = None
@@ -105,7 +108,7 @@ class Runtime:
                 job_data: bytes | None) -> Invocation:
         self.prepare()
         self.log.begin()
-        self._out(f"START RequestId: {request_id} Version: $LATEST")
+        self._out(f"START RequestId: {request_id} Version: {self.version}")
         tmpdir, self._tmpdir = self._tmpdir or self._tmpdir_name(), None  # the sandbox makes it
         started = time.perf_counter()
         deadline = started + self.limits.timeout
@@ -132,6 +135,8 @@ class Runtime:
                         continue
                     if "tmpdir_error" in reply:  # a full disk (ENOSPC), a temp root gone or read-only
                         self.sandbox.init_ms = init_ms  # reported with the first invocation that runs
+                        if self.folder is not None and os.path.lexists(tmpdir):
+                            self.folder.renew()  # something else made it: not the invocation's to use
                         return self._without_tmpdir(request_id, reply["tmpdir_error"])
                     status = "success" if reply["ok"] else "error"
                     break
@@ -177,6 +182,8 @@ class Runtime:
                 os.rmdir(tmpdir)  # the usual case, an empty folder: one call instead of rmtree's walk
             except OSError:
                 shutil.rmtree(tmpdir, ignore_errors=True)
+                if self.folder is not None and os.path.lexists(tmpdir):
+                    self.folder.renew()  # the next invocation's must be new
         if broken:
             self.prepare()  # the next invocation finds a fresh sandbox already set up
         error = reply.get("error") if reply else self._error(status, request_id, duration_ms, peak_rss,
@@ -222,6 +229,8 @@ class Runtime:
     def _tmpdir_name(self) -> str:
         if self.tmp is not None:
             return self.tmp.host
+        if self.folder is not None:
+            return self.folder.invocation
         return os.path.join(tempfile.gettempdir(), f"lambdalite-{self.fn.name}-{secrets.token_hex(8)}")
 
     def _reap(self, wait_for_sandbox: bool) -> int | None:
@@ -263,6 +272,8 @@ class Runtime:
         self._tmpdir = None
         if self.tmp is not None:
             self.tmp.remove()
+        if self.folder is not None:
+            self.folder.remove()
 
 
 def _describe(wait_status: int | None) -> str:

@@ -12,6 +12,7 @@ function: :mod:`workers.slots`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -28,14 +29,14 @@ from typing import Any
 import psutil
 import redis
 
-from broker import connection, delayed, environment, kernel, pruning, quarantine, schedules, stacklock, stats
+from broker import connection, delayed, environment, kernel, pruning, quarantine, revision, schedules, stacklock, stats
 from broker.connection import TRANSIENT, Backoff, connect, wait_for_redis
 from broker.errors import LambdaliteError
 from broker.queues import WAKE_CHANNEL, Publisher, function_queue
 from broker.registry import Function, Registry, load_registry
 from broker.settings import Settings, load_settings
 from broker.stats import alive_key
-from workers import isolation, processes, recovery, slots, watchdog
+from workers import isolation, processes, recovery, reload, slots, watchdog
 from workers.limits import MB
 from workers.processes import WorkerProc
 
@@ -89,6 +90,7 @@ class Scaler:
         self.views = {fn.name: FunctionView() for fn in registry}
         self.queues = {fn.name: function_queue(client, fn.name) for fn in registry}
         self._published: dict[str, tuple[Any, str]] = {}  # function -> (its view as last written, encoded)
+        self.forked: dict[int, Function] = {}  # each worker's function as it was when forked
         self._last_view = -1e9
         # Handlers are imported by each sandbox, isolated; here only seen to import (in a child, as they will).
         isolation.plan(settings)
@@ -97,6 +99,7 @@ class Scaler:
         self.slots = slots.Slots(client, self.id, settings.max_workers)
         self._last_sweep = -1e9
         self._last_alive = -1e9
+        self._steady_since = 0.0  # since when this scaler has renewed its liveness without a gap
         self.quiet = False  # the last step saw no worker here and no work for any function
         self.memory_budget_mb = settings.memory_budget or int(psutil.virtual_memory().total / MB * 0.9)
         # Limits a worker cannot enforce (it is stopped or stuck) are enforced from here: see
@@ -117,6 +120,8 @@ class Scaler:
         now = self.clock() if now is None else now
         if now - self._last_alive >= 1.0:
             self.client.set(alive_key(self.id), 1, ex=ALIVE_TTL)
+            if now - self._last_alive > ALIVE_TTL:  # first, or after an outage: others may not have renewed yet
+                self._steady_since = now
             self._last_alive = now
         self.guard(now)
         self.reap()
@@ -143,7 +148,7 @@ class Scaler:
         compete with that worker for Redis and the CPU. Counting this scaler's workers only errs
         towards a step, which counts every scaler's.
         """
-        names = [name for name in functions if name in self.views]
+        names = [name for name in functions if name in self.views and name in self.registry]
         live = {name: sum(not p.retiring for p in self.views[name].workers.values()) for name in names}
         if not all(live.values()):
             return True
@@ -168,7 +173,7 @@ class Scaler:
         stuck past the deadline, stopped over the memory limit); :meth:`reap` settles its event."""
         procs = {p.pid: p for v in self.views.values() for p in v.workers.values()}
         limits = {pid: (fn.timeout, fn.memory) for pid, p in procs.items()
-                  for fn in (self.registry.get(p.fn),)}
+                  for fn in (self.forked.get(pid) or self.registry.get(p.fn),)}
         for pid, breach in self.watchdog.check(now, limits).items():
             self.breaches[procs[pid].name] = (breach.error_type, breach.detail)
             self.decide(procs[pid].fn, now, "kill", f"{procs[pid].name}: {breach.error_type}")
@@ -196,6 +201,7 @@ class Scaler:
                     continue
                 collected = True
                 self.watchdog.forget(pid)
+                self.forked.pop(pid, None)
                 gone.append(proc.name)
                 if status != 0:
                     crashed = True
@@ -206,13 +212,34 @@ class Scaler:
             recovery.recover(self.client, self.registry, self.is_dead, self.breaches)
         for name in gone:
             self.breaches.pop(name, None)
+        if collected:
+            self.forget_removed()
+
+    def forget_removed(self) -> None:
+        """Drop what this scaler keeps of functions no longer in the registry, once their last
+        worker is gone (what is queued for them stays in Redis, for status and the dead letters)."""
+        removed = [name for name, view in self.views.items() if name not in self.registry and not view.workers]
+        if not removed:
+            return
+        for name in removed:
+            del self.views[name], self.queues[name]
+            self._published.pop(name, None)
+        with self.client.pipeline(transaction=False) as pipe:
+            for name in removed:
+                pipe.hdel(slots.slots_key(name), self.id)
+                pipe.hdel(stats.scaler_key(name), self.id)
+            pipe.execute(raise_on_error=False)
 
     def is_dead(self, worker_name: str) -> bool:
         """Whether the worker that RQ names ``worker_name`` is gone.
 
         Ours: it is no longer among our workers. Another scaler's on this host (or one of an
-        earlier run): its process is gone. Another host's, or a name that is not a lambdalite
-        worker's (a plain RQ worker's, or a damaged one): its RQ worker key expired.
+        earlier run): its process is gone. Another host's: its RQ worker key expired, or its
+        scaler's liveness key did (the host's lease: a host that died or was cut off for
+        ``ALIVE_TTL`` seconds), judged only once this scaler has itself renewed its liveness for
+        that long without a gap, so that after a Redis outage every scaler has had its turn to
+        renew. A name that is not a lambdalite worker's (a plain RQ worker's, or a damaged one):
+        its RQ worker key expired.
         """
         owner = processes.parse_worker_name(worker_name)
         if owner is None:
@@ -222,7 +249,10 @@ class Scaler:
             return not any(pid in v.workers for v in self.views.values())
         if host == self.host:
             return not psutil.pid_exists(pid)
-        return not self.client.exists(f"rq:worker:{worker_name}")
+        if not self.client.exists(f"rq:worker:{worker_name}"):
+            return True
+        steady = self._last_alive - self._steady_since >= ALIVE_TTL and self.clock() - self._last_alive < ALIVE_TTL
+        return steady and not self.client.exists(alive_key(f"{host}.{sid}"))
 
     def observe(self, now: float) -> bool:
         """Read every worker's RQ state and job counts, and look for delayed events now due, in one
@@ -256,8 +286,8 @@ class Scaler:
         for fn, census in zip(functions, counts, strict=True):
             view = self.views[fn.name]
             queued, running, total = census.queued, census.running, census.workers
-            cap = fn.concurrency(self.settings.max_workers)
-            desired = max(fn.min_workers, min(queued + running, cap))
+            # across every host: this host's part is bounded by its own cap in grow()
+            desired = max(fn.min_workers, min(queued + running, slots.cluster_cap(fn)))
             active += desired > 0
             live = [p for p in view.workers.values() if not p.retiring]
             if desired > total:
@@ -332,6 +362,7 @@ class Scaler:
                 del wants[name]
                 continue
             pid = self.spawn(fn)
+            self.forked[pid] = fn
             wname = processes.worker_name(self.host, self.sid, fn.name, pid)
             self.views[name].workers[pid] = WorkerProc(pid, name, wname, now)
             self.decide(name, now, "scale-up", reason)
@@ -342,7 +373,8 @@ class Scaler:
         return {**wants, **blocked}
 
     def memory_allows(self, fn: Function) -> bool:
-        committed = sum(self.registry.get(p.fn).memory for v in self.views.values() for p in v.workers.values())
+        committed = sum((self.forked.get(p.pid) or self.registry.functions.get(p.fn, fn)).memory
+                        for v in self.views.values() for p in v.workers.values())
         available = psutil.virtual_memory().available / MB
         return committed + fn.memory <= self.memory_budget_mb and fn.memory <= available
 
@@ -382,6 +414,30 @@ class Scaler:
             for name, view_json in changed.items():
                 pipe.hset(stats.scaler_key(name), self.id, view_json)
             quarantine.report(pipe.execute())
+
+    # -- reloading ----------------------------------------------------------------------------------
+
+    def apply(self, registry: Registry, changed: set[str]) -> None:
+        """Run ``registry`` (a new revision) from now on: new functions get their view and queue,
+        and the workers of functions removed or ``changed`` (definition or code) stop warm: each
+        finishes the invocation it runs on its code and limits, and new invocations go to fresh
+        workers forked with the new ones."""
+        now = self.clock()
+        gone = set(self.registry.functions) - set(registry.functions)
+        self.registry.replace(registry)
+        for fn in self.registry:
+            if fn.name not in self.views:
+                self.views[fn.name] = FunctionView()
+                self.queues[fn.name] = function_queue(self.client, fn.name)
+        number = registry.revision.number if registry.revision is not None else 0
+        for name in sorted(changed | gone):
+            view = self.views.get(name)
+            why = "removed" if name in gone else f"changed in revision {number}"
+            for proc in list(view.workers.values()) if view is not None else ():
+                if not proc.retiring:
+                    self.retire(proc, now, why)
+        self.ticker.replace(self.registry)
+        self.forget_removed()
 
     # -- stopping -----------------------------------------------------------------------------------
 
@@ -446,6 +502,21 @@ class _Flag:
         self.set = True
 
 
+def _wake(client: redis.Redis) -> None:
+    """Wake the scaler's loop (from the watch's thread) to look at an edit."""
+    with contextlib.suppress(*TRANSIENT):  # the loop looks anyway within a second
+        client.publish(revision.RELOAD_CHANNEL, "edit")
+
+
+def _publish_running(reloader: reload.Reloader, stop: _Flag) -> revision.Revision | None:
+    """Publish the revision this scaler starts with; None when Redis is away (tried again by the loop)."""
+    try:
+        return reloader.publish_running()
+    except TRANSIENT as e:
+        log.warning("could not publish the running revision (%s); trying again", e)
+        return None
+
+
 def main() -> None:
     from broker import logs
 
@@ -463,8 +534,13 @@ def main() -> None:
     except LambdaliteError as e:
         print(f"lambdalite: {e}", file=sys.stderr)
         sys.exit(1)
-    log.info("scaler %s: %d function(s), up to %d workers", scaler.id, len(registry.functions),
-             settings.max_workers)
+    hup = _Flag()
+    signal.signal(signal.SIGHUP, hup)
+    reloader = reload.Reloader(settings, client, registry, scaler.apply, wake=lambda: _wake(client))
+    rev = _publish_running(reloader, stop)
+    log.info("scaler %s: %d function(s), up to %d workers; revision %s", scaler.id, len(registry.functions),
+             settings.max_workers, rev.number if rev is not None else "?")
+    reloader.watch()
     pubsub = None
     backoff = Backoff(log)
     last_step = -math.inf
@@ -474,18 +550,29 @@ def main() -> None:
         try:
             if pubsub is None:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(WAKE_CHANNEL)
+                pubsub.subscribe(WAKE_CHANNEL, revision.RELOAD_CHANNEL)
+            if hup.set:
+                hup.set = False
+                reloader.notice(force=True)
+            if registry.revision is None:
+                _publish_running(reloader, stop)
+            if reloader.step():
+                last_step = -math.inf  # start the new revision's workers now
             if time.monotonic() - last_step >= scaler.interval or scaler.short_of_workers(woken):
                 scaler.step()
                 last_step = time.monotonic()
             woken.clear()
-            message = pubsub.get_message(timeout=max(0.0, last_step + scaler.interval - time.monotonic()))
+            timeout = max(0.0, last_step + scaler.interval - time.monotonic())
+            message = pubsub.get_message(timeout=min(timeout, reloader.wait if reloader.wait is not None else timeout))
             if message is not None:
                 time.sleep(max(0.0, woken_at + WAKE_GAP - time.monotonic()))
                 woken_at = time.monotonic()
             while message is not None:  # drain: one step serves every wake-up so far
                 data = message.get("data")
-                woken.add(data.decode(errors="replace") if isinstance(data, bytes) else str(data))
+                if message.get("channel") == revision.RELOAD_CHANNEL.encode():
+                    reloader.notice(force=data == b"force")
+                else:
+                    woken.add(data.decode(errors="replace") if isinstance(data, bytes) else str(data))
                 message = pubsub.get_message(timeout=0)
             backoff.succeeded()
         except TRANSIENT as e:
@@ -496,6 +583,7 @@ def main() -> None:
             time.sleep(STEP)
     log.info("scaler stopping")
     scaler.stop()
+    reloader.unwatch(wait=False)  # its thread ends with the process
     log.info("scaler stopped")
 
 

@@ -79,6 +79,15 @@ class Census:
     running: int
 
 
+NO_CAP = 1 << 30  # a function without max_concurrency: only each host's LAMBDALITE_MAX_WORKERS bounds it
+
+
+def cluster_cap(fn: Function) -> int:
+    """The most workers ``fn`` may have across every scaler sharing the Redis: its
+    ``max_concurrency``; without one, each host's own cap is the only bound."""
+    return fn.max_concurrency or NO_CAP
+
+
 def slots_key(function: str) -> str:
     return f"lambdalite:slots:{function}"
 
@@ -97,7 +106,7 @@ class Slots:
         keys = self._keys.get(fn.name)
         if keys is None:  # RQ builds a registry object each time it names the registry's key
             keys = self._keys[fn.name] = [slots_key(fn.name), queue.key, queue.started_job_registry.key]
-        return ["EVALSHA", self.sha, len(keys), *keys, self.scaler_id, fn.concurrency(self.max_workers),
+        return ["EVALSHA", self.sha, len(keys), *keys, self.scaler_id, cluster_cap(fn),
                 alive_key(""), int(take), mine, *quarantine.script_args()]
 
     def census(self, fns: list[tuple[Function, Queue, int]]) -> list[Census]:

@@ -30,7 +30,7 @@ from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
-from broker import idempotency, quarantine
+from broker import history, idempotency, quarantine
 from broker.conditional import recorded
 from broker.connection import TRANSIENT, Backoff, transact
 from broker.envelope import Event
@@ -47,6 +47,10 @@ from workers.watchdog import Slot
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY = 5  # seconds between an idle worker's heartbeats (a job's start sends one too)
+# An invocation that lasted this long may have outlived its host's lease (the scaler's liveness key,
+# renewed every second, 3 s to live: workers.scaler), had the host been cut off from Redis; its end
+# is recorded only if the job is still this worker's (see FunctionWorker.finish).
+FENCE_AFTER = 1.0
 T = TypeVar("T")
 
 
@@ -85,7 +89,9 @@ class FunctionWorker(SimpleWorker):
         self.stop_requested = False
         self.abandon_requested = False
         self.ran: Any = None  # the invocation whose outcome finish() records (its lines and cost go too)
+        self.age_ms = 0.0  # the age of its event when it was taken, for the history (broker.history)
         self._last_beat = 0.0
+        self._taken_at = 0.0  # when the current job was taken (time.monotonic())
         self.parent = os.getppid()
         self.slot = slot  # the scaler's marks of the control signals it sent (see workers.watchdog)
 
@@ -163,6 +169,7 @@ class FunctionWorker(SimpleWorker):
             return False
         if raw is None and started is None:
             return False
+        self._taken_at = time.monotonic()
         self.runtime.prepare_tmpdir()  # made by the sandbox while this process reads the job
         taken = self.hold(lambda: self.take(queue, raw, started), "starting a job")
         if taken is not None:
@@ -310,6 +317,7 @@ class FunctionWorker(SimpleWorker):
 
     def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
         self.ran = None
+        self.age_ms = 0.0
         try:
             event = self.accept(job)
         except Refused as e:
@@ -324,6 +332,7 @@ class FunctionWorker(SimpleWorker):
             self.finish(job, execution, None, f"Refused: {e}", refuse)
             log.error("worker %s: refused job %s: %s", self.name, job.id, line)
             return False
+        self.age_ms = event.age * 1000  # when taken: Lambda's IteratorAge (a stream) or AsyncEventAge
         if event.invocation_type == "Event" and event.age > self.fn.maximum_event_age:
             limit = self.fn.maximum_event_age
             error = {"errorType": "EventAgeExceeded",
@@ -360,8 +369,13 @@ class FunctionWorker(SimpleWorker):
         Redis takes it: the outcome is never dropped)."""
         job.ended_at = now()
         worked = job.ended_at - (job.started_at or job.ended_at)
+        fenced = time.monotonic() - self._taken_at >= FENCE_AFTER
 
         def transaction() -> str:
+            if fenced and not self.still_ours(job, execution):
+                log.warning("worker %s: job %s was taken over while this host's lease ran out (cut off from "
+                            "Redis); its outcome is dropped, its event runs again elsewhere", self.name, job.id)
+                return ""
             with recorded(self.connection) as pipe:  # run by transact(): the hot path's one write
                 quarantine.guard(pipe, self.rq_keys(job))
                 if failure is None:
@@ -387,9 +401,12 @@ class FunctionWorker(SimpleWorker):
                 self.increment_total_working_time(worked, pipe)
                 self.cleanup_execution(job, pipeline=pipe, execution=execution)
                 self.set_state(WorkerStatus.IDLE, pipeline=pipe)
+                self.outcomes.ended = ""
                 line = settle(pipe)
                 if self.ran is not None:
                     capture.store(pipe, self.fn, self.ran, self.runtime.log)
+                history.record(pipe, self.fn.name, time.time(), self.ran.duration_ms if self.ran else 0.0,
+                               failure is not None, self.outcomes.ended == "dead", self.age_ms)
                 commands = [args for args, _options in pipe.command_stack]
             quarantine.report(transact(self.connection, commands))
             return line
@@ -397,6 +414,13 @@ class FunctionWorker(SimpleWorker):
         line = self.hold(transaction, f"recording the outcome of job {job.id}")
         if line:
             log.info("%s", line)
+
+    def still_ours(self, job: Job, execution: Any) -> bool:
+        """Whether this worker still holds ``job``: its execution is in the started registry, from
+        which another host's scaler removes it when it takes the job over (see
+        :mod:`workers.recovery`)."""
+        member = f"{job.id}:{execution.id}"
+        return self.connection.zscore(job.started_job_registry.key, member) is not None
 
     def accept(self, job: Job) -> Event:
         """The job's event, or :class:`Refused` without importing anything the job names."""

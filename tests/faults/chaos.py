@@ -34,7 +34,7 @@ from tests.faults.stack import KINDS, PROCFILE_KINDS, ROOT, Stack, victim
 
 HERE = Path(__file__).resolve().parent
 
-FAULTS = KINDS + ("ctrl-c", "outage")
+FAULTS = KINDS + ("ctrl-c", "outage", "failover")
 FLOWING_AFTER = 3.0  # seconds of events after the last fault
 
 # One recording function per source: (name, max_concurrency, the trigger's own keys).
@@ -54,6 +54,8 @@ CONFIG = "".join(
 class Report:
     accepted: int = 0
     lost: list[str] = field(default_factory=list)
+    lost_accepted: list[float] = field(default_factory=list)  # when each lost event was accepted (wall time)
+    struck: list[tuple[str, float, float]] = field(default_factory=list)  # (fault, when, when back) wall times
     duplicated: int = 0
     # (fault, seconds from the fault, seconds from the stack being back) until every source flowed
     recoveries: list[tuple[str, float, float]] = field(default_factory=list)
@@ -232,6 +234,13 @@ def _disrupt(stack: Stack, fault: str, rng: random.Random, report: Report, say) 
         say(f"ctrl-c: stopped in {took:.2f}s")
         stack.start()
         return at, time.time()
+    if fault == "failover":  # the Sentinel-watched primary SIGKILLed: back once a replica is promoted
+        assert stack.sentinels is not None, "a failover needs the stack on Redis with Sentinel"
+        old = stack.sentinels.kill_primary()
+        at = time.time()
+        stack.sentinels.wait_promotion(old)
+        say(f"primary :{old} killed; :{stack.sentinels.primary_port} promoted {time.time() - at:.2f}s later")
+        return at, time.time()
     if fault == "outage":  # Redis stopped for OUTAGE seconds: nothing may exit
         assert stack.redis is not None, "an outage needs the stack on an external Redis"
         before = {kind: proc.pid for kind, proc in stack.procs().items()}
@@ -265,11 +274,12 @@ def run(project: Path, per_source: int, rate: float, faults: list[str], seed: in
     order, each at a random moment while ``per_source`` events per source flow at ``rate`` a second.
 
     With ``outage`` among the faults the stack uses a Redis of its own (``LAMBDALITE_REDIS_URL``)
-    that the run stops and starts; otherwise the Procfile's embedded one.
+    that the run stops and starts; with ``failover`` a primary, a replica and three sentinels
+    (``redis+sentinel://``), whose primary the run kills; otherwise the Procfile's embedded Redis.
     """
     rng = random.Random(seed)
     prepare(project)
-    stack = Stack(project, external_redis="outage" in faults, **settings)
+    stack = Stack(project, external_redis="outage" in faults, sentinels="failover" in faults, **settings)
     report = Report()
     began = time.monotonic()
     try:
@@ -302,6 +312,8 @@ def run(project: Path, per_source: int, rate: float, faults: list[str], seed: in
                 break
             time.sleep(0.2)
         report.lost = sorted(missing)
+        report.lost_accepted = [load.accepted[k] for k in report.lost]
+        report.struck = struck
         report.duplicated = sum(seen.values()) - len(seen)
         for fault, at, resumed in struck:
             # flowing again once every source has had an event finish after the stack was back (a

@@ -16,6 +16,7 @@ import psutil
 import redis
 
 from broker.embedded import RedisServer
+from tests.sentinelkit import SentinelSet
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -46,7 +47,7 @@ class Stack:
     """The Procfile under ``honcho start`` in ``project``; started again after each stop."""
 
     def __init__(self, project: Path, external_redis: bool = False, outage: float = 10.0,
-                 **settings: str) -> None:
+                 sentinels: bool = False, **settings: str) -> None:
         self.project = project
         self.port = free_port()
         self.outage = outage
@@ -54,6 +55,11 @@ class Stack:
         self.redis = RedisServer(project / "redis", appendonly=True).start() if external_redis else None
         if self.redis is not None:
             settings = {"LAMBDALITE_REDIS_URL": self.redis.url, **settings}
+        self.sentinels: SentinelSet | None = None
+        if sentinels:  # a primary, a replica and three sentinels: the run kills the primary
+            (project / "redis").mkdir(parents=True, exist_ok=True)
+            self.sentinels = SentinelSet(project / "redis").__enter__()
+            settings = {"LAMBDALITE_REDIS_URL": self.sentinels.url, **settings}
         env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDALITE_")}
         env.update(PATH=f"{BIN}:{env['PATH']}", PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1",
                    LAMBDALITE_HTTP_PORT=str(self.port), CHAOS_RECORDS=str(project / "records"),
@@ -176,6 +182,8 @@ class Stack:
                 proc.kill()
         if self.redis is not None:
             self.redis.stop()
+        if self.sentinels is not None:
+            self.sentinels.stop()
         self.log.close()
 
 

@@ -16,10 +16,13 @@ import pytest
 
 from tests.faults import chaos
 
+FIXED_SEED = 20261206
+
 
 def seed() -> int:
-    """A new seed each run (faults at new moments), printed so a failure can be replayed."""
-    value = int(os.environ.get("CHAOS_SEED", time.time_ns() % 1_000_000))
+    """The faults' moments: CHAOS_SEED where given; in CI a fixed one, so a red run replays as it was;
+    elsewhere a new one each run. Printed (and shown with a failure) so any run can be replayed."""
+    value = int(os.environ.get("CHAOS_SEED") or (FIXED_SEED if os.environ.get("CI") else time.time_ns() % 1_000_000))
     print(f"CHAOS_SEED={value}")
     return value
 

@@ -1,0 +1,247 @@
+"""Each function's recent history in fixed-size buckets: what the console graphs, bounded, in Redis.
+
+One hash per function (``lambdalite:history:<function>``) holds two rings of buckets: one a minute
+wide for the last hour (fields ``m0`` .. ``m59``) and one five minutes wide for the last day
+(``d0`` .. ``d287``). A bucket is one field, its figures packed as comma-separated integers
+(:data:`FIELDS`, then :data:`BINS` counts of durations on a log scale). Its first figure is the
+second its window starts: a write that finds an older window there starts the bucket afresh, so
+the hash never holds more than 348 fields, however much traffic goes by, and it is in Redis, so it
+outlives a restart of the stack. The key expires :data:`KEEP` seconds after its last write.
+
+Two writers, each one script:
+
+- the worker, in the transaction that records an invocation's outcome (:func:`record`: no round
+  trip of its own): the invocation, its duration, whether it failed or was dead-lettered, and the
+  age of its event when it ended (iterator age for a stream, event age for an asynchronous call);
+- the HTTP source's sampler (:func:`sample`, every few seconds): the gauges, kept as the highest
+  seen in the bucket (concurrent executions, queue depth, the oldest queued event's age) and the
+  throttles counted since its last sample.
+
+:func:`series` reads them back for a window; :func:`percentile` estimates a duration quantile from
+the bins (within a factor of √2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from broker import quarantine
+
+KEEP = 2 * 24 * 3600  # seconds a function's history outlives its last write
+BINS = 40  # duration bins: bin k holds durations in [2^(k/2), 2^((k+1)/2)) ms; bin 0 also those < 1 ms
+FIELDS = ("start", "invocations", "errors", "dead", "duration_sum", "duration_min", "duration_max", "age_max",
+          "concurrency_max", "queued_max", "oldest_max", "throttles")
+
+
+@dataclass(frozen=True, slots=True)
+class Ring:
+    """A ring of ``slots`` buckets ``width`` seconds wide, its fields named ``<prefix><slot>``."""
+
+    prefix: str
+    width: int
+    slots: int
+
+    def field(self, start: int) -> str:
+        return f"{self.prefix}{start // self.width % self.slots}"
+
+
+HOUR = Ring("m", 60, 60)
+DAY = Ring("d", 300, 288)
+RINGS = {"hour": HOUR, "day": DAY}
+
+
+def history_key(function: str) -> str:
+    return f"lambdalite:history:{function}"
+
+
+# KEYS[1]: the hash. ARGV[1]: 'inv' or 'gauge'; ARGV[2..5]: its four figures (inv: failed, dead,
+# duration ms, age ms; gauge: concurrency, queued, oldest age ms, throttles); ARGV[6]: now (s);
+# ARGV[7]: seconds to keep; then each ring's prefix, width and slot count (ARGV[8..13]); then
+# quarantine.script_args(). A bucket that does not parse is started afresh, so the writes never fail.
+_RECORD = quarantine.MOVE_FUNCTION + """
+local nfields = NFIELDS
+local nbins = NBINS
+local out = {}
+move(KEYS[1], 'hash', 13, out)
+local kind = ARGV[1]
+local a, b, c, d = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local now = tonumber(ARGV[6])
+for r = 8, 13, 3 do
+  local width, slots = tonumber(ARGV[r + 1]), tonumber(ARGV[r + 2])
+  local start = math.floor(now / width) * width
+  local field = ARGV[r] .. ((start / width) % slots)
+  local raw = redis.call('HGET', KEYS[1], field)
+  local v = {}
+  if raw then for n in string.gmatch(raw, '[^,]+') do v[#v + 1] = tonumber(n) end end
+  if #v ~= nfields + nbins or v[1] ~= start then
+    v = {start}
+    for i = 2, nfields + nbins do v[i] = 0 end
+  end
+  if kind == 'inv' then
+    if v[2] == 0 or c < v[6] then v[6] = c end
+    v[2] = v[2] + 1
+    v[3] = v[3] + a
+    v[4] = v[4] + b
+    v[5] = v[5] + c
+    if c > v[7] then v[7] = c end
+    if d > v[8] then v[8] = d end
+    local bin = 0
+    if c >= 1 then bin = math.floor(2 * math.log(c) / math.log(2)) end
+    if bin > nbins - 1 then bin = nbins - 1 end
+    v[nfields + 1 + bin] = v[nfields + 1 + bin] + 1
+  else
+    if a > v[9] then v[9] = a end
+    if b > v[10] then v[10] = b end
+    if c > v[11] then v[11] = c end
+    v[12] = v[12] + d
+  end
+  redis.call('HSET', KEYS[1], field, table.concat(v, ','))
+end
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+return out
+""".replace("NFIELDS", str(len(FIELDS))).replace("NBINS", str(BINS))
+
+
+def _rings() -> list[Any]:
+    return [x for ring in (HOUR, DAY) for x in (ring.prefix, ring.width, ring.slots)]
+
+
+def record(pipe: Any, function: str, now: float, duration_ms: float, failed: bool, dead: bool,
+           age_ms: float) -> None:
+    """Queue on ``pipe`` the counting of one invocation that ended at ``now``."""
+    pipe.eval(_RECORD, 1, history_key(function), "inv", int(failed), int(dead), max(0, round(duration_ms)),
+              max(0, round(age_ms)), now, KEEP, *_rings(), *quarantine.script_args())
+
+
+def sample(pipe: Any, function: str, now: float, concurrency: int, queued: int, oldest_ms: float,
+           throttles: int) -> None:
+    """Queue on ``pipe`` one sample of the function's gauges taken at ``now``."""
+    pipe.eval(_RECORD, 1, history_key(function), "gauge", max(0, concurrency), max(0, queued),
+              max(0, round(oldest_ms)), max(0, throttles), now, KEEP, *_rings(), *quarantine.script_args())
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One bucket's figures (zeros for a window nothing was written in)."""
+
+    start: int
+    invocations: int = 0
+    errors: int = 0
+    dead: int = 0
+    duration_sum: int = 0
+    duration_min: int = 0
+    duration_max: int = 0
+    age_max: int = 0
+    concurrency_max: int = 0
+    queued_max: int = 0
+    oldest_max: int = 0
+    throttles: int = 0
+    bins: tuple[int, ...] = (0,) * BINS
+
+    @property
+    def duration_avg(self) -> float | None:
+        return self.duration_sum / self.invocations if self.invocations else None
+
+    @property
+    def success_rate(self) -> float | None:
+        return 100.0 * (self.invocations - self.errors) / self.invocations if self.invocations else None
+
+
+def _parse(raw: bytes | None, start: int) -> Bucket:
+    if raw is None:
+        return Bucket(start)
+    try:
+        values = [int(x) for x in raw.split(b",")]
+    except ValueError:
+        return Bucket(start)
+    if len(values) != len(FIELDS) + BINS or values[0] != start:
+        return Bucket(start)  # a window of the past day, since written over, or not a bucket
+    figures = dict(zip(FIELDS, values, strict=False))
+    return Bucket(bins=tuple(values[len(FIELDS):]), **figures)
+
+
+def window_fields(ring: Ring, now: float) -> tuple[list[int], list[str]]:
+    """The starts of the ring's buckets that cover the window ending at ``now``, oldest first, and
+    their field names."""
+    last = math.floor(now / ring.width) * ring.width
+    starts = [last - ring.width * i for i in range(ring.slots - 1, -1, -1)]
+    return starts, [ring.field(s) for s in starts]
+
+
+def series_many(client: redis.Redis, functions: Sequence[str], ring: Ring, now: float) -> dict[str, list[Bucket]]:
+    """Each function's buckets over the ring's window ending at ``now``, oldest first: one round
+    trip for them all. A key of another type is read as empty."""
+    starts, fields = window_fields(ring, now)
+    with client.pipeline(transaction=False) as pipe:
+        for name in functions:
+            pipe.hmget(history_key(name), fields)
+        replies = pipe.execute(raise_on_error=False)
+    out = {}
+    for name, reply in zip(functions, replies, strict=True):
+        if isinstance(reply, Exception):
+            if not quarantine.wrong_type(reply):
+                raise reply
+            reply = [None] * len(fields)
+        out[name] = [_parse(raw, start) for raw, start in zip(reply, starts, strict=True)]
+    return out
+
+
+def last_hour(client: redis.Redis, functions: Sequence[str], now: float) -> dict[str, tuple[Bucket, Bucket]]:
+    """Each function's current minute and its last hour summed (the five-minute buckets of the last
+    hour and the current one: 13 fields a function, read in one round trip). The hour is whole
+    five-minute windows, so it reaches up to 64 minutes back."""
+    starts, fields = window_fields(DAY, now)
+    starts, fields = starts[-12:], fields[-12:]
+    minute = math.floor(now / HOUR.width) * HOUR.width
+    with client.pipeline(transaction=False) as pipe:
+        for name in functions:
+            pipe.hmget(history_key(name), [HOUR.field(minute), *fields])
+        replies = pipe.execute(raise_on_error=False)
+    out = {}
+    for name, reply in zip(functions, replies, strict=True):
+        if isinstance(reply, Exception):
+            if not quarantine.wrong_type(reply):
+                raise reply
+            reply = [None] * (len(fields) + 1)
+        hour = [_parse(raw, start) for raw, start in zip(reply[1:], starts, strict=True)]
+        out[name] = (_parse(reply[0], minute), total(hour))
+    return out
+
+
+def series(client: redis.Redis, function: str, ring: Ring, now: float) -> list[Bucket]:
+    """The function's buckets over the ring's window ending at ``now``, oldest first."""
+    return series_many(client, [function], ring, now)[function]
+
+
+def total(buckets: Iterable[Bucket]) -> Bucket:
+    """The buckets summed (counts added, highs kept, the start of the first)."""
+    items = list(buckets)
+    done = [b for b in items if b.invocations]
+    return Bucket(
+        items[0].start if items else 0,
+        sum(b.invocations for b in items), sum(b.errors for b in items), sum(b.dead for b in items),
+        sum(b.duration_sum for b in items), min((b.duration_min for b in done), default=0),
+        max((b.duration_max for b in items), default=0), max((b.age_max for b in items), default=0),
+        max((b.concurrency_max for b in items), default=0), max((b.queued_max for b in items), default=0),
+        max((b.oldest_max for b in items), default=0), sum(b.throttles for b in items),
+        tuple(sum(col) for col in zip(*(b.bins for b in items), strict=True)) if items else (0,) * BINS)
+
+
+def percentile(bucket: Bucket, q: float) -> float | None:
+    """The ``q`` quantile (0 < q <= 1) of the bucket's durations in ms, as the upper edge of the bin
+    it falls in, no more than the highest seen; None when the bucket has none."""
+    n = sum(bucket.bins)
+    if not n:
+        return None
+    rank = math.ceil(q * n)
+    seen = 0
+    for k, count in enumerate(bucket.bins):
+        seen += count
+        if seen >= rank:
+            return float(min(2 ** ((k + 1) / 2), bucket.duration_max)) if k < BINS - 1 else float(bucket.duration_max)
+    return float(bucket.duration_max)

@@ -1,0 +1,297 @@
+"""Live reload on the real scaler: a steady stream of events while lambdalite.toml gains a function, a
+handler file changes, and an invalid edit is made and reverted. Every event accepted runs exactly
+once, on the code of the revision its START line names; the new function's events run; the invalid
+edit is refused in one log line naming the file, the function and the key, and the running revision
+stays."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import redis
+
+from broker import revision
+from broker.envelope import Event
+from broker.queues import Publisher, function_queue
+from broker.registry import load_registry
+from tests.stack import Scaler, cli
+
+HANDLER = '''"""Records each run: its request id, the code it ran and when."""
+import json, os, time
+CODE = {code!r}
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def handler(event, context):
+    started = time.time()
+    with open(os.path.join(HERE, "runs.jsonl"), "a") as f:
+        f.write(json.dumps({{"id": context.aws_request_id, "fn": context.function_name, "code": CODE,
+                            "at": started}}) + "\\n")
+    return {{"code": CODE}}
+'''
+
+ONE = """
+[functions.alpha]
+handler = "reloadee.handler"
+max_concurrency = 2
+"""
+TWO = ONE + """
+[functions.beta]
+handler = "reloadee_beta.handler"
+"""
+INVALID = TWO.replace("max_concurrency = 2", "max_concurrency = 2\ntimeot = 3")
+
+
+def runs(project: Path) -> list[dict]:
+    path = project / "runs.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_until(what: str, condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.05)
+
+
+def running_number(client: redis.Redis) -> int:
+    found = revision.read(client)
+    return found[0].number if found is not None else 0
+
+
+class Stream:
+    """Publishes an event every ``gap`` s to each function of the running revision (followed as the
+    CLI and the HTTP source follow it); keeps the ids of the events accepted."""
+
+    def __init__(self, client: redis.Redis, project: Path, gap: float = 0.02) -> None:
+        self.registry = load_registry(project / "lambdalite.toml")
+        self.follower = revision.Follower(client, project / "lambdalite.toml", self.registry.replace)
+        self.publisher = Publisher(client, self.registry)
+        self.accepted: dict[str, tuple[str, float]] = {}  # id -> (function, when)
+        self.gap = gap
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run)
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop.wait(self.gap):
+            for fn in list(self.registry.functions):
+                n += 1
+                event = Event(function=fn, payload={"n": n})
+                self.publisher.publish(event)
+                self.accepted[event.id] = (fn, time.time())
+
+    def __enter__(self) -> Stream:
+        self.follower.start()
+        assert self.follower.ready.wait(10)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.follower.stop()
+
+
+def start_versions(project: Path, function: str) -> dict[str, str]:
+    """request id -> the Version of its START line, from the function's log store."""
+    done = cli(project, "logs", function, "--since", "10m")
+    assert done.returncode == 0, done.stderr
+    return dict(re.findall(r"START RequestId: (\S+) Version: (\S+)", done.stdout))
+
+
+@pytest.mark.timeout(180)
+def test_reload_under_a_stream_of_events(project: Path, redis_url: str) -> None:
+    (project / "reloadee.py").write_text(HANDLER.format(code="v1"))
+    (project / "reloadee_beta.py").write_text(HANDLER.format(code="beta"))
+    (project / "lambdalite.toml").write_text(ONE)
+    client = redis.Redis.from_url(redis_url)
+    scaler = Scaler(project)
+    code_of: dict[int, str] = {}
+    try:
+        wait_until("revision 1 published", lambda: running_number(client) == 1)
+        code_of[1] = "v1"
+        with Stream(client, project) as stream:
+            wait_until("alpha runs", lambda: len(runs(project)) >= 10)
+
+            (project / "lambdalite.toml").write_text(TWO)  # gains a function
+            edited = time.time()
+            wait_until("revision 2", lambda: running_number(client) == 2)
+            code_of[2] = "v1"
+            wait_until("beta runs", lambda: any(r["fn"] == "beta" for r in runs(project)))
+            beta_after = min(r["at"] for r in runs(project) if r["fn"] == "beta") - edited
+
+            (project / "reloadee.py").write_text(HANDLER.format(code="v2 (edited)"))  # new code
+            wait_until("revision 3", lambda: running_number(client) == 3)
+            code_of[3] = "v2 (edited)"
+            wait_until("alpha runs the new code", lambda: any(r["code"] == "v2 (edited)" for r in runs(project)))
+
+            (project / "lambdalite.toml").write_text(INVALID)  # refused: revision 3 keeps running
+            wait_until("the refusal", lambda: "reload refused" in scaler.output())
+            status = json.loads(cli(project, "status", "--json").stdout)
+            (project / "lambdalite.toml").write_text(TWO)  # reverted: the running revision's own file
+            wait_until("the refusal forgotten", lambda: not revision.refused(client))
+            time.sleep(1.0)
+        assert running_number(client) == 3
+        accepted = stream.accepted
+        wait_until("every accepted event ran", lambda: len(runs(project)) >= len(accepted), timeout=60)
+        time.sleep(0.5)  # a run beyond them (run twice) would show now
+    finally:
+        scaler.stop()
+    refusals = [line for line in scaler.output().splitlines() if "reload refused" in line]
+    assert len(refusals) == 1, scaler.output()
+    assert "lambdalite.toml" in refusals[0] and "'alpha'" in refusals[0] and "timeot" in refusals[0]
+    assert status["revision"]["number"] == 3 and "timeot" in status["revision"]["refused"]
+
+    done = runs(project)
+    counts = Counter(r["id"] for r in done)
+    assert set(counts) == set(accepted), "an event accepted did not run, or one ran that was not accepted"
+    assert max(counts.values()) == 1, [i for i, c in counts.items() if c > 1]
+    versions = {**start_versions(project, "alpha"), **start_versions(project, "beta")}
+    for r in done:
+        version = int(versions[r["id"]])
+        expected = "beta" if r["fn"] == "beta" else code_of[version]
+        assert r["code"] == expected, (r, version)
+    # alpha's workers of revision 1 run on through revision 2 (alpha did not change); revision 3 replaced them
+    assert {1, 3} <= {int(versions[r["id"]]) for r in done if r["fn"] == "alpha"} <= {1, 2, 3}
+    print(f"beta's first run {beta_after:.2f} s after the edit; {len(done)} events")
+    scaler_log = scaler.output()
+    assert "revision 2 of lambdalite.toml accepted: beta changed" in scaler_log, scaler_log
+    assert "Traceback" not in scaler_log, scaler_log
+
+
+SOURCES_ONE = """
+[functions.alpha]
+handler = "reloadee.handler"
+"""
+GAMMA = """
+[functions.gamma]
+handler = "reloadee_gamma.handler"
+max_concurrency = 1
+
+[[functions.gamma.triggers]]
+source = "http"
+path = "/gamma"
+methods = ["POST"]
+
+[[functions.gamma.triggers]]
+source = "files"
+bucket = "uploads"
+"""
+SLOW = '''import json, os, time
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def handler(event, context):
+    with open(os.path.join(HERE, "runs.jsonl"), "a") as f:
+        f.write(json.dumps({"id": context.aws_request_id, "fn": context.function_name, "code": "gamma",
+                            "at": time.time()}) + "\\n")
+    time.sleep(event.get("sleep", 0) if isinstance(event, dict) else 0)
+    return {"statusCode": 200, "body": "gamma"}
+'''
+
+
+@pytest.mark.timeout(180)
+def test_every_process_follows_a_function_added_then_removed(project: Path, redis_url: str) -> None:
+    import httpx
+
+    from tests.stack import FilesProcess, WebhookProcess
+
+    (project / "reloadee.py").write_text(HANDLER.format(code="v1"))
+    (project / "reloadee_gamma.py").write_text(SLOW)
+    (project / "buckets" / "uploads").mkdir()
+    (project / "lambdalite.toml").write_text(SOURCES_ONE)
+    client = redis.Redis.from_url(redis_url)
+    scaler = Scaler(project)
+    files = FilesProcess(project)
+    web = WebhookProcess(project)
+    invoke_path = "/2015-03-31/functions/gamma/invocations"
+    try:
+        wait_until("revision 1 published", lambda: running_number(client) == 1)
+        wait_until("the webhook serves", lambda: _get(web.url + "/healthz") == 200)
+        assert httpx.post(web.url + "/gamma", json={}).status_code == 404
+        assert httpx.post(web.url + invoke_path, json={}).status_code == 404
+        assert cli(project, "invoke", "gamma", "--async").returncode == 1
+
+        (project / "lambdalite.toml").write_text(SOURCES_ONE + GAMMA)  # gamma, with an HTTP and a files trigger
+        wait_until("revision 2", lambda: running_number(client) == 2)
+        wait_until("the webhook follows", lambda: "now running revision 2" in web.output())
+        wait_until("the files source follows", lambda: "now running revision 2" in files.output())
+        assert httpx.post(web.url + "/gamma", json={}, timeout=30).status_code == 200
+        reply = httpx.post(web.url + invoke_path, json={}, timeout=30)
+        assert reply.status_code == 200 and reply.json() == {"statusCode": 200, "body": "gamma"}
+        (project / "buckets" / "uploads" / "new.txt").write_text("hello")
+        wait_until("the files source notifies gamma",
+                   lambda: sum(r["fn"] == "gamma" for r in runs(project)) >= 3)
+
+        running = revision.running(client, project / "lambdalite.toml")
+        for _ in range(4):  # gamma is busy with the first for 3 s; the others wait in its queue
+            Publisher(client, running).publish(Event(function="gamma", payload={"sleep": 3}))
+        wait_until("gamma runs the first", lambda: sum(r["fn"] == "gamma" for r in runs(project)) >= 4)
+        (project / "lambdalite.toml").write_text(SOURCES_ONE)  # gamma removed
+        wait_until("revision 3", lambda: running_number(client) == 3)
+        wait_until("the webhook follows", lambda: "now running revision 3" in web.output())
+        wait_until("the files source follows", lambda: "now running revision 3" in files.output())
+        assert httpx.post(web.url + "/gamma", json={}).status_code == 404
+        assert httpx.post(web.url + invoke_path, json={}).status_code == 404
+        refused = cli(project, "invoke", "gamma", "--async")
+        assert refused.returncode == 1 and "no function named 'gamma'" in refused.stderr
+        time.sleep(4)  # the running invocation finishes on its worker; the queued ones stay
+        status = json.loads(cli(project, "status", "--json").stdout)
+        row = status["functions"]["gamma"]
+        assert row["removed"] is True and row["queued"] == 3 and row["workers"] == 0, row
+        assert sum(r["fn"] == "gamma" for r in runs(project)) == 4
+        (project / "buckets" / "uploads" / "later.txt").write_text("nobody listens")
+        time.sleep(1)
+        assert client.llen(function_queue(client, "gamma").key) == 3
+    finally:
+        for proc in (web, files, scaler):
+            proc.stop()
+    assert "Traceback" not in web.output() + files.output() + scaler.output()
+    assert "now running revision 3" in web.output() and "now running revision 3" in files.output()
+
+
+def _get(url: str) -> int:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+@pytest.mark.timeout(120)
+def test_reload_command_and_sighup(project: Path, redis_url: str) -> None:
+    import signal
+
+    (project / "reloadee.py").write_text(HANDLER.format(code="v1"))
+    (project / "lambdalite.toml").write_text(ONE)
+    client = redis.Redis.from_url(redis_url)
+    quiet = cli(project, "reload", "--wait", "2")
+    assert quiet.returncode == 1 and "no scaler is running" in quiet.stderr
+    scaler = Scaler(project)
+    try:
+        wait_until("revision 1 published", lambda: running_number(client) == 1)
+        scaler.proc.send_signal(signal.SIGHUP)  # looks again: nothing changed, nothing restarts
+        done = cli(project, "reload")
+        assert done.returncode == 0 and done.stdout.strip() == "revision 1 of lambdalite.toml is running", done
+        assert scaler.proc.poll() is None and running_number(client) == 1
+
+        (project / "lambdalite.toml").write_text(ONE + "retries = 0\n")
+        done = cli(project, "reload")
+        assert done.returncode == 0 and done.stdout.strip() == "revision 2 of lambdalite.toml is running", done
+
+        (project / "lambdalite.toml").write_text(ONE + "retries = -1\n")
+        refused = cli(project, "reload")
+        assert refused.returncode == 1 and "'alpha'" in refused.stderr and "retries" in refused.stderr
+        assert len(refused.stderr.splitlines()) == 1
+        assert running_number(client) == 2
+    finally:
+        scaler.stop()
+    assert "Traceback" not in scaler.output()
