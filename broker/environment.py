@@ -135,7 +135,7 @@ def runtime_variables(fn: Function, config: Path, worker_name: str, tmpdir: str)
         "TZ": ":UTC",
         "TMPDIR": tmpdir,
     }
-    if fn.handler:  # what Powertools and the SDKs read to tell the runtime
+    if fn.python:  # what Powertools and the SDKs read to tell the runtime
         out["AWS_EXECUTION_ENV"] = f"AWS_Lambda_python{sys.version_info.major}.{sys.version_info.minor}"
     return out
 
@@ -241,7 +241,7 @@ def check_handlers(functions: Iterable[Function], settings: Settings) -> None:
     who = (f" (imported as {identity.name}, LAMBDALITE_SANDBOX_USER: can that user read the project?)"
            if identity else "")
     for fn in functions:
-        if not fn.handler:
+        if not fn.python and not fn.provided:
             continue
         variables = sandbox_environment(fn, settings.config, "check", tempfile.gettempdir())  # ConfigError
 
@@ -249,8 +249,21 @@ def check_handlers(functions: Iterable[Function], settings: Settings) -> None:
             close_inherited(keep=(0, 1, 2, report))
             apply(variables)
             become(identity)
-            resolve_handler(fn, settings.config)
+            if fn.provided:
+                check_bootstrap(fn, settings.config)
+            else:
+                resolve_handler(fn, settings.config)
 
         problem = try_in_child(imported, lambda e: str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}")
         if problem:
             raise ConfigError(problem + who)
+
+
+def check_bootstrap(fn: Function, config: Path) -> None:
+    """Raise :class:`ConfigError` unless ``fn``'s bootstrap is a file this process may execute."""
+    path = fn.bootstrap_path(config)
+    where = f"{config}: function {fn.name!r}: bootstrap"
+    if not path.is_file():
+        raise ConfigError(f"{where}: {path} is not a file")
+    if not os.access(path, os.X_OK):
+        raise ConfigError(f"{where}: {path} is not executable (chmod +x)")

@@ -7,6 +7,7 @@ process (and ``lambdalite``) can report it in one line.
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 import tomllib
 from collections.abc import Callable, Iterator
@@ -21,6 +22,9 @@ from broker.environment import FromEnv, check_names
 from broker.errors import ConfigError, UnknownFunctionError
 
 FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"  # Lambda's own rule for function names
+PYTHON_HANDLER = r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$"  # module.attribute
+#: Lambda's OS-only runtimes: the function's code is a runtime (its ``bootstrap``) that speaks the Runtime API.
+PROVIDED_RUNTIMES = ("provided", "provided.al2", "provided.al2023")
 
 
 class _Strict(BaseModel):
@@ -127,8 +131,14 @@ class Function(_Strict):
     """One function: what runs, under which limits, and what triggers it. Defaults follow Lambda."""
 
     name: str = Field(pattern=FUNCTION_NAME)
-    handler: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$")
+    handler: str | None = Field(None, pattern=r"^\S{1,128}$")
     command: tuple[str, ...] | None = Field(None, min_length=1)
+    runtime: Literal["provided", "provided.al2", "provided.al2023"] | None = Field(
+        None, description="An OS-only runtime: ``bootstrap`` is started once and asks for events over the Runtime API.",
+    )
+    bootstrap: str | None = Field(
+        None, min_length=1, description="The runtime's executable, relative to the folder of lambdalite.toml.",
+    )
     timeout: float = Field(3.0, gt=0, le=900)
     memory: int = Field(128, ge=16, le=10_240)
     ephemeral_storage: int = Field(512, ge=1, le=10_240)
@@ -158,11 +168,36 @@ class Function(_Strict):
 
     @model_validator(mode="after")
     def _one_entry_point(self) -> Function:
-        if (self.handler is None) == (self.command is None):
+        if self.runtime is not None:
+            if self.bootstrap is None:
+                raise ValueError(f"runtime {self.runtime!r} needs a 'bootstrap' (the runtime's executable)")
+            if self.command is not None:
+                raise ValueError(f"give 'bootstrap', not 'command', for runtime {self.runtime!r}")
+        elif self.bootstrap is not None:
+            raise ValueError("'bootstrap' needs runtime = \"provided\"")
+        elif (self.handler is None) == (self.command is None):
             raise ValueError("give exactly one of 'handler' or 'command'")
+        elif self.handler is not None and not re.fullmatch(PYTHON_HANDLER, self.handler):
+            raise ValueError(f"handler: {self.handler!r} is not a Python handler ('module.function')")
         if self.max_concurrency is not None and self.min_workers > self.max_concurrency:
             raise ValueError("'min_workers' is larger than 'max_concurrency'")
         return self
+
+    @property
+    def python(self) -> bool:
+        """Whether this function is a Python ``handler`` that its sandbox imports."""
+        return self.handler is not None and self.runtime is None
+
+    @property
+    def provided(self) -> bool:
+        """Whether this function's code is a runtime (``bootstrap``) served the Runtime API."""
+        return self.runtime is not None
+
+    def bootstrap_path(self, config: Path) -> Path:
+        """The runtime's executable: ``bootstrap`` relative to the folder of ``config`` (LAMBDA_TASK_ROOT)."""
+        if self.bootstrap is None:
+            raise ConfigError(f"function {self.name!r} has no bootstrap")
+        return config.resolve().parent / self.bootstrap
 
     def concurrency(self, global_cap: int) -> int:
         """The most workers this function may have at once."""
@@ -287,8 +322,8 @@ def resolve_handler(fn: Function, registry_path: Path | None = None) -> Callable
     The folder holding the registry file goes on ``sys.path`` first, so a project's own
     ``handlers/`` package resolves without being installed.
     """
-    if fn.handler is None:
-        raise ConfigError(f"function {fn.name!r} runs a command, not a Python handler")
+    if fn.handler is None or not fn.python:
+        raise ConfigError(f"function {fn.name!r} runs a command or a runtime, not a Python handler")
     if registry_path is not None:
         root = str(registry_path.resolve().parent)
         if root not in sys.path:

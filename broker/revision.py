@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 KEY = "lambdalite:revision"  # hash: number, sha256, code (JSON: file -> SHA-256), config (the file's text), at, refused
 CHANNEL = "lambdalite:revision"  # the number of each revision accepted
 RELOAD_CHANNEL = "lambdalite:reload"  # `lambdalite reload`: the authority looks at the files again
+WAKE = 5.0  # seconds a follower waits on its channel before it looks whether it is asked to stop
 SKIP = ("__pycache__", ".git", "node_modules")  # folders under a handler package that are not its code
 
 
@@ -94,15 +95,18 @@ def code_files(registry: Registry) -> dict[str, list[Path]]:
     A Python handler's: its module (a package: its folder) and the rest of its top-level package,
     less the other functions' own handler modules (so an edit of one handler restarts only its
     function's workers, and an edit of a shared module every function that may import it). A
-    command's: each argument that names a file. Code from elsewhere (an installed package) is not
-    watched.
+    command's: each argument that names a file. A provided runtime's: its ``bootstrap``. Code from
+    elsewhere (an installed package) is not watched.
     """
     root = registry.path.resolve().parent
     owns: dict[str, Path] = {}
     shared: dict[str, list[Path]] = {}
     out: dict[str, list[Path]] = {}
     for fn in registry:
-        if fn.handler is not None:
+        if fn.provided:  # a runtime: its bootstrap (what the runtime loads besides is its own affair)
+            boot = fn.bootstrap_path(registry.path)
+            out[fn.name] = [boot] if boot.is_file() else []
+        elif fn.handler is not None:
             own, folders = _module_files(root, fn.handler.rpartition(".")[0])
             if own is not None:
                 owns[fn.name] = own
@@ -147,7 +151,9 @@ def watched(registry: Registry) -> list[tuple[Path, bool]]:
     folders: dict[Path, bool] = {registry.path.resolve().parent: False}
     root = registry.path.resolve().parent
     for fn in registry:
-        if fn.handler is not None:
+        if fn.provided:
+            folders.setdefault(fn.bootstrap_path(registry.path).parent, False)
+        elif fn.handler is not None:
             _own, shared = _module_files(root, fn.handler.rpartition(".")[0])
             for folder in shared:
                 if folder.is_dir():
@@ -297,7 +303,7 @@ class Follower:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 2.0) -> None:
+    def stop(self, timeout: float = WAKE + 1.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
 
@@ -328,7 +334,7 @@ class Follower:
                 self.ready.set()
                 backoff.succeeded()
                 while not self._stop.is_set():
-                    if pubsub.get_message(timeout=1.0) is not None:
+                    if pubsub.get_message(timeout=WAKE) is not None:
                         self.catch_up()
             except TRANSIENT as e:
                 self._stop.wait(backoff.failed(e))

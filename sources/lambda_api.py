@@ -97,7 +97,8 @@ def _modified(registry: Registry) -> str:
 
 def configuration(source: HttpSource, fn: Function) -> dict[str, Any]:
     """``FunctionConfiguration`` as Lambda returns it, from the registry entry."""
-    runtime = f"python{sys.version_info.major}.{sys.version_info.minor}" if fn.handler else "provided.al2023"
+    python = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    runtime = python if fn.python else (fn.runtime or "provided.al2023")
     described = fn.model_dump_json(exclude={"triggers"}).encode()
     return {
         "FunctionName": fn.name,

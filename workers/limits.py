@@ -99,8 +99,9 @@ def descendants(root: psutil.Process) -> list[psutil.Process]:
     return found
 
 
-def strays(root: psutil.Process, keep: int | None) -> list[psutil.Process]:
-    """The live descendants of ``root`` other than ``keep``: what an invocation left behind.
+def strays(root: psutil.Process, keep: int | None, keep_group: int | None = None) -> list[psutil.Process]:
+    """The live descendants of ``root`` other than ``keep`` (and the members of the process group
+    ``keep_group``: a runtime kept warm between invocations): what an invocation left behind.
 
     The usual answer, nothing (``keep``, the sandbox, alone below the worker), costs one read of
     each children list and no process object.
@@ -108,7 +109,17 @@ def strays(root: psutil.Process, keep: int | None) -> list[psutil.Process]:
     pids = descendant_pids(root.pid)
     if pids is not None and all(pid == keep for pid in pids):
         return []
-    return [p for p in descendants(root) if p.pid != keep]
+    return [p for p in descendants(root) if p.pid != keep and not in_group(p.pid, keep_group)]
+
+
+def in_group(pid: int, pgid: int | None) -> bool:
+    """Whether ``pid`` is in the process group ``pgid`` (False for None, or a process gone)."""
+    if pgid is None:
+        return False
+    try:
+        return os.getpgid(pid) == pgid
+    except OSError:
+        return False
 
 
 def _alive(p: psutil.Process) -> bool:
@@ -170,8 +181,9 @@ def kill_group(pgid: int) -> None:
             os.killpg(pgid, sig)
 
 
-def kill_tree(root: psutil.Process, grace: float = 0.05, keep: int | None = None) -> int:
-    """Kill every descendant of ``root`` except the process ``keep``; returns how many were signalled.
+def kill_tree(root: psutil.Process, grace: float = 0.05, keep: int | None = None, keep_group: int | None = None) -> int:
+    """Kill every descendant of ``root`` except the process ``keep`` (and the members of the process
+    group ``keep_group``); returns how many were signalled.
 
     The tree is frozen first (SIGSTOP, repeated until no new process appears), so a process that
     left the sandbox's group (setsid, setpgid) cannot fork its way out; then SIGTERM and SIGCONT,
@@ -179,7 +191,8 @@ def kill_tree(root: psutil.Process, grace: float = 0.05, keep: int | None = None
     """
     frozen: dict[int, psutil.Process] = {}
     for _ in range(50):
-        fresh = [p for p in descendants(root) if p.pid not in frozen and p.pid != keep]
+        fresh = [p for p in descendants(root)
+                 if p.pid not in frozen and p.pid != keep and not in_group(p.pid, keep_group)]
         if not fresh:
             break
         _signal_all(fresh, signal.SIGSTOP)
@@ -194,7 +207,8 @@ def kill_tree(root: psutil.Process, grace: float = 0.05, keep: int | None = None
         time.sleep(0.005)
     _signal_all([p for p in procs if _alive(p)], signal.SIGKILL)
     # Anything forked between the last freeze and the SIGKILL: no more forks can happen now.
-    _signal_all([p for p in descendants(root) if p.pid != keep], signal.SIGKILL)
+    _signal_all([p for p in descendants(root) if p.pid != keep and not in_group(p.pid, keep_group)],
+                signal.SIGKILL)
     return len(procs)
 
 

@@ -160,9 +160,13 @@ class Runtime:
         duration_ms = (time.perf_counter() - started) * 1000
         if reply is not None:
             peak_rss = max(peak_rss, reply.get("max_rss_kb", 0) * 1024)
+            if reply.get("init_ms") is not None:  # a provided runtime's start to its first /next
+                init_ms = reply["init_ms"]
         peak_disk = max(peak_disk, limits.dir_usage(tmpdir))
         broken = reply is None or reply.get("recycle", False)
-        strays = limits.strays(self.me, keep=self.sandbox.pid)
+        # A provided function's runtime (the sandbox's process group) stays warm between invocations.
+        group = self.sandbox.pid if self.fn.provided and not broken else None
+        strays = limits.strays(self.me, keep=self.sandbox.pid, keep_group=group)
         if len(strays) > MAX_LEFTOVERS:
             broken = True  # a swarm (a fork bomb that outlived its handler): treat it as a breach
         if broken and self.sandbox.pid:
@@ -172,7 +176,7 @@ class Runtime:
         # Nothing an invocation started outlives it; a broken sandbox goes too. (The usual case,
         # the sandbox alone below the worker, needs no second walk of the tree.)
         if broken or strays:
-            limits.kill_tree(self.me, keep=None if broken else self.sandbox.pid)
+            limits.kill_tree(self.me, keep=None if broken else self.sandbox.pid, keep_group=group)
         exit_status = self._reap(wait_for_sandbox=broken)
         if self.tmp is not None:
             if broken:

@@ -43,6 +43,7 @@ from workers import client_context, isolation
 from workers.context import LambdaContext
 from workers.isolation import PrivateTmp
 from workers.limits import reap
+from workers.runtime_api import ProvidedRuntime, invoked_arn
 
 _HEADER = struct.Struct("!I")
 PIPE_SIZE = 1 << 20  # bytes; Linux's default /proc/sys/fs/pipe-max-size
@@ -173,6 +174,11 @@ def _serve(
         signal.signal(sig, signal.SIG_DFL)
     me = os.getpid()
     handler, broken = _isolate(fn, handler, worker_name, tmp, requests, replies)
+    provided = None
+    if fn.provided and broken is None:  # the runtime starts now, and initialises while the worker reads its job
+        provided = ProvidedRuntime(fn, isolation.plan().settings.config)
+        with contextlib.suppress(OSError):  # the first invocation tries again and reports why it cannot
+            provided.start()
     write_frame(replies, {"ready": True, "at": time.time()})
 
     def door(op: str, keys: list[str], args: list[Any]) -> Any:
@@ -200,19 +206,22 @@ def _serve(
             envelope = request.pop("job")[2][0]
             request["event"] = envelope["payload"]
             request["client_context"] = envelope.get("client_context")
-        reap()  # children of the last invocation, killed by the worker after it ended
+        if provided is not None:
+            provided.collect()  # the runtime's children are its own; only its end matters here
+        else:
+            reap()  # children of the last invocation, killed by the worker after it ended
         if broken is not None:  # the handler could not be imported, or the sandbox not isolated
             write_frame(replies, {"ok": False, "error": broken})
             continue
         idempotency.use_door(door if request.get("door") else None)
-        reply = _invoke(fn, handler, worker_name, request)
+        reply = _invoke(fn, handler, worker_name, request, provided)
         if os.getpid() != me:
             os._exit(0)  # a process the handler forked returned from it: only the sandbox answers
         reply["max_rss_kb"] = max(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
         )
-        reply["recycle"] = _stdio_broken()
+        reply["recycle"] = reply.get("recycle", False) or _stdio_broken()
         write_frame(replies, reply)
 
 
@@ -224,7 +233,7 @@ def _isolate(fn: Function, handler: Callable[[Any, Any], Any] | None, worker_nam
         isolation.enter(fn, worker_name, tmp, keep=(0, 1, 2, requests, replies))
     except (OSError, LambdaliteError) as e:
         return None, error_object("Sandbox.IsolationError", f"the sandbox could not isolate itself: {e}")
-    if handler is not None or fn.handler is None:
+    if handler is not None or not fn.python:
         return handler, None
     try:
         return resolve_handler(fn, isolation.plan().settings.config), None
@@ -251,7 +260,8 @@ def _stdio_broken() -> bool:
 
 
 def _invoke(
-    fn: Function, handler: Callable[[Any, Any], Any] | None, worker_name: str, request: dict[str, Any]
+    fn: Function, handler: Callable[[Any, Any], Any] | None, worker_name: str, request: dict[str, Any],
+    provided: ProvidedRuntime | None = None,
 ) -> dict[str, Any]:
     os.environ["TMPDIR"] = request["tmpdir"]
     tempfile.tempdir = None  # gettempdir() reads TMPDIR again
@@ -263,6 +273,8 @@ def _invoke(
         log_stream_name=log_stream_name(worker_name),
         client_context=client_context.from_dict(request.get("client_context")),
     )
+    if provided is not None:
+        return provided.invoke(request, request["event"], invoked_arn(fn), request.get("client_context"))
     if handler is None:
         return _run_command(fn, request, context)
     idempotency.invocation_started(context, worker_name)
