@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 KEY = "lambdalite:revision"  # hash: number, sha256, code (JSON: file -> SHA-256), config (the file's text), at, refused
 CHANNEL = "lambdalite:revision"  # the number of each revision accepted
 RELOAD_CHANNEL = "lambdalite:reload"  # `lambdalite reload`: the authority looks at the files again
+WAKE = 5.0  # seconds a follower waits on its channel before it looks whether it is asked to stop
 SKIP = ("__pycache__", ".git", "node_modules")  # folders under a handler package that are not its code
 
 
@@ -302,7 +303,7 @@ class Follower:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 2.0) -> None:
+    def stop(self, timeout: float = WAKE + 1.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
 
@@ -333,7 +334,7 @@ class Follower:
                 self.ready.set()
                 backoff.succeeded()
                 while not self._stop.is_set():
-                    if pubsub.get_message(timeout=1.0) is not None:
+                    if pubsub.get_message(timeout=WAKE) is not None:
                         self.catch_up()
             except TRANSIENT as e:
                 self._stop.wait(backoff.failed(e))

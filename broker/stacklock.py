@@ -71,6 +71,12 @@ def keep_across_exec() -> None:
         os.set_inheritable(fd, True)
 
 
+def held_fds() -> list[int]:
+    """The descriptors of the locks this process holds (kept across an exec, see
+    :func:`keep_across_exec`; a stand-by closes them before the process it becomes takes them again)."""
+    return list(_held.values())
+
+
 def running(var_dir: Path) -> str | None:
     """A line naming the stack that holds any of this folder's locks, or None when none is held."""
     folder = lock_dir(var_dir)

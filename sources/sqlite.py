@@ -41,7 +41,7 @@ from typing import Any, cast
 
 import redis
 
-from broker import quarantine, results, revision, stacklock, successors
+from broker import quarantine, results, revision, stacklock, standby, successors
 from broker.connection import TRANSIENT, Backoff, connect
 from broker.errors import LambdaliteError
 from broker.queues import Publisher
@@ -417,7 +417,8 @@ class Feed:
                 db.conn = None
 
 
-def run(feed: Feed, stop: Callable[[], bool], sleep: Callable[[float], None] = time.sleep) -> None:
+def run(feed: Feed, stop: Callable[[], bool], sleep: Callable[[float], None] = time.sleep,
+        idle: Callable[[], None] = lambda: None) -> None:
     """Step until ``stop()``; waits between steps on outcomes or the poll interval.
 
     A step that fails unexpectedly is logged with its traceback and tried again after a backoff
@@ -438,7 +439,22 @@ def run(feed: Feed, stop: Callable[[], bool], sleep: Callable[[float], None] = t
         if feed.streams:
             feed.wait(feed.poll_interval)
         else:  # nothing to follow until a revision brings a sqlite trigger
+            idle()  # stands by in a bare interpreter, where it can
             feed.changed.wait(1.0)
+
+
+def _stand_by(dsn: str, number: int) -> None:
+    """Become :mod:`broker.standby` in a bare interpreter until a revision other than ``number``
+    runs; then this module runs again. Returns only if the exec fails."""
+    stacklock.keep_across_exec()
+    locks = ",".join(str(fd) for fd in stacklock.held_fds())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(sys.executable, [sys.executable, "-I", "-S", standby.__file__, dsn, str(number), locks, "--",
+                                  sys.executable, "-m", "sources.sqlite"])
+    except OSError as e:
+        log.warning("cannot stand by (%s); following revisions here", e)
 
 
 def main() -> None:
@@ -456,15 +472,31 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     client = connect(settings.redis_dsn)
-    feed = Feed(registry, client, settings.sqlite_poll_interval)
-    if not feed.streams:
-        log.info("no sqlite triggers in %s: waiting for a revision that has some", settings.config)
-    else:
-        log.info("following %d sqlite stream(s)", len(feed.streams))
+    try:
+        running = revision.running(client, settings.config)
+    except (LambdaliteError, *TRANSIENT):
+        running = None  # the follower tries again
+    feed = Feed(running or registry, client, settings.sqlite_poll_interval)
+    number = running.revision.number if running is not None and running.revision is not None else 0
+    if not feed.streams and standby.supported(settings.redis_dsn):
+        log.info("no sqlite triggers in revision %d of %s: standing by until a revision brings some", number,
+                 settings.config.name)
+        feed.close()
+        client.close()
+        _stand_by(settings.redis_dsn, number)
+    log.info("following %d sqlite stream(s)", len(feed.streams))
     follower = revision.Follower(client, settings.config, feed.follow, name="sqlite-revision")
     follower.start()
+    def idle() -> None:
+        if standby.supported(settings.redis_dsn) and not stopping:
+            rev = feed.publisher.registry.revision
+            log.info("no sqlite triggers in revision %d: standing by until a revision brings some",
+                     rev.number if rev is not None else 0)
+            feed.close()
+            _stand_by(settings.redis_dsn, rev.number if rev is not None else 0)
+
     try:
-        run(feed, lambda: bool(stopping))
+        run(feed, lambda: bool(stopping), idle=idle)
     finally:
         follower.stop(timeout=0.1)  # a daemon thread: it ends with the process
         feed.close()

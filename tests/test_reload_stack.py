@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -268,8 +271,6 @@ def _get(url: str) -> int:
 
 @pytest.mark.timeout(120)
 def test_reload_command_and_sighup(project: Path, redis_url: str) -> None:
-    import signal
-
     (project / "reloadee.py").write_text(HANDLER.format(code="v1"))
     (project / "lambdalite.toml").write_text(ONE)
     client = redis.Redis.from_url(redis_url)
@@ -295,3 +296,62 @@ def test_reload_command_and_sighup(project: Path, redis_url: str) -> None:
     finally:
         scaler.stop()
     assert "Traceback" not in scaler.output()
+
+
+ROWS = """
+[functions.rows]
+handler = "reloadee_beta.handler"
+
+[[functions.rows.triggers]]
+source = "sqlite"
+database = "app.db"
+table = "items"
+"""
+
+
+def sqlite_process(project: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    from tests.stack import env
+
+    log = project / f"sqlite-{time.monotonic_ns()}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "sources.sqlite"], cwd=project, env=env(),
+                                stdout=out, stderr=subprocess.STDOUT)
+    return proc, log
+
+
+def standing_by(proc: subprocess.Popen[bytes]) -> bool:
+    import psutil
+
+    return any("standby.py" in part for part in psutil.Process(proc.pid).cmdline())
+
+
+@pytest.mark.timeout(180)
+def test_the_sqlite_feed_stands_by_until_a_revision_brings_it_a_trigger(project: Path, redis_url: str) -> None:
+    import sqlite3
+
+    (project / "reloadee.py").write_text(HANDLER.format(code="v1"))
+    (project / "reloadee_beta.py").write_text(HANDLER.format(code="rows"))
+    db = sqlite3.connect(project / "app.db", isolation_level=None)
+    db.execute("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT)")
+    (project / "lambdalite.toml").write_text(ONE)
+    client = redis.Redis.from_url(redis_url)
+    scaler = Scaler(project)
+    feed, log = sqlite_process(project)
+    try:
+        wait_until("revision 1 published", lambda: running_number(client) == 1)
+        wait_until("the feed stands by", lambda: standing_by(feed))
+        (project / "lambdalite.toml").write_text(ONE + ROWS)
+        wait_until("revision 2", lambda: running_number(client) == 2)
+        wait_until("the feed follows it",
+                   lambda: not standing_by(feed) and "following 1 sqlite stream" in log.read_text())
+        db.execute("INSERT INTO items(name) VALUES ('first')")
+        wait_until("the row's batch runs", lambda: any(r["fn"] == "rows" for r in runs(project)))
+        (project / "lambdalite.toml").write_text(ONE)
+        wait_until("revision 3", lambda: running_number(client) == 3)
+        wait_until("the feed stands by again", lambda: standing_by(feed))
+        assert feed.poll() is None
+    finally:
+        feed.send_signal(signal.SIGTERM)
+        feed.wait(10)
+        scaler.stop()
+    assert "Traceback" not in log.read_text(), log.read_text()

@@ -111,7 +111,7 @@ class Reloader:
         if wanted == self._watching and self._observer is not None and self._observer.is_alive():
             return
         self.unwatch(wait=False)  # the old watch's thread ends on its own; the loop must not wait for it
-        observer = Observer()
+        observer = Observer(timeout=5.0)  # its threads wake this often to look whether they are stopped
         for folder, recursive in wanted:
             try:
                 observer.schedule(_Noticed(self), str(folder), recursive=recursive)
