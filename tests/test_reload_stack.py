@@ -355,3 +355,30 @@ def test_the_sqlite_feed_stands_by_until_a_revision_brings_it_a_trigger(project:
         feed.wait(10)
         scaler.stop()
     assert "Traceback" not in log.read_text(), log.read_text()
+
+
+SLEEPER = '''import time
+
+
+def handler(event, context):
+    time.sleep(event["sleep"])
+    return {"slept": event["sleep"], "limit_ms": context.get_remaining_time_in_millis()}
+'''
+
+
+@pytest.mark.timeout(120)
+def test_changed_limits_apply_to_new_invocations(project: Path, redis_url: str) -> None:
+    from tests.stack import invoke
+
+    (project / "sleeper.py").write_text(SLEEPER)
+    (project / "lambdalite.toml").write_text('[functions.nap]\nhandler = "sleeper.handler"\ntimeout = 1\n')
+    client = redis.Redis.from_url(redis_url)
+    with Scaler(project) as scaler:
+        wait_until("revision 1 published", lambda: running_number(client) == 1)
+        short = invoke(redis_url, project, "nap", {"sleep": 1.5})
+        assert not short.ok and "timed out" in json.dumps(short.error), short
+        (project / "lambdalite.toml").write_text('[functions.nap]\nhandler = "sleeper.handler"\ntimeout = 10\n')
+        wait_until("revision 2", lambda: running_number(client) == 2)
+        longer = invoke(redis_url, project, "nap", {"sleep": 1.5})
+        assert longer.ok and longer.result["limit_ms"] > 5000, longer
+    assert "nap changed" in scaler.output()
