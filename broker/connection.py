@@ -40,6 +40,15 @@ class Parser(DefaultParser):  # type: ignore[misc,valid-type]
         return super().parse_error(response)  # type: ignore[no-any-return]
 
 
+class NotReplicated(redis.ConnectionError):
+    """Fewer replicas than asked (``LAMBDALITE_REDIS_WAIT_REPLICAS``) confirmed a write within
+    ``LAMBDALITE_REDIS_WAIT_TIMEOUT``. The primary applied it; a failover now could lose it.
+
+    A :class:`redis.ConnectionError`, so a source holds the event and tries again, as in an outage
+    (what it stored already is not stored twice: its cursor or manifest went in the same write).
+    """
+
+
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
 
 # Every connection's timeouts, set here so that no behaviour depends on a client library's defaults
@@ -125,6 +134,24 @@ def client_for(dsn: str, **options: Any) -> redis.Redis:
     primary: redis.Redis = sentinel.master_for(target.service, db=target.db, username=target.username,
                                                password=target.password, **options)
     return primary
+
+
+REPLICATION_MARK = "lambdalite:replication-mark"  # one string, rewritten by every wait below
+
+
+def wait_for_replicas(client: redis.Redis, replicas: int, timeout: float) -> None:
+    """Block until ``replicas`` replicas have every write the primary applied so far (Redis
+    ``WAIT``), at most ``timeout`` seconds; raises :class:`NotReplicated` when fewer did.
+
+    ``WAIT`` waits for the writes of its own connection; a pooled client's next command may go out
+    on another one, so this one first writes a mark of its own, after every write before it.
+    """
+    with client.pipeline(transaction=False) as pipe:
+        pipe.set(REPLICATION_MARK, 1)
+        pipe.execute_command("WAIT", replicas, max(1, round(timeout * 1000)))  # type: ignore[no-untyped-call]
+        _, acknowledged = pipe.execute()
+    if int(acknowledged) < replicas:
+        raise NotReplicated(f"{acknowledged} of {replicas} replica(s) confirmed the write within {timeout:g} s")
 
 
 _MULTI = hiredis.pack_command(("MULTI",))

@@ -23,7 +23,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now as utcnow
 from rq.utils import utcformat
 
-from broker import quarantine, settings, successors
+from broker import connection, quarantine, settings, successors
 from broker.conditional import Conditional, recorded
 from broker.envelope import Event
 from broker.errors import EnvelopeError
@@ -165,6 +165,7 @@ class Publisher:
         with self.client.pipeline(transaction=True) as pipe:
             jobs = self._queue_on(pipe, events, at_front, also, keys)[0]
             quarantine.report(pipe.execute())
+        self._replicated()
         return jobs
 
     def publish_if(
@@ -182,7 +183,16 @@ class Publisher:
         with recorded(self.client) as pipe:
             ids, expected = self._queue_on(pipe, events, False, also, keys, guarded=False)
             applied, _ = condition.run(self.client, args, expected, pipe)
+        if applied:
+            self._replicated()
         return ids if applied else None
+
+    def _replicated(self) -> None:
+        """With ``LAMBDALITE_REDIS_WAIT_REPLICAS``, wait for that many replicas to have what was just
+        stored; raises :class:`broker.connection.NotReplicated` when they do not in time."""
+        current = settings.current()
+        if current.redis_wait_replicas:
+            connection.wait_for_replicas(self.client, current.redis_wait_replicas, current.redis_wait_timeout)
 
     def _queue_on(
         self, pipe: Pipeline, events: Iterable[Event | Prepared], at_front: bool,

@@ -50,6 +50,13 @@ class Settings(BaseSettings):
         "on a unix socket under var/."
     )
     var_dir: Path = Field(Path("var"), description="Runtime state: the embedded Redis's socket and AOF.")
+    redis_wait_replicas: int = Field(
+        0, ge=0, le=16,
+        description="Replicas a source's publish waits for (Redis WAIT) before it counts as accepted; 0: none.",
+    )
+    redis_wait_timeout: float = Field(
+        1.0, gt=0, le=60, description="Seconds a publish waits for LAMBDALITE_REDIS_WAIT_REPLICAS replicas.",
+    )
     redis_appendfsync: str = Field(
         "everysec", pattern=r"^(everysec|always)$",
         description="When the embedded Redis fsyncs its append-only file: everysec, or always (power-cut safe).",

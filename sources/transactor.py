@@ -28,7 +28,7 @@ import hiredis
 import redis
 from redis.connection import SSLConnection, parse_url
 
-from broker.connection import Parser, pack_transaction
+from broker.connection import NotReplicated, Parser, pack_transaction
 from broker.redis_url import SentinelTarget, sentinel_target
 
 
@@ -43,7 +43,12 @@ class Transactor:
     """Runs transactions on one connection to the Redis of ``dsn``; one at a time (the intake's
     flusher is its only caller). Close with :meth:`close`."""
 
-    def __init__(self, dsn: str, timeout: float = 5.0, connect_timeout: float = 1.0) -> None:
+    def __init__(self, dsn: str, timeout: float = 5.0, connect_timeout: float = 1.0, wait_replicas: int = 0,
+                 wait_timeout: float = 1.0) -> None:
+        # with wait_replicas, each transaction is followed on its connection by WAIT (Redis's): it
+        # counts once that many replicas have it (broker.connection.wait_for_replicas)
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
         self.sentinel: SentinelTarget | None = sentinel_target(dsn)
         self.options: dict[str, Any] = {}
         if self.sentinel is None:
@@ -61,9 +66,14 @@ class Transactor:
         returns EXEC's replies, an error reply there as a ``redis.ResponseError`` in the list (as
         redis-py's ``raise_on_error=False`` does; the other commands were applied)."""
         packed = pack_transaction(commands)
+        count = len(commands) + 2
+        if self.wait_replicas:
+            wait: tuple[Any, ...] = ("WAIT", self.wait_replicas, max(1, round(self.wait_timeout * 1000)))
+            packed += hiredis.pack_command(wait)
+            count += 1
         try:
             async with asyncio.timeout(self.timeout):  # no task of its own, as wait_for makes
-                replies = await self._exchange(packed, len(commands) + 2)
+                replies = await self._exchange(packed, count)
         except TimeoutError:
             await self.close()  # its reply may still come: this connection is out of step
             raise redis.TimeoutError(f"redis did not answer within {self.timeout:.1f} s") from None
@@ -73,6 +83,11 @@ class Transactor:
         except BaseException:
             await self.close()
             raise
+        if self.wait_replicas:
+            acknowledged = replies.pop()
+            if isinstance(acknowledged, int) and acknowledged < self.wait_replicas and _error(replies[-1]) is None:
+                raise NotReplicated(f"{acknowledged} of {self.wait_replicas} replica(s) confirmed the write "
+                                    f"within {self.wait_timeout:g} s")
         for reply in replies[:-1]:  # MULTI's OK, then QUEUED for each command or why it was refused
             error = _error(reply)
             if isinstance(error, redis.ReadOnlyError) and self.sentinel is not None:

@@ -206,7 +206,10 @@ def create_app(
     guard = callers.guard(host, token, access_keys, clock)
     client = _store_client(redis_dsn, socket_timeout=5)
     waiter = _store_client(redis_dsn, socket_timeout=COMMAND_TIMEOUT)  # its reads block BLOCK_SLICE at most
-    intake = Intake(Publisher(client, registry), waiter, Transactor(redis_dsn, timeout=5))
+    replicas = current_settings()
+    intake = Intake(Publisher(client, registry), waiter,
+                    Transactor(redis_dsn, timeout=5, wait_replicas=replicas.redis_wait_replicas,
+                               wait_timeout=replicas.redis_wait_timeout))
     source = HttpSource(registry, intake, HttpMetrics(client, registry),
                         client, guard, sync_margin, region or environment.region())
     spec = [json.dumps(openapi.document(registry)).encode()]

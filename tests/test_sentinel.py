@@ -15,9 +15,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from broker.connection import connect
+from broker import settings
+from broker.connection import NotReplicated, connect
+from broker.envelope import Event
 from broker.errors import SettingsError
+from broker.queues import Publisher
 from broker.redis_url import SentinelTarget, redacted, sentinel_target
+from broker.registry import load_registry
 from broker.settings import load_settings
 from sources.transactor import Transactor
 from tests import stack
@@ -115,3 +119,36 @@ def test_the_whole_stack_flows_again_after_a_failover(tmp_path: Path) -> None:
     late = [at for at in report.lost_accepted if not killed - REPLICATION_WINDOW <= at <= killed]
     assert late == [], f"lost events acknowledged outside the replication window: {report.lost}"
     assert report.accepted >= 450
+
+
+@pytest.mark.timeout(120)
+def test_a_publish_waits_for_a_replica_when_asked_and_fails_without_one(
+        tmp_path: Path, project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (project / "lambdalite.toml").write_text('[functions.echo]\nhandler = "handlers.echo.handler"\n')
+    monkeypatch.setenv("LAMBDALITE_REDIS_WAIT_REPLICAS", "1")
+    monkeypatch.setenv("LAMBDALITE_REDIS_WAIT_TIMEOUT", "0.5")
+    settings.current.cache_clear()
+    registry = load_registry(project / "lambdalite.toml")
+    with SentinelSet(tmp_path / "redis") as servers:
+        client = connect(servers.url)
+        publisher = Publisher(client, registry)
+        transactor = Transactor(servers.url, wait_replicas=1, wait_timeout=0.5)
+        loop = asyncio.new_event_loop()
+        try:
+            first = Event(function="echo", payload={"n": 1})
+            publisher.publish(first)
+            replica = servers.data_client(servers.data_ports[1])
+            assert replica.exists(f"rq:job:{first.id}"), "on the replica when the publish returned"
+            assert loop.run_until_complete(transactor.execute([("SET", "k", "v")])) == [b"OK"]
+            assert replica.get("k") == b"v"
+            servers.procs[servers.data_ports[1]].kill()  # the replica goes: nobody can confirm
+            servers.procs[servers.data_ports[1]].wait(10)
+            with pytest.raises(NotReplicated, match="0 of 1 replica"):
+                publisher.publish(Event(function="echo", payload={"n": 2}))
+            with pytest.raises(NotReplicated, match="0 of 1 replica"):
+                loop.run_until_complete(transactor.execute([("SET", "k", "w")]))
+        finally:
+            loop.run_until_complete(transactor.close())
+            loop.close()
+            client.close()
+            settings.current.cache_clear()
