@@ -326,6 +326,13 @@ def main() -> None:
                   f"({100 * twice / max(accepted, 1):.2f}%); faults: {len(said)}")
             if host_lost:
                 print(f"  LOST: {host_lost[:20]}")
+            struck = [line.split()[0] for line in said]
+            kinds = ", ".join(f"{kind} ×{struck.count(kind)}" for kind in HOST_FAULTS)
+            share = f"{twice} ({100 * twice / max(accepted, 1):.2f} %)"
+            text = table(["file events accepted", "whole-host faults", "lost", "run twice"],
+                         [[f"{accepted:,}", kinds, str(len(host_lost)), share]])
+            print("written to", write_section("deploy.md", "hosts-chaos", text,
+                                              f"bench/chaos.py --parts 5 --events {args.events}"))
     except BaseException:
         print(f"kept {folder} for a look")
         raise

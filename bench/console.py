@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+import psutil  # noqa: E402
 import redis  # noqa: E402
 
 from broker.embedded import RedisServer  # noqa: E402
@@ -194,14 +195,30 @@ def overview_under_load(stack: Stack, requests: int) -> tuple[list[float], list[
     return page, health, ran[0]
 
 
-def throughput(stack: Stack, rounds: int, n: int) -> tuple[list[float], list[float]]:
+def cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def timed_drain(stack: Stack, n: int, cpu: dict[str, list[float]]) -> float:
+    """Events per second; the HTTP source's and Redis's CPU per 1,000 events go into ``cpu``."""
+    pids = {"webhook": stack.procs[0].pid, "redis": stack.redis.proc.pid}  # type: ignore[union-attr]
+    before = {k: cpu_seconds(p) for k, p in pids.items()}
+    rate = n / drain(stack, n)
+    for k, p in pids.items():
+        cpu.setdefault(k, []).append((cpu_seconds(p) - before[k]) / n * 1_000_000)  # ms per 1,000
+    return rate
+
+
+def throughput(stack: Stack, rounds: int, n: int, cpu_closed: dict[str, list[float]],
+               cpu_open: dict[str, list[float]]) -> tuple[list[float], list[float]]:
     closed, opened = [], []
     drain(stack, 200)  # warm workers
     for _ in range(rounds):
-        closed.append(n / drain(stack, n))
+        closed.append(timed_drain(stack, n, cpu_closed))
         listeners = [Listener(stack.url), Listener(stack.url, "noop")]
         time.sleep(1.5)
-        opened.append(n / drain(stack, n))
+        opened.append(timed_drain(stack, n, cpu_open))
         for listener in listeners:
             listener.close()
         if not all(listener.messages for listener in listeners):
@@ -213,18 +230,24 @@ def throughput(stack: Stack, rounds: int, n: int) -> tuple[list[float], list[flo
 def measure(args: argparse.Namespace) -> None:
     stack = Stack(bench_toml(args.functions))
     try:
-        print(f"lambdalite console bench: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, "
+        load = os.getloadavg()[0]
+        print(f"lambdalite console bench: {os.cpu_count()} cores, load {load:.2f}, "
               f"{args.functions} functions")
         page, health, ran = overview_under_load(stack, args.requests)
         size = len(httpx.get(f"{stack.url}/console/").content)
         print(f"overview GET /console/ ({size:,} bytes): p50 {pct(page, 0.5):.1f} ms, p99 {pct(page, 0.99):.1f} ms "
               f"(goal p50 < 50 ms); GET /healthz: p50 {pct(health, 0.5):.1f} ms, p99 {pct(health, 0.99):.1f} ms; "
               f"{ran:,} no-op invocations ran meanwhile")
-        closed, opened = throughput(stack, args.rounds, args.events)
+        cpu_closed: dict[str, list[float]] = {}
+        cpu_open: dict[str, list[float]] = {}
+        closed, opened = throughput(stack, args.rounds, args.events, cpu_closed, cpu_open)
         ratio = statistics.median(opened) / statistics.median(closed)
         print(f"no-op throughput, console closed: {', '.join(f'{x:.0f}' for x in closed)} /s; "
               f"open: {', '.join(f'{x:.0f}' for x in opened)} /s; median open / closed {ratio:.3f} "
               f"(goal >= 0.97)")
+        for k in ("webhook", "redis"):
+            print(f"CPU ms per 1,000 events, {k}: closed {statistics.median(cpu_closed[k]):.0f}, "
+                  f"open {statistics.median(cpu_open[k]):.0f}")
     finally:
         stack.close()
     if args.no_write:
@@ -243,11 +266,18 @@ def measure(args: argparse.Namespace) -> None:
          f"{statistics.median(opened):.0f}"],
         ["open / closed", "", f"{ratio:.3f} (goal >= 0.97)"],
     ]
+    cpu_rows = [[k, f"{statistics.median(cpu_closed[k]):.0f} ms", f"{statistics.median(cpu_open[k]):.0f} ms"]
+                for k in ("webhook", "redis")]
     markdown = (table(["request", "p50", "p99", "goal"], rows)
                 + f"\n\n{len(page)} requests of each, alternating in tens; {ran:,} no-op invocations ran "
                 f"meanwhile.\n\nNo-op invocations per second, {args.events:,} events published at once "
                 f"(max_concurrency 2), rounds alternating:\n\n"
-                + table(["", "rounds", "median"], speed))
+                + table(["", "rounds", "median"], speed)
+                + "\n\nCPU time per 1,000 of those events (median of the rounds), of the process serving the "
+                "console and of Redis:\n\n"
+                + table(["process", "console closed", "console open"], cpu_rows)
+                + f"\n\nMachine: {os.cpu_count()} cores shared with other work (load average "
+                f"{load:.1f} at the start), so rounds vary; the CPU figures are steadier than the rates.")
     command = (f"python bench/console.py --functions {args.functions} --requests {args.requests} "
                f"--rounds {args.rounds} --events {args.events}")
     path = write_section("console.md", "console", markdown, command)

@@ -104,13 +104,10 @@ def _rq_keys(function: str) -> tuple[str, str]:
 # command however many functions: read-only, so it may run on a replica too.
 _READ = """
 local out = {}
+local read = {'LLEN', 'ZCARD', 'HGETALL', 'HGETALL'}
 for i, key in ipairs(KEYS) do
-  local kind = ({'list', 'zset', 'hash', 'hash'})[(i - 1) % 4 + 1]
-  local found = redis.call('TYPE', key).ok
-  if found ~= 'none' and found ~= kind then out[i] = false
-  elseif kind == 'list' then out[i] = redis.call('LLEN', key)
-  elseif kind == 'zset' then out[i] = redis.call('ZCARD', key)
-  else out[i] = redis.call('HGETALL', key) end
+  local reply = redis.pcall(read[(i - 1) % 4 + 1], key)
+  if type(reply) == 'table' and reply.err then out[i] = false else out[i] = reply end
 end
 return out
 """

@@ -43,39 +43,32 @@ def when(v: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v))
 
 
-def _pick(row: dict[str, Any], key: str) -> Any:
-    for part in key.split("."):
-        row = row.get(part) if isinstance(row, dict) else None  # type: ignore[assignment]
-    return row
-
-
-# The overview's columns: the figure (a key of the row, dotted for a nested one) and its format;
-# a tuple of them shares one cell.
-COLUMNS: list[tuple[tuple[str, Any], ...]] = [
-    (("invocations_minute", count),), (("errors_minute", count),), (("success_rate", pct),),
-    (("p50_ms", ms),), (("p99_ms", ms),), (("max_ms", ms),), (("running", count), ("cap", count)),
-    (("worker_states.starting", count), ("worker_states.idle", count), ("worker_states.busy", count)),
-    (("queued", count),), (("oldest_age_s", age),), (("dead_letters", count),), (("succeeded", count),),
-    (("failed", count),), (("dead", count),), (("next_tick", text),),
-    (("cost_usd.x86_64", usd), ("cost_usd.arm64", usd)),
-]
-
-
 def overview_rows(functions: dict[str, dict[str, Any]]) -> str:
     """The overview table's body: a row per function, each figure in an element whose ``data-k``
-    names it (the page's script fills them from the pushed figures)."""
+    names it (the page's script fills them from the pushed figures, with the same formats)."""
     out = []
-    for name, row in functions.items():
-        quoted = escape(name)
-        cells = [f'<tr data-function="{quoted}"><th><a href="/console/functions/{quoted}">{quoted}</a></th>']
-        for column in COLUMNS:
-            parts = []
-            for key, show in column:
-                value = show(_pick(row, key))
-                if key == "dead_letters":
-                    parts.append(f'<a href="/console/functions/{quoted}/dead-letters" data-k="{key}">{value}</a>')
-                else:
-                    parts.append(f'<span data-k="{key}">{value}</span>')
-            cells.append("<td>" + "/".join(parts) + "</td>")
-        out.append("".join(cells) + "</tr>")
+    for name, r in functions.items():
+        q = escape(name)
+        w, c = r["worker_states"], r["cost_usd"]
+        out.append(
+            f'<tr data-function="{q}"><th><a href="/console/functions/{q}">{q}</a></th>'
+            f'<td><span data-k="invocations_minute">{r["invocations_minute"]:,}</span></td>'
+            f'<td><span data-k="errors_minute">{r["errors_minute"]:,}</span></td>'
+            f'<td><span data-k="success_rate">{pct(r["success_rate"])}</span></td>'
+            f'<td><span data-k="p50_ms">{ms(r["p50_ms"])}</span></td>'
+            f'<td><span data-k="p99_ms">{ms(r["p99_ms"])}</span></td>'
+            f'<td><span data-k="max_ms">{ms(r["max_ms"])}</span></td>'
+            f'<td><span data-k="running">{r["running"]:,}</span>/<span data-k="cap">{r["cap"]:,}</span></td>'
+            f'<td><span data-k="worker_states.starting">{w["starting"]:,}</span>/'
+            f'<span data-k="worker_states.idle">{w["idle"]:,}</span>/'
+            f'<span data-k="worker_states.busy">{w["busy"]:,}</span></td>'
+            f'<td><span data-k="queued">{r["queued"]:,}</span></td>'
+            f'<td><span data-k="oldest_age_s">{age(r["oldest_age_s"])}</span></td>'
+            f'<td><a href="/console/functions/{q}/dead-letters" data-k="dead_letters">{r["dead_letters"]:,}</a></td>'
+            f'<td><span data-k="succeeded">{r["succeeded"]:,}</span></td>'
+            f'<td><span data-k="failed">{r["failed"]:,}</span></td>'
+            f'<td><span data-k="dead">{r["dead"]:,}</span></td>'
+            f'<td><span data-k="next_tick">{text(r["next_tick"])}</span></td>'
+            f'<td><span data-k="cost_usd.x86_64">{usd(c["x86_64"])}</span>/'
+            f'<span data-k="cost_usd.arm64">{usd(c["arm64"])}</span></td></tr>')
     return "\n".join(out)
