@@ -26,7 +26,7 @@ LOCK_FLAGS ?= --upgrade
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install --quiet pip==$(PIP_VERSION) pip-tools==$(PIP_TOOLS_VERSION)
-	.venv-lock/bin/pip-compile --quiet $(LOCK_FLAGS) --generate-hashes --allow-unsafe --strip-extras --extra dev \
+	.venv-lock/bin/pip-compile --quiet $(LOCK_FLAGS) --generate-hashes --allow-unsafe --strip-extras --extra dev --extra bench \
 		--output-file requirements.lock pyproject.toml
 	rm -rf .venv-lock
 
@@ -48,6 +48,12 @@ floors:
 	$(PYTHON) tests/floors.py > .venv-floors/floors.txt
 	.venv-floors/bin/python -m pip install --quiet -c .venv-floors/floors.txt -e '.[dev]'
 	PATH=$(abspath .venv-floors)/bin:$$PATH .venv-floors/bin/python -m pytest -q -p no:cacheprovider $(FLOOR_TESTS)
+
+# The benches that write the performance page's scale curves and its comparison with other task queues
+# (bench/curves.py, bench/peers.py: about an hour on a 2-core machine); the others run one by one.
+bench: $(STAMP)
+	nice -n 10 $(VENV)/bin/python bench/curves.py --write
+	nice -n 10 $(VENV)/bin/python bench/peers.py --write
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -30,3 +30,7 @@ def rq_mark(log, sleep=0.0, cpu=0.0):
         while time.process_time() < end:
             pass
     _note(log, end=time.time())
+
+
+def noop(event, context):
+    """Nothing at all: what the queue and the worker cost alone (bench/curves.py's backlog)."""

@@ -497,7 +497,9 @@ def build_series(samples: list[Sample], warmup: float) -> list[Series]:
         if any(x.capped_bytes for x in samples):
             add("Redis used_memory less the stores capped by a count", "redis", s, s.used_memory - s.capped_bytes)
         for name, value in sorted(s.memory.items()):
-            add(f"Redis {name}", "redis-info", s, value)
+            # with the C library's malloc Redis works some of these out as unsigned differences, which
+            # wrap round when the RSS is read below what Redis counts: read back as the negative they are
+            add(f"Redis {name}", "redis-info", s, value - 2**64 if value >= 2**63 else value)
         held = sum(s.families.get(name, 0) for name in PER_EVENT)
         if held:  # what the families that hold a copy per event cannot explain: their count follows the rate
             add("Redis used_memory per key held per event", "per-key", s, s.used_memory / held)
@@ -626,7 +628,8 @@ def plot(series: list[Series], warmup: float, path: Path) -> None:
         return s.group in ("rss", "pss") and _kind_of(s.name) == "redis-server"
 
     panels = [("Redis: used_memory, INFO memory and redis-server's RSS (MB)",
-               lambda s: s.group in ("redis", "redis-info") or (is_redis(s) and s.group == "rss")),
+               lambda s: s.group == "redis" or s.name in ("Redis used_memory_rss", "Redis mem_fragmentation_bytes")
+               or (is_redis(s) and s.group == "rss")),
               ("keys (members) per family, the 14 largest", lambda s: s.group == "families"),
               ("RSS of lambdalite's processes (MB)", lambda s: s.group == "rss" and not is_redis(s)),
               ("PSS of lambdalite's processes (MB)", lambda s: s.group == "pss" and not is_redis(s)),

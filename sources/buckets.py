@@ -148,13 +148,29 @@ class BucketRoot:
         return sorted(names)
 
     def walk(self, folder: str) -> Iterator[ObjectRef]:
-        """Every object below ``folder`` (a bucket or a folder inside one), links not followed."""
+        """Every object below ``folder`` (a bucket or a folder inside one), links not followed.
+
+        What :meth:`locate` decides of a path is decided once per folder here, and only the file's
+        own name for each file: a start-up scan of a large bucket spent most of its time in it.
+        """
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
             dirnames[:] = [d for d in dirnames if not is_temporary(d)]
+            parts = dirpath[len(self._below):].split(os.sep) if dirpath.startswith(self._below) else []
+            plain = (bool(parts) and os.sep * 2 not in dirpath and not dirpath.endswith(os.sep) and is_utf8(dirpath)
+                     and not any(p in ("", os.curdir, os.pardir) or is_temporary(p) for p in parts))
+            prefix = "/".join(parts[1:]) + "/" if len(parts) > 1 else ""
             for name in filenames:
-                ref = self.locate(os.path.join(dirpath, name), report=True)
-                if ref is not None:
-                    yield ref
+                path = os.path.join(dirpath, name)
+                if not plain:  # below a name that needs a closer look (or is refused, once)
+                    ref = self.locate(path, report=True)
+                    if ref is not None:
+                        yield ref
+                elif is_temporary(name):
+                    continue
+                elif not is_utf8(name):
+                    self.refuse_name(path)
+                else:
+                    yield ObjectRef(parts[0], prefix + name, path)
 
 
 def _real_path(path: str, flags: int = 0) -> tuple[int, str]:

@@ -136,6 +136,19 @@ def test_publish_stores_a_runner_job_as_json(project: Path, r: redis.Redis, redi
     assert queue.count == 3
 
 
+def test_a_small_queued_event_costs_under_a_kilobyte_of_the_stacks_redis(project: Path, r: redis.Redis,
+                                                                         redis_url: str) -> None:
+    """The stack's redis-server (broker.embedded's command line) keeps a job hash whose event is under
+    1 KiB in its compact encoding: a backlog of a million small events fits in under 1 GB."""
+    reg = load_registry(write(project, GOOD))
+    before = int(r.info("memory")["used_memory"])
+    events = [Event(function="thumbnail", payload={"n": i, "key": f"photos/{i:06d}.jpg"}) for i in range(500)]
+    Publisher(connect(redis_url), reg).publish_many(events)
+    assert r.object("encoding", f"rq:job:{events[0].id}") in (b"ziplist", b"listpack")
+    per_event = (int(r.info("memory")["used_memory"]) - before) / len(events)
+    assert per_event < 1024, per_event
+
+
 def test_outcome_wait_sees_a_record_made_before_or_during_the_wait(r: redis.Redis) -> None:
     import threading
 

@@ -129,6 +129,32 @@ def test_temporary_names(name: str) -> None:
     assert is_temporary(name)
 
 
+def test_a_walk_finds_exactly_the_objects_that_locate_accepts(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """The walk decides a folder's part of a path once and each file's name alone: the same objects,
+    and the same refusals, as :meth:`BucketRoot.locate` of every file below the folder."""
+    not_utf8 = os.fsdecode(b"bad\xff")
+    names = ["a.jpg", ".hidden", "x.tmp", "plain", not_utf8, "sp ace", "é.txt", "photo.jpg.part"]
+    folders = ["", "s1", "s1/s2", ".cache", "s3.part", "é", not_utf8 + "dir", not_utf8 + "dir/inner"]
+    for bucket in ("b1", "b2"):
+        for folder in folders:
+            path = tmp_path / bucket / folder if folder else tmp_path / bucket
+            os.makedirs(path, exist_ok=True)
+            for name in names:
+                (path / name).write_bytes(b"x")
+    (tmp_path / "loose").write_bytes(b"x")
+    root = BucketRoot(tmp_path)
+    for folder in (str(tmp_path), root.folder("b1"), root.folder("b2", "s1"), root.folder("b1", "é")):
+        walked = sorted((ref.bucket, ref.key, ref.path) for ref in root.walk(folder))
+        located = sorted((ref.bucket, ref.key, ref.path) for dirpath, _, files in os.walk(folder)
+                         for name in files if (ref := root.locate(os.path.join(dirpath, name))) is not None)
+        assert walked == located and walked, folder
+    keys = {ref.key for ref in root.walk(root.folder("b1"))}
+    assert {"a.jpg", "s1/s2/é.txt", "é/sp ace"} <= keys
+    assert not any(k.endswith(".tmp") or "/." in k or k.startswith(".") or "dir/" in k for k in keys)
+    assert "not valid UTF-8" in caplog.text
+
+
 def test_locate_maps_paths_to_bucket_and_key(tmp_path: Path) -> None:
     root = BucketRoot(tmp_path)
     ref = root.locate(str(tmp_path / "uploads" / "a" / "b c" / "d+é.jpg"))

@@ -9,9 +9,12 @@ hostile bootstraps.
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import shutil
 import stat
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -367,3 +370,73 @@ def test_lambdalite_check_wants_an_executable_bootstrap(project: Path) -> None:
     assert done.returncode == 0, done.stderr
     fn = load_registry(project / "lambdalite.toml").get("f")
     assert fn.provided and not fn.python and fn.bootstrap_path(project / "lambdalite.toml") == project / "rt" / "boot"
+
+
+WHOAMI = r'''#!/bin/bash
+set -euo pipefail
+API="http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime/invocation"
+while true
+do
+  HEADERS="$(mktemp)"
+  curl -sS -o /dev/null -D "$HEADERS" "$API/next"
+  REQUEST_ID=$(grep -Fi Lambda-Runtime-Aws-Request-Id "$HEADERS" | tr -d '[:space:]' | cut -d: -f2)
+  curl -sS -o /dev/null "$API/$REQUEST_ID/response" -d "{\"uid\": $(id -u), \"pid\": $$, \"tmp\": \"$HEADERS\"}"
+done
+'''
+
+
+def test_a_runtime_runs_as_the_sandbox_user(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root, the stack's default: the runtime runs as nobody, in its private /tmp (a project
+    folder the sandbox user may read: pytest's own temp root is 0700)."""
+    if os.geteuid() != 0:
+        pytest.skip("the switch to the sandbox user needs a stack running as root")
+    folder = Path(tempfile.mkdtemp(prefix="ll-runtime-api-"))
+    try:
+        folder.chmod(0o755)
+        (folder / "buckets").mkdir()
+        _tutorial(folder)
+        _script(folder / "whoami", WHOAMI)
+        (folder / "lambdalite.toml").write_text(
+            '[functions.tutorial]\nruntime = "provided"\nhandler = "function.handler"\nbootstrap = "bootstrap"\n'
+            '[functions.whoami]\nruntime = "provided"\nbootstrap = "whoami"\n')
+        monkeypatch.chdir(folder)
+        with Scaler(folder, LAMBDALITE_SANDBOX_USER="nobody") as scaler:
+            _, out = _invoke(redis_url, folder, "tutorial", {"text": "Hello"})
+            assert out.ok and out.result == "Echoing request: '{\"text\":\"Hello\"}'", (out, scaler.output())
+            _, first = _invoke(redis_url, folder, "whoami", {})
+            _, second = _invoke(redis_url, folder, "whoami", {})
+            assert first.ok and second.ok, (first, second, scaler.output())
+            assert first.result["uid"] == pwd.getpwnam("nobody").pw_uid
+            assert first.result["pid"] == second.result["pid"], "warm as the sandbox user too"
+            assert first.result["tmp"].startswith("/tmp/tmp.")
+            assert not Path(first.result["tmp"]).exists(), "its /tmp is its own, not the machine's"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+NODE_HANDLER = """let count = 0;
+export const handler = async (event, context) =>
+  ({ count: ++count, pid: process.pid, event, id: context.awsRequestId });
+"""
+
+
+@pytest.mark.timeout(180)
+def test_nodes_aws_lambda_ric_runs_a_handler_warm(project: Path, redis_url: str) -> None:
+    """Node.js's aws-lambda-ric, where it is built: its install compiles a native part and the curl
+    it bundles from source, which needs autoconf, automake, libtool and cmake (a fresh machine has
+    none of them). NODE_RIC_MODULES names a node_modules folder that holds a built aws-lambda-ric."""
+    modules = os.environ.get("NODE_RIC_MODULES")
+    if not modules or not (Path(modules) / ".bin" / "aws-lambda-ric").exists():
+        pytest.skip("no built aws-lambda-ric (NODE_RIC_MODULES); see docs/runtimes.md")
+    shutil.copytree(modules, project / "node_modules", symlinks=True)  # in the task root, as Lambda lays it out
+    (project / "app.mjs").write_text(NODE_HANDLER)
+    _script(project / "bootstrap", '#!/bin/sh\nexec ./node_modules/.bin/aws-lambda-ric "$_HANDLER"\n')
+    (project / "lambdalite.toml").write_text(
+        '[functions.node]\nruntime = "provided"\nhandler = "app.handler"\nbootstrap = "bootstrap"\ntimeout = 30\n')
+    with Scaler(project, LAMBDALITE_IDLE_TIMEOUT="60") as scaler:
+        first_id, first = _invoke(redis_url, project, "node", {"a": 1})
+        second_id, second = _invoke(redis_url, project, "node", {"a": 2})
+        assert first.ok and second.ok, (first, second, scaler.output())
+    assert (first.result["count"], second.result["count"]) == (1, 2), "module state lives on"
+    assert first.result["pid"] == second.result["pid"], "the same Node.js process serves both"
+    assert second.result == {"count": 2, "pid": first.result["pid"], "event": {"a": 2}, "id": second_id}

@@ -154,7 +154,8 @@ def test_stop_hands_back_running_events_and_nothing_is_lost(project: Path, redis
         took = scaler.stop()
     assert took < 5, f"stop took {took:.2f}s"
     queue = function_queue(r, "rec")
-    assert sorted(j.args[0]["id"] for j in queue.jobs) == sorted(e.id for e in events)
+    assert sorted(j.args[0]["id"] for j in queue.jobs) == sorted(e.id for e in events), (queue.job_ids,
+                                                                                        scaler.output())
     assert all(j.args[0]["attempt"] == 0 for j in queue.jobs), "a stop is not a failed attempt"
     assert queue.started_job_registry.count == 0
     with Scaler(project):
@@ -335,3 +336,44 @@ def test_a_step_counts_repairs_and_releases_in_few_round_trips_and_survives_a_fo
     r.set(delayed.DELAYED_KEY, "garbage")
     scaler.step()
     assert r.type(delayed.DELAYED_KEY) == b"none", "the probe's error leads to the repair"
+
+
+def test_status_views_go_out_when_they_change_and_all_of_them_every_few_seconds(
+        project: Path, redis_url: str, r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    from broker.envelope import Event
+    from broker.queues import Publisher
+    from broker.registry import Function, load_registry
+    from broker.settings import load_settings
+    from broker.stats import scaler_key
+    from workers.scaler import VIEW_REFRESH
+    from workers.scaler import Scaler as InProcess
+
+    setup(project, "".join(RECORD.format(cap=1).replace("functions.rec", f"functions.f{i}") for i in range(20)))
+    registry = load_registry(project / "lambdalite.toml")
+    monkeypatch.setenv("LAMBDALITE_SANDBOX_USER", "root")  # as in the tests above
+    spawned: list[str] = []
+
+    def spawn(fn: Function) -> int:
+        spawned.append(fn.name)
+        return 4_000_000 + len(spawned)  # no such process: nothing here signals it
+
+    scaler = InProcess(load_settings(), registry, r, spawn=spawn)
+
+    def view(name: str) -> dict | None:
+        raw = r.hget(scaler_key(name), scaler.id)
+        return None if raw is None else json.loads(raw)
+
+    scaler.step(100.0)
+    assert all(view(f"f{i}") == {"workers": {"starting": 0, "idle": 0, "busy": 0}, "decision": None}
+               for i in range(20))
+    r.hdel(scaler_key("f3"), scaler.id)  # a view lost (or moved aside as damaged)
+    Publisher(r, registry).publish(Event("f7", {}))
+    scaler.step(101.0)
+    assert spawned == ["f7"]
+    got = view("f7")
+    assert got is not None and got["workers"]["starting"] == 1 and got["decision"]["action"] == "scale-up", \
+        "a view that changed goes out in the step that changed it"
+    assert view("f3") is None, "unchanged views are not written again in every step"
+    scaler.step(100.0 + VIEW_REFRESH)
+    assert view("f3") == {"workers": {"starting": 0, "idle": 0, "busy": 0}, "decision": None}, \
+        "every view is written again every VIEW_REFRESH seconds"

@@ -19,12 +19,13 @@ from typing import cast
 
 import redis
 from rq.queue import Queue
+from rq.registry import StartedJobRegistry
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
-from broker import idempotency, quarantine
+from broker import connection, idempotency, quarantine
 from broker.envelope import Event
 from broker.errors import EnvelopeError
-from broker.queues import Publisher, function_queue, taking_key
+from broker.queues import Publisher, function_queue, queue_name, taking_key
 from broker.registry import Function, Registry
 from workers import jobs
 from workers.outcomes import Outcomes
@@ -73,8 +74,16 @@ def recover(client: redis.Redis, registry: Registry, is_dead: Callable[[str], bo
     ``causes``: for a worker the scaler killed because it could not enforce a limit itself (see
     :mod:`workers.watchdog`), the error type and message its event is settled with."""
     publisher = Publisher(client, registry)
+    functions = list(registry)
+    # Whether each function has a registered worker or a started job, for all of them in one round
+    # trip (EXISTS reads a key of any type): a function with neither, every function of an idle
+    # stack, has nothing to recover and costs nothing more.
+    found = connection.run(client, [("EXISTS", WORKERS_BY_QUEUE_KEY % queue_name(fn.name),
+                                     StartedJobRegistry.key_template.format(queue_name(fn.name))) for fn in functions])
     recovered = 0
-    for fn in registry:
+    for fn, count in zip(functions, found, strict=True):
+        if count == 0:
+            continue
         queue = function_queue(client, fn.name)
         recovered += _put_back_taken(client, queue, is_dead)
         started = queue.started_job_registry

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import signal
+import socketserver
 import subprocess
 import threading
 import time
@@ -140,9 +141,17 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     api: RuntimeAPI
 
+    def server_bind(self) -> None:
+        # HTTPServer's own looks its address up by name (socket.getfqdn), which a sandbox that switched
+        # users may not be able to do (the codec it imports can lie beyond the sandbox user's reach).
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: a runtime client reuses its connection
+    disable_nagle_algorithm = True  # headers and body go as two writes: no delayed-ACK wait between them
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature

@@ -55,6 +55,7 @@ NO_REDIS_GRACE = 0.5  # seconds workers get to stop when Redis is gone
 WAKE_GAP = 0.02
 STOP_GRACE = 3.5  # seconds running invocations get to finish on a stop before they are handed back
 ALIVE_TTL = 3  # seconds a scaler's liveness key lasts without being refreshed
+VIEW_REFRESH = 5.0  # seconds between two writes of every function's view for status (changes go at once)
 
 
 @dataclass
@@ -88,7 +89,7 @@ class Scaler:
         self.clock = clock
         self.views = {fn.name: FunctionView() for fn in registry}
         self.queues = {fn.name: function_queue(client, fn.name) for fn in registry}
-        self._published: dict[str, str] = {}
+        self._published: dict[str, tuple[Any, str]] = {}  # function -> (its view as last written, encoded)
         self.forked: dict[int, Function] = {}  # each worker's function as it was when forked
         self._last_view = -1e9
         # Handlers are imported by each sandbox, isolated; here only seen to import (in a child, as they will).
@@ -390,22 +391,29 @@ class Scaler:
             log.info("%s: %s (%s)", fn, action, reason)
 
     def publish_view(self, now: float) -> None:
-        """Write this scaler's view of each function for ``status``: when it changes, else every 1 s."""
-        views = {}
+        """Write this scaler's view of each function for ``status``: a view that changed at once, and
+        every view every :data:`VIEW_REFRESH` s (one lost or damaged comes back). With many functions,
+        encoding and writing every view each step was most of an idle scaler's CPU."""
+        changed = {}
         for name, view in self.views.items():
             states = {"starting": 0, "idle": 0, "busy": 0}
             for p in view.workers.values():
                 states[p.state] += 1
-            views[name] = json.dumps({"workers": states, "decision": view.decision.__dict__ if view.decision
-                                      else None})
-        if views == self._published and now - self._last_view < 1.0:
+            seen = (states, view.decision)
+            if name not in self._published or self._published[name][0] != seen:
+                encoded = json.dumps({"workers": states, "decision": view.decision.__dict__ if view.decision else None})
+                self._published[name] = (seen, encoded)
+                changed[name] = encoded
+        if now - self._last_view >= VIEW_REFRESH:
+            changed = {name: encoded for name, (_, encoded) in self._published.items()}
+            self._last_view = now
+        if not changed:
             return
         with self.client.pipeline(transaction=False) as pipe:
-            quarantine.guard(pipe, {stats.scaler_key(name): "hash" for name in views})
-            for name, view_json in views.items():
+            quarantine.guard(pipe, {stats.scaler_key(name): "hash" for name in changed})
+            for name, view_json in changed.items():
                 pipe.hset(stats.scaler_key(name), self.id, view_json)
             quarantine.report(pipe.execute())
-        self._published, self._last_view = views, now
 
     # -- reloading ----------------------------------------------------------------------------------
 
