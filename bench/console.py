@@ -227,6 +227,32 @@ def throughput(stack: Stack, rounds: int, n: int, cpu_closed: dict[str, list[flo
     return closed, opened
 
 
+def write_cost(client: redis.Redis, n: int = 5000) -> dict[str, float]:
+    """Redis's own time (INFO commandstats) per call of the worker's history write, beside the cost
+    counters' write and a counter's increment queued in the same transaction."""
+    from broker import cost, history, stats
+
+    now = time.time()
+    calls = {
+        "history.record (the console's history)": lambda p, i: history.record(
+            p, "bench-history", now + i * 0.01, 12.5, i % 10 == 0, False, 3.0),
+        "cost.record (reference)": lambda p, i: cost.record(p, "bench-history", 128, 13, None),
+        "stats.count (reference)": lambda p, i: stats.count(p, "bench-history", "succeeded"),
+    }
+    out = {}
+    for label, call in calls.items():
+        client.config_resetstat()
+        for i in range(0, n, 100):
+            with client.pipeline(transaction=False) as pipe:
+                for j in range(100):
+                    call(pipe, i + j)
+                pipe.execute()
+        info = client.info("commandstats")
+        out[label] = sum(v["usec"] for k, v in info.items() if k in ("cmdstat_eval", "cmdstat_evalsha")) / n
+        print(f"redis time per call, {label}: {out[label]:.1f} us")
+    return out
+
+
 def measure(args: argparse.Namespace) -> None:
     stack = Stack(bench_toml(args.functions))
     try:
@@ -248,6 +274,7 @@ def measure(args: argparse.Namespace) -> None:
         for k in ("webhook", "redis"):
             print(f"CPU ms per 1,000 events, {k}: closed {statistics.median(cpu_closed[k]):.0f}, "
                   f"open {statistics.median(cpu_open[k]):.0f}")
+        writes = write_cost(stack.client)
     finally:
         stack.close()
     if args.no_write:
@@ -276,6 +303,9 @@ def measure(args: argparse.Namespace) -> None:
                 + "\n\nCPU time per 1,000 of those events (median of the rounds), of the process serving the "
                 "console and of Redis:\n\n"
                 + table(["process", "console closed", "console open"], cpu_rows)
+                + "\n\nThe worker's history write, in the transaction of each outcome: Redis's own time a "
+                "call (INFO commandstats, 5,000 calls each), beside two writes of the same transaction:\n\n"
+                + table(["write", "Redis time a call"], [[k, f"{v:.1f} µs"] for k, v in writes.items()])
                 + f"\n\nMachine: {os.cpu_count()} cores shared with other work (load average "
                 f"{load:.1f} at the start), so rounds vary; the CPU figures are steadier than the rates.")
     command = (f"python bench/console.py --functions {args.functions} --requests {args.requests} "

@@ -3,7 +3,8 @@
 One hash per function (``lambdalite:history:<function>``) holds two rings of buckets: one a minute
 wide for the last hour (fields ``m0`` .. ``m59``) and one five minutes wide for the last day
 (``d0`` .. ``d287``). A bucket is one field, its figures packed as comma-separated integers
-(:data:`FIELDS`, then :data:`BINS` counts of durations on a log scale). Its first figure is the
+(:data:`FIELDS`, then :data:`BINS` counts of durations on a log scale,
+as big-endian 32-bit integers, saturated: Lua's ``struct`` packs and unpacks them at C speed). Its first figure is the
 second its window starts: a write that finds an older window there starts the bucket afresh, so
 the hash never holds more than 348 fields, however much traffic goes by, and it is in Redis, so it
 outlives a restart of the stack. The key expires :data:`KEEP` seconds after its last write.
@@ -24,6 +25,7 @@ the bins (within a factor of √2).
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +68,7 @@ def history_key(function: str) -> str:
 _RECORD = quarantine.MOVE_FUNCTION + """
 local nfields = NFIELDS
 local nbins = NBINS
+local fmt = '>' .. string.rep('I4', nfields + nbins)
 local out = {}
 move(KEYS[1], 'hash', 13, out)
 local kind = ARGV[1]
@@ -76,9 +79,9 @@ for r = 8, 13, 3 do
   local start = math.floor(now / width) * width
   local field = ARGV[r] .. ((start / width) % slots)
   local raw = redis.call('HGET', KEYS[1], field)
-  local v = {}
-  if raw then for n in string.gmatch(raw, '[^,]+') do v[#v + 1] = tonumber(n) end end
-  if #v ~= nfields + nbins or v[1] ~= start then
+  local v
+  if raw and #raw == 4 * (nfields + nbins) then v = {struct.unpack(fmt, raw)} end
+  if not v or v[1] ~= start then
     v = {start}
     for i = 2, nfields + nbins do v[i] = 0 end
   end
@@ -100,7 +103,8 @@ for r = 8, 13, 3 do
     if c > v[11] then v[11] = c end
     v[12] = v[12] + d
   end
-  redis.call('HSET', KEYS[1], field, table.concat(v, ','))
+  for i = 2, nfields + nbins do if v[i] > 4294967295 then v[i] = 4294967295 end end  -- saturate, never fail
+  redis.call('HSET', KEYS[1], field, struct.pack(fmt, unpack(v, 1, nfields + nbins)))
 end
 redis.call('EXPIRE', KEYS[1], ARGV[7])
 return out
@@ -152,15 +156,15 @@ class Bucket:
         return 100.0 * (self.invocations - self.errors) / self.invocations if self.invocations else None
 
 
+_PACKED = struct.Struct(">" + "I" * (len(FIELDS) + BINS))
+
+
 def _parse(raw: bytes | None, start: int) -> Bucket:
-    if raw is None:
+    if raw is None or len(raw) != _PACKED.size:
         return Bucket(start)
-    try:
-        values = [int(x) for x in raw.split(b",")]
-    except ValueError:
-        return Bucket(start)
-    if len(values) != len(FIELDS) + BINS or values[0] != start:
-        return Bucket(start)  # a window of the past day, since written over, or not a bucket
+    values = list(_PACKED.unpack(raw))
+    if values[0] != start:
+        return Bucket(start)  # a window of the past day, since written over
     figures = dict(zip(FIELDS, values, strict=False))
     return Bucket(bins=tuple(values[len(FIELDS):]), **figures)
 

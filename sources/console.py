@@ -160,7 +160,10 @@ class ConsoleApp:
 
     async def stop(self) -> None:
         await self.hub.stop()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        # A read or a history sample under way finishes before the source says it stopped: nothing of
+        # this process writes to Redis after its stop (a sample of figures read before it, landing
+        # after, would be stale).
+        await asyncio.to_thread(self.pool.shutdown, wait=True, cancel_futures=True)
 
     def _render(self, template: str, status: int = 200, **values: Any) -> HTMLResponse:
         return HTMLResponse(self.env.get_template(template).render(**values), status)

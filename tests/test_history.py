@@ -146,3 +146,14 @@ def test_the_worker_writes_each_outcome_into_the_history(stack: Scaler, r: redis
     fail = history.total(history.series(r, "fail", HOUR, now))
     assert (fail.invocations, fail.errors, fail.dead) == (2, 2, 1)
     assert history.total(history.series(r, "ok", DAY, now)).invocations == 2
+
+
+def test_a_figure_too_large_saturates_instead_of_failing_the_transaction(r: redis.Redis) -> None:
+    now = 1_800_000_000.0
+    with r.pipeline(transaction=True) as pipe:
+        history.record(pipe, "f", now, 5e9, False, False, 9e9)
+        pipe.set("after", 1)
+        pipe.execute()
+    b = history.series(r, "f", HOUR, now)[-1]
+    assert (b.invocations, b.duration_max, b.age_max) == (1, 2**32 - 1, 2**32 - 1)
+    assert r.get("after") == b"1"

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,23 @@ from broker.envelope import Event
 from broker.queues import Publisher, function_queue
 from broker.registry import load_registry
 from tests.stack import Scaler, cli
+
+_clients: list[redis.Redis] = []
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A client of the test's Redis, closed when the test ends."""
+    client = redis.Redis.from_url(url)
+    _clients.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
 
 HANDLER = '''"""Records each run: its request id, the code it ran and when."""
 import json, os, time
@@ -114,7 +132,7 @@ def test_reload_under_a_stream_of_events(project: Path, redis_url: str) -> None:
     (project / "reloadee.py").write_text(HANDLER.format(code="v1"))
     (project / "reloadee_beta.py").write_text(HANDLER.format(code="beta"))
     (project / "lambdalite.toml").write_text(ONE)
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     scaler = Scaler(project)
     code_of: dict[int, str] = {}
     try:
@@ -210,7 +228,7 @@ def test_every_process_follows_a_function_added_then_removed(project: Path, redi
     (project / "reloadee_gamma.py").write_text(SLOW)
     (project / "buckets" / "uploads").mkdir()
     (project / "lambdalite.toml").write_text(SOURCES_ONE)
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     scaler = Scaler(project)
     files = FilesProcess(project)
     web = WebhookProcess(project)
@@ -273,7 +291,7 @@ def _get(url: str) -> int:
 def test_reload_command_and_sighup(project: Path, redis_url: str) -> None:
     (project / "reloadee.py").write_text(HANDLER.format(code="v1"))
     (project / "lambdalite.toml").write_text(ONE)
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     quiet = cli(project, "reload", "--wait", "2")
     assert quiet.returncode == 1 and "no scaler is running" in quiet.stderr
     scaler = Scaler(project)
@@ -322,7 +340,10 @@ def sqlite_process(project: Path) -> tuple[subprocess.Popen[bytes], Path]:
 def standing_by(proc: subprocess.Popen[bytes]) -> bool:
     import psutil
 
-    return any("standby.py" in part for part in psutil.Process(proc.pid).cmdline())
+    try:
+        return any("standby.py" in part for part in psutil.Process(proc.pid).cmdline())
+    except psutil.Error:  # read while it execs
+        return False
 
 
 @pytest.mark.timeout(180)
@@ -334,7 +355,7 @@ def test_the_sqlite_feed_stands_by_until_a_revision_brings_it_a_trigger(project:
     db = sqlite3.connect(project / "app.db", isolation_level=None)
     db.execute("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT)")
     (project / "lambdalite.toml").write_text(ONE)
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     scaler = Scaler(project)
     feed, log = sqlite_process(project)
     try:
@@ -354,4 +375,32 @@ def test_the_sqlite_feed_stands_by_until_a_revision_brings_it_a_trigger(project:
         feed.send_signal(signal.SIGTERM)
         feed.wait(10)
         scaler.stop()
+        db.close()
     assert "Traceback" not in log.read_text(), log.read_text()
+
+
+SLEEPER = '''import time
+
+
+def handler(event, context):
+    time.sleep(event["sleep"])
+    return {"slept": event["sleep"], "limit_ms": context.get_remaining_time_in_millis()}
+'''
+
+
+@pytest.mark.timeout(120)
+def test_changed_limits_apply_to_new_invocations(project: Path, redis_url: str) -> None:
+    from tests.stack import invoke
+
+    (project / "sleeper.py").write_text(SLEEPER)
+    (project / "lambdalite.toml").write_text('[functions.nap]\nhandler = "sleeper.handler"\ntimeout = 1\n')
+    client = redis_client(redis_url)
+    with Scaler(project) as scaler:
+        wait_until("revision 1 published", lambda: running_number(client) == 1)
+        short = invoke(redis_url, project, "nap", {"sleep": 1.5})
+        assert not short.ok and "timed out" in json.dumps(short.error), short
+        (project / "lambdalite.toml").write_text('[functions.nap]\nhandler = "sleeper.handler"\ntimeout = 10\n')
+        wait_until("revision 2", lambda: running_number(client) == 2)
+        longer = invoke(redis_url, project, "nap", {"sleep": 1.5})
+        assert longer.ok and longer.result["limit_ms"] > 5000, longer
+    assert "nap changed" in scaler.output()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,23 @@ from broker.settings import load_settings
 from broker.stats import alive_key
 from tests.stack import cli
 from workers.reload import Reloader
+
+_clients: list[redis.Redis] = []
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A client of the test's Redis, closed when the test ends."""
+    client = redis.Redis.from_url(url)
+    _clients.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
 
 ONE = '[functions.a]\nhandler = "pkg.a.handler"\n'
 TWO = ONE + '\n[functions.b]\nhandler = "pkg.b.handler"\n'
@@ -36,7 +54,7 @@ def project_with_package(project: Path, toml: str = TWO) -> Path:
 
 
 def test_numbers_count_changes_only(project: Path, redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     assert revision.read(client) is None
     first = revision.publish(client, b"x = 1", {"a": "1"})
     again = revision.publish(client, b"x = 1", {"a": "1"})
@@ -49,7 +67,7 @@ def test_numbers_count_changes_only(project: Path, redis_url: str) -> None:
 
 
 def test_a_damaged_key_is_moved_aside_and_written_afresh(project: Path, redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     client.set(revision.KEY, "not a hash")
     assert revision.read(client) is None
     assert revision.publish(client, b"", {}).number == 1
@@ -84,7 +102,7 @@ def test_a_command_s_code_is_the_files_it_names(project: Path) -> None:
 
 
 def test_a_follower_applies_each_newer_revision(project: Path, redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     path = project_with_package(project, ONE)
     revision.publish(client, ONE.encode(), {})
     seen: list[int] = []
@@ -124,7 +142,7 @@ def reloader_for(project: Path, redis_url: str, toml: str = TWO) -> tuple[Reload
     path = project_with_package(project, toml)
     registry = load_registry(path)
     recorder = Recorder(registry)
-    reloader = Reloader(load_settings(), redis.Redis.from_url(redis_url), registry, recorder)
+    reloader = Reloader(load_settings(), redis_client(redis_url), registry, recorder)
     reloader.publish_running()
     return reloader, registry, recorder
 
@@ -158,7 +176,7 @@ def test_an_invalid_edit_is_refused_in_one_line(project: Path, redis_url: str, m
                                                 caplog: pytest.LogCaptureFixture, edit, said) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("LAMBDALITE_SANDBOX_USER", "root")
     reloader, registry, recorder = reloader_for(project, redis_url)
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     edit(project)
     with caplog.at_level(logging.INFO, logger="lambdalite.reload"):
         assert not look(reloader)
@@ -171,7 +189,7 @@ def test_an_invalid_edit_is_refused_in_one_line(project: Path, redis_url: str, m
 
 
 def test_the_cli_answers_for_the_running_revision(project: Path, redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     project_with_package(project, ONE)
     revision.publish(client, ONE.encode(), {})
     (project / "lambdalite.toml").write_text(TWO)  # b is in the file, not in the running revision

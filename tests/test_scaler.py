@@ -154,7 +154,8 @@ def test_stop_hands_back_running_events_and_nothing_is_lost(project: Path, redis
         took = scaler.stop()
     assert took < 5, f"stop took {took:.2f}s"
     queue = function_queue(r, "rec")
-    assert sorted(j.args[0]["id"] for j in queue.jobs) == sorted(e.id for e in events)
+    assert sorted(j.args[0]["id"] for j in queue.jobs) == sorted(e.id for e in events), (queue.job_ids,
+                                                                                        scaler.output())
     assert all(j.args[0]["attempt"] == 0 for j in queue.jobs), "a stop is not a failed attempt"
     assert queue.started_job_registry.count == 0
     with Scaler(project):

@@ -152,3 +152,16 @@ def test_a_publish_waits_for_a_replica_when_asked_and_fails_without_one(
             loop.close()
             client.close()
             settings.current.cache_clear()
+
+
+@pytest.mark.timeout(240)
+def test_with_publishes_waiting_for_a_replica_a_failover_loses_no_acknowledged_event(tmp_path: Path) -> None:
+    """Two replicas and ``LAMBDALITE_REDIS_WAIT_REPLICAS=1``: every event a source acknowledged was
+    on a replica, so none is lost when the primary dies, and the stack flows again on the promoted
+    replica (with the other replica confirming)."""
+    report = chaos.run(tmp_path / "stack", per_source=150, rate=10, faults=["failover"], SENTINEL_REPLICAS="2",
+                       LAMBDALITE_REDIS_WAIT_REPLICAS="1")
+    print("\n".join(report.lines()))
+    assert [f for f, _, _ in report.recoveries] == ["failover"], "every source flowed again after the failover"
+    assert report.recoveries[0][2] < FLOWING_WITHIN
+    assert report.lost == [], f"acknowledged events lost: {report.lost}"

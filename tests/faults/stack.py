@@ -58,7 +58,8 @@ class Stack:
         self.sentinels: SentinelSet | None = None
         if sentinels:  # a primary, a replica and three sentinels: the run kills the primary
             (project / "redis").mkdir(parents=True, exist_ok=True)
-            self.sentinels = SentinelSet(project / "redis").__enter__()
+            replicas = int(settings.pop("SENTINEL_REPLICAS", "1"))
+            self.sentinels = SentinelSet(project / "redis", replicas=replicas).__enter__()
             settings = {"LAMBDALITE_REDIS_URL": self.sentinels.url, **settings}
         env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDALITE_")}
         env.update(PATH=f"{BIN}:{env['PATH']}", PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1",
