@@ -8,6 +8,7 @@ hostile bootstraps.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pwd
@@ -210,12 +211,17 @@ def test_the_tutorial_bootstrap_through_invoke_and_the_invoke_api(stack: Scaler,
     registry = load_registry(project_files / "lambdalite.toml")
     with serve(create_app(registry, redis_url, access_keys={KEY_ID: SECRET})) as url:
         got = _lambda(url).invoke(FunctionName="tutorial", Payload=b'{"text":"again"}')
+        context = {"custom": {"tenant": "t1"}, "env": {"locale": "en"}, "client": {"app_title": "app"}}
+        echoed = _lambda(url).invoke(FunctionName="hostile", Payload=b'{"n": 3}',
+                                     ClientContext=base64.b64encode(json.dumps(context).encode()).decode())
     assert got["StatusCode"] == 200 and "FunctionError" not in got
     assert json.loads(got["Payload"].read()) == "Echoing request: '{\"text\":\"again\"}'"
+    headers = {k.lower(): v for k, v in json.loads(echoed["Payload"].read())["headers"].items()}
+    assert json.loads(headers["lambda-runtime-client-context"])["custom"] == {"tenant": "t1"}
     log = stack.output()
     assert '{"text":"Hello"}' in log, "the handler's stderr goes to the function's log"
     inits = [line for line in log.splitlines() if line.startswith("REPORT") and "Init Duration" in line]
-    assert len(inits) == 1, "one runtime served every invocation: one cold start"
+    assert len(inits) == 2, "one runtime per function served its invocations: one cold start each"
 
 
 def test_the_verbatim_tutorial_under_dash_is_an_exit_error(stack: Scaler, project_files: Path,
