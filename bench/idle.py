@@ -73,7 +73,9 @@ def measure(root: psutil.Process, seconds: float) -> tuple[int, float, float]:
     pss = 0
     for p in tree():
         with contextlib.suppress(psutil.NoSuchProcess):
-            pss += p.memory_full_info().pss
+            mine = p.memory_full_info().pss
+            pss += mine
+            print(f"  {mine / 2**20:6.1f} MB PSS  {' '.join(p.cmdline())[:100]}")
     return len(tree()), pss / 2**20, 100 * used / took
 
 

@@ -23,12 +23,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
-from jinja2 import Environment, FileSystemLoader, select_autoescape
-from markupsafe import Markup
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -45,6 +43,9 @@ from sources.callers import Callers
 from sources.console_data import Console, function_page, overview
 from sources.console_live import Hub
 
+if TYPE_CHECKING:
+    from jinja2 import Environment
+
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 T = TypeVar("T")
@@ -53,6 +54,10 @@ FORM_BYTES = 64 * 1024
 
 
 def templates() -> Environment:
+    """The pages' templates. Jinja is imported here, on the first page served, not at the HTTP source's
+    start: a stack whose console nobody opens does not hold it in memory (bench/idle.py)."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
     env = Environment(loader=FileSystemLoader(HERE / "console_templates"), autoescape=select_autoescape(["html"]))
     env.filters.update(ms=render.ms, usd=render.usd, pct=render.pct, age=render.age, when=render.when,
                        count=render.count)
@@ -123,7 +128,7 @@ class ConsoleApp:
         self.open_to_all = open_to_all  # loopback: no check, as for the Invoke API
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="console")
         self.hub = Hub(console, self.read, throttles)
-        self.env = templates()
+        self._templates: Environment | None = None  # made on the first page served
         self.router = Router(routes=[
             Route("/", self.overview_page, methods=["GET"]),
             Route("/data", self.overview_data, methods=["GET"]),
@@ -166,7 +171,9 @@ class ConsoleApp:
         await asyncio.to_thread(self.pool.shutdown, wait=True, cancel_futures=True)
 
     def _render(self, template: str, status: int = 200, **values: Any) -> HTMLResponse:
-        return HTMLResponse(self.env.get_template(template).render(**values), status)
+        if self._templates is None:
+            self._templates = templates()
+        return HTMLResponse(self._templates.get_template(template).render(**values), status)
 
     def _function(self, request: Request) -> str | None:
         name = request.path_params["name"]
@@ -187,6 +194,8 @@ class ConsoleApp:
     async def overview_page(self, request: Request) -> Response:
         async def make() -> Response:
             data = await self.read(lambda: overview(self.console))
+            from markupsafe import Markup  # Jinja's, imported with it (see templates())
+
             return self._render("overview.html", data=data, rows=Markup(render.overview_rows(data["functions"])))
         return await self._guarded(request, make)
 
