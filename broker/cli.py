@@ -21,6 +21,7 @@ from broker.connection import TRANSIENT, RedisRefusesWrites, connect
 from broker.envelope import Event, parse_json
 from broker.errors import InvocationError, LambdaliteError, RedisUnavailableError
 from broker.queues import Publisher, function_of_queue
+from broker.redis_url import redacted
 from broker.registry import Registry, load_registry
 from broker.settings import Settings, load_settings
 from broker.stats import alive_key, status
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"lambdalite: {e}", file=sys.stderr)
         sys.exit(1)
     except TRANSIENT as e:
-        print(f"lambdalite: redis unavailable at {load_settings().redis_dsn}: {_reason(e)}", file=sys.stderr)
+        print(f"lambdalite: redis unavailable at {redacted(load_settings().redis_dsn)}: {_reason(e)}", file=sys.stderr)
         sys.exit(1)
     except redis.RedisError as e:
         print(f"lambdalite: redis refused the command: {_reason(e)}", file=sys.stderr)
@@ -132,7 +133,7 @@ def _connected(settings: Settings) -> redis.Redis:
     except RedisRefusesWrites as e:  # reads still work: status and dlq list can still answer
         logging.getLogger(__name__).warning("redis refuses writes (%s); a command that writes will fail", e)
     except TRANSIENT as e:
-        raise RedisUnavailableError(f"redis unavailable at {settings.redis_dsn}: {e}") from e
+        raise RedisUnavailableError(f"redis unavailable at {redacted(settings.redis_dsn)}: {e}") from e
     return client
 
 

@@ -46,6 +46,10 @@ def test_cli_errors_and_status_json(project: Path, redis_url: str) -> None:
         one_line_error(cli(project, "invoke", "f", "--async", "--event", name), name, "not a readable JSON file")
     one_line_error(cli(project, "status", LAMBDALITE_REDIS_URL="unix:///nonexistent/redis.sock"),
                    "redis unavailable")
+    for command in (["status"], ["invoke", "f"]):  # a password never reaches the terminal
+        refused = cli(project, *command, LAMBDALITE_REDIS_URL="redis://:sekrit-pw@127.0.0.1:1/0")
+        one_line_error(refused, "redis unavailable at redis://:***@127.0.0.1:1/0")
+        assert "sekrit-pw" not in refused.stderr + refused.stdout
     done = cli(project, "status", "--json")
     assert done.returncode == 0
     row = json.loads(done.stdout)["functions"]["f"]
