@@ -105,6 +105,11 @@ while True:
                 f.flush()
     if do == "exit_now":
         os._exit(7)
+    if do == "children":  # one child stays in the runtime's process group, one leaves it
+        import subprocess
+        kept = subprocess.Popen(["sleep", "600"]).pid
+        left = subprocess.Popen(["sleep", "600"], start_new_session=True).pid
+        event["kept"], event["left"] = kept, left
     if do == "error":
         req = urllib.request.Request(API + f"/invocation/{rid}/error", method="POST",
                                      data=json.dumps({"errorMessage": "bad input", "errorType": "InputError"}).encode(),
@@ -293,6 +298,24 @@ def test_a_hostile_runtime_is_contained(stack: Scaler, project_files: Path, redi
         psutil.Process(before.result["pid"]).status() == psutil.STATUS_ZOMBIE
     log = stack.output()
     assert "Init Duration" in " ".join(_report(log, after_id)), "a fresh runtime is a cold start"
+
+
+def test_a_runtimes_group_stays_warm_and_a_process_that_left_it_goes(stack: Scaler, project_files: Path,
+                                                                      redis_url: str) -> None:
+    _, out = _invoke(redis_url, project_files, "hostile", {"do": "children"})
+    assert out.ok, out
+    kept, left = out.result["event"]["kept"], out.result["event"]["left"]
+
+    def gone(pid: int) -> bool:
+        return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+    deadline = time.monotonic() + 10
+    while not gone(left):
+        assert time.monotonic() < deadline, "a process that left the runtime's group outlived the invocation"
+        time.sleep(0.02)
+    _, again = _invoke(redis_url, project_files, "hostile", {})
+    assert again.ok and again.result["pid"] == out.result["pid"]
+    assert not gone(kept), "the runtime's own child lives on between invocations, as the runtime does"
 
 
 def test_a_runtime_that_exits_between_invocations(stack: Scaler, project_files: Path, redis_url: str) -> None:
