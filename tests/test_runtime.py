@@ -100,7 +100,7 @@ def test_context_and_private_tmpdir(stack: Scaler, redis_url: str, project: Path
     assert again["pid"] == res["pid"], "the sandbox stays warm between invocations"
     log = stack.output()
     request = res["aws_request_id"]
-    assert f"START RequestId: {request} Version: $LATEST" in log and f"END RequestId: {request}" in log
+    assert f"START RequestId: {request} Version: 1" in log and f"END RequestId: {request}" in log  # the revision
     report = next(line for line in log.splitlines() if line.startswith(f"REPORT RequestId: {request}"))
     fields = report.split("\t")
     assert fields[1].startswith("Duration: ") and fields[2].startswith("Billed Duration: ")
