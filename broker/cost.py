@@ -81,15 +81,10 @@ class Usage:
 def usage(client: redis.Redis, functions: list[str]) -> dict[str, Usage]:
     """Each function's :class:`Usage` (zero for one with no invocation yet). A key of another type or
     a field that is not a count is logged (one line naming it) and counted as 0."""
-    with client.pipeline(transaction=False) as pipe:
-        for name in functions:
-            pipe.hmget(cost_key(name), list(FIELDS))
-        replies = pipe.execute(raise_on_error=False)
+    replies = quarantine.hmget_each(client, [cost_key(name) for name in functions], FIELDS)
     out = {}
     for name, reply in zip(functions, replies, strict=True):
-        if isinstance(reply, Exception):
-            if not quarantine.wrong_type(reply):
-                raise reply
+        if reply is None:
             log.warning("%s; counted as 0", quarantine.describe(client, cost_key(name), "hash"))
             reply = [None] * len(FIELDS)
         out[name] = Usage(*(_count(name, f, v) for f, v in zip(FIELDS, reply, strict=True)))

@@ -181,17 +181,11 @@ def series_many(client: redis.Redis, functions: Sequence[str], ring: Ring, now: 
     """Each function's buckets over the ring's window ending at ``now``, oldest first: one round
     trip for them all. A key of another type is read as empty."""
     starts, fields = window_fields(ring, now)
-    with client.pipeline(transaction=False) as pipe:
-        for name in functions:
-            pipe.hmget(history_key(name), fields)
-        replies = pipe.execute(raise_on_error=False)
+    replies = quarantine.hmget_each(client, [history_key(name) for name in functions], fields)
     out = {}
     for name, reply in zip(functions, replies, strict=True):
-        if isinstance(reply, Exception):
-            if not quarantine.wrong_type(reply):
-                raise reply
-            reply = [None] * len(fields)
-        out[name] = [_parse(raw, start) for raw, start in zip(reply, starts, strict=True)]
+        values = reply if reply is not None else [None] * len(fields)
+        out[name] = [_parse(raw, start) for raw, start in zip(values, starts, strict=True)]
     return out
 
 

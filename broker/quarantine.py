@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -137,6 +137,23 @@ def repair(client: redis.Redis, expected: Mapping[str, str]) -> list[tuple[str, 
 def wrong_type(error: BaseException) -> bool:
     """Whether ``error`` is Redis's WRONGTYPE reply."""
     return isinstance(error, redis.ResponseError) and "WRONGTYPE" in str(error)
+
+
+def hmget_each(client: redis.Redis, keys: Sequence[str], fields: Sequence[str]) -> list[list[Any] | None]:
+    """``HMGET key fields`` for each of ``keys`` in one round trip; None for a key that is not a hash
+    (the caller says what it makes of that). Other errors raise."""
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hmget(key, list(fields))
+        replies = pipe.execute(raise_on_error=False)
+    out: list[list[Any] | None] = []
+    for reply in replies:
+        if isinstance(reply, Exception):
+            if not wrong_type(reply):
+                raise reply
+            reply = None
+        out.append(reply)
+    return out
 
 
 def describe(client: redis.Redis, key: str, expected: str) -> str:
