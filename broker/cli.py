@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     dr.add_argument("ids", nargs="*")
     dp = dsub.add_parser("purge", help="drop all dead letters of a function")
     dp.add_argument("function")
+    dk = dsub.add_parser("park", help="dead-letter what is queued for a function the running stack no longer has")
+    dk.add_argument("function")
     sub.add_parser("check", help="validate lambdalite.toml and import every handler")
     rl = sub.add_parser("reload", help="validate lambdalite.toml and the handlers; the running stack takes them")
     rl.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the stack to take them")
@@ -261,6 +263,10 @@ def _dlq(args: argparse.Namespace, client: Any, registry: Registry) -> int:
         fn = registry.get(args.function)
         done = deadletter.replay(client, Publisher(client, registry), fn.name, args.ids or None)
         print(json.dumps({"replayed": done}))
+    elif args.action == "park":
+        if args.function in registry:
+            raise LambdaliteError(f"function {args.function!r} is running: dlq park is for the queue of a removed one")
+        print(json.dumps({"parked": deadletter.park(client, _known(client, registry, args.function))}))
     else:
         print(json.dumps({"purged": deadletter.purge(client, _known(client, registry, args.function))}))
     return 0

@@ -1,7 +1,8 @@
 """Dead letters: events that failed all their attempts (or grew too old), kept for an operator.
 
 Each keeps the original event, the last error, the attempt count and why it was parked;
-``lambdalite dlq list / replay / purge`` manage them.
+``lambdalite dlq list / replay / purge`` manage them, and ``dlq park`` moves here what is queued
+for a function a reload removed.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import time
 from typing import Any, cast
 
 import redis
+from rq.job import Job
+from rq.serializers import JSONSerializer
 
 from broker import quarantine
 from broker.envelope import Event
 from broker.errors import EnvelopeError, UnknownFunctionError
-from broker.queues import Publisher
+from broker.queues import Publisher, function_queue
 
 log = logging.getLogger(__name__)
 
@@ -159,3 +162,31 @@ def purge(client: redis.Redis, function: str, ids: list[str] | None = None) -> i
         log.warning("redis key %s held a %s, not dead letters; removed", key, found.decode())
         return 0
     return int(n)
+
+
+def park(client: redis.Redis, function: str) -> int:
+    """Move every event queued for ``function``, a function the running stack no longer has, into its
+    dead letters (reason ``FunctionRemoved``); returns how many. ``dlq replay`` runs them once the
+    function is back. Nothing takes from the queue of a removed function, so nothing races this; a
+    job that holds no readable event is listed as an entry without one."""
+    queue = function_queue(client, function)
+    error = {"errorType": "Runtime.FunctionRemoved",
+             "errorMessage": f"function {function} was removed from lambdalite.toml while this event was queued"}
+    moved = 0
+    for raw in cast("list[bytes]", client.lrange(queue.key, 0, -1)):
+        job_id = raw.decode(errors="replace")
+        try:
+            job = Job.fetch(job_id, connection=client, serializer=JSONSerializer)
+            event: Event | None = Event.from_dict(job.args[0])
+        except Exception:  # RQ's parsing raises anything: kept as an entry with no event
+            event = None
+        with client.pipeline(transaction=True) as pipe:
+            pipe.lrem(queue.key, 1, raw)  # type: ignore[arg-type]  # redis-py sends bytes as they are
+            pipe.delete(Job.key_for(job_id))
+            if event is not None:
+                add(pipe, event, error, "FunctionRemoved")
+            else:
+                add_unreadable(pipe, function, job_id, error, "FunctionRemoved")
+            quarantine.report(pipe.execute())
+        moved += 1
+    return moved

@@ -61,3 +61,26 @@ def test_cli_errors_and_status_json(project: Path, redis_url: str) -> None:
     table = cli(project, "status").stdout.splitlines()
     assert table[0].split()[:7] == ["function", "queued", "running", "workers", "succeeded", "failed", "dead"]
     assert table[1].split()[:2] == ["f", "1"]
+
+
+def test_what_is_queued_for_a_removed_function_is_parked_as_dead_letters_and_replayed_once_it_is_back(
+        project: Path, redis_url: str, r) -> None:
+    both = '[functions.f]\nhandler = "mod.handler"\n[functions.gone]\nhandler = "mod.handler"\n'
+    (project / "lambdalite.toml").write_text(both)
+    (project / "e.json").write_text('{"n": 1}')
+    ids = [cli(project, "invoke", "gone", "--async", "--event", "e.json").stdout.strip() for _ in range(3)]
+    r.rpush("rq:queue:lambdalite.gone", "not-a-job")  # a queue entry whose job hash is missing
+    (project / "lambdalite.toml").write_text('[functions.f]\nhandler = "mod.handler"\n')
+    one_line_error(cli(project, "dlq", "park", "f"), "function 'f' is running")
+    one_line_error(cli(project, "dlq", "park", "never"), "no function named 'never'")
+    done = cli(project, "dlq", "park", "gone")
+    assert done.returncode == 0 and json.loads(done.stdout) == {"parked": 4}, done.stderr
+    assert r.llen("rq:queue:lambdalite.gone") == 0 and not any(r.exists(f"rq:job:{i}") for i in ids)
+    parked = json.loads(cli(project, "dlq", "list", "gone").stdout)
+    assert sorted(p["id"] for p in parked) == sorted([*ids, "not-a-job"])
+    assert {p["reason"] for p in parked} == {"FunctionRemoved"}
+    assert all(p["error"]["errorType"] == "Runtime.FunctionRemoved" for p in parked)
+    assert [p["event"]["payload"] for p in parked if p["event"]] == [{"n": 1}] * 3
+    (project / "lambdalite.toml").write_text(both)  # back: its events run again
+    replayed = json.loads(cli(project, "dlq", "replay", "gone").stdout)["replayed"]
+    assert sorted(replayed) == sorted(ids) and r.llen("rq:queue:lambdalite.gone") == 3
