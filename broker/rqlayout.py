@@ -1,6 +1,6 @@
 """RQ's Redis layout, and the RQ internals lambdalite relies on: the one module that knows them.
 
-It mirrors **rq 3.0.0** (pinned exactly in pyproject.toml; :mod:`broker.pins` checks it at start),
+It mirrors **rq 3.0.0** (pinned exactly in pyproject.toml),
 and ``tests/test_rq_contract.py`` runs RQ's own code against it on a real redis-server: a job we
 publish read by ``Job.fetch``, our start and end of a job compared field by field with what RQ's own
 worker code writes for a twin job, a job RQ enqueues taken as any other. A release of RQ that
@@ -67,7 +67,7 @@ from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 if TYPE_CHECKING:
     from rq.worker import BaseWorker
 
-RQ_VERSION = "3.0.0"  # the release this module mirrors (broker.pins holds the pin that is checked)
+RQ_VERSION = "3.0.0"  # the release this module mirrors
 
 # -- keys -----------------------------------------------------------------------------------------
 
