@@ -21,6 +21,7 @@ from redis.client import Pipeline
 from redis.commands.core import Script
 
 from broker import quarantine
+from broker.redis_internals import queued
 
 # KEYS: the keys to guard; ARGV[i]: the type KEYS[i] must have; then quarantine.script_args() (4 values);
 # then the number of condition arguments and the arguments; then each command as its length and
@@ -80,7 +81,7 @@ class Conditional:
         """
         keys = list(expected)
         args: list[Any] = [*expected.values(), *quarantine.script_args(), len(condition), *condition]
-        for command, _options in writes.command_stack:
+        for command in queued(writes):
             if str(command[0]).upper() in _SCRIPTS:
                 raise ValueError(f"{command[0]} cannot run inside a script: queue plain commands")
             args.append(len(command))
