@@ -21,6 +21,7 @@ from redis.client import Pipeline
 
 from broker import quarantine, scripts
 from broker.errors import ScriptError
+from broker.redis_internals import queued
 
 _SCRIPTS = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"})
 
@@ -61,7 +62,7 @@ class Conditional:
         once they are applied (then the second answer is "not applied", though the first applied).
         """
         layout: list[Any] = [*expected.values(), len(condition), *condition]
-        for command, _options in writes.command_stack:
+        for command in queued(writes):
             if str(command[0]).upper() in _SCRIPTS:
                 raise ValueError(f"{command[0]} cannot run inside a script: queue plain commands")
             layout.append(len(command))
