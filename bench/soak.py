@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from report import table, write_section  # noqa: E402
 
-from broker import history  # noqa: E402
+from broker import history, stats  # noqa: E402
 from broker.settings import Settings  # noqa: E402
 
 # Events per second each load thread sends (about 75 handler runs a second in all, with retries).
@@ -161,7 +161,7 @@ FAMILIES = [
     (r"lambdalite:successor:.+", "lambdalite:successor:<id>"),
     (r"lambdalite:quarantine:.+", "lambdalite:quarantine:<key>"),
     (r"lambdalite:scaler-alive:.+", "lambdalite:scaler-alive:<scaler>"),
-    (r"lambdalite:(dlq|stats|scaler|slots|history):.+", r"lambdalite:\1:FUNCTION"),
+    (r"lambdalite:(dlq|stats|scaler|slots|history|decisions):.+", r"lambdalite:\1:FUNCTION"),
     (r"lambdalite:files:manifest:.+", "lambdalite:files:manifest:BUCKET"),
     (r"lambdalite:sqlite:.+", "lambdalite:sqlite:CURSOR"),
     (r"lambdalite:delayed", "lambdalite:delayed"),
@@ -358,8 +358,9 @@ def caps(short: bool) -> dict[str, int]:
     env = SHORT if short else LONG
     found = {"rq:failed:QUEUE": int(env.get("LAMBDALITE_FAILED_JOBS_KEPT", 1000)),
              "lambdalite:dlq:FUNCTION": int(env.get("LAMBDALITE_DEAD_LETTERS_KEPT", 10000)),
-             # a function's buckets: the last hour's and the last day's (the day's fill over a day)
-             "lambdalite:history:FUNCTION": sum(ring.slots for ring in history.RINGS.values())}
+             # a function's buckets, the last hour's and the last day's, all made by its first write
+             "lambdalite:history:FUNCTION": sum(ring.slots for ring in history.RINGS.values()),
+             "lambdalite:decisions:FUNCTION": stats.DECISIONS_KEPT}
 
     logs = Settings.model_fields.get("logs_max_invocations")  # the log store's cap, where there is one
     if logs is not None:
@@ -667,7 +668,19 @@ def plot(series: list[Series], warmup: float, path: Path) -> None:
 # -- the run -------------------------------------------------------------------------------------------
 
 
-def run(duration: float, every: float, short: bool, record: Path | None) -> tuple[list[Sample], Load, Path]:
+def write_keys(client: redis.Redis, path: Path) -> None:
+    """Every key the Redis holds and its type, one ``key<TAB>type`` a line (the inventory's check)."""
+    with client.pipeline(transaction=False) as pipe:
+        keys = list(client.scan_iter(count=1000))
+        for key in keys:
+            pipe.type(key)
+        types = pipe.execute()
+    path.write_text("".join(f"{k.decode()}\t{t.decode()}\n" for k, t in zip(keys, types, strict=True)
+                            if t != b"none"))  # gone between the scan and its type: expired, or done with
+
+
+def run(duration: float, every: float, short: bool, record: Path | None,
+        keys: Path | None = None) -> tuple[list[Sample], Load, Path]:
     folder = Path(tempfile.mkdtemp(prefix="ll-soak-"))
     folder.chmod(0o755)  # handlers may run as another user (LAMBDALITE_SANDBOX_USER) and import from it
     shutil.copy(ROOT / "Procfile", folder / "Procfile")
@@ -718,6 +731,8 @@ def run(duration: float, every: float, short: bool, record: Path | None) -> tupl
                       f"keys {sum(s.families.values()):>7,}  processes {len(s.processes)}", flush=True)
             next_at += every
             time.sleep(max(0.0, next_at - time.monotonic()))
+        if keys is not None:
+            write_keys(client, keys)
         client.close()
     finally:
         load.join()
@@ -775,6 +790,7 @@ def main() -> None:
     parser.add_argument("--from-samples", type=Path, help="no run: report the samples an earlier run wrote")
     parser.add_argument("--write", action="store_true", help="write the figures into docs/soak.md")
     parser.add_argument("--check", action="store_true", help="exit 1 when a key family or a process keeps growing")
+    parser.add_argument("--keys", type=Path, help="at the end, write every key Redis holds and its type here")
     args = parser.parse_args()
     if args.from_samples:
         samples, load, folder = read_samples(args.from_samples), Load(Path("."), 0), Path(tempfile.mkdtemp())
@@ -788,7 +804,7 @@ def main() -> None:
     else:
         if args.samples:
             args.samples.write_text("")
-        samples, load, folder = run(args.duration, args.every, args.short, args.samples)
+        samples, load, folder = run(args.duration, args.every, args.short, args.samples, args.keys)
     try:
         series = build_series(samples, args.warmup)
         text, _met = report(series, args.warmup, samples, load, args.duration)

@@ -28,6 +28,46 @@ def scaler_key(function: str) -> str:
     return f"lambdalite:scaler:{function}"
 
 
+DECISIONS_KEPT = 50  # each function's latest scaler decisions kept in Redis
+DECISIONS_TTL = 2 * 24 * 3600  # seconds the list outlives its last decision
+
+
+def decisions_key(function: str) -> str:
+    """List of the function's latest scaler decisions, newest first, each a JSON object with ``at``,
+    ``action``, ``reason`` and ``scaler``: what the console shows; at most :data:`DECISIONS_KEPT`."""
+    return f"lambdalite:decisions:{function}"
+
+
+def record_decisions(pipe: Any, function: str, encoded: list[str]) -> None:
+    """Queue on ``pipe`` the pushing of decisions (JSON, oldest first) onto the function's list,
+    trimmed to its cap, its expiry renewed."""
+    key = decisions_key(function)
+    quarantine.guard(pipe, {key: "list"})
+    pipe.lpush(key, *encoded)
+    pipe.ltrim(key, 0, DECISIONS_KEPT - 1)
+    pipe.expire(key, DECISIONS_TTL)
+
+
+def recent_decisions(client: redis.Redis, function: str, count: int = 20) -> list[dict[str, Any]]:
+    """The function's latest ``count`` scaler decisions, newest first. An entry that is not one (or
+    a key of another type) is logged and left out."""
+    key = decisions_key(function)
+    try:
+        raw = client.lrange(key, 0, count - 1)
+    except redis.ResponseError:
+        log.warning("redis key %s is not a list; no decisions shown", key)
+        return []
+    out = []
+    for item in cast(list[bytes], raw):
+        try:
+            d = json.loads(item)
+            out.append({"at": float(d["at"]), "action": str(d["action"]), "reason": str(d["reason"]),
+                        "scaler": str(d.get("scaler", ""))})
+        except (ValueError, TypeError, KeyError):
+            log.warning("redis key %s: %r is not a decision; left out", key, item[:80])
+    return out
+
+
 def alive_key(scaler_id: str) -> str:
     """Set by each running scaler with a short expiry: a scaler whose key is gone no longer counts."""
     return f"lambdalite:scaler-alive:{scaler_id}"

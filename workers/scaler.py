@@ -88,6 +88,7 @@ class Scaler:
         self._published: dict[str, tuple[Any, str]] = {}  # function -> (its view as last written, encoded)
         self.forked: dict[int, Function] = {}  # each worker's function as it was when forked
         self._last_view = -1e9
+        self._decided: dict[str, list[str]] = {}  # function -> decisions logged since the last publish
         # Handlers are imported by each sandbox, isolated; here only seen to import (in a child, as they will).
         isolation.plan(settings)
         environment.check_handlers(registry, settings)
@@ -386,6 +387,7 @@ class Scaler:
         view.decision = Decision(time.time(), action, reason)
         if action != "hold" or previous is None or previous.reason != reason:
             log.info("%s: %s (%s)", fn, action, reason)
+            self._decided.setdefault(fn, []).append(json.dumps({**view.decision.__dict__, "scaler": self.id}))
 
     def publish_view(self, now: float) -> None:
         """Write this scaler's view of each function for ``status``: a view that changed at once, and
@@ -404,12 +406,15 @@ class Scaler:
         if now - self._last_view >= VIEW_REFRESH:
             changed = {name: encoded for name, (_, encoded) in self._published.items()}
             self._last_view = now
-        if not changed:
+        decided, self._decided = self._decided, {}
+        if not changed and not decided:
             return
         with self.client.pipeline(transaction=False) as pipe:
             quarantine.guard(pipe, {stats.scaler_key(name): "hash" for name in changed})
             for name, view_json in changed.items():
                 pipe.hset(stats.scaler_key(name), self.id, view_json)
+            for name, logged in decided.items():
+                stats.record_decisions(pipe, name, logged)
             quarantine.report(pipe.execute())
 
     # -- reloading ----------------------------------------------------------------------------------

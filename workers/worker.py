@@ -35,6 +35,7 @@ from broker.connection import TRANSIENT, Backoff, transact
 from broker.envelope import Event
 from broker.errors import EnvelopeError
 from broker.queues import RUNNER, Publisher, function_queue, rq_timeout, taking_key
+from broker.redis_internals import queued
 from broker.registry import Function, Registry
 from workers import capture, jobs
 from workers.outcomes import Outcomes
@@ -386,7 +387,7 @@ class FunctionWorker(SimpleWorker):
                     capture.store(pipe, self.fn, self.ran, self.runtime.log)
                 history.record(pipe, self.fn.name, time.time(), self.ran.duration_ms if self.ran else 0.0,
                                failure is not None, self.outcomes.ended == "dead", self.age_ms)
-                commands = [args for args, _options in pipe.command_stack]
+                commands = queued(pipe)
             quarantine.report(transact(self.connection, commands))
             return line
 
