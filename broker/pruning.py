@@ -34,13 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis
-from rq.executions import ExecutionRegistry
-from rq.job import Job
-from rq.queue import Queue
-from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry
-from rq.results import Result
 
-from broker import deadletter, quarantine, scripts, stats
+from broker import deadletter, quarantine, rqlayout, scripts, stats
 from broker.queues import function_of_queue
 from broker.settings import Settings
 
@@ -69,9 +64,8 @@ def registries(queue_name: str) -> list[tuple[str, bool]]:
     """The keys of ``queue_name``'s registries that :func:`prune` keeps, each with whether the
     failed-jobs cap applies to it."""
     name = queue_name
-    return [(FinishedJobRegistry.key_template.format(name), False),
-            (FailedJobRegistry.key_template.format(name), True),
-            (CanceledJobRegistry.key_template.format(name), False)]
+    return [(rqlayout.finished_key(name), False), (rqlayout.failed_key(name), True),
+            (rqlayout.canceled_key(name), False)]
 
 
 class Pruner:
@@ -84,9 +78,8 @@ class Pruner:
         self.dead_letters_kept = settings.dead_letters_kept
         self.interval = settings.prune_interval
         self._last = -1e18
-        result_prefix = str(Result.get_key(""))  # type: ignore[no-untyped-call]
-        self._prefixes = {"job_prefix": Job.key_for(""), "result_prefix": result_prefix,
-                          "executions_prefix": ExecutionRegistry.key_template.format("")}
+        self._prefixes = {"job_prefix": rqlayout.JOB_PREFIX, "result_prefix": rqlayout.RESULTS_PREFIX,
+                          "executions_prefix": rqlayout.EXECUTIONS_PREFIX}
 
     def step(self, now: float) -> Pass | None:
         """Run a pass if one is due at ``now`` (a monotonic clock's seconds); returns it, else None."""
@@ -99,12 +92,12 @@ class Pruner:
         """The names of lambdalite's queues that RQ knows of (``rq:queues``), also those of functions
         no longer in lambdalite.toml: their registries expire the same way."""
         try:
-            keys = cast("set[bytes]", self.client.smembers(Queue.redis_queues_keys))
+            keys = cast("set[bytes]", self.client.smembers(rqlayout.QUEUES_KEY))
         except redis.ResponseError as e:
             if quarantine.wrong_type(e):
                 return []  # the publish that meets it moves it aside
             raise
-        prefix = Queue.redis_queue_namespace_prefix
+        prefix = rqlayout.QUEUE_PREFIX
         names = (k.decode(errors="replace").removeprefix(prefix) for k in keys)
         return sorted(n for n in names if function_of_queue(n) is not None)
 

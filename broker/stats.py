@@ -9,10 +9,8 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 import redis
-from rq.queue import Queue
-from rq.registry import StartedJobRegistry
 
-from broker import quarantine, scripts
+from broker import quarantine, rqlayout, scripts
 from broker.queues import queue_name
 from broker.registry import Registry
 
@@ -137,7 +135,7 @@ def _rq_keys(function: str) -> tuple[str, str]:
     """The function's queue and started-registry keys, as RQ names them (made once: an RQ Queue
     object costs more to build than the read)."""
     name = queue_name(function)
-    return Queue.redis_queue_namespace_prefix + name, StartedJobRegistry.key_template.format(name)
+    return rqlayout.queue_key(name), rqlayout.started_key(name)
 
 _READ = scripts.load("stats_read")  # broker/lua/stats_read.lua
 
