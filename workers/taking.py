@@ -26,12 +26,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
-from rq.defaults import RQ_KEY_PREFIX
-from rq.job import Job
 from rq.queue import Queue
 
-from broker import connection, quarantine
-from workers import jobs
+from broker import connection, quarantine, rqlayout
 
 #: ``utc(sec, usec)``: RQ's timestamp format (``%Y-%m-%dT%H:%M:%S.%fZ``) of a Unix time, in Lua,
 #: which has no calendar (the days-to-date conversion is Howard Hinnant's ``civil_from_days``).
@@ -119,12 +116,12 @@ class Taker:
         self.worker_name = worker_name
         self.taking = taking
         self.ttl = ttl
-        self.started_key = started = queue.started_job_registry.key
+        self.started_key = started = rqlayout.started_key(queue.name)
         # The keys the take script writes, and their types (see broker.quarantine).
         self.expected = {worker_key: "hash", executions_key: "set", taking: "list", started: "zset"}
         # RQ's keys, as its own classes name them: the worker's, then the prefixes of a job's.
-        self._keys = [worker_key, executions_key, started, Job.key_for(""), jobs.executions_key(""),
-                      jobs.results_key(""), f"{RQ_KEY_PREFIX}:execution:"]
+        self._keys = [worker_key, executions_key, started, rqlayout.JOB_PREFIX, rqlayout.EXECUTIONS_PREFIX,
+                      rqlayout.RESULTS_PREFIX, rqlayout.EXECUTION_PREFIX]
         self.script = client.register_script(_TAKE)
         self.blocked: int | None = None  # the client id of the connection a wait blocks, while it does
         self.interrupted = False  # a stop came: every wait ends as soon as it begins
