@@ -35,7 +35,7 @@ from typing import Any, cast
 
 import redis
 
-from broker import deadletter, quarantine, rqlayout, stats
+from broker import deadletter, quarantine, rqlayout, scripts, stats
 from broker.queues import function_of_queue
 from broker.settings import Settings
 
@@ -45,37 +45,7 @@ BATCH = 500  # members a script call looks at: a few ms of Redis's time, never a
 MAX_BATCHES = 200  # script calls a pass makes per registry at most (100,000 members); the next pass goes on
 DLQ_SLACK = 0.9  # a dead-letter store over its cap is cut to this share of it, not trimmed on every pass
 
-# KEYS[1]: a registry (sorted set of job ids scored by when they expire).
-# ARGV: now (seconds since the epoch), batch size, cap (-1: none), the prefixes of a job's hash, its
-# result stream and its execution registry (RQ 3.0's layout), then the guard's arguments
-# (quarantine.script_args()).
-# Removes up to a batch of members whose score is past ``now``, then, while the registry holds more
-# than the cap, up to a batch of the oldest with their job's keys; returns {expired removed, over
-# the cap removed, members left, what the guard moved}. A registry of another type is moved aside
-# (broker.quarantine).
-_PRUNE = quarantine.MOVE_FUNCTION + """
-local key = KEYS[1]
-local now, batch, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local job_prefix, result_prefix, execs_prefix = ARGV[4], ARGV[5], ARGV[6]
-local moved = {}
-move(key, 'zset', 6, moved)
-if #moved > 0 then return {0, 0, 0, moved} end
-local expired = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. now, 'LIMIT', 0, batch)
-if #expired > 0 then redis.call('ZREM', key, unpack(expired)) end
-local over = 0
-if cap >= 0 then
-  local extra = redis.call('ZCARD', key) - cap
-  if extra > 0 then
-    local oldest = redis.call('ZRANGE', key, 0, math.min(extra, batch) - 1)
-    for _, id in ipairs(oldest) do
-      redis.call('DEL', job_prefix .. id, result_prefix .. id, execs_prefix .. id)
-    end
-    redis.call('ZREM', key, unpack(oldest))
-    over = #oldest
-  end
-end
-return {#expired, over, redis.call('ZCARD', key), moved}
-"""
+_PRUNE = scripts.load("registry_prune")  # broker/lua/registry_prune.lua
 
 
 @dataclass
@@ -107,9 +77,9 @@ class Pruner:
         self.failed_jobs_kept = settings.failed_jobs_kept
         self.dead_letters_kept = settings.dead_letters_kept
         self.interval = settings.prune_interval
-        self.script = client.register_script(_PRUNE)
         self._last = -1e18
-        self._prefixes = [rqlayout.JOB_PREFIX, rqlayout.RESULTS_PREFIX, rqlayout.EXECUTIONS_PREFIX]
+        self._prefixes = {"job_prefix": rqlayout.JOB_PREFIX, "result_prefix": rqlayout.RESULTS_PREFIX,
+                          "executions_prefix": rqlayout.EXECUTIONS_PREFIX}
 
     def step(self, now: float) -> Pass | None:
         """Run a pass if one is due at ``now`` (a monotonic clock's seconds); returns it, else None."""
@@ -161,8 +131,9 @@ class Pruner:
         with their jobs, a batch a round trip; returns how many went."""
         removed = 0
         for _ in range(MAX_BATCHES):
-            reply = self.script(keys=[key], args=[epoch, BATCH, cap, *self._prefixes, *quarantine.script_args()],
-                                client=self.client)
+            aside = quarantine.aside(key, quarantine.stamp())
+            reply = _PRUNE(self.client, keys={"registry": key, "registry_aside": aside},
+                           args={**quarantine.move_args(), "now": epoch, "batch": BATCH, "cap": cap, **self._prefixes})
             expired, over, moved = int(reply[0]), int(reply[1]), reply[3]
             quarantine.report([moved])
             removed += expired + over

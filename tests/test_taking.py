@@ -15,10 +15,11 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.utils import utcformat, utcparse
 
+from broker import scripts
 from broker.envelope import Event
 from broker.queues import Publisher, function_queue, rq_timeout, taking_key
 from broker.registry import load_registry
-from workers.taking import UTC_LUA, Taker
+from workers.taking import Taker
 
 WORKER = "host|0123abcd.echo.4242"
 
@@ -123,12 +124,12 @@ def test_what_the_take_script_declines_or_finds_left_behind(
 
 
 def test_the_scripts_utc_is_rqs_timestamp_format(r: redis.Redis) -> None:
-    utc = r.register_script(UTC_LUA + "return utc(tonumber(ARGV[1]), tonumber(ARGV[2]))")
+    utc = scripts.load("utc_of", Path(__file__).with_name("lua"))
     leap_days_and_ends = [0, 951782400, 1709164800, 4107542399, 4102444800]
     for sec in leap_days_and_ends + [random.randrange(0, 4_102_444_800) for _ in range(300)]:
         usec = random.randrange(1_000_000)
         expected = utcformat(datetime.datetime.fromtimestamp(sec, datetime.UTC).replace(microsecond=usec))
-        assert utc(args=[sec, usec]).decode() == expected, sec
+        assert utc(r, keys={}, args={"sec": sec, "usec": usec}).decode() == expected, sec
 
 
 def test_an_interrupt_ends_a_wait_at_once_and_a_later_wait_as_it_begins(
