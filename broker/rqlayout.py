@@ -163,13 +163,16 @@ def job_template(queue: Queue, func: str, options: Mapping[str, Any]) -> dict[st
 
 # -- a start --------------------------------------------------------------------------------------
 
-#: What RQ's worker writes at a start, by the fields' names, for the take script (workers.taking):
-#: the execution's hash (Execution.serialize), the worker's state (set_state) and heartbeat, and the
-#: job's start (Job.prepare_for_execution). Scores and lifetimes are RQ's: an execution expires after
-#: the heartbeat's lifetime, the job's executions registry and the worker's executions 60 s later.
-START: dict[str, str] = {
-    "job_status": JobStatus.STARTED.value,
-    "worker_state": WorkerStatus.BUSY.value,
+#: RQ's values in what its worker writes at a start, passed to the take script (broker/lua/job_take.lua,
+#: called by workers.taking), which writes the execution's hash (Execution.serialize), the worker's
+#: state (set_state) and heartbeat, and the job's start (Job.prepare_for_execution) with them. An
+#: execution lasts the heartbeat's lifetime; the job's and the worker's executions ``grace`` seconds more
+#: (ExecutionRegistry.add, Execution.create). The fields' names are in the script; tests/test_taking.py
+#: compares what it writes with RQ's own start.
+START: dict[str, str | int] = {
+    "started_status": JobStatus.STARTED.value,
+    "busy_state": WorkerStatus.BUSY.value,
+    "grace": 60,
 }
 
 
@@ -181,12 +184,13 @@ def started_fields(fields: list[bytes]) -> list[bytes]:
     for i in range(0, len(out) - 1, 2):
         if out[i] == b"status":
             if out[i + 1].decode(errors="replace") in _STATUSES:
-                out[i + 1] = START["job_status"].encode()
+                out[i + 1] = _STARTED
             return out
-    return [*out, b"status", START["job_status"].encode()]
+    return [*out, b"status", _STARTED]
 
 
 _STATUSES = frozenset(s.value for s in JobStatus)
+_STARTED = JobStatus.STARTED.value.encode()
 
 
 def mirror_start(worker: BaseWorker, job: Job, at: datetime.datetime) -> None:
