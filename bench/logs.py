@@ -40,7 +40,7 @@ from report import table, write_section  # noqa: E402
 
 from broker import cost, logstore, results, settings, stats  # noqa: E402
 from broker.connection import transact  # noqa: E402
-from broker.embedded import RedisServer  # noqa: E402
+from broker.redis_server.embedded import RedisServer  # noqa: E402
 
 FUNCTION = "bench"
 

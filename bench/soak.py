@@ -66,7 +66,7 @@ KEEP_FILES = 20.0  # seconds a dropped file stays in its bucket before the load 
 
 HANDLERS = '''"""Soak handlers: small, and each a kind of work a real stack sees."""
 
-from broker.idempotency import idempotent
+from broker.handler_api.idempotency import idempotent
 
 
 def echo(event, context):
@@ -308,9 +308,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-_KINDS = [("honcho", "honcho"), ("redis_supervisor", "redis supervisor"), ("broker.embedded", "redis supervisor"),
+_KINDS = [("honcho", "honcho"), ("redis_supervisor", "redis supervisor"), ("broker.redis_server", "redis supervisor"),
           ("sources.files", "files"), ("sources.sqlite", "sqlite"), ("lambdalite-sqlite", "sqlite"),
-          ("sources.webhook", "webhook"), ("uvicorn", "webhook")]
+          ("sources.http", "webhook"), ("uvicorn", "webhook")]
 
 
 def sample_processes(root: psutil.Process) -> dict[int, dict[str, Any]]:

@@ -22,9 +22,10 @@ from rq.queue import Queue
 from rq.registry import StartedJobRegistry
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
-from broker import connection, idempotency, quarantine
+from broker import connection, quarantine
 from broker.envelope import Event
 from broker.errors import EnvelopeError
+from broker.handler_api import idempotency
 from broker.queues import Publisher, function_queue, queue_name, taking_key
 from broker.registry import Function, Registry
 from workers import jobs

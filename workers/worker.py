@@ -30,11 +30,12 @@ from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
-from broker import history, idempotency, quarantine
+from broker import history, quarantine
 from broker.conditional import recorded
 from broker.connection import TRANSIENT, Backoff, transact
 from broker.envelope import Event
 from broker.errors import EnvelopeError
+from broker.handler_api import idempotency
 from broker.queues import RUNNER, Publisher, function_queue, rq_timeout, taking_key
 from broker.registry import Function, Registry
 from workers import capture, jobs
