@@ -40,6 +40,7 @@ from report import table, write_section  # noqa: E402
 
 from broker import cost, logstore, results, settings, stats  # noqa: E402
 from broker.connection import transact  # noqa: E402
+from broker.redis_internals import queued  # noqa: E402
 from broker.redis_server.embedded import RedisServer  # noqa: E402
 
 FUNCTION = "bench"
@@ -94,7 +95,7 @@ def outcome_transaction(client: redis.Redis, with_logs: bool) -> None:
         if with_logs:
             logstore.record(pipe, FUNCTION, rid, lines_of(rid))
             cost.record(pipe, FUNCTION, 128, 4, None)
-        commands = [args for args, _options in pipe.command_stack]
+        commands = queued(pipe)
     transact(client, commands)
 
 

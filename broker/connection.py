@@ -3,41 +3,29 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import hiredis
 import redis
 from redis.backoff import ExponentialBackoff
-from redis.connection import DefaultParser
+from redis.connection import SSLConnection, parse_url
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from broker.errors import RedisUnavailableError
-from broker.redis_url import sentinel_target
+
+# Parser and RedisRefusesWrites are redis-py internals' (see broker.redis_internals); named here too,
+# where every process looks for its connection's pieces.
+from broker.redis_internals import Parser as Parser
+from broker.redis_internals import RedisRefusesWrites as RedisRefusesWrites
+from broker.redis_internals import exchange
+from broker.redis_url import SentinelTarget, sentinel_target
 
 log = logging.getLogger(__name__)
-
-
-class RedisRefusesWrites(redis.ConnectionError):
-    """Redis refuses writes (and PING) because it cannot write its append-only file: a full or
-    failing disk (``MISCONF``). Nothing of the refused command or transaction was applied.
-
-    A :class:`redis.ConnectionError`, so every process rides it out like an outage: it holds its
-    events and retries with backoff until the disk has room again.
-    """
-
-
-class Parser(DefaultParser):  # type: ignore[misc,valid-type]
-    """redis-py's parser, raising :class:`RedisRefusesWrites` for ``MISCONF`` replies, also when a
-    script's write was refused (``ERR Error running script ...: -MISCONF ...``)."""
-
-    @classmethod
-    def parse_error(cls, response: str) -> Exception:
-        if response.startswith("MISCONF ") or "-MISCONF " in response:
-            return RedisRefusesWrites(response)
-        return super().parse_error(response)  # type: ignore[no-any-return]
 
 
 class NotReplicated(redis.ConnectionError):
@@ -93,25 +81,32 @@ class Backoff:
         self.delay = 0.0
 
 
-def connect(dsn: str, retries: int = 3, timeout: float = COMMAND_TIMEOUT) -> redis.Redis:
-    """A client for ``dsn`` (``redis://``, ``unix://`` or ``redis+sentinel://``) that retries brief
-    faults itself (``retries`` times; 0 for an answer at once, e.g. to learn whether Redis is there).
+def connect(dsn: str, retries: int = 3, timeout: float = COMMAND_TIMEOUT, *,
+            connect_timeout: float = CONNECT_TIMEOUT, retry: Retry | None = None) -> redis.Redis:
+    """A client for ``dsn`` (``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://``, with its
+    password, user name, database and TLS options) that retries brief faults itself (``retries`` times;
+    0 for an answer at once, e.g. to learn whether Redis is there), or as ``retry`` says.
 
-    Its connections open within :data:`CONNECT_TIMEOUT` and give up on a reply after ``timeout``
-    seconds (:data:`COMMAND_TIMEOUT`: longer than any blocking read of lambdalite's, which waits
-    :data:`BLOCK_SLICE` at most and loops for a longer deadline).
+    Its connections open within ``connect_timeout`` (:data:`CONNECT_TIMEOUT`) and give up on a reply
+    after ``timeout`` seconds (:data:`COMMAND_TIMEOUT`: longer than any blocking read of lambdalite's,
+    which waits :data:`BLOCK_SLICE` at most and loops for a longer deadline). Every synchronous client
+    of every process is made here; the asyncio one reads the same URL through :func:`endpoint`.
+    Raises ValueError for a malformed URL.
     """
+    options: dict[str, Any] = {"retry": retry}
+    if retry is None:
+        options = {"retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=retries),
+                   "retry_on_error": [redis.ConnectionError, redis.TimeoutError]}
     return client_for(
         dsn,
-        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_connect_timeout=connect_timeout,
         socket_timeout=timeout,
         health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=retries),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         parser_class=Parser,
         # No CLIENT SETINFO on each new connection: two round trips (refused by Redis before 7.2)
         # and a read of redis-py's package metadata; a new connection's PING took 1.1 ms, now 0.4.
         driver_info=None,
+        **options,
     )
 
 
@@ -134,6 +129,55 @@ def client_for(dsn: str, **options: Any) -> redis.Redis:
     primary: redis.Redis = sentinel.master_for(target.service, db=target.db, username=target.username,
                                                password=target.password, **options)
     return primary
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the Redis of a URL is and how to log in to it, for a client that is not redis-py's
+    blocking one (:class:`sources.transactor.Transactor`). Read from the URL by redis-py's own
+    parser, as :func:`connect` reads it, so both clients honour the same options."""
+
+    path: str | None = None  # a unix socket's
+    host: str = "localhost"
+    port: int = 6379
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+    tls: ssl.SSLContext | None = None  # built by redis-py from the URL's ssl_* options, for rediss://
+    sentinel: SentinelTarget | None = None  # ask these where the primary is (then host and port are unused)
+
+    def login(self) -> list[tuple[Any, ...]]:
+        """The commands a new connection sends first, as redis-py's sends them: AUTH, SELECT."""
+        commands: list[tuple[Any, ...]] = []
+        if self.username or self.password:
+            commands.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
+        if self.db:
+            commands.append(("SELECT", self.db))
+        return commands
+
+
+def endpoint(dsn: str) -> Endpoint:
+    """The :class:`Endpoint` of ``dsn``; raises ValueError for a malformed URL or a TLS option that
+    redis-py's asyncio client does not take."""
+    target = sentinel_target(dsn)
+    if target is not None:
+        return Endpoint(username=target.username, password=target.password, db=target.db, sentinel=target)
+    options: dict[str, Any] = parse_url(dsn)  # type: ignore[no-untyped-call]
+    tls = None
+    if options.get("connection_class") is SSLConnection:
+        # redis-py's asyncio connection builds the context, with the defaults of its blocking one
+        # (certificate and host name checked unless the URL says otherwise); imported only here, as
+        # no other process needs redis.asyncio
+        from redis.asyncio.connection import SSLConnection as AsyncSSLConnection
+
+        settings = {k: v for k, v in options.items() if k.startswith("ssl_")}
+        try:
+            tls = AsyncSSLConnection(**settings).ssl_context.get()
+        except TypeError as e:
+            raise ValueError(f"TLS option not supported by the HTTP source's client: {e}") from e
+    return Endpoint(path=options.get("path"), host=options.get("host", "localhost"), port=options.get("port", 6379),
+                    username=options.get("username"), password=options.get("password"), db=options.get("db", 0),
+                    tls=tls)
 
 
 REPLICATION_MARK = "lambdalite:replication-mark"  # one string, rewritten by every wait below
@@ -178,14 +222,14 @@ def run(client: redis.Redis, commands: Sequence[Sequence[Any]],
     redis-py's per-command callbacks, they cost half of what the pipeline costs in the caller's CPU.
     ``on_reply(i, reply)``, if given, is told of each reply as soon as it is read.
     """
-    return _send(client, _pack(commands), len(commands), on_reply)
+    return exchange(client, _pack(commands), len(commands), on_reply)
 
 
 def transact(client: redis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
     """:func:`run` ``commands`` in one MULTI/EXEC; returns EXEC's replies. As with redis-py's
     transaction pipeline, a command Redis refuses while queueing raises and nothing is applied,
     and a command that fails inside EXEC raises after the others were applied."""
-    *queued, replies = _send(client, pack_transaction(commands), len(commands) + 2)
+    *queued, replies = exchange(client, pack_transaction(commands), len(commands) + 2)
     for reply in queued:  # MULTI's OK, then QUEUED for each command, or why Redis refused it
         if isinstance(reply, redis.RedisError):
             raise reply
@@ -195,34 +239,6 @@ def transact(client: redis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any
         if isinstance(reply, redis.RedisError):
             raise reply
     return list(replies)
-
-
-def _send(client: redis.Redis, packed: bytes, count: int,
-          on_reply: Callable[[int, Any], None] | None = None) -> list[Any]:
-    pool = client.connection_pool
-    conn: Any = pool.get_connection()
-    try:
-        replies: list[Any] = conn.retry.call_with_retry(lambda: _exchange(conn, packed, count, on_reply),
-                                                         lambda _error: conn.disconnect())
-    except BaseException:
-        conn.disconnect()  # replies may be left unread: out of step, the connection must not serve again
-        raise
-    finally:
-        pool.release(conn)
-    return replies
-
-
-def _exchange(conn: Any, packed: bytes, count: int, on_reply: Callable[[int, Any], None] | None) -> list[Any]:
-    conn.send_packed_command([packed])
-    replies: list[Any] = []
-    for i in range(count):
-        try:
-            replies.append(conn.read_response())
-        except redis.ResponseError as e:  # read whole: the connection stays in step
-            replies.append(e)
-        if on_reply is not None:
-            on_reply(i, replies[-1])
-    return replies
 
 
 def wait_for_redis(

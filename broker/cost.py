@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from broker import prices, quarantine
+from broker import prices, quarantine, scripts
 
 log = logging.getLogger(__name__)
 
@@ -37,27 +37,17 @@ def billed_ms(duration_ms: float, init_ms: float | None = None) -> int:
     return math.ceil(round(duration_ms + (init_ms or 0.0), 3))
 
 
-# KEYS[1]: the hash. ARGV: field, increment pairs (5 of them), then quarantine.script_args().
-# A hash of another type is moved aside and a field that is not a count is counted again from 0,
-# so the increments never fail.
-_RECORD = quarantine.MOVE_FUNCTION + """
-local out = {}
-move(KEYS[1], 'hash', 10, out)
-for i = 1, 10, 2 do
-  local value = redis.call('HGET', KEYS[1], ARGV[i])
-  if value and (not string.match(value, '^%d+$') or #value > 18) then redis.call('HDEL', KEYS[1], ARGV[i]) end
-  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
-end
-return out
-"""
+_RECORD = scripts.load("cost_record")  # broker/lua/cost_record.lua
 
 
 def record(pipe: Any, function: str, memory_mb: int, billed: int, init_ms: float | None) -> None:
     """Queue on ``pipe`` the counting of one invocation: ``billed`` ms (see :func:`billed_ms`) at
     ``memory_mb``, and a cold start when ``init_ms`` is given."""
     cold = init_ms is not None
-    pipe.eval(_RECORD, 1, cost_key(function), "requests", 1, "billed_ms", billed, "mb_ms", memory_mb * billed,
-              "inits", int(cold), "init_ms", math.ceil(init_ms or 0.0), *quarantine.script_args())
+    key, at = cost_key(function), quarantine.stamp()
+    _RECORD.queue(pipe, keys={"cost": key, "cost_aside": quarantine.aside(key, at)},
+                  args={**quarantine.move_args(), "requests": 1, "billed_ms": billed, "mb_ms": memory_mb * billed,
+                        "inits": int(cold), "init_ms": math.ceil(init_ms or 0.0)})
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,11 @@ class OutcomeError(LambdaliteError):
     """Raised when an entry of an outcome stream (``lambdalite:result:<id>``) does not decode to an outcome."""
 
 
+class ScriptError(LambdaliteError):
+    """Raised when a Lua script of ``broker/lua/`` has a malformed header, or a call names KEYS or ARGV
+    its header does not (or misses one): a mistake in lambdalite's code, found at import or first call."""
+
+
 class RedisUnavailableError(LambdaliteError):
     """Raised when Redis cannot be reached within the time a caller is willing to wait."""
 

@@ -5,9 +5,10 @@ wide for the last hour (fields ``m0`` .. ``m59``) and one five minutes wide for 
 (``d0`` .. ``d287``). A bucket is one field, its figures packed as comma-separated integers
 (:data:`FIELDS`, then :data:`BINS` counts of durations on a log scale,
 as big-endian 32-bit integers, saturated: Lua's ``struct`` packs and unpacks them at C speed). Its first figure is the
-second its window starts: a write that finds an older window there starts the bucket afresh, so
-the hash never holds more than 348 fields, however much traffic goes by, and it is in Redis, so it
-outlives a restart of the stack. The key expires :data:`KEEP` seconds after its last write.
+second its window starts: a write that finds an older window there starts the bucket afresh. The
+first write makes all 348 fields at once, empty, so the hash has its full size (96 KB) from
+then on, whatever traffic goes by, like a round-robin database file; it is in Redis, so it outlives a
+restart of the stack. The key expires :data:`KEEP` seconds after its last write.
 
 Two writers, each one script:
 
@@ -71,6 +72,17 @@ local nbins = NBINS
 local fmt = '>' .. string.rep('I4', nfields + nbins)
 local out = {}
 move(KEYS[1], 'hash', 13, out)
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  -- the whole hash at once, every bucket empty (window start 0): its size is fixed from the first write
+  local empty, all = string.rep('\0', 4 * (nfields + nbins)), {}
+  for r = 8, 13, 3 do
+    for slot = 0, tonumber(ARGV[r + 2]) - 1 do
+      all[#all + 1] = ARGV[r] .. slot
+      all[#all + 1] = empty
+    end
+  end
+  redis.call('HSET', KEYS[1], unpack(all))
+end
 local kind = ARGV[1]
 local a, b, c, d = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local now = tonumber(ARGV[6])

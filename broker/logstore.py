@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 import redis
 
-from broker import quarantine, settings
+from broker import quarantine, scripts, settings
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +44,7 @@ def index_key(function: str) -> str:
     return f"lambdalite:logs-index:{function}"
 
 
-# KEYS: the stream, the index. ARGV: request id, lines (JSON), cap, index cap, seconds to keep; then
-# quarantine.script_args(). A key of another type is moved aside first, so the write never fails.
-_RECORD = quarantine.MOVE_FUNCTION + """
-local out = {}
-move(KEYS[1], 'stream', 5, out)
-move(KEYS[2], 'zset', 5, out)
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'r', ARGV[1], 'l', ARGV[2])
-redis.call('ZADD', KEYS[2], tonumber(string.match(id, '^(%d+)')), ARGV[1])
-redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[4]) - 1)
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-return out
-"""
+_RECORD = scripts.load("logs_record")  # broker/lua/logs_record.lua
 
 
 def now_ms() -> int:
@@ -124,8 +112,11 @@ def record(pipe: Any, function: str, request_id: str, lines: Iterable[tuple[int,
         cap = settings.current().logs_max_invocations
     data = orjson.dumps([[at, text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")]
                          for at, text in lines])
-    pipe.eval(_RECORD, 2, stream_key(function), index_key(function), request_id, data, cap,
-              cap + _INDEX_SLACK, KEEP, *quarantine.script_args())
+    stream, index, at = stream_key(function), index_key(function), quarantine.stamp()
+    _RECORD.queue(pipe, keys={"stream": stream, "index": index, "stream_aside": quarantine.aside(stream, at),
+                              "index_aside": quarantine.aside(index, at)},
+                  args={**quarantine.move_args(), "request_id": request_id, "lines": data, "cap": cap,
+                        "index_cap": cap + _INDEX_SLACK, "keep": KEEP})
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,15 +20,27 @@ from typing import Any
 
 import redis
 
+from broker import scripts
+
 log = logging.getLogger(__name__)
 
 PREFIX = "lambdalite:quarantine:"
 KEEP = 7 * 24 * 3600  # seconds a moved-aside value is kept
 _MARK = "lambdalite:quarantined"
 
-# KEYS: the keys; ARGV[i]: the type KEYS[i] must have; then the prefix, a stamp and KEEP.
-# Returns {MARK, key, problem, action, ...} for what it moved, or an empty table.
-_MOVE = """
+# The scripts of this module; other modules' scripts include the guard (broker/lua/lib/move.lua).
+_GUARD = scripts.load("quarantine_guard")
+_INCR = scripts.load("quarantine_incr")
+_SET_ASIDE = scripts.load("quarantine_set_aside")
+
+
+def _tail() -> list[Any]:
+    return [PREFIX, int(time.time() * 1000), KEEP, _MARK]
+
+
+#: For the scripts of other modules: the Lua function ``move(key, expected, n, out)``, which
+#: reads :func:`script_args` from ARGV after the script's own ``n`` arguments.
+MOVE_FUNCTION = """
 local function move(key, expected, n, out)
   local found = redis.call('TYPE', key).ok
   if found ~= 'none' and found ~= expected then
@@ -43,71 +55,59 @@ local function move(key, expected, n, out)
 end
 """
 
-_GUARD = _MOVE + """
-local out = {}
-for i, key in ipairs(KEYS) do move(key, ARGV[i], #KEYS, out) end
-return out
-"""
-
-# KEYS[1]: a hash of counters; ARGV: field, increment, then the prefix, stamp, KEEP and MARK.
-_INCR = _MOVE + """
-local out = {}
-move(KEYS[1], 'hash', 2, out)
-local value = redis.call('HGET', KEYS[1], ARGV[1])
-if value and (not string.match(value, '^%d+$') or #value > 18) then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  if #out == 0 then table.insert(out, ARGV[6]) end
-  table.insert(out, KEYS[1])
-  table.insert(out, "has field '" .. ARGV[1] .. "' = '" .. string.sub(value, 1, 40) .. "', not a count")
-  table.insert(out, 'counted again from 0')
-end
-redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
-return out
-"""
-
-
-# KEYS[1]: a key to move aside whatever it holds; ARGV[1]: what is wrong with it; then as above.
-_SET_ASIDE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
-local aside = ARGV[2] .. KEYS[1] .. ':' .. ARGV[3]
-redis.call('RENAME', KEYS[1], aside)
-redis.call('EXPIRE', aside, ARGV[4])
-return {ARGV[5], KEYS[1], ARGV[1], 'moved to ' .. aside}
-"""
-
-
-def _tail() -> list[Any]:
-    return [PREFIX, int(time.time() * 1000), KEEP, _MARK]
-
-
-#: For the scripts of other modules: the Lua function ``move(key, expected, n, out)`` above, which
-#: reads :func:`script_args` from ARGV after the script's own ``n`` arguments.
-MOVE_FUNCTION = _MOVE
-
 
 def script_args() -> list[Any]:
     """The arguments that :data:`MOVE_FUNCTION` reads, to pass after a script's own."""
     return _tail()
 
 
+def stamp() -> int:
+    """The stamp of the asides named now (milliseconds since the epoch)."""
+    return int(time.time() * 1000)
+
+
+def aside(key: str, at: int) -> str:
+    """Where the guard moves ``key`` if it holds another type: ``lambdalite:quarantine:<key>:<at>``."""
+    return f"{PREFIX}{key}:{at}"
+
+
+def move_args() -> dict[str, Any]:
+    """The ARGV of a script that includes the guard (``include: move``): ``quarantine_keep`` and
+    ``quarantine_mark``."""
+    return {"quarantine_keep": KEEP, "quarantine_mark": _MARK}
+
+
+def derive_args(at: int) -> dict[str, Any]:
+    """The ARGV with which a script names the aside of a key it derives from data
+    (``aside_of(prefix, stamp, key)`` in broker/lua/lib/move.lua)."""
+    return {"quarantine_prefix": PREFIX, "quarantine_stamp": at}
+
+
+def guarded(expected: Mapping[str, str], at: int) -> list[str]:
+    """KEYS for a list of guarded keys: each key of ``expected`` and its aside, in pairs."""
+    return [k for key in expected for k in (key, aside(key, at))]
+
+
 def guard(pipe: Any, expected: Mapping[str, str]) -> None:
     """Queue on ``pipe`` the move-aside of every key in ``expected`` whose type is not the one given
     (``"list"``, ``"hash"``, ``"set"``, ``"zset"``, ``"stream"`` or ``"string"``); absent keys are fine."""
     if expected:
-        keys = list(expected)
-        pipe.eval(_GUARD, len(keys), *keys, *expected.values(), *_tail())
+        _GUARD.queue(pipe, keys={"guarded": guarded(expected, stamp())},
+                     args={**move_args(), "types": list(expected.values())})
 
 
 def incr(pipe: Any, key: str, field: str, n: int = 1) -> None:
     """Queue ``HINCRBY key field n`` on ``pipe``, first moving aside a ``key`` that is not a hash
     and dropping a ``field`` that is not a non-negative count (it is counted again from 0)."""
-    pipe.eval(_INCR, 1, key, field, n, *_tail())
+    at = stamp()
+    _INCR.queue(pipe, keys={"hash": key, "hash_aside": aside(key, at)},
+                args={**move_args(), "field": field, "increment": n})
 
 
 def set_aside(pipe: Any, key: str, problem: str) -> None:
     """Queue on ``pipe`` the move-aside of ``key`` (if it exists), whatever its type; ``problem`` says
     what is wrong with it (``"is not a job RQ can read"``) for :func:`report`."""
-    pipe.eval(_SET_ASIDE, 1, key, problem, *_tail())
+    _SET_ASIDE.queue(pipe, keys={"key": key, "aside": aside(key, stamp())}, args={**move_args(), "problem": problem})
 
 
 def report(replies: Iterable[Any], quiet: bool = False) -> list[tuple[str, str, str]]:

@@ -9,10 +9,8 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 import redis
-from rq.queue import Queue
-from rq.registry import StartedJobRegistry
 
-from broker import quarantine
+from broker import quarantine, rqlayout, scripts
 from broker.queues import queue_name
 from broker.registry import Registry
 
@@ -28,6 +26,46 @@ def stats_key(function: str) -> str:
 def scaler_key(function: str) -> str:
     """Hash of scaler id -> JSON of that scaler's view of the function's workers and last decision."""
     return f"lambdalite:scaler:{function}"
+
+
+DECISIONS_KEPT = 50  # each function's latest scaler decisions kept in Redis
+DECISIONS_TTL = 2 * 24 * 3600  # seconds the list outlives its last decision
+
+
+def decisions_key(function: str) -> str:
+    """List of the function's latest scaler decisions, newest first, each a JSON object with ``at``,
+    ``action``, ``reason`` and ``scaler``: what the console shows; at most :data:`DECISIONS_KEPT`."""
+    return f"lambdalite:decisions:{function}"
+
+
+def record_decisions(pipe: Any, function: str, encoded: list[str]) -> None:
+    """Queue on ``pipe`` the pushing of decisions (JSON, oldest first) onto the function's list,
+    trimmed to its cap, its expiry renewed."""
+    key = decisions_key(function)
+    quarantine.guard(pipe, {key: "list"})
+    pipe.lpush(key, *encoded)
+    pipe.ltrim(key, 0, DECISIONS_KEPT - 1)
+    pipe.expire(key, DECISIONS_TTL)
+
+
+def recent_decisions(client: redis.Redis, function: str, count: int = 20) -> list[dict[str, Any]]:
+    """The function's latest ``count`` scaler decisions, newest first. An entry that is not one (or
+    a key of another type) is logged and left out."""
+    key = decisions_key(function)
+    try:
+        raw = client.lrange(key, 0, count - 1)
+    except redis.ResponseError:
+        log.warning("redis key %s is not a list; no decisions shown", key)
+        return []
+    out = []
+    for item in cast(list[bytes], raw):
+        try:
+            d = json.loads(item)
+            out.append({"at": float(d["at"]), "action": str(d["action"]), "reason": str(d["reason"]),
+                        "scaler": str(d.get("scaler", ""))})
+        except (ValueError, TypeError, KeyError):
+            log.warning("redis key %s: %r is not a decision; left out", key, item[:80])
+    return out
 
 
 def alive_key(scaler_id: str) -> str:
@@ -97,24 +135,13 @@ def _rq_keys(function: str) -> tuple[str, str]:
     """The function's queue and started-registry keys, as RQ names them (made once: an RQ Queue
     object costs more to build than the read)."""
     name = queue_name(function)
-    return Queue.redis_queue_namespace_prefix + name, StartedJobRegistry.key_template.format(name)
+    return rqlayout.queue_key(name), rqlayout.started_key(name)
 
-# KEYS: per function its queue (list), started registry (zset), counters and scaler views (hashes).
-# Returns per key LLEN, ZCARD or HGETALL's flat list; false (nil) for a key of another type. One
-# command however many functions: read-only, so it may run on a replica too.
-_READ = """
-local out = {}
-local read = {'LLEN', 'ZCARD', 'HGETALL', 'HGETALL'}
-for i, key in ipairs(KEYS) do
-  local reply = redis.pcall(read[(i - 1) % 4 + 1], key)
-  if type(reply) == 'table' and reply.err then out[i] = false else out[i] = reply end
-end
-return out
-"""
+_READ = scripts.load("stats_read")  # broker/lua/stats_read.lua
 
 
 def _read_all(client: redis.Redis, keys: list[str]) -> list[Any]:
-    return cast("list[Any]", client.eval(_READ, len(keys), *keys))
+    return cast("list[Any]", _READ(client, keys={"functions": keys}, args={}))
 
 
 def _alive(client: redis.Redis, ids: list[str]) -> set[str]:

@@ -22,56 +22,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from broker import quarantine
+from broker import quarantine, scripts
 
 KEEP = 3600  # seconds a staged successor that nobody applied or deleted is kept
 
-# KEYS[1]: the staged successor; ARGV[1]: now (seconds); then quarantine.script_args().
-_RELEASE = quarantine.MOVE_FUNCTION + """
-local out = {}
-move(KEYS[1], 'hash', 1, out)
-local raw = redis.call('HGETALL', KEYS[1])
-if #raw == 0 then return out end
-local s, job, fields, counts = {}, {}, {}, {}
-for i = 1, #raw, 2 do
-  local name, value = raw[i], raw[i + 1]
-  local kind, rest = string.sub(name, 1, 2), string.sub(name, 3)
-  if kind == 'j:' then table.insert(job, rest); table.insert(job, value)
-  elseif kind == 'h:' then table.insert(fields, rest); table.insert(fields, value)
-  elseif kind == 'n:' then
-    if not string.match(value, '^%d+$') or #value > 18 then return out end
-    table.insert(counts, rest); table.insert(counts, value)
-  else s[name] = value end
-end
-for _, part in ipairs({'by', 'id', 'job', 'queue', 'queues', 'hash', 'stats'}) do
-  if not s[part] then return out end
-end
-if #job == 0 or not tonumber(s['by']) or tonumber(ARGV[1]) > tonumber(s['by']) then return out end
-move(s['job'], 'hash', 1, out)
-move(s['queue'], 'list', 1, out)
-move(s['queues'], 'set', 1, out)
-move(s['hash'], 'hash', 1, out)
-move(s['stats'], 'hash', 1, out)
-redis.call('HSET', s['job'], unpack(job))
-redis.call('RPUSH', s['queue'], s['id'])
-redis.call('SADD', s['queues'], s['queue'])
-if #fields > 0 then redis.call('HSET', s['hash'], unpack(fields)) end
-for i = 1, #counts, 2 do
-  local field = counts[i]
-  local value = redis.call('HGET', s['stats'], field)
-  if value and (not string.match(value, '^%d+$') or #value > 18) then
-    redis.call('HDEL', s['stats'], field)
-    if #out == 0 then table.insert(out, ARGV[5]) end
-    table.insert(out, s['stats'])
-    table.insert(out, "has field '" .. field .. "' = '" .. string.sub(value, 1, 40) .. "', not a count")
-    table.insert(out, 'counted again from 0')
-  end
-  redis.call('HINCRBY', s['stats'], field, counts[i + 1])
-end
-if s['wake'] then redis.call('PUBLISH', s['wake'], s['name'] or '') end
-redis.call('DEL', KEYS[1])
-return out
-"""
+_RELEASE = scripts.load("successor_release")  # broker/lua/successor_release.lua
 
 
 def key(event_id: str) -> str:
@@ -114,7 +69,10 @@ def stage(pipe: Any, after: str, release_by: float, job: tuple[str, str, Mapping
 def release(pipe: Any, event_id: str, now: float | None = None) -> None:
     """Queue on ``pipe`` the application of the successor staged after ``event_id``, if there is one
     and its deadline has not passed (call it only for a clean success; see :func:`clean`)."""
-    pipe.eval(_RELEASE, 1, key(event_id), time.time() if now is None else now, *quarantine.script_args())
+    staged, at = key(event_id), quarantine.stamp()
+    _RELEASE.queue(pipe, keys={"staged": staged, "staged_aside": quarantine.aside(staged, at)},
+                   args={**quarantine.move_args(), **quarantine.derive_args(at),
+                         "now": time.time() if now is None else now})
 
 
 def drop(pipe: Any, event_id: str) -> None:

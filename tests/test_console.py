@@ -126,6 +126,7 @@ def test_function_page_lists_recent_invocations_with_their_logs(stack: str, proj
     assert inv["init_ms"] is not None, "the first invocation of a worker is a cold start"
     assert len(data["hour"]["t"]) == 60 and len(data["day"]["t"]) == 288
     assert data["hour"]["invocations"][-1] + data["hour"]["invocations"][-2] == 1
+    assert [d["action"] for d in data["decisions"]][-1:] == ["scale-up"], "the worker started for it, from Redis"
     page = httpx.get(f"{stack}/console/functions/ok")
     assert page.status_code == 200 and inv["request_id"] in page.text and 'id="charts"' in page.text
     assert "/console/static/uPlot.iife.min.js" in page.text

@@ -81,6 +81,22 @@ def test_a_new_window_starts_its_bucket_afresh_and_the_hash_stays_bounded(r: red
     assert 0 < r.ttl(history.history_key("f")) <= history.KEEP
 
 
+def test_the_hash_has_its_full_size_from_the_first_write(r: redis.Redis) -> None:
+    start = 1_800_000_000.0
+    key = history.history_key("f")
+    _record(r, start)
+    assert r.hlen(key) == HOUR.slots + DAY.slots
+    # Only the first write's own bucket counts: the empty ones read as nothing.
+    assert sum(b.invocations for b in history.series(r, "f", HOUR, start)) == 1
+    assert sum(b.invocations for b in history.series(r, "f", DAY, start)) == 1
+    first = r.memory_usage(key)
+    assert first is not None
+    # A day of traffic, a bucket of each ring written every few minutes: not one byte more.
+    for i in range(1, 24 * 12 + 1):
+        _record(r, start + i * 300, duration=i)
+    assert r.memory_usage(key) == first
+
+
 def test_an_old_bucket_is_not_read_as_the_present(r: redis.Redis) -> None:
     now = 1_800_000_000.0
     _record(r, now)

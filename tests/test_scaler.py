@@ -12,6 +12,7 @@ import psutil
 import pytest
 import redis
 
+from broker import stats
 from broker.queues import function_queue
 from tests.stack import Scaler, publish, status
 
@@ -76,8 +77,19 @@ def test_scales_up_to_the_cap_and_back_to_zero(project: Path, redis_url: str) ->
         row = status(project)["rec"]
         assert row["succeeded"] == 12 and row["workers"] == 0
         assert row["last_decision"]["action"] == "scale-down"
+        # Every decision logged is kept in Redis too, newest first, for the console.
+        client = redis.Redis.from_url(redis_url)
+        try:
+            kept = stats.recent_decisions(client, "rec", count=stats.DECISIONS_KEPT)
+        finally:
+            client.close()
+        actions = [d["action"] for d in kept]
+        assert actions[0] == "scale-down" and "scale-up" in actions, actions
+        assert [d["at"] for d in kept] == sorted((d["at"] for d in kept), reverse=True)
     out = scaler.output()
     assert "rec: scale-up" in out and "rec: scale-down" in out
+    assert out.count("rec: scale-up") + out.count("rec: scale-down") == actions.count("scale-up") + \
+        actions.count("scale-down")
 
 
 def test_memory_budget_caps_workers(project: Path, redis_url: str) -> None:

@@ -4,8 +4,10 @@ growing after warm-up (bench/soak.py --check)."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +24,7 @@ def test_a_minute_of_mixed_load_leaves_no_family_and_no_process_growing(tmp_path
     plot = tmp_path / "soak.png"
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "soak.py"), "--duration", "75", "--warmup", "35", "--every", "2.5",
-         "--short", "--check", "--plot", str(plot)],
+         "--short", "--check", "--plot", str(plot), "--keys", str(tmp_path / "keys.tsv")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280,
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
@@ -35,6 +37,49 @@ def test_a_minute_of_mixed_load_leaves_no_family_and_no_process_growing(tmp_path
     for kind in ("redis-server", "scaler", "worker", "sandbox", "files", "sqlite", "webhook"):
         assert f"| {kind} |" in out, kind
     assert plot.stat().st_size > 10_000
+    # Every key the run left in Redis is in the documented inventory, with the type written there.
+    documented = inventory()
+    held = [line.split("\t") for line in (tmp_path / "keys.tsv").read_text().splitlines()]
+    assert len(held) > 50, held
+    wrong = [(key, kind) for key, kind in held if not any(p.fullmatch(key) and t in (kind, "any")
+                                                            for p, t in documented)]
+    assert not wrong, f"keys not in docs/redis-keys.md (or of another type there): {wrong[:20]}"
+    seen = {p.pattern for p, _ in documented for key, _ in held if p.fullmatch(key)}
+    assert len(seen) >= 20, f"only {len(seen)} documented families seen: {sorted(seen)}"
+
+
+_TYPES = {"hash": "hash", "list": "list", "set": "set", "sorted set": "zset", "stream": "stream", "string": "string",
+          "any": "any", "pub/sub channel": None}
+
+
+def inventory() -> list[tuple[re.Pattern[str], str]]:
+    """docs/redis-keys.md's key families: a pattern for each name in its table and Redis's name of the
+    type written beside it (``<...>`` is any text, ``QUEUE`` a function's queue)."""
+    out = []
+    for line in (ROOT / "docs" / "redis-keys.md").read_text().splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) < 2 or not re.match(r"`(rq|lambdalite):", cells[0]):
+            continue
+        kind = _TYPES[cells[1]]  # a type the table names that this list lacks fails here, on purpose
+        if kind is None:
+            continue  # a channel holds no key
+        for name in re.findall(r"`([^`]+)`", cells[0]):
+            pattern = re.escape(name)
+            pattern = re.sub(r"<[a-z]+>", ".+", pattern).replace("QUEUE", r"lambdalite\..+")
+            out.append((re.compile(pattern), kind))
+    assert len(out) >= 35, out
+    return out
+
+
+def test_the_inventory_reads_the_docs_table() -> None:
+    documented = inventory()
+    def kind(key: str) -> list[str]:
+        return [t for p, t in documented if p.fullmatch(key)]
+    assert kind("rq:job:abc-a1") == ["hash"]
+    assert kind("rq:failed:lambdalite.noop") == ["zset"]
+    assert kind("lambdalite:history:noop") == ["hash"]
+    assert kind("lambdalite:decisions:noop") == ["list"]
+    assert kind("lambdalite:nothing-of-ours") == []
 
 
 def _soak() -> Any:
@@ -42,8 +87,8 @@ def _soak() -> Any:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["soak_bench"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    spec.loader.exec_module(module)  # which puts bench/ on the path
+    return importlib.import_module("soak_report")  # the figures: samples, series, verdicts
 
 
 def _verdict(sizes: list[int], cap: int = 50, other: list[int] | None = None) -> tuple[list[str], list[str]]:

@@ -26,7 +26,7 @@ from typing import Any
 import psutil
 import redis
 
-from broker import connection, delayed, environment, kernel, pruning, quarantine, schedules, stats
+from broker import connection, delayed, environment, kernel, pruning, quarantine, rqlayout, schedules, stats
 from broker.connection import TRANSIENT, connect
 from broker.queues import Publisher, function_queue
 from broker.registry import Function, Registry
@@ -88,6 +88,7 @@ class Scaler:
         self._published: dict[str, tuple[Any, str]] = {}  # function -> (its view as last written, encoded)
         self.forked: dict[int, Function] = {}  # each worker's function as it was when forked
         self._last_view = -1e9
+        self._decided: dict[str, list[str]] = {}  # function -> decisions logged since the last publish
         # Handlers are imported by each sandbox, isolated; here only seen to import (in a child, as they will).
         isolation.plan(settings)
         environment.check_handlers(registry, settings)
@@ -239,13 +240,13 @@ class Scaler:
         """
         owner = processes.parse_worker_name(worker_name)
         if owner is None:
-            return not self.client.exists(f"rq:worker:{worker_name}")
+            return not self.client.exists(rqlayout.worker_key(worker_name))
         host, sid, pid = owner
         if host == self.host and sid == self.sid:
             return not any(pid in v.workers for v in self.views.values())
         if host == self.host:
             return not psutil.pid_exists(pid)
-        if not self.client.exists(f"rq:worker:{worker_name}"):
+        if not self.client.exists(rqlayout.worker_key(worker_name)):
             return True
         steady = self._last_alive - self._steady_since >= ALIVE_TTL and self.clock() - self._last_alive < ALIVE_TTL
         return steady and not self.client.exists(alive_key(f"{host}.{sid}"))
@@ -255,7 +256,8 @@ class Scaler:
         round trip; returns whether some are due."""
         procs = [p for v in self.views.values() for p in v.workers.values()]
         *rows, due = connection.run(self.client, [
-            *(("HMGET", f"rq:worker:{p.name}", "state", "successful_job_count", "failed_job_count") for p in procs),
+            *(("HMGET", rqlayout.worker_key(p.name), "state", "successful_job_count", "failed_job_count")
+              for p in procs),
             delayed.probe(time.time()),
         ])
         for p, row in zip(procs, rows, strict=True):
@@ -385,6 +387,7 @@ class Scaler:
         view.decision = Decision(time.time(), action, reason)
         if action != "hold" or previous is None or previous.reason != reason:
             log.info("%s: %s (%s)", fn, action, reason)
+            self._decided.setdefault(fn, []).append(json.dumps({**view.decision.__dict__, "scaler": self.id}))
 
     def publish_view(self, now: float) -> None:
         """Write this scaler's view of each function for ``status``: a view that changed at once, and
@@ -403,12 +406,15 @@ class Scaler:
         if now - self._last_view >= VIEW_REFRESH:
             changed = {name: encoded for name, (_, encoded) in self._published.items()}
             self._last_view = now
-        if not changed:
+        decided, self._decided = self._decided, {}
+        if not changed and not decided:
             return
         with self.client.pipeline(transaction=False) as pipe:
             quarantine.guard(pipe, {stats.scaler_key(name): "hash" for name in changed})
             for name, view_json in changed.items():
                 pipe.hset(stats.scaler_key(name), self.id, view_json)
+            for name, logged in decided.items():
+                stats.record_decisions(pipe, name, logged)
             quarantine.report(pipe.execute())
 
     # -- reloading ----------------------------------------------------------------------------------

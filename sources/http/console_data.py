@@ -12,14 +12,13 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
-from broker import cost, history, logstore, results, schedules, stats
+from broker import cost, history, logstore, results, rqlayout, schedules, stats
 from broker.deadletter import dlq_key
 from broker.errors import OutcomeError
 from broker.history import DAY, HOUR, Bucket
@@ -29,31 +28,22 @@ from broker.registry import Registry
 _REPORT = re.compile(r"^REPORT RequestId: (\S+)\tDuration: ([\d.]+) ms\tBilled Duration: (\d+) ms\t"
                      r"Memory Size: (\d+) MB\tMax Memory Used: (\d+) MB(?:\tInit Duration: ([\d.]+) ms)?"
                      r"(?:.*\tStatus: (\w+))?")
-DECISIONS_KEPT = 20
 
 
 @dataclass
 class Console:
     """What the console reads with: the registry, a Redis client, the global worker cap, the schedule
-    clock; and the scaler decisions seen so far (the scaler keeps only its last one in Redis)."""
+    clock."""
 
     registry: Registry
     client: redis.Redis
     max_workers: int
     schedule_clock: Any = time.time
-    decisions: dict[str, deque[dict[str, Any]]] = field(default_factory=dict)
     cache: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = field(default_factory=dict)
 
     def forget(self, function: str) -> None:
         """Read the function's figures afresh next time (its dead letters were replayed or purged)."""
         self.cache.pop(function, None)
-
-    def remember(self, function: str, decision: dict[str, Any] | None) -> None:
-        if decision is None:
-            return
-        seen = self.decisions.setdefault(function, deque(maxlen=DECISIONS_KEPT))
-        if not seen or seen[-1]["at"] != decision["at"]:
-            seen.append(decision)
 
 
 def _oldest_ages(client: redis.Redis, names: list[str], queued: dict[str, int], now: float) -> dict[str, float]:
@@ -68,7 +58,7 @@ def _oldest_ages(client: redis.Redis, names: list[str], queued: dict[str, int], 
     found = [(n, i) for n, i in zip(waiting, ids, strict=True) if isinstance(i, bytes)]
     with client.pipeline(transaction=False) as pipe:
         for _, job_id in found:
-            pipe.hget(b"rq:job:" + job_id, "enqueued_at")
+            pipe.hget(rqlayout.JOB_PREFIX.encode() + job_id, "enqueued_at")
         stamps = pipe.execute(raise_on_error=False)
     out = {}
     for (name, _), stamp in zip(found, stamps, strict=True):
@@ -152,7 +142,6 @@ def overview(console: Console, now: float | None = None, names: list[str] | None
         _others(console, rows, stale, now)
     for name in names:
         row = rows[name]
-        console.remember(name, row["last_decision"])
         row.update(console.cache[name][1])
     return {"at": now, "functions": rows}
 
@@ -226,7 +215,7 @@ def function_page(console: Console, name: str, now: float | None = None, day: bo
         "at": now, "function": name, "row": row,
         "hour": _series(history.series(console.client, name, HOUR, now)),
         "recent": recent(console.client, name),
-        "decisions": list(reversed(console.decisions.get(name, ()))),
+        "decisions": stats.recent_decisions(console.client, name),
         "stream": any(t.source == "sqlite" for t in fn.triggers),
     }
     if day:

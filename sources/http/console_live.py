@@ -159,6 +159,6 @@ class Hub:
                 oldest = row.get("oldest_age_s") or 0.0
                 if row["running"] or row["queued"] or new > 0:  # zeros change no bucket: nothing to write
                     history.sample(pipe, name, now, row["running"], row["queued"], oldest * 1000, max(0, new))
-            if pipe.command_stack:
+            if len(pipe):
                 pipe.execute()
         self._counted = counted

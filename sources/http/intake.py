@@ -34,6 +34,7 @@ from broker.connection import TRANSIENT
 from broker.envelope import Event
 from broker.errors import IdempotencyConflictError, RedisUnavailableError, ThrottledError
 from broker.queues import Prepared, Publisher
+from broker.redis_internals import queued
 from sources.http.transactor import Transactor
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,7 @@ class Intake:
 
         with recorded(self.client) as pipe:
             self.publisher.publish_many([p.prepared for p in batch], also=also if extras else None, pipeline=pipe)
-            commands = [args for args, _options in pipe.command_stack]
+            commands = queued(pipe)
         replies = await self.transactor.execute(commands)
         quarantine.report(replies)
         for reply in replies:

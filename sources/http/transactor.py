@@ -7,6 +7,8 @@ one. So the intake records a batch's commands on a pipeline it never executes
 (:func:`broker.conditional.recorded`) and gives them to :meth:`Transactor.execute`, which writes
 them in one packet (``hiredis.pack_command``) and reads the replies with ``hiredis.Reader``.
 
+The connection honours the URL as every other client does (:func:`broker.connection.endpoint`):
+password, user name, database, TLS with the URL's ``ssl_*`` options (``rediss://``), Sentinel.
 With a ``redis+sentinel://`` URL each new connection asks the sentinels where the primary is, and a
 ``READONLY`` reply (a primary since turned replica) drops the connection as a connection error.
 
@@ -20,16 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from collections.abc import Sequence
 from typing import Any
 
 import hiredis
 import redis
-from redis.connection import SSLConnection, parse_url
 
-from broker.connection import NotReplicated, Parser, pack_transaction
-from broker.redis_url import SentinelTarget, sentinel_target
+from broker.connection import NotReplicated, Parser, endpoint, pack_transaction
+from broker.redis_url import SentinelTarget
 
 
 def _error(reply: Any) -> Exception | None:
@@ -49,13 +49,8 @@ class Transactor:
         # counts once that many replicas have it (broker.connection.wait_for_replicas)
         self.wait_replicas = wait_replicas
         self.wait_timeout = wait_timeout
-        self.sentinel: SentinelTarget | None = sentinel_target(dsn)
-        self.options: dict[str, Any] = {}
-        if self.sentinel is None:
-            self.options = parse_url(dsn)  # type: ignore[no-untyped-call]
-        else:
-            self.options = {"username": self.sentinel.username, "password": self.sentinel.password,
-                            "db": self.sentinel.db}
+        self.endpoint = endpoint(dsn)  # as every other client of every process reads the URL
+        self.sentinel: SentinelTarget | None = self.endpoint.sentinel
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
@@ -126,27 +121,20 @@ class Transactor:
         return replies
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        options = self.options
+        where = self.endpoint
         try:
             if self.sentinel is not None:
                 host, port = await self._primary(self.sentinel)
                 opened = asyncio.open_connection(host, port)
-            elif "path" in options:
-                opened = asyncio.open_unix_connection(options["path"])
+            elif where.path is not None:
+                opened = asyncio.open_unix_connection(where.path)
             else:
-                tls = ssl.create_default_context() if options.get("connection_class") is SSLConnection else None
-                opened = asyncio.open_connection(options.get("host", "localhost"), options.get("port", 6379),
-                                                 ssl=tls)
+                opened = asyncio.open_connection(where.host, where.port, ssl=where.tls)
             stream_reader, writer = await asyncio.wait_for(opened, self.connect_timeout)
         except (TimeoutError, OSError) as e:
             raise redis.ConnectionError(f"cannot connect to redis: {e!r}") from e
         self._reader = hiredis.Reader(replyError=redis.ResponseError)  # nothing left of a lost one
-        hello: list[tuple[Any, ...]] = []
-        if options.get("password"):
-            user = options.get("username")
-            hello.append(("AUTH", user, options["password"]) if user else ("AUTH", options["password"]))
-        if options.get("db"):
-            hello.append(("SELECT", options["db"]))
+        hello = where.login()
         if hello:
             writer.write(b"".join(hiredis.pack_command(c) for c in hello))
             try:

@@ -40,7 +40,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from broker import environment, revision, schedules, stacklock
-from broker.connection import COMMAND_TIMEOUT, TRANSIENT, Parser, client_for, connect
+from broker.connection import COMMAND_TIMEOUT, TRANSIENT, connect
 from broker.errors import CallerAuthError, ConfigError, LambdaliteError, PayloadTooLargeError
 from broker.queues import Publisher
 from broker.registry import Registry, load_registry
@@ -100,15 +100,12 @@ def webhook_routes(
     return routes
 
 
-def _store_client(dsn: str, socket_timeout: float | None) -> redis.Redis:
+def _store_client(dsn: str, socket_timeout: float) -> redis.Redis:
     # One retry, only for a connection error (a stale pooled socket after a Redis restart): a
     # retried timeout could store a transaction twice, and long backoffs would hold requests.
-    # Parser: a full disk (MISCONF) is an outage too (503), see broker.connection.
-    return client_for(
-        dsn, socket_connect_timeout=1, socket_timeout=socket_timeout, health_check_interval=30,
-        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)), parser_class=Parser,
-        driver_info=None,  # as broker.connection.connect
-    )
+    # A full disk (MISCONF) is an outage too (503): connect's parser makes it a connection error.
+    return connect(dsn, timeout=socket_timeout, connect_timeout=1,
+                   retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
 
 
 async def healthz(request: Request) -> Response:
