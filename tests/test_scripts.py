@@ -110,3 +110,15 @@ def test_a_missing_script_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "other.lua").write_text("-- named: does\n-- Returns: 1\nreturn 1\n")
     with pytest.raises(ScriptError, match="names it named"):
         scripts.load("other", tmp_path)
+
+
+def test_positions_from_across_a_process_boundary_are_named_back() -> None:
+    claim = scripts.load("idempotency_claim")
+    keys, args = claim.arguments({"record": "r", "held": ["h"]}, {"claim": "{}", "ttl_ms": 5})
+    assert (keys, args) == (["r", "h"], ["{}", 5])
+    assert claim.by_name(keys, args) == ({"record": "r", "held": ["h"]}, {"claim": "{}", "ttl_ms": 5})
+    assert claim.by_name(["r"], args) == ({"record": "r", "held": []}, {"claim": "{}", "ttl_ms": 5})
+    with pytest.raises(ScriptError, match="takes 2 ARGV, not 3"):
+        claim.by_name(keys, [*args, "more"])
+    with pytest.raises(ScriptError, match="takes 1 or more KEYS, not 0"):
+        claim.by_name([], args)
