@@ -271,7 +271,7 @@ class FunctionWorker(SimpleWorker):
         except jobs.UnreadableJob as e:
             self.settle_unreadable(queue, e, execution)
             return None
-        rqlayout.mirror_start(self, job, execution, started.at)  # what the script wrote, on the Python side
+        rqlayout.mirror_start(self, job, started.at)  # what the script wrote, on the Python side
         self.executions[execution.id] = execution
         return job, execution
 
