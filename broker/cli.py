@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import redis
-from rq.queue import Queue
 
-from broker import deadletter, results, revision, schedules
+from broker import deadletter, pins, results, revision, rqlayout, schedules
 from broker.connection import TRANSIENT, RedisRefusesWrites, connect
 from broker.envelope import Event, parse_json
 from broker.errors import InvocationError, LambdaliteError, RedisUnavailableError
@@ -68,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     _warnings_to_stderr()
+    pins.warn()  # a mismatch is said, not fatal: the CLI is what one runs to look at a broken stack
     try:
         settings = load_settings()
         try:
@@ -192,9 +192,9 @@ def _status_without_registry(args: argparse.Namespace, settings: Settings, mista
 
 def _queued_names(client: redis.Redis) -> list[str]:
     """The functions Redis has a queue for (those of earlier revisions too)."""
-    prefix = Queue.redis_queue_namespace_prefix
+    prefix = rqlayout.QUEUE_PREFIX
     queues = (k.decode(errors="replace").removeprefix(prefix)
-              for k in cast("set[bytes]", client.smembers(Queue.redis_queues_keys)))
+              for k in cast("set[bytes]", client.smembers(rqlayout.QUEUES_KEY)))
     return [n for q in queues if (n := function_of_queue(q))]
 
 

@@ -17,34 +17,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis
-from redis.commands.core import Script
 
-from broker import quarantine
+from broker import quarantine, scripts
+from broker.errors import ScriptError
 from broker.redis_internals import queued
 from broker.transaction import Transaction, transaction
-
-# KEYS: the keys to guard; ARGV[i]: the type KEYS[i] must have; then quarantine.script_args() (4 values);
-# then the number of condition arguments and the arguments; then each command as its length and
-# its words. Returns {1 or 0 (applied), what the guard moved, the condition's value}.
-_BODY = """
-local n = #KEYS
-local i = n + 5
-local nc = tonumber(ARGV[i])
-local c = {}
-for j = 1, nc do c[j] = ARGV[i + j] end
-i = i + nc + 1
-local ok, value = check(c)
-if not ok then return {0, {}, value or {}} end
-local moved = {}
-for k, key in ipairs(KEYS) do move(key, ARGV[k], n, moved) end
-while i <= #ARGV do
-  local argc = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + argc))
-  i = i + argc + 1
-end
-return {1, moved, value or {}}
-"""
-
 
 _SCRIPTS = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"})
 
@@ -60,14 +37,19 @@ def recorded(client: redis.Redis) -> Iterator[Transaction]:
 class Conditional:
     """A condition and the writes it allows, run as one atomic script.
 
-    ``check`` is the body of a Lua function of ``c`` (the condition arguments) that returns
-    whether to apply the writes, and optionally a value (a table) handed back to the caller
-    either way: ``return redis.call('EXISTS', c[1]) == 1``.
+    ``script`` is a script of ``broker/lua/`` that includes ``move`` and ``conditional`` and returns
+    ``conditional(KEYS, ARGV, check)``, where ``check(c)`` (``c``: the condition arguments) returns
+    whether to apply the writes, and optionally a value (a table) handed back to the caller either
+    way. Its header declares KEYS ``guarded`` and ARGV ``quarantine_keep``, ``quarantine_mark``,
+    ``layout`` (see broker/lua/manifest_unpublished.lua).
     """
 
-    def __init__(self, check: str) -> None:
-        self.text = quarantine.MOVE_FUNCTION + "local function check(c)\n" + check + "\nend\n" + _BODY
-        self._script: Script | None = None
+    def __init__(self, script: scripts.Lua) -> None:
+        names = ([s.name for s in script.header.keys], [s.name for s in script.header.args])
+        if names != (["guarded"], ["quarantine_keep", "quarantine_mark", "layout"]):
+            raise ScriptError(f"script {script.name} is not a condition: its header declares KEYS {names[0]}, "
+                              f"ARGV {names[1]}")
+        self.script = script
 
     def run(self, client: redis.Redis, condition: Sequence[Any], writes: Transaction) -> tuple[bool, list[Any]]:
         """Apply the commands queued on ``writes`` if the condition on ``condition`` holds, first moving
@@ -80,15 +62,14 @@ class Conditional:
         once they are applied (then the second answer is "not applied", though the first applied).
         """
         expected = writes.expected
-        keys = list(expected)
-        args: list[Any] = [*expected.values(), *quarantine.script_args(), len(condition), *condition]
+        layout: list[Any] = [*expected.values(), len(condition), *condition]
         for command in queued(writes):
             if str(command[0]).upper() in _SCRIPTS:
                 raise ValueError(f"{command[0]} cannot run inside a script: queue plain commands")
-            args.append(len(command))
-            args.extend(command)
-        if self._script is None:
-            self._script = client.register_script(self.text)  # EVALSHA, loaded again after NOSCRIPT
-        applied, moved, value = self._script(keys=keys, args=args, client=client)
+            layout.append(len(command))
+            layout.extend(command)
+        applied, moved, value = self.script(  # EVALSHA, loaded again after NOSCRIPT
+            client, keys={"guarded": quarantine.guarded(expected, quarantine.stamp())},
+            args={**quarantine.move_args(), "layout": layout})
         quarantine.report([moved])
         return applied == 1, value

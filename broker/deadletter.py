@@ -17,7 +17,7 @@ import redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from broker import quarantine
+from broker import quarantine, rqlayout
 from broker.envelope import Event
 from broker.errors import EnvelopeError, UnknownFunctionError
 from broker.queues import Publisher, function_queue
@@ -181,7 +181,7 @@ def park(client: redis.Redis, function: str) -> int:
             event = None
         with transaction(client) as pipe:
             pipe.lrem(queue.key, 1, raw)  # type: ignore[arg-type]  # redis-py sends bytes as they are
-            pipe.delete(Job.key_for(job_id))
+            pipe.delete(rqlayout.job_key(job_id))
             if event is not None:
                 add(pipe, event, error, "FunctionRemoved")
             else:

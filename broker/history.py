@@ -6,7 +6,7 @@ wide for the last hour (fields ``m0`` .. ``m59``) and one five minutes wide for 
 (:data:`FIELDS`, then :data:`BINS` counts of durations on a log scale,
 as big-endian 32-bit integers, saturated: Lua's ``struct`` packs and unpacks them at C speed). Its first figure is the
 second its window starts: a write that finds an older window there starts the bucket afresh. The
-first write makes all 348 fields at once, empty, so the hash has its full size (about 75 KB) from
+first write makes all 348 fields at once, empty, so the hash has its full size (96 KB) from
 then on, whatever traffic goes by, like a round-robin database file; it is in Redis, so it outlives a
 restart of the stack. The key expires :data:`KEEP` seconds after its last write.
 

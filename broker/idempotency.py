@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast, overload
 
 import redis
-from redis.commands.core import Script
 
+from broker import scripts
 from broker.connection import connect
 from broker.errors import (
     IdempotencyAlreadyInProgressError,
@@ -47,6 +47,7 @@ from broker.errors import (
     IdempotencyPersistenceLayerError,
     IdempotencyRecordError,
     IdempotencyResultError,
+    ScriptError,
     SettingsError,
 )
 from broker.settings import load_settings
@@ -72,66 +73,11 @@ HELD_PREFIX = "lambdalite:idempotency-held:"  # + worker name: the claims its sa
 HANDLER_SCOPE = "handler"
 INPROGRESS, COMPLETED = "INPROGRESS", "COMPLETED"
 
-# Scripts, so that a claim is checked and changed in one step. A worker's "held" set (KEYS[2],
-# absent outside a lambdalite sandbox) lets it release its claims when its invocation is killed.
-_OURS = """
-local function ours(raw, token)
-  if not raw then return false end
-  local ok, rec = pcall(cjson.decode, raw)
-  return ok and type(rec) == 'table' and rec.status == 'INPROGRESS' and rec.token == token
-end
-"""
-
-# -> nil when claimed, else the record that is there.
-_CLAIM = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  if KEYS[2] then
-    redis.call('SADD', KEYS[2], KEYS[1])
-    redis.call('PEXPIRE', KEYS[2], ARGV[2])
-  end
-  return false
-end
-return redis.call('GET', KEYS[1])
-"""
-
-# -> nil when stored, else the completed record another invocation stored first (kept).
-_COMPLETE = _OURS + """
-if KEYS[2] then redis.call('SREM', KEYS[2], KEYS[1]) end
-local raw = redis.call('GET', KEYS[1])
-if raw and not ours(raw, ARGV[1]) then
-  local ok, rec = pcall(cjson.decode, raw)
-  if ok and type(rec) == 'table' and rec.status == 'COMPLETED' then return raw end
-end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-return false
-"""
-
-_RELEASE = _OURS + """
-if KEYS[2] then redis.call('SREM', KEYS[2], KEYS[1]) end
-if ours(redis.call('GET', KEYS[1]), ARGV[1]) then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
-"""
-
-# Every claim in a worker's held set that is still that worker's (token "<worker>/..."): deleted.
-_RELEASE_HELD = """
-local released = 0
-for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local raw = redis.call('GET', key)
-  if raw then
-    local ok, rec = pcall(cjson.decode, raw)
-    if ok and type(rec) == 'table' and rec.status == 'INPROGRESS' and type(rec.token) == 'string'
-        and string.sub(rec.token, 1, #ARGV[1]) == ARGV[1] then
-      redis.call('DEL', key)
-      released = released + 1
-    end
-  end
-end
-redis.call('DEL', KEYS[1])
-return released
-"""
+# Scripts, so that a claim is checked and changed in one step (broker/lua/idempotency_*.lua). A
+# worker's "held" set (absent outside a lambdalite sandbox) lets it release its claims when its
+# invocation is killed.
+_SCRIPTS = {op: scripts.load(f"idempotency_{op}") for op in ("claim", "complete", "release")}
+_RELEASE_HELD = scripts.load("idempotency_release_held")
 
 
 class InvocationContext(Protocol):
@@ -183,9 +129,6 @@ def invocation_ended() -> None:
 class _Store:
     pid: int
     client: redis.Redis
-    claim: Script
-    complete: Script
-    release: Script
 
 
 _store: _Store | None = None
@@ -200,18 +143,16 @@ def _connection() -> _Store:
         except SettingsError as e:
             raise IdempotencyPersistenceLayerError(f"cannot tell which redis to use: {e}") from e
         client = connect(dsn)
-        _store = _Store(os.getpid(), client, client.register_script(_CLAIM),
-                        client.register_script(_COMPLETE), client.register_script(_RELEASE))
+        _store = _Store(os.getpid(), client)
     return _store
 
 
 # -- the narrow door: a sandbox that cannot reach Redis asks its worker ---------------------------
 
-#: ``door(op, keys, args)``: runs one of the scripts below in the worker; set by the sandbox for an
-#: invocation whose worker serves it (see :func:`serve_door`).
+#: ``door(op, keys, args)``: runs one of the scripts above in the worker, given its KEYS and ARGV in
+#: its header's order; set by the sandbox for an invocation whose worker serves it (see :func:`serve_door`).
 Door = Callable[[str, list[str], list[Any]], Any]
 _door: Door | None = None
-_SCRIPTS = {"claim": _CLAIM, "complete": _COMPLETE, "release": _RELEASE}
 
 
 def use_door(door: Door | None) -> None:
@@ -220,16 +161,13 @@ def use_door(door: Door | None) -> None:
     _door = door
 
 
-def _script(name: str) -> Callable[..., Any]:
-    door = _door
+def _script(name: str) -> Callable[[dict[str, Any], dict[str, Any]], Any]:
+    """``run(keys, args)``, by name: the script ``name`` through the door, or on this process's client."""
+    script, door = _SCRIPTS[name], _door
     if door is not None:
-        return lambda keys, args: door(name, keys, args)
-    store = _connection()
-    script: Script = {"claim": store.claim, "complete": store.complete, "release": store.release}[name]
-    return script
-
-
-_door_scripts: dict[int, dict[str, Script]] = {}
+        return lambda keys, args: door(name, *script.arguments(keys, args))
+    client = _connection().client
+    return lambda keys, args: script(client, keys=keys, args=args)
 
 
 def serve_door(client: redis.Redis, function: str, owner: str, request: dict[str, Any]) -> dict[str, Any]:
@@ -244,10 +182,13 @@ def serve_door(client: redis.Redis, function: str, owner: str, request: dict[str
             or not isinstance(keys[0], str) or not keys[0].startswith(prefix)
             or (len(keys) == 2 and keys[1] != held_key(owner))):
         return {"error": "refused", "message": f"the worker of {function!r} serves only its own idempotency records"}
-    scripts = _door_scripts.setdefault(id(client), {})
-    script = scripts.get(op) or scripts.setdefault(op, client.register_script(_SCRIPTS[op]))
+    script = _SCRIPTS[op]
     try:
-        value = script(keys=keys, args=args)
+        named_keys, named_args = script.by_name(keys, args)
+    except ScriptError as e:
+        return {"error": "refused", "message": str(e)}
+    try:
+        value = script(client, keys=named_keys, args=named_args)
     except redis.ResponseError as e:
         return {"error": "response", "message": str(e)}
     except redis.RedisError as e:
@@ -290,13 +231,14 @@ def release_held(client: redis.Redis, owner: str) -> int:
     For a worker whose invocation was killed, or that died itself: its sandbox is gone, so its
     claims would otherwise block their keys until they expire.
     """
-    released = client.register_script(_RELEASE_HELD)(keys=[held_key(owner)], args=[owner + "/"])
+    released = _RELEASE_HELD(client, keys={"held": held_key(owner)}, args={"token_prefix": owner + "/"})
     return int(cast(int, released))
 
 
-def _call(script: Callable[..., Any], keys: list[str], args: list[Any], rkey: str) -> Any:
+def _call(script: Callable[[dict[str, Any], dict[str, Any]], Any], keys: dict[str, Any], args: dict[str, Any],
+          rkey: str) -> Any:
     try:
-        return script(keys=keys, args=args)
+        return script(keys, args)
     except redis.ResponseError as e:
         if "WRONGTYPE" in str(e):
             raise IdempotencyRecordError(
@@ -334,19 +276,20 @@ def _run_once(what: str, function: str, key: Any, scope: str, expires_after: int
               context: InvocationContext, owner: str | None, body: Callable[[], Any]) -> Any:
     rkey = record_key(function, key, scope)
     claim_script, complete_script, release_script = _script("claim"), _script("complete"), _script("release")
-    keys = [rkey] if owner is None else [rkey, held_key(owner)]
+    keys: dict[str, Any] = {"record": rkey, "held": [] if owner is None else [held_key(owner)]}
     token = f"{owner or 'local'}/{uuid.uuid4().hex}"
     request = context.aws_request_id
     claim = json.dumps({"status": INPROGRESS, "token": token, "request_id": request, "started_at": time.time()})
     # The claim lasts as long as the invocation may run: a killed one's claim frees itself.
-    existing = _call(claim_script, keys, [claim, max(1, context.get_remaining_time_in_millis())], rkey)
+    existing = _call(claim_script, keys, {"claim": claim, "ttl_ms": max(1, context.get_remaining_time_in_millis())},
+                     rkey)
     if existing is not None:
         return _stored(what, rkey, existing)
     try:
         result = body()
     except BaseException:
         try:
-            release_script(keys=keys, args=[token])
+            release_script(keys, {"token": token})
         except redis.RedisError as e:  # the body's own error matters more; the claim expires
             log.warning("%s: could not release the idempotency claim %s: %s", what, rkey, e)
         raise
@@ -358,7 +301,7 @@ def _run_once(what: str, function: str, key: Any, scope: str, expires_after: int
         problem = (f"{what}: the result is not JSON ({e}); the body ran once and is recorded as done "
                    f"without a result (delete {rkey} to let it run again)")
         data = json.dumps({"status": COMPLETED, "error": problem, "request_id": request, "completed_at": time.time()})
-    first = _call(complete_script, keys, [token, data, expires_after], rkey)
+    first = _call(complete_script, keys, {"token": token, "completed": data, "ttl": expires_after}, rkey)
     if problem is not None:
         raise IdempotencyResultError(problem)
     if first is not None:

@@ -34,13 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis
-from rq.executions import ExecutionRegistry
-from rq.job import Job
-from rq.queue import Queue
-from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry
-from rq.results import Result
 
-from broker import deadletter, quarantine, stats
+from broker import deadletter, quarantine, rqlayout, scripts, stats
 from broker.queues import function_of_queue
 from broker.settings import Settings
 
@@ -50,37 +45,7 @@ BATCH = 500  # members a script call looks at: a few ms of Redis's time, never a
 MAX_BATCHES = 200  # script calls a pass makes per registry at most (100,000 members); the next pass goes on
 DLQ_SLACK = 0.9  # a dead-letter store over its cap is cut to this share of it, not trimmed on every pass
 
-# KEYS[1]: a registry (sorted set of job ids scored by when they expire).
-# ARGV: now (seconds since the epoch), batch size, cap (-1: none), the prefixes of a job's hash, its
-# result stream and its execution registry (RQ 3.0's layout), then the guard's arguments
-# (quarantine.script_args()).
-# Removes up to a batch of members whose score is past ``now``, then, while the registry holds more
-# than the cap, up to a batch of the oldest with their job's keys; returns {expired removed, over
-# the cap removed, members left, what the guard moved}. A registry of another type is moved aside
-# (broker.quarantine).
-_PRUNE = quarantine.MOVE_FUNCTION + """
-local key = KEYS[1]
-local now, batch, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local job_prefix, result_prefix, execs_prefix = ARGV[4], ARGV[5], ARGV[6]
-local moved = {}
-move(key, 'zset', 6, moved)
-if #moved > 0 then return {0, 0, 0, moved} end
-local expired = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. now, 'LIMIT', 0, batch)
-if #expired > 0 then redis.call('ZREM', key, unpack(expired)) end
-local over = 0
-if cap >= 0 then
-  local extra = redis.call('ZCARD', key) - cap
-  if extra > 0 then
-    local oldest = redis.call('ZRANGE', key, 0, math.min(extra, batch) - 1)
-    for _, id in ipairs(oldest) do
-      redis.call('DEL', job_prefix .. id, result_prefix .. id, execs_prefix .. id)
-    end
-    redis.call('ZREM', key, unpack(oldest))
-    over = #oldest
-  end
-end
-return {#expired, over, redis.call('ZCARD', key), moved}
-"""
+_PRUNE = scripts.load("registry_prune")  # broker/lua/registry_prune.lua
 
 
 @dataclass
@@ -99,9 +64,8 @@ def registries(queue_name: str) -> list[tuple[str, bool]]:
     """The keys of ``queue_name``'s registries that :func:`prune` keeps, each with whether the
     failed-jobs cap applies to it."""
     name = queue_name
-    return [(FinishedJobRegistry.key_template.format(name), False),
-            (FailedJobRegistry.key_template.format(name), True),
-            (CanceledJobRegistry.key_template.format(name), False)]
+    return [(rqlayout.finished_key(name), False), (rqlayout.failed_key(name), True),
+            (rqlayout.canceled_key(name), False)]
 
 
 class Pruner:
@@ -113,10 +77,9 @@ class Pruner:
         self.failed_jobs_kept = settings.failed_jobs_kept
         self.dead_letters_kept = settings.dead_letters_kept
         self.interval = settings.prune_interval
-        self.script = client.register_script(_PRUNE)
         self._last = -1e18
-        self._prefixes = [Job.key_for(""), str(Result.get_key("")),  # type: ignore[no-untyped-call]
-                          ExecutionRegistry.key_template.format("")]
+        self._prefixes = {"job_prefix": rqlayout.JOB_PREFIX, "result_prefix": rqlayout.RESULTS_PREFIX,
+                          "executions_prefix": rqlayout.EXECUTIONS_PREFIX}
 
     def step(self, now: float) -> Pass | None:
         """Run a pass if one is due at ``now`` (a monotonic clock's seconds); returns it, else None."""
@@ -129,12 +92,12 @@ class Pruner:
         """The names of lambdalite's queues that RQ knows of (``rq:queues``), also those of functions
         no longer in lambdalite.toml: their registries expire the same way."""
         try:
-            keys = cast("set[bytes]", self.client.smembers(Queue.redis_queues_keys))
+            keys = cast("set[bytes]", self.client.smembers(rqlayout.QUEUES_KEY))
         except redis.ResponseError as e:
             if quarantine.wrong_type(e):
                 return []  # the publish that meets it moves it aside
             raise
-        prefix = Queue.redis_queue_namespace_prefix
+        prefix = rqlayout.QUEUE_PREFIX
         names = (k.decode(errors="replace").removeprefix(prefix) for k in keys)
         return sorted(n for n in names if function_of_queue(n) is not None)
 
@@ -168,8 +131,9 @@ class Pruner:
         with their jobs, a batch a round trip; returns how many went."""
         removed = 0
         for _ in range(MAX_BATCHES):
-            reply = self.script(keys=[key], args=[epoch, BATCH, cap, *self._prefixes, *quarantine.script_args()],
-                                client=self.client)
+            aside = quarantine.aside(key, quarantine.stamp())
+            reply = _PRUNE(self.client, keys={"registry": key, "registry_aside": aside},
+                           args={**quarantine.move_args(), "now": epoch, "batch": BATCH, "cap": cap, **self._prefixes})
             expired, over, moved = int(reply[0]), int(reply[1]), reply[3]
             quarantine.report([moved])
             removed += expired + over

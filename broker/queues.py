@@ -17,12 +17,11 @@ from typing import Any
 import orjson
 import redis
 from rq import Queue
-from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.utils import now as utcnow
 from rq.utils import utcformat
 
-from broker import connection, settings, successors
+from broker import connection, rqlayout, settings, successors
 from broker.conditional import Conditional, recorded
 from broker.envelope import Event
 from broker.errors import EnvelopeError
@@ -133,10 +132,10 @@ class Publisher:
         fn = self.registry.get(prepared.event.function)
         queue = self._queue(fn.name)
         stamp = utcformat(utcnow())
-        job = (prepared.job_id, Job.redis_job_namespace_prefix + prepared.job_id,
+        job = (prepared.job_id, rqlayout.job_key(prepared.job_id),
                {**prepared.mapping, "created_at": stamp, "enqueued_at": stamp})
         with transaction(self.client) as pipe:
-            successors.stage(pipe, after, release_by, job, (queue.key, Queue.redis_queues_keys, WAKE_CHANNEL, fn.name),
+            successors.stage(pipe, after, release_by, job, (queue.key, rqlayout.QUEUES_KEY, WAKE_CHANNEL, fn.name),
                              fields, counters)
             pipe.execute()
 
@@ -205,7 +204,7 @@ class Publisher:
             fn = self.registry.get(prepared.event.function)
             queue = self._queue(fn.name)
             job_id = prepared.job_id
-            job_key = Job.redis_job_namespace_prefix + job_id
+            job_key = rqlayout.job_key(job_id)
             jobs.append((job_key, prepared.mapping, queue.key, job_id))
             ids.append(job_id)
             queues.add(fn.name)
@@ -221,7 +220,7 @@ class Publisher:
             else:
                 pipe.rpush(queue_key, *job_ids)
         for name in queues:
-            pipe.sadd(Queue.redis_queues_keys, self._queue(name).key)
+            pipe.sadd(rqlayout.QUEUES_KEY, self._queue(name).key)
         if also is not None:
             also(pipe)
         for name in queues:
@@ -234,21 +233,13 @@ class Publisher:
 
         Building an ``rq.Job`` per event costs most of a publish's CPU; the fields RQ writes for a
         lambdalite job differ only in id, timestamps, description and data, so RQ's own output for
-        the first job of each kind serves as the template for the rest.
+        the first job of each kind serves as the template for the rest (:func:`rqlayout.job_template`).
         """
         options = job_options(fn, event)
         key = (fn.name, options["result_ttl"])
         template = self._templates.get(key)
         if template is None:
-            queue = self._queue(fn.name)
-            job = queue.create_job(RUNNER, args=({},), **options)
-            queue._prepare_for_queue(job)
-            # Fields RQ writes empty (callbacks, times to come, worker) read the same when absent
-            # (Job.restore gets each with a default): left out, half the fields to write.
-            # Its own time stamps are set as each job is published.
-            template = self._templates[key] = {k: v for k, v in job.to_dict().items()
-                                               if v != "" and k not in ("created_at", "enqueued_at")}
-            template["status"] = JobStatus.QUEUED.value
+            template = self._templates[key] = rqlayout.job_template(self._queue(fn.name), RUNNER, options)
         envelope = event.to_dict()
         try:
             if payload_json is None:

@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 import redis
 from redis.client import Pipeline
 
+from broker import scripts
 from broker.conditional import Conditional
 from broker.connection import TRANSIENT
 from broker.envelope import Event
@@ -49,15 +50,8 @@ RETRY = 1.0
 _NAMESPACE = uuid.UUID("8a5f7bd0-3c1e-4d47-9a63-0f6f0c4a1e5d")  # event ids: uuid5 of the rule and tick
 
 # The tick goes out only if the schedule's key holds an earlier tick (or nothing, or something
-# that is not a tick: the guard moves a key of another type aside before the writes).
-# c[1]: the schedule's key; c[2]: the tick (seconds since the epoch).
-_NOT_YET_PUBLISHED = Conditional("""
-local last = redis.pcall('GET', c[1])
-if type(last) == 'string' and tonumber(last) and tonumber(last) >= tonumber(c[2]) then
-  return false, {last}
-end
-return true
-""")
+# that is not a tick): c[1] the schedule's key, c[2] the tick (broker/lua/schedule_not_yet_published.lua).
+_NOT_YET_PUBLISHED = Conditional(scripts.load("schedule_not_yet_published"))
 
 
 @dataclass(frozen=True)

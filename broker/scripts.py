@@ -129,6 +129,17 @@ def _flatten(slots: Sequence[Slot], given: Mapping[str, Any], kind: str, title: 
     return out
 
 
+def _named(slots: Sequence[Slot], given: Sequence[Any], kind: str, title: str) -> dict[str, Any]:
+    fixed = [s for s in slots if not s.rest]
+    rest = slots[-1] if slots and slots[-1].rest else None
+    if len(given) < len(fixed) or (rest is None and len(given) > len(fixed)):
+        raise ScriptError(f"script {title} takes {len(fixed)}{' or more' if rest else ''} {kind}, not {len(given)}")
+    out = {slot.name: value for slot, value in zip(fixed, given, strict=False)}
+    if rest is not None:
+        out[rest.name] = list(given[len(fixed):])
+    return out
+
+
 class Lua:
     """One script: its header, its text (includes first) and its SHA; see the module's docstring."""
 
@@ -150,6 +161,11 @@ class Lua:
         for a name missing or not in the header."""
         return (_flatten(self.header.keys, keys, "KEYS", self.name),
                 _flatten(self.header.args, args, "ARGV", self.name))
+
+    def by_name(self, keys: Sequence[Any], args: Sequence[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The inverse of :meth:`arguments`: ``keys`` and ``args`` in the header's order (as they cross
+        a process boundary) by name. Raises ScriptError when there are too few or too many."""
+        return (_named(self.header.keys, keys, "KEYS", self.name), _named(self.header.args, args, "ARGV", self.name))
 
     def __call__(self, client: redis.Redis, keys: Mapping[str, Any], args: Mapping[str, Any]) -> Any:
         """Run the script now (EVALSHA, loaded again after NOSCRIPT); returns its reply."""

@@ -9,10 +9,8 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 import redis
-from rq.queue import Queue
-from rq.registry import StartedJobRegistry
 
-from broker import quarantine
+from broker import quarantine, rqlayout, scripts
 from broker.queues import queue_name
 from broker.registry import Registry
 from broker.transaction import Transaction
@@ -137,24 +135,13 @@ def _rq_keys(function: str) -> tuple[str, str]:
     """The function's queue and started-registry keys, as RQ names them (made once: an RQ Queue
     object costs more to build than the read)."""
     name = queue_name(function)
-    return Queue.redis_queue_namespace_prefix + name, StartedJobRegistry.key_template.format(name)
+    return rqlayout.queue_key(name), rqlayout.started_key(name)
 
-# KEYS: per function its queue (list), started registry (zset), counters and scaler views (hashes).
-# Returns per key LLEN, ZCARD or HGETALL's flat list; false (nil) for a key of another type. One
-# command however many functions: read-only, so it may run on a replica too.
-_READ = """
-local out = {}
-local read = {'LLEN', 'ZCARD', 'HGETALL', 'HGETALL'}
-for i, key in ipairs(KEYS) do
-  local reply = redis.pcall(read[(i - 1) % 4 + 1], key)
-  if type(reply) == 'table' and reply.err then out[i] = false else out[i] = reply end
-end
-return out
-"""
+_READ = scripts.load("stats_read")  # broker/lua/stats_read.lua
 
 
 def _read_all(client: redis.Redis, keys: list[str]) -> list[Any]:
-    return cast("list[Any]", client.eval(_READ, len(keys), *keys))
+    return cast("list[Any]", _READ(client, keys={"functions": keys}, args={}))
 
 
 def _alive(client: redis.Redis, ids: list[str]) -> set[str]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from broker import cost, history, logstore, results, schedules, stats
+from broker import cost, history, logstore, results, rqlayout, schedules, stats
 from broker.deadletter import dlq_key
 from broker.errors import OutcomeError
 from broker.history import DAY, HOUR, Bucket
@@ -58,7 +58,7 @@ def _oldest_ages(client: redis.Redis, names: list[str], queued: dict[str, int], 
     found = [(n, i) for n, i in zip(waiting, ids, strict=True) if isinstance(i, bytes)]
     with client.pipeline(transaction=False) as pipe:
         for _, job_id in found:
-            pipe.hget(b"rq:job:" + job_id, "enqueued_at")
+            pipe.hget(rqlayout.JOB_PREFIX.encode() + job_id, "enqueued_at")
         stamps = pipe.execute(raise_on_error=False)
     out = {}
     for (name, _), stamp in zip(found, stamps, strict=True):

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from broker import quarantine
+from broker import quarantine, scripts
 from broker.conditional import Conditional
 
 log = logging.getLogger("lambdalite.files")
@@ -51,13 +51,8 @@ class Entry:
 
 
 # c[1]: a manifest, c[2]: a key, c[3]: "SIZE:MTIME_NS:" of a version of its object. Holds unless
-# that version is published already (a manifest of another type holds nothing: the writes move it
-# aside).
-_UNPUBLISHED = Conditional("""
-if redis.call('TYPE', c[1]).ok ~= 'hash' then return true end
-local entry = redis.call('HGET', c[1], c[2])
-return not entry or string.sub(entry, 1, #c[3]) ~= c[3]
-""")
+# that version is published already (broker/lua/manifest_unpublished.lua).
+_UNPUBLISHED = Conditional(scripts.load("manifest_unpublished"))
 
 
 def _glob_escape(text: str) -> str:

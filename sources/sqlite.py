@@ -458,9 +458,10 @@ def _stand_by(dsn: str, number: int) -> None:
 
 
 def main() -> None:
-    from broker import logs
+    from broker import logs, pins
 
     try:
+        pins.check()  # the exact rq and watchdog whose internals are used
         settings: Settings = load_settings()
         stacklock.hold(settings, "sqlite")
         logs.configure(settings.log_level)

@@ -11,6 +11,7 @@ import redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from broker import scripts
 from broker.conditional import Conditional, recorded
 from broker.connection import connect
 from broker.envelope import Event
@@ -18,6 +19,8 @@ from broker.errors import ConfigError, EnvelopeError, SettingsError, UnknownFunc
 from broker.queues import COMPRESS_OVER, RUNNER, Publisher, function_queue
 from broker.registry import load_registry, resolve_handler
 from broker.settings import load_settings
+
+TEST_SCRIPTS = Path(__file__).with_name("lua")  # the tests' own Lua scripts
 
 GOOD = """
 [functions.thumbnail]
@@ -245,7 +248,7 @@ def test_published_jobs_are_what_rq_itself_would_write(project: Path, r: redis.R
 
 
 def test_a_conditional_applies_all_its_writes_or_none(r: redis.Redis) -> None:
-    only_if_absent = Conditional("return redis.call('EXISTS', c[1]) == 0, {redis.call('GET', c[2])}")
+    only_if_absent = Conditional(scripts.load("only_if_absent", TEST_SCRIPTS))
     r.set("other", "seen")
     r.set("list-key", "a string where a list belongs")
     with recorded(r) as pipe:

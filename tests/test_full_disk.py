@@ -25,7 +25,7 @@ import pytest
 import redis
 from diskkit import FullDisk
 
-from broker import results
+from broker import results, scripts
 from broker.conditional import Conditional
 from broker.connection import RedisRefusesWrites, connect, transact
 from broker.envelope import Event
@@ -34,6 +34,8 @@ from broker.registry import load_registry
 from sources.manifest import Manifest
 from sources.sqlite_cursor import cursor_key
 from tests.stack import ROOT, Scaler, cli, env, free_port, invoke, publish, status
+
+ALWAYS = Conditional(scripts.load("always", Path(__file__).with_name("lua")))  # a condition that always holds
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -251,7 +253,7 @@ def test_redis_refusing_writes_is_an_outage_and_applies_nothing(project: Path, h
         assert client.llen("rq:queue:lambdalite.f") == 1 and not client.exists("lambdalite:test:cursor"), \
             "all or nothing: neither the event nor the source's own bookkeeping"
         with pytest.raises(RedisRefusesWrites):  # the same for writes made under a condition (one script)
-            publisher.publish_if(Conditional("return true"), [], [Event("f", {"n": 1})], also=cursor)
+            publisher.publish_if(ALWAYS, [], [Event("f", {"n": 1})], also=cursor)
         assert client.llen("rq:queue:lambdalite.f") == 1 and not client.exists("lambdalite:test:cursor")
         with pytest.raises(RedisRefusesWrites):  # the worker's record of a job's end goes this way
             transact(client, [("HSET", "lambdalite:test:cursor", "last", 1), ("RPUSH", "rq:queue:lambdalite.f", "x")])

@@ -12,7 +12,10 @@ from redis.exceptions import NoScriptError
 from broker import connection, scripts
 from broker.errors import ScriptError
 
+TEST_SCRIPTS = Path(__file__).with_name("lua")  # the tests' own
 SCRIPTS = sorted(p.stem for p in scripts.FOLDER.glob("*.lua"))
+EVERY = [(scripts.FOLDER, name) for name in SCRIPTS] + [(TEST_SCRIPTS, p.stem)
+                                                        for p in sorted(TEST_SCRIPTS.glob("*.lua"))]
 LIBRARY = sorted(scripts.LIBRARY.glob("*.lua"))
 _USED = re.compile(r"\b(KEYS|ARGV)\[(\d+)\]")
 
@@ -21,9 +24,9 @@ def _code(text: str) -> str:
     return "\n".join(line.split("--", 1)[0] for line in text.splitlines())
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
-def test_each_header_names_what_the_script_uses(name: str) -> None:
-    script = scripts.load(name)
+@pytest.mark.parametrize("folder, name", EVERY)
+def test_each_header_names_what_the_script_uses(folder: Path, name: str) -> None:
+    script = scripts.load(name, folder)
     header = script.header
     assert header.title == name and header.returns
     assert all(slot.meaning for slot in header.keys + header.args)
@@ -43,9 +46,9 @@ def test_each_library_file_says_what_it_defines(path: Path) -> None:
     assert not _USED.search(_code(path.read_text())), "library functions are given what they use"
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
-def test_each_script_loads_on_redis(r: redis.Redis, name: str) -> None:
-    script = scripts.load(name)
+@pytest.mark.parametrize("folder, name", EVERY)
+def test_each_script_loads_on_redis(r: redis.Redis, folder: Path, name: str) -> None:
+    script = scripts.load(name, folder)
     assert r.script_load(script.text) == script.sha
     assert r.script_exists(script.sha) == [True]
 
@@ -107,3 +110,15 @@ def test_a_missing_script_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "other.lua").write_text("-- named: does\n-- Returns: 1\nreturn 1\n")
     with pytest.raises(ScriptError, match="names it named"):
         scripts.load("other", tmp_path)
+
+
+def test_positions_from_across_a_process_boundary_are_named_back() -> None:
+    claim = scripts.load("idempotency_claim")
+    keys, args = claim.arguments({"record": "r", "held": ["h"]}, {"claim": "{}", "ttl_ms": 5})
+    assert (keys, args) == (["r", "h"], ["{}", 5])
+    assert claim.by_name(keys, args) == ({"record": "r", "held": ["h"]}, {"claim": "{}", "ttl_ms": 5})
+    assert claim.by_name(["r"], args) == ({"record": "r", "held": []}, {"claim": "{}", "ttl_ms": 5})
+    with pytest.raises(ScriptError, match="takes 2 ARGV, not 3"):
+        claim.by_name(keys, [*args, "more"])
+    with pytest.raises(ScriptError, match="takes 1 or more KEYS, not 0"):
+        claim.by_name([], args)

@@ -1,4 +1,5 @@
-"""The take script against a real Redis: what it writes is what RQ's own worker writes at a start."""
+"""The take script against a real Redis: what it writes is what RQ's own worker code writes at a start
+(the end of a job is compared with RQ's in tests/test_rq_contract.py)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,15 @@ from pathlib import Path
 import pytest
 import redis
 from rq import SimpleWorker
-from rq.executions import Execution
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.utils import utcformat, utcparse
 
+from broker import scripts
 from broker.envelope import Event
 from broker.queues import Publisher, function_queue, rq_timeout, taking_key
 from broker.registry import load_registry
-from workers.taking import UTC_LUA, Taker
+from workers.taking import Taker
 
 WORKER = "host|0123abcd.echo.4242"
 
@@ -89,15 +90,11 @@ def test_the_take_script_writes_the_start_rqs_own_worker_writes(
     r.zrem("rq:wip:lambdalite.echo", f"{ours.id}:{started.execution_id}")
     assert r.lmove("rq:queue:lambdalite.echo", taking_key(WORKER)) == theirs.id.encode()
     job = Job.fetch(theirs.id, connection=r, serializer=JSONSerializer)
-    with r.pipeline() as pipe:  # RQ's own start, as its worker makes it
-        ttl = worker.get_heartbeat_ttl(job)
-        execution = Execution.create(job, ttl, pipeline=pipe, worker_name=WORKER)
-        worker.set_state("busy", pipeline=pipe)
-        worker.heartbeat(ttl, pipeline=pipe)
-        job.prepare_for_execution(WORKER, pipeline=pipe)
-        pipe.persist(job.key)
-        pipe.lrem(taking_key(WORKER), 1, job.id)
-        pipe.execute()
+    # RQ's own start, by its worker's own code: the main worker's (the execution, the state) and the
+    # work horse's (the heartbeats, the job's start); RQ's intermediate list is lambdalite's taking list.
+    execution = worker.prepare_execution(job)
+    worker.prepare_job_execution(job)
+    r.lrem(taking_key(WORKER), 1, job.id)
     same, seconds = snapshot(r, theirs.id, execution.id)
     assert ours_written[0] == same
     assert all(abs(ours_written[1][k] - seconds[k]) <= 2 for k in seconds), (ours_written[1], seconds)
@@ -127,12 +124,12 @@ def test_what_the_take_script_declines_or_finds_left_behind(
 
 
 def test_the_scripts_utc_is_rqs_timestamp_format(r: redis.Redis) -> None:
-    utc = r.register_script(UTC_LUA + "return utc(tonumber(ARGV[1]), tonumber(ARGV[2]))")
+    utc = scripts.load("utc_of", Path(__file__).with_name("lua"))
     leap_days_and_ends = [0, 951782400, 1709164800, 4107542399, 4102444800]
     for sec in leap_days_and_ends + [random.randrange(0, 4_102_444_800) for _ in range(300)]:
         usec = random.randrange(1_000_000)
         expected = utcformat(datetime.datetime.fromtimestamp(sec, datetime.UTC).replace(microsecond=usec))
-        assert utc(args=[sec, usec]).decode() == expected, sec
+        assert utc(r, keys={}, args={"sec": sec, "usec": usec}).decode() == expected, sec
 
 
 def test_an_interrupt_ends_a_wait_at_once_and_a_later_wait_as_it_begins(

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from broker import scripts
 from broker.connection import RedisRefusesWrites
 from broker.embedded import RedisServer
 from sources.transactor import Transactor
@@ -120,9 +121,8 @@ def test_misconf_is_redis_refusing_writes(redis_url: str, r: redis.Redis) -> Non
 
 
 def test_no_answer_in_time_is_a_timeout_and_the_connection_is_dropped(redis_url: str, r: redis.Redis) -> None:
-    busy_for = "local t = redis.call('TIME') repeat local n = redis.call('TIME') " \
-               "until (n[1] - t[1]) * 1000000 + (n[2] - t[2]) > 600000 return 1"
-    busy = threading.Thread(target=redis.Redis.from_url(redis_url).eval, args=(busy_for, 0))
+    busy_for = scripts.load("busy", Path(__file__).with_name("lua"))
+    busy = threading.Thread(target=busy_for, args=(redis.Redis.from_url(redis_url), {}, {"microseconds": 600_000}))
 
     async def go() -> list[object]:
         transactor = Transactor(redis_url, timeout=0.3)

@@ -15,11 +15,10 @@ import zlib
 
 import redis
 from rq.exceptions import NoSuchJobError
-from rq.executions import ExecutionRegistry
 from rq.job import Job
-from rq.results import Result
 from rq.serializers import JSONSerializer
 
+from broker import rqlayout
 from broker.connection import TRANSIENT
 from broker.envelope import Event
 from broker.queues import RUNNER
@@ -33,17 +32,6 @@ class UnreadableJob(Exception):
         self.key, self.problem, self.missing = key, problem, missing
 
 
-def executions_key(job_id: str) -> str:
-    """The key of RQ's registry of a job's executions (``ExecutionRegistry(job_id, ...).key``, without
-    building one)."""
-    return ExecutionRegistry.key_template.format(job_id)
-
-
-def results_key(job_id: str) -> str:
-    """The key of RQ's stream of a job's results (``Result.get_key``)."""
-    return str(Result.get_key(job_id))  # type: ignore[no-untyped-call]
-
-
 def job_id(raw: bytes) -> str | None:
     """The job id in a queue or registry entry, or None when it cannot be one (not UTF-8, a colon)."""
     try:
@@ -55,7 +43,7 @@ def job_id(raw: bytes) -> str | None:
 
 def read(client: redis.Redis, job_id: str) -> Job:
     """The job, fully decoded; raises :class:`UnreadableJob` (or a Redis outage's error)."""
-    key = Job.key_for(job_id)
+    key = rqlayout.job_key(job_id)
     try:
         job = Job.fetch(job_id, connection=client, serializer=JSONSerializer)
         _ = job.func_name, job.args, job.kwargs  # decoded now, not halfway through the job

@@ -19,10 +19,8 @@ from typing import cast
 
 import redis
 from rq.queue import Queue
-from rq.registry import StartedJobRegistry
-from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
-from broker import connection, idempotency, quarantine
+from broker import connection, idempotency, quarantine, rqlayout
 from broker.envelope import Event
 from broker.errors import EnvelopeError
 from broker.queues import Publisher, function_queue, queue_name, taking_key
@@ -39,15 +37,15 @@ def _put_back_taken(client: redis.Redis, queue: Queue, is_dead: Callable[[str], 
     starting go back to the front of the queue, not counted as an attempt: nothing ran. The dead
     worker's RQ registration goes too (RQ leaves it until its own maintenance pass)."""
     put_back = 0
-    registered = WORKERS_BY_QUEUE_KEY % queue.name
+    registered = rqlayout.workers_of_queue_key(queue.name)
     try:
         members = cast("set[bytes]", client.smembers(registered))
     except redis.ResponseError as e:
         if quarantine.wrong_type(e) and quarantine.repair(client, {registered: "set"}):
             return 0
         raise
-    for key in members:  # RQ worker keys, rq:worker:<name>
-        name = key.decode(errors="replace").removeprefix("rq:worker:")
+    for key in members:  # RQ worker keys
+        name = rqlayout.worker_name_of(key)
         if not is_dead(name):
             continue
         taking = taking_key(name)
@@ -62,7 +60,7 @@ def _put_back_taken(client: redis.Redis, queue: Queue, is_dead: Callable[[str], 
                 raise
         with client.pipeline() as pipe:
             pipe.srem(registered, key)
-            pipe.srem(REDIS_WORKER_KEYS, key)
+            pipe.srem(rqlayout.WORKERS_KEY, key)
             pipe.execute()
     return put_back
 
@@ -79,8 +77,8 @@ def recover(client: redis.Redis, registry: Registry, is_dead: Callable[[str], bo
     # Whether each function has a registered worker or a started job, for all of them in one round
     # trip (EXISTS reads a key of any type): a function with neither, every function of an idle
     # stack, has nothing to recover and costs nothing more.
-    found = connection.run(client, [("EXISTS", WORKERS_BY_QUEUE_KEY % queue_name(fn.name),
-                                     StartedJobRegistry.key_template.format(queue_name(fn.name))) for fn in functions])
+    found = connection.run(client, [("EXISTS", rqlayout.workers_of_queue_key(queue_name(fn.name)),
+                                     rqlayout.started_key(queue_name(fn.name))) for fn in functions])
     recovered = 0
     for fn, count in zip(functions, found, strict=True):
         if count == 0:

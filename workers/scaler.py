@@ -26,7 +26,7 @@ from typing import Any
 import psutil
 import redis
 
-from broker import connection, delayed, environment, kernel, pruning, schedules, stats
+from broker import connection, delayed, environment, kernel, pruning, rqlayout, schedules, stats
 from broker.connection import TRANSIENT, connect
 from broker.queues import Publisher, function_queue
 from broker.registry import Function, Registry
@@ -241,13 +241,13 @@ class Scaler:
         """
         owner = processes.parse_worker_name(worker_name)
         if owner is None:
-            return not self.client.exists(f"rq:worker:{worker_name}")
+            return not self.client.exists(rqlayout.worker_key(worker_name))
         host, sid, pid = owner
         if host == self.host and sid == self.sid:
             return not any(pid in v.workers for v in self.views.values())
         if host == self.host:
             return not psutil.pid_exists(pid)
-        if not self.client.exists(f"rq:worker:{worker_name}"):
+        if not self.client.exists(rqlayout.worker_key(worker_name)):
             return True
         steady = self._last_alive - self._steady_since >= ALIVE_TTL and self.clock() - self._last_alive < ALIVE_TTL
         return steady and not self.client.exists(alive_key(f"{host}.{sid}"))
@@ -257,7 +257,8 @@ class Scaler:
         round trip; returns whether some are due."""
         procs = [p for v in self.views.values() for p in v.workers.values()]
         *rows, due = connection.run(self.client, [
-            *(("HMGET", f"rq:worker:{p.name}", "state", "successful_job_count", "failed_job_count") for p in procs),
+            *(("HMGET", rqlayout.worker_key(p.name), "state", "successful_job_count", "failed_job_count")
+              for p in procs),
             delayed.probe(time.time()),
         ])
         for p, row in zip(procs, rows, strict=True):

@@ -19,54 +19,13 @@ import redis
 from redis.exceptions import NoScriptError
 from rq.queue import Queue
 
-from broker import connection, quarantine
+from broker import connection, quarantine, scripts
 from broker.registry import Function
 from broker.stats import alive_key
 
 log = logging.getLogger("lambdalite.scaler")
 
-# KEYS: the function's slots hash, queue (a list) and started registry (a sorted set). ARGV: this
-# scaler's id, the cap, the prefix of liveness keys, "1" to take a slot, this scaler's workers; then
-# quarantine.script_args(). A key of the wrong type is moved aside first (see broker.quarantine).
-# Counts the function's workers across every live scaler, and with ARGV[4] == "1" takes one more
-# slot if that stays within the cap. This scaler's own count is set to ARGV[5], the workers it has
-# (so the count heals itself if it was lost or damaged); the slots of scalers whose liveness key
-# expired are dropped, and so is a count that is not one (returned, for the log). Returns
-# {workers, taken, bad counts, queued, running, what the guard moved}: one call is a function's
-# whole census for a scaling step.
-_CENSUS = quarantine.MOVE_FUNCTION + """
-local moved = {}
-move(KEYS[1], 'hash', 5, moved)
-move(KEYS[2], 'list', 5, moved)
-move(KEYS[3], 'zset', 5, moved)
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[5] then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[5])
-end
-local total = tonumber(ARGV[5])
-local bad = {}
-local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  if fields[i] ~= ARGV[1] then
-    local alive = redis.call('EXISTS', ARGV[3] .. fields[i]) == 1
-    local count = string.match(fields[i + 1], '^%d+$') and #fields[i + 1] < 10
-    if alive and count then
-      total = total + tonumber(fields[i + 1])
-    else
-      redis.call('HDEL', KEYS[1], fields[i])
-      if alive then
-        table.insert(bad, fields[i])
-        table.insert(bad, string.sub(fields[i + 1], 1, 40))
-      end
-    end
-  end
-end
-local taken = 0
-if ARGV[4] == "1" and total < tonumber(ARGV[2]) then
-  redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-  total, taken = total + 1, 1
-end
-return {total, taken, bad, redis.call('LLEN', KEYS[2]), redis.call('ZCARD', KEYS[3]), moved}
-"""
+_CENSUS = scripts.load("slots_census")  # broker/lua/slots_census.lua
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,15 +58,18 @@ class Slots:
         self.client = client
         self.scaler_id = scaler_id
         self.max_workers = max_workers
-        self.sha = client.register_script(_CENSUS).sha  # computed here; loaded on first use
-        self._keys: dict[str, list[str]] = {}
+        self._keys: dict[str, dict[str, str]] = {}
 
     def _call(self, fn: Function, queue: Queue, mine: int, take: bool) -> list[Any]:
         keys = self._keys.get(fn.name)
         if keys is None:  # RQ builds a registry object each time it names the registry's key
-            keys = self._keys[fn.name] = [slots_key(fn.name), queue.key, queue.started_job_registry.key]
-        return ["EVALSHA", self.sha, len(keys), *keys, self.scaler_id, cluster_cap(fn),
-                alive_key(""), int(take), mine, *quarantine.script_args()]
+            keys = self._keys[fn.name] = {"slots": slots_key(fn.name), "queue": queue.key,
+                                          "started": queue.started_job_registry.key}
+        at = quarantine.stamp()
+        asides = {f"{name}_aside": quarantine.aside(key, at) for name, key in keys.items()}
+        return _CENSUS.command(keys={**keys, **asides},
+                               args={**quarantine.move_args(), "scaler_id": self.scaler_id, "cap": cluster_cap(fn),
+                                     "alive_prefix": alive_key(""), "take": int(take), "mine": mine})
 
     def census(self, fns: list[tuple[Function, Queue, int]]) -> list[Census]:
         """Each function's census in one round trip: ``fns`` holds (function, its queue, this
@@ -125,7 +87,7 @@ class Slots:
         found no script did nothing, so they all run again."""
         replies = connection.run(self.client, calls)
         if any(isinstance(r, NoScriptError) for r in replies):
-            self.client.script_load(_CENSUS)
+            _CENSUS.load(self.client)
             replies = connection.run(self.client, calls)
         for r in replies:
             if isinstance(r, Exception):

@@ -26,77 +26,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
-from rq.defaults import RQ_KEY_PREFIX
-from rq.job import Job
 from rq.queue import Queue
 
-from broker import connection, quarantine
-from workers import jobs
+from broker import connection, quarantine, rqlayout, scripts
 
-#: ``utc(sec, usec)``: RQ's timestamp format (``%Y-%m-%dT%H:%M:%S.%fZ``) of a Unix time, in Lua,
-#: which has no calendar (the days-to-date conversion is Howard Hinnant's ``civil_from_days``).
-UTC_LUA = """
-local function utc(sec, usec)
-  local days = math.floor(sec / 86400)
-  local rest = sec - days * 86400
-  local z = days + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local day = doy - math.floor((153 * mp + 2) / 5) + 1
-  local month = mp < 10 and mp + 3 or mp - 9
-  local year = yoe + era * 400 + (month <= 2 and 1 or 0)
-  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%06dZ', year, month, day, math.floor(rest / 3600),
-                       math.floor(rest % 3600 / 60), rest % 60, usec)
-end
-"""
-
-# KEYS: the keys of the worker and its queue that the start writes, ARGV[i] the type of KEYS[i];
-# then quarantine.script_args() (4 values); then, from a = #KEYS + 4: the taking list, the job id ('' for the
-# tail of the taking list), the execution id, the worker name, the heartbeat's lifetime (seconds),
-# the worker's key, its executions set, the started registry, and the prefixes of the job key, the
-# job's execution registry, its results stream and an execution's key.
-# Returns {1, id, the job hash (HGETALL), seconds, microseconds, what the guard moved}, or {0[, id]}.
-_TAKE = quarantine.MOVE_FUNCTION + UTC_LUA + """
-local n = #KEYS
-local a = n + 4
-local taking, id, exec_id, worker, ttl = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
-local worker_key, worker_execs, started = ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]
-if id == '' then id = redis.call('LINDEX', taking, -1) end
-if not id then return {0} end
-if not string.match(id, '^[A-Za-z0-9_-]+$') then return {0, id} end
-local job = ARGV[a + 9] .. id
-if redis.call('TYPE', job).ok ~= 'hash' or redis.call('HEXISTS', job, 'data') == 0 then return {0, id} end
-local fields = redis.call('HGETALL', job)
-local execs = ARGV[a + 10] .. id
-local moved = {}
-for i, key in ipairs(KEYS) do move(key, ARGV[i], n, moved) end
-move(execs, 'zset', n, moved)
-move(ARGV[a + 11] .. id, 'stream', n, moved)
-local now = redis.call('TIME')
-local sec, usec = tonumber(now[1]), tonumber(now[2])
-local stamp, iso = string.format('%d.%06d', sec, usec), utc(sec, usec)
-local composite = id .. ':' .. exec_id
-local exec_key = ARGV[a + 12] .. composite
-redis.call('HSET', exec_key, 'id', exec_id, 'job_id', id, 'created_at', stamp, 'last_heartbeat', stamp,
-           'worker_name', worker)
-redis.call('EXPIRE', exec_key, ttl)
-redis.call('ZADD', execs, sec + ttl + 60, exec_id)
-redis.call('EXPIRE', execs, ttl + 60)
-redis.call('ZADD', started, sec + ttl, composite)
-redis.call('SADD', worker_execs, composite)
-redis.call('EXPIRE', worker_execs, ttl + 60)
-redis.call('HSET', worker_key, 'state', 'busy')
-redis.call('HSET', worker_key, 'last_heartbeat', iso)
-redis.call('EXPIRE', worker_key, ttl)
-redis.call('EXPIRE', worker_execs, ttl)
-redis.call('HSET', job, 'last_heartbeat', iso, 'status', 'started', 'started_at', iso, 'worker_name', worker)
-redis.call('PERSIST', job)
-redis.call('LREM', taking, 1, id)
-return {1, id, fields, sec, usec, moved}
-"""
+_TAKE = scripts.load("job_take")  # broker/lua/job_take.lua
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,21 +53,25 @@ class Taker:
         self.worker_name = worker_name
         self.taking = taking
         self.ttl = ttl
-        self.started_key = started = queue.started_job_registry.key
+        self.started_key = started = rqlayout.started_key(queue.name)
         # The keys the take script writes, and their types (see broker.quarantine).
         self.expected = {worker_key: "hash", executions_key: "set", taking: "list", started: "zset"}
+        self._named = {"worker": worker_key, "worker_executions": executions_key, "taking": taking, "started": started}
         # RQ's keys, as its own classes name them: the worker's, then the prefixes of a job's.
-        self._keys = [worker_key, executions_key, started, Job.key_for(""), jobs.executions_key(""),
-                      jobs.results_key(""), f"{RQ_KEY_PREFIX}:execution:"]
-        self.script = client.register_script(_TAKE)
+        self._prefixes = {"job_prefix": rqlayout.JOB_PREFIX, "executions_prefix": rqlayout.EXECUTIONS_PREFIX,
+                          "results_prefix": rqlayout.RESULTS_PREFIX, "execution_prefix": rqlayout.EXECUTION_PREFIX,
+                          **rqlayout.START}
         self.blocked: int | None = None  # the client id of the connection a wait blocks, while it does
         self.interrupted = False  # a stop came: every wait ends as soon as it begins
         self._unblocking = False
         self._unblocker: redis.Redis | None = None
 
-    def _args(self, job_id: str, execution_id: str) -> list[Any]:
-        return [*self.expected.values(), *quarantine.script_args(), self.taking, job_id, execution_id, self.worker_name,
-                self.ttl, *self._keys]
+    def _call(self, job_id: str, execution_id: str) -> tuple[dict[str, str], dict[str, Any]]:
+        """The take script's KEYS and ARGV, by name."""
+        at = quarantine.stamp()
+        keys = {**self._named, **{f"{name}_aside": quarantine.aside(key, at) for name, key in self._named.items()}}
+        return keys, {**quarantine.move_args(), **quarantine.derive_args(at), "job_id": job_id,
+                      "execution_id": execution_id, "worker_name": self.worker_name, "ttl": self.ttl, **self._prefixes}
 
     def wait(self, timeout: int) -> tuple[bytes | None, Started | None]:
         """Wait up to ``timeout`` seconds for the next job id (BLMOVE to the taking list) and start its job
@@ -152,14 +90,14 @@ class Taker:
             _, raw, reply = connection.run(self.client, [
                 ("CLIENT", "ID"),
                 ("BLMOVE", self.queue.key, self.taking, "LEFT", "RIGHT", timeout),
-                ("EVALSHA", self.script.sha, len(self.expected), *self.expected, *self._args("", execution_id)),
+                _TAKE.command(*self._call("", execution_id)),
             ], on_reply=note)
         finally:
             self.blocked = None
         if isinstance(raw, Exception):
             raise raw
         if isinstance(reply, NoScriptError):
-            self.client.script_load(_TAKE)  # a restarted Redis: the careful path starts this one
+            _TAKE.load(self.client)  # a restarted Redis: the careful path starts this one
             return raw, None
         if isinstance(reply, Exception):
             return raw, None  # the careful path runs it again and meets the error there
@@ -194,7 +132,8 @@ class Taker:
         """Start the job ``job_id`` now, if its hash holds a job (one round trip); None when the script
         declined (nothing written). Raises redis errors."""
         execution_id = uuid.uuid4().hex
-        reply = self.script(keys=list(self.expected), args=self._args(job_id, execution_id), client=self.client)
+        keys, args = self._call(job_id, execution_id)
+        reply = _TAKE(self.client, keys=keys, args=args)
         return self._started(reply, execution_id)
 
     def _started(self, reply: list[Any], execution_id: str) -> Started | None:

@@ -23,13 +23,13 @@ from typing import Any, TypeVar
 import redis
 from rq import SimpleWorker, worker_registration
 from rq.executions import Execution
-from rq.job import Job, JobStatus
+from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
 
-from broker import history, idempotency, quarantine
+from broker import history, idempotency, quarantine, rqlayout
 from broker.conditional import recorded
 from broker.connection import TRANSIENT, Backoff, transact
 from broker.envelope import Event
@@ -219,16 +219,10 @@ class FunctionWorker(SimpleWorker):
     # given, the end is a broker.transaction.Transaction), so no command in it fails alone.
 
     def cleanup_execution(self, job: Job, pipeline: Any, execution: Execution | None = None) -> None:
-        """RQ's cleanup of a job's execution (``Execution.delete``), with the keys named as above
-        rather than through registry objects: the execution, its entries in the queue's started
-        registry (where the take script put it), the job's executions and the worker's."""
+        """RQ's cleanup of a job's execution (see :func:`rqlayout.end_execution`)."""
         if execution is None:
             return
-        pipeline.delete(execution.key)
-        pipeline.zrem(self.taker.started_key, execution.composite_key)
-        pipeline.zrem(jobs.executions_key(job.id), execution.id)
-        if execution.worker_name:
-            pipeline.srem(execution.worker_executions_key, execution.composite_key)
+        rqlayout.end_execution(pipeline, job.id, execution, self.taker.started_key)
         self.executions.pop(execution.id, None)
 
     def take(self, queue: Queue, raw: bytes | None, started: Started | None) -> tuple[Job, Execution] | None:
@@ -258,16 +252,12 @@ class FunctionWorker(SimpleWorker):
         execution = Execution(started.execution_id, started.job_id, self.connection, worker_name=self.name)
         execution.created_at = execution.last_heartbeat = started.at
         try:
-            job = jobs.decode(self.connection, started.job_id, started.fields)
+            job = jobs.decode(self.connection, started.job_id, rqlayout.started_fields(started.fields))
         except jobs.UnreadableJob as e:
             self.settle_unreadable(queue, e, execution)
             return None
-        # What the script wrote, on the Python side: the job's start and the worker's state.
-        job.worker_name, job.started_at, job.last_heartbeat = self.name, started.at, started.at
-        job._status = JobStatus.STARTED
-        execution._job = job
+        rqlayout.mirror_start(self, job, started.at)  # what the script wrote, on the Python side
         self.executions[execution.id] = execution
-        self._state, self.last_heartbeat = WorkerStatus.BUSY, started.at
         return job, execution
 
     def settle_unreadable(self, queue: Queue, unreadable: jobs.UnreadableJob,
@@ -275,7 +265,7 @@ class FunctionWorker(SimpleWorker):
         """Settle a job that cannot be read, as an invalid job (see :meth:`Outcomes.invalid_job`): its
         hash moved aside, its event parked as a dead letter when one can be read; a missing one is
         only dropped. ``started``: the execution started for it, undone in the same transaction."""
-        job_id = unreadable.key[len(Job.redis_job_namespace_prefix):]
+        job_id = unreadable.key[len(rqlayout.JOB_PREFIX):]
         if unreadable.missing:
             log.error("worker %s: job %s taken from %s: %s; dropped (nothing to run)", self.name, job_id,
                       queue.key, unreadable)
@@ -352,8 +342,8 @@ class FunctionWorker(SimpleWorker):
                settle: Callable[[Any], str]) -> None:
         """Record the end of a job in RQ's terms and lambdalite's, in one transaction (held until
         Redis takes it: the outcome is never dropped)."""
-        job.ended_at = now()
-        worked = job.ended_at - (job.started_at or job.ended_at)
+        job.ended_at = ended = now()
+        worked = ended - (job.started_at or ended)
         fenced = time.monotonic() - self._taken_at >= FENCE_AFTER
 
         def transaction() -> str:
@@ -363,24 +353,14 @@ class FunctionWorker(SimpleWorker):
                 return ""
             with recorded(self.connection) as pipe:  # run by transact(): the hot path's one write
                 if failure is None:
-                    job._result = result
                     self.increment_successful_job_count(pipeline=pipe)
                     result_ttl = job.get_result_ttl(self.default_result_ttl)
-                    if result_ttl == 0:
-                        # What Job.delete() removes, without the reads it makes first (nothing else
-                        # refers to a finished asynchronous job: it is in no registry any more).
-                        pipe.delete(job.key, job.dependents_key, job.dependencies_key, jobs.results_key(job.id),
-                                    jobs.executions_key(job.id))
+                    if result_ttl == 0:  # an asynchronous event's job: nothing keeps it
+                        rqlayout.delete_finished(pipe, job)
                     else:
-                        job._handle_success(result_ttl, pipeline=pipe, worker_name=self.name,
-                                            execution_id=execution.id, execution_started_at=execution.created_at,
-                                            execution_ended_at=job.ended_at)
-                        job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
-                    job._status = JobStatus.FINISHED
+                        rqlayout.record_success(pipe, job, result, result_ttl, self.name, execution, ended)
                 else:
-                    job.set_status(JobStatus.FAILED, pipeline=pipe)
-                    job._handle_failure(failure, pipeline=pipe, worker_name=self.name, execution_id=execution.id,
-                                        execution_started_at=execution.created_at, execution_ended_at=job.ended_at)
+                    rqlayout.record_failure(pipe, job, failure, self.name, execution, ended)
                     self.increment_failed_job_count(pipeline=pipe)
                 self.increment_total_working_time(worked, pipe)
                 self.cleanup_execution(job, pipeline=pipe, execution=execution)
