@@ -3,12 +3,13 @@
 Every key lambdalite (or RQ, for lambdalite) writes has one Redis type. A key of another type (a
 foreign program's value, a mistake by hand) makes each write to it fail with WRONGTYPE, and inside
 a MULTI/EXEC the transaction's other commands would still apply: a queue push could fail while the
-source's cursor moved on. So writers queue :func:`guard` at the start of their transaction: a key
+source's cursor moved on. So every write goes through a :class:`broker.transaction.Transaction`,
+which queues :func:`guard` at the start of the transaction for every key its commands write: a key
 of the wrong type is renamed to ``lambdalite:quarantine:<key>:<ms>`` (kept 7 days for a look) in
-the same transaction, and the writes after it go to a fresh key. A counter goes through
-:func:`incr`, which also resets a field that is not a count. Readers that meet WRONGTYPE call
-:func:`repair`. Whoever executes the transaction passes its replies to :func:`report`, which logs
-one line per key moved or field reset.
+the same transaction, and the writes after it go to a fresh key. Scripts guard the keys they are
+given themselves (``include: move``). A counter goes through :func:`incr`, which also resets a
+field that is not a count. Readers that meet WRONGTYPE call :func:`repair`. :func:`report` logs one
+line per key moved or field reset that a transaction's replies tell of (the Transaction calls it).
 """
 
 from __future__ import annotations

@@ -34,7 +34,6 @@ from broker.connection import TRANSIENT
 from broker.envelope import Event
 from broker.errors import IdempotencyConflictError, RedisUnavailableError, ThrottledError
 from broker.queues import Prepared, Publisher
-from broker.redis_internals import queued
 from sources.transactor import Transactor
 
 log = logging.getLogger(__name__)
@@ -199,7 +198,7 @@ class Intake:
 
         with recorded(self.client) as pipe:
             self.publisher.publish_many([p.prepared for p in batch], also=also if extras else None, pipeline=pipe)
-            commands = queued(pipe)
+            commands = pipe.commands()  # the guard of every key written, then the writes
         replies = await self.transactor.execute(commands)
         quarantine.report(replies)
         for reply in replies:
