@@ -16,6 +16,11 @@ class StackRunningError(LambdaliteError):
     same ``var/`` (a second ``make run`` in one folder)."""
 
 
+class DependencyError(LambdaliteError):
+    """Raised at start-up when an installed library whose internals lambdalite uses (rq, watchdog) is
+    not the exact version it is pinned to (:mod:`broker.pins`)."""
+
+
 class ConfigError(LambdaliteError):
     """Raised at start-up when ``lambdalite.toml`` is missing, unreadable or invalid.
 

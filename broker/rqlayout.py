@@ -21,23 +21,25 @@ transaction with lambdalite's own outcome (``workers.worker``).
   ``Queue.create_job``, once per function (:func:`job_template`), less the fields RQ writes empty
   (``Job.restore`` reads each with a default). Its ``data`` below
   ``broker.queues.COMPRESS_OVER`` bytes is stored uncompressed: RQ compresses it, but
-  ``Job.restore`` keeps data that zlib refuses as it is (its documented fallback for jobs of older
-  RQs), and compressing a few hundred bytes costs more than the rest of a job's encoding.
+  ``Job.restore`` keeps data that zlib refuses as it is (its fallback for uncompressed data), and
+  compressing a few hundred bytes costs about 10 µs of CPU a job for next to no saving.
 - What a start writes (:data:`START`, passed to the take script in ``workers.taking``): RQ's
   ``Execution.create``, ``Worker.set_state('busy')``, ``Worker.heartbeat`` and
-  ``Job.prepare_for_execution``, in one script run on the round trip that takes the job.
+  ``Job.prepare_for_execution``, in one script run on the round trip that takes the job (RQ's own
+  ``dequeue_any``, ``prepare_execution`` and ``prepare_job_execution``: four round trips to one, and
+  about four times the client's CPU, ``bench/rq_paths.py``).
 - What an end writes, through RQ's **public** API (:func:`record_success`,
   :func:`record_failure`, :func:`end_execution`, :func:`delete_finished`) on lambdalite's own
   transaction: ``Worker.handle_job_success`` / ``handle_job_failure`` would do it in their own
-  pipelines, with a WATCH for dependents lambdalite never has.
+  pipelines, with a WATCH for dependents lambdalite never has (four round trips to one), and
+  lambdalite's outcome in another.
 
-**Private names** (the only ones lambdalite uses, all in :func:`mirror_start`)
+**Private names**: none. Each one lambdalite used went back to RQ's public API, or was dropped:
 
-- ``Worker._state`` and ``Execution._job``: the in-memory picture of what the take script wrote,
-  so that RQ's ``get_state()`` and ``get_current_job()`` answer without a read. Their public
-  setters (``set_state``) write Redis again: one more command a job for a fact already written.
-
-**Gone back to RQ's public API**
+- ``Worker._state`` and ``Execution._job`` (set after the take script's start, as RQ's own start
+  sets them): dropped. Their only readers are RQ's own work loop and signal handlers
+  (``_shutdown``, ``check_for_suspension``) and ``get_current_job()``, which lambdalite's worker
+  replaces or never calls; the public setter (``set_state``) would write Redis again.
 
 - ``Queue._prepare_for_queue``: ``Queue.create_job`` already sets every field ``to_dict`` writes
   (origin, timeout, status); the enqueue time is set at each publish anyway.
@@ -46,7 +48,10 @@ transaction with lambdalite's own outcome (``workers.worker``).
 - ``Job._result``, ``Job._handle_success``, ``Job._handle_failure``, ``Job._status`` (at an
   end): the same commands through ``Job.set_status``, ``Job.save``, ``Result.create``,
   ``Result.create_failure`` and the registries' ``add``, which are RQ's public API (the same
-  commands on the same transaction: nothing to measure).
+  commands on the same transaction).
+
+``tests/test_rq_contract.py`` also fails if a module other than this one names a private
+attribute of RQ's classes.
 """
 
 from __future__ import annotations
@@ -158,13 +163,16 @@ def job_template(queue: Queue, func: str, options: Mapping[str, Any]) -> dict[st
 
 # -- a start --------------------------------------------------------------------------------------
 
-#: What RQ's worker writes at a start, by the fields' names, for the take script (workers.taking):
-#: the execution's hash (Execution.serialize), the worker's state (set_state) and heartbeat, and the
-#: job's start (Job.prepare_for_execution). Scores and lifetimes are RQ's: an execution expires after
-#: the heartbeat's lifetime, the job's executions registry and the worker's executions 60 s later.
-START: dict[str, str] = {
-    "job_status": JobStatus.STARTED.value,
-    "worker_state": WorkerStatus.BUSY.value,
+#: RQ's values in what its worker writes at a start, passed to the take script (broker/lua/job_take.lua,
+#: called by workers.taking), which writes the execution's hash (Execution.serialize), the worker's
+#: state (set_state) and heartbeat, and the job's start (Job.prepare_for_execution) with them. An
+#: execution lasts the heartbeat's lifetime; the job's and the worker's executions ``grace`` seconds more
+#: (ExecutionRegistry.add, Execution.create). The fields' names are in the script; tests/test_taking.py
+#: compares what it writes with RQ's own start.
+START: dict[str, str | int] = {
+    "started_status": JobStatus.STARTED.value,
+    "busy_state": WorkerStatus.BUSY.value,
+    "grace": 60,
 }
 
 
@@ -176,20 +184,19 @@ def started_fields(fields: list[bytes]) -> list[bytes]:
     for i in range(0, len(out) - 1, 2):
         if out[i] == b"status":
             if out[i + 1].decode(errors="replace") in _STATUSES:
-                out[i + 1] = START["job_status"].encode()
+                out[i + 1] = _STARTED
             return out
-    return [*out, b"status", START["job_status"].encode()]
+    return [*out, b"status", _STARTED]
 
 
 _STATUSES = frozenset(s.value for s in JobStatus)
+_STARTED = JobStatus.STARTED.value.encode()
 
 
-def mirror_start(worker: BaseWorker, job: Job, execution: Execution, at: datetime.datetime) -> None:
-    """Set on the Python objects what the take script wrote in Redis for ``job``'s start: its worker,
-    times, the execution's job and the worker's state (the two private names; see the module)."""
+def mirror_start(worker: BaseWorker, job: Job, at: datetime.datetime) -> None:
+    """Set on the Python objects what the take script wrote in Redis for ``job``'s start and what
+    lambdalite reads of it later: the job's worker and times, the worker's heartbeat."""
     job.worker_name, job.started_at, job.last_heartbeat = worker.name, at, at
-    execution._job = job
-    worker._state = WorkerStatus.BUSY
     worker.last_heartbeat = at
 
 

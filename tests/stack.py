@@ -9,10 +9,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 import redis
 
 from broker import results
@@ -141,6 +143,24 @@ def status(project: Path) -> dict[str, Any]:
     done = cli(project, "status", "--json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["functions"]  # type: ignore[no-any-return]
+
+
+_clients: list[redis.Redis] = []
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A client of the test's Redis, closed when the test ends (import :func:`close_redis_clients`
+    into the test module beside it)."""
+    client = redis.Redis.from_url(url)
+    _clients.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def close_redis_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
 
 
 def free_port() -> int:

@@ -249,12 +249,11 @@ def test_redis_refusing_writes_is_an_outage_and_applies_nothing(project: Path, h
             pipe.hset("lambdalite:test:cursor", "last", 1)
 
         with pytest.raises(RedisRefusesWrites):
-            publisher.publish_many([Event("f", {"n": 1})], also=cursor, keys={"lambdalite:test:cursor": "hash"})
+            publisher.publish_many([Event("f", {"n": 1})], also=cursor)
         assert client.llen("rq:queue:lambdalite.f") == 1 and not client.exists("lambdalite:test:cursor"), \
             "all or nothing: neither the event nor the source's own bookkeeping"
         with pytest.raises(RedisRefusesWrites):  # the same for writes made under a condition (one script)
-            publisher.publish_if(ALWAYS, [], [Event("f", {"n": 1})], also=cursor,
-                                 keys={"lambdalite:test:cursor": "hash"})
+            publisher.publish_if(ALWAYS, [], [Event("f", {"n": 1})], also=cursor)
         assert client.llen("rq:queue:lambdalite.f") == 1 and not client.exists("lambdalite:test:cursor")
         with pytest.raises(RedisRefusesWrites):  # the worker's record of a job's end goes this way
             transact(client, [("HSET", "lambdalite:test:cursor", "last", 1), ("RPUSH", "rq:queue:lambdalite.f", "x")])
@@ -270,7 +269,7 @@ def test_redis_refusing_writes_is_an_outage_and_applies_nothing(project: Path, h
         assert shown.stderr.startswith("lambdalite: redis refuses writes (MISCONF") and shown.stderr.count("\n") == 1
         disk.free()
         wait_until(lambda: _writable(client), "writes accepted again")
-        publisher.publish_many([Event("f", {"n": 1})], also=cursor, keys={"lambdalite:test:cursor": "hash"})
+        publisher.publish_many([Event("f", {"n": 1})], also=cursor)
         assert client.llen("rq:queue:lambdalite.f") == 2 and client.hget("lambdalite:test:cursor", "last") == b"1"
         client.close()
     finally:

@@ -222,3 +222,48 @@ def test_a_job_rqs_enqueue_writes_is_run_or_refused_as_today(project: Path, redi
     assert [e["id"] for e in deadletter.entries(r, "ok")] == [foreign.id]
     assert r.zscore(rqlayout.failed_key("lambdalite.ok"), foreign.id) is not None
     assert "refused job" in scaler.output()
+
+
+# -- RQ's private names in one module only ----------------------------------------------------------
+
+def rq_private_names(r: redis.Redis) -> set[str]:
+    """The single-underscore names of RQ's classes and of their instances' attributes."""
+    from rq.executions import Execution, ExecutionRegistry
+    from rq.registry import BaseRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+    from rq.results import Result
+
+    queue = Queue("q", connection=r, serializer=JSONSerializer)
+    objects: list[Any] = [Job, Queue, SimpleWorker, Execution, ExecutionRegistry, Result, BaseRegistry,
+                          StartedJobRegistry, FinishedJobRegistry, FailedJobRegistry, JSONSerializer, queue,
+                          Job("j", connection=r, serializer=JSONSerializer), Execution("e", "j", r),
+                          SimpleWorker([queue], connection=r, name="w", prepare_for_work=False)]
+    return {n for o in objects for n in [*dir(o), *vars(o)] if n.startswith("_") and not n.startswith("__")}
+
+
+def test_no_module_but_rqlayout_names_rqs_private_attributes(r: redis.Redis) -> None:
+    import ast
+
+    from tests.stack import ROOT
+
+    private = rq_private_names(r)
+    assert {"_status", "_result", "_prepare_for_queue", "_handle_success", "_state"} <= private
+    rq_classes = {"Job", "Queue", "Worker", "SimpleWorker", "BaseWorker", "Execution", "Result"}
+    found = []
+    for path in sorted(p for d in ("broker", "workers", "sources") for p in (ROOT / d).rglob("*.py")):
+        if path == ROOT / "broker" / "rqlayout.py":
+            continue
+        tree = ast.parse(path.read_text())
+        for cls in [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]:
+            bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in cls.bases}
+            for node in ast.walk(cls):
+                node.rq_self = bool(bases & rq_classes)  # type: ignore[attr-defined]  # self is an RQ object
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "rq":
+                found += [f"{path.relative_to(ROOT)}:{node.lineno} imports {a.name}" for a in node.names
+                          if a.name.startswith("_")]
+            if not isinstance(node, ast.Attribute) or node.attr not in private:
+                continue
+            own = isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
+            if not own or getattr(node, "rq_self", False):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} .{node.attr}")
+    assert found == []

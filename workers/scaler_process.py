@@ -52,9 +52,10 @@ def _publish_running(reloader: reload.Reloader, stop: _Flag) -> revision.Revisio
 
 
 def run() -> None:
-    from broker import logs
+    from broker import logs, pins
 
     try:
+        pins.check()  # the exact rq and watchdog whose internals are used
         settings = load_settings()
         stacklock.hold(settings, "scaler")
         logs.configure(settings.log_level)

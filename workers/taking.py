@@ -59,7 +59,8 @@ class Taker:
         self._named = {"worker": worker_key, "worker_executions": executions_key, "taking": taking, "started": started}
         # RQ's keys, as its own classes name them: the worker's, then the prefixes of a job's.
         self._prefixes = {"job_prefix": rqlayout.JOB_PREFIX, "executions_prefix": rqlayout.EXECUTIONS_PREFIX,
-                          "results_prefix": rqlayout.RESULTS_PREFIX, "execution_prefix": rqlayout.EXECUTION_PREFIX}
+                          "results_prefix": rqlayout.RESULTS_PREFIX, "execution_prefix": rqlayout.EXECUTION_PREFIX,
+                          **rqlayout.START}
         self.blocked: int | None = None  # the client id of the connection a wait blocks, while it does
         self.interrupted = False  # a stop came: every wait ends as soon as it begins
         self._unblocking = False

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import redis
 
-from broker import deadletter, results, revision, rqlayout, schedules
+from broker import deadletter, pins, results, revision, rqlayout, schedules
 from broker.connection import TRANSIENT, RedisRefusesWrites, connect
 from broker.envelope import Event, parse_json
 from broker.errors import InvocationError, LambdaliteError, RedisUnavailableError
@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     _warnings_to_stderr()
+    pins.warn()  # a mismatch is said, not fatal: the CLI is what one runs to look at a broken stack
     try:
         settings = load_settings()
         try:

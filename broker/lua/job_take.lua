@@ -27,10 +27,14 @@
 -- ARGV[10] executions_prefix: the prefix of a job's execution registry
 -- ARGV[11] results_prefix: the prefix of a job's results stream
 -- ARGV[12] execution_prefix: the prefix of an execution's hash (+ job id:execution id)
+-- ARGV[13] started_status: a started job's status (broker.rqlayout.START)
+-- ARGV[14] busy_state: a busy worker's state
+-- ARGV[15] grace: seconds the job's and the worker's executions outlive the heartbeat
 -- Returns: {1, id, the job hash as it was (HGETALL), seconds, microseconds, what the guard moved};
 -- {0, id} when it declined an id; {0} when there was none.
 local worker_key, worker_execs, taking, started = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, exec_id, worker, ttl = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
+local grace = tonumber(ARGV[15])
 if id == '' then id = redis.call('LINDEX', taking, -1) end
 if not id then return {0} end
 if not string.match(id, '^[A-Za-z0-9_-]+$') then return {0, id} end
@@ -55,16 +59,16 @@ local exec_key = ARGV[12] .. composite
 redis.call('HSET', exec_key, 'id', exec_id, 'job_id', id, 'created_at', stamp, 'last_heartbeat', stamp,
            'worker_name', worker)
 redis.call('EXPIRE', exec_key, ttl)
-redis.call('ZADD', execs, sec + ttl + 60, exec_id)
-redis.call('EXPIRE', execs, ttl + 60)
+redis.call('ZADD', execs, sec + ttl + grace, exec_id)
+redis.call('EXPIRE', execs, ttl + grace)
 redis.call('ZADD', started, sec + ttl, composite)
 redis.call('SADD', worker_execs, composite)
-redis.call('EXPIRE', worker_execs, ttl + 60)
-redis.call('HSET', worker_key, 'state', 'busy')
+redis.call('EXPIRE', worker_execs, ttl + grace)
+redis.call('HSET', worker_key, 'state', ARGV[14])
 redis.call('HSET', worker_key, 'last_heartbeat', iso)
 redis.call('EXPIRE', worker_key, ttl)
 redis.call('EXPIRE', worker_execs, ttl)
-redis.call('HSET', job, 'last_heartbeat', iso, 'status', 'started', 'started_at', iso, 'worker_name', worker)
+redis.call('HSET', job, 'last_heartbeat', iso, 'status', ARGV[13], 'started_at', iso, 'worker_name', worker)
 redis.call('PERSIST', job)
 redis.call('LREM', taking, 1, id)
 return {1, id, fields, sec, usec, moved}

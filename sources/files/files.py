@@ -482,7 +482,10 @@ def prepare_root(root: Path) -> Path:
 
 
 def main() -> None:
+    from broker import pins
+
     try:
+        pins.check()  # the exact rq and watchdog whose internals are used
         settings = load_settings()
         stacklock.hold(settings, "files")
         registry = load_registry(settings.config)

@@ -278,9 +278,10 @@ def main() -> None:
     """Entry point of ``python -m sources.http``."""
     import uvicorn
 
-    from broker import logs
+    from broker import logs, pins
 
     try:
+        pins.check()  # the exact rq and watchdog whose internals are used
         settings = load_settings()
         stacklock.hold(settings, "webhook")
         logs.configure(settings.log_level)

@@ -47,6 +47,7 @@ from broker.errors import LambdaliteError
 from broker.queues import Publisher
 from broker.registry import Registry, load_registry
 from broker.settings import Settings, load_settings
+from broker.transaction import transaction
 from sources.sqlite import dynamodb, sqlite_ahead, sqlite_batch, sqlite_capture, sqlite_cursor
 from sources.sqlite.sqlite_ahead import Ahead
 from sources.sqlite.sqlite_stream import RETRY_DB_EVERY, Database, Stream
@@ -324,7 +325,7 @@ class Feed:
             if settled:
                 successors.drop(pipe, settled)
 
-        self.publisher.publish_many([job], also=also, keys={stream.key: "hash"})
+        self.publisher.publish_many([job], also=also)
         if os.environ.get(FAULT_ENV) == "after-publish":
             os._exit(9)
         if done != stream.done:
@@ -374,8 +375,7 @@ class Feed:
                 also: Callable[[Any], None] | None = None) -> None:
         """Record that nothing is in flight up to change ``last`` (adding ``counts``, dropping the
         successor staged after ``settled``, and queuing what ``also`` adds), in one transaction."""
-        with self.client.pipeline(transaction=True) as pipe:
-            quarantine.guard(pipe, {stream.key: "hash"})
+        with transaction(self.client) as pipe:
             if also is not None:
                 also(pipe)
             pipe.hset(stream.key, mapping={"last": last, "done": last, "event": "", "records": "",
@@ -384,7 +384,7 @@ class Feed:
                 quarantine.incr(pipe, stream.key + ":stats", counter, n)
             if settled:
                 successors.drop(pipe, settled)
-            quarantine.report(pipe.execute())
+            pipe.execute()
         stream.last, stream.done, stream.event_id, stream.records, stream.retries = last, last, "", [], 0
         stream.done_history.append((now, last))
 
@@ -458,9 +458,10 @@ def _stand_by(dsn: str, number: int) -> None:
 
 
 def main() -> None:
-    from broker import logs
+    from broker import logs, pins
 
     try:
+        pins.check()  # the exact rq and watchdog whose internals are used
         settings: Settings = load_settings()
         stacklock.hold(settings, "sqlite")
         logs.configure(settings.log_level)
