@@ -42,7 +42,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -52,9 +54,9 @@ sys.path.insert(0, str(ROOT))
 from bench.report import table, write_section  # noqa: E402
 from broker import settings  # noqa: E402
 from broker.connection import connect  # noqa: E402
-from broker.embedded import RedisServer  # noqa: E402
 from broker.envelope import Event  # noqa: E402
 from broker.queues import Publisher  # noqa: E402
+from broker.redis_server.embedded import RedisServer  # noqa: E402
 from broker.registry import load_registry  # noqa: E402
 from tests.faults import chaos  # noqa: E402
 from tests.sentinelkit import SentinelSet  # noqa: E402
@@ -74,6 +76,32 @@ def outage_run(folder: Path, seed: int) -> chaos.Report:
                      say=lambda line: print(f"    {line}", flush=True))
 
 
+def publish_until(publisher: Publisher, kill: Callable[[], object], after: float = 1.5) -> list[str]:
+    """Publish events from a thread, call ``kill`` ``after`` seconds in, and return the ids of the events
+    acknowledged (publish returned) until the thread stopped: at the first error or once ``kill`` returned."""
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        n = 0
+        while not stop.is_set():
+            event = Event(function="fn", payload={"n": n})
+            try:
+                publisher.publish(event)
+            except redis.RedisError:
+                return
+            acked.append(event.id)
+            n += 1
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    time.sleep(after)
+    kill()
+    stop.set()
+    thread.join()
+    return acked
+
+
 def fsync_run(folder: Path, mode: str, publishes: int) -> tuple[float, int, int]:
     """(acknowledged publishes/s, acknowledged before the SIGKILL, of those missing after restart)."""
     (folder / "lambdalite.toml").write_text('[functions.fn]\nhandler = "handlers.thumbnail.handler"\n')
@@ -86,27 +114,8 @@ def fsync_run(folder: Path, mode: str, publishes: int) -> tuple[float, int, int]
         publisher.publish(Event(function="fn", payload={"n": n}))
     rate = publishes / (time.perf_counter() - started)
 
-    acked: list[str] = []
-    stop = threading.Event()
-
-    def stream() -> None:  # publish until the server dies; remember what was acknowledged
-        n = 0
-        while not stop.is_set():
-            event = Event(function="fn", payload={"n": n})
-            try:
-                publisher.publish(event)
-            except redis.RedisError:
-                return
-            acked.append(event.id)
-            n += 1
-
     client.flushall()
-    thread = threading.Thread(target=stream)
-    thread.start()
-    time.sleep(1.5)
-    server.kill()  # SIGKILL in mid-stream: a process crash, not a power cut
-    stop.set()
-    thread.join()
+    acked = publish_until(publisher, server.kill)  # SIGKILL in mid-stream: a process crash, not a power cut
     client.close()
     server.start()  # the same folder: it loads the append-only file
     client = redis.Redis.from_url(server.url)
@@ -138,26 +147,9 @@ def wait_run(folder: Path, replicas: int, publishes: int) -> tuple[float, int, i
                 publisher.publish(Event(function="fn", payload={"n": n}))
             rate = publishes / (time.perf_counter() - started)
             client.flushall()
-            acked: list[str] = []
-            stop = threading.Event()
-
-            def stream() -> None:  # publish until the primary dies; remember what was acknowledged
-                n = 0
-                while not stop.is_set():
-                    event = Event(function="fn", payload={"n": n})
-                    try:
-                        publisher.publish(event)
-                    except redis.RedisError:
-                        return
-                    acked.append(event.id)
-                    n += 1
-
-            thread = threading.Thread(target=stream)
-            thread.start()
-            time.sleep(1.5)
-            old = servers.kill_primary()
-            stop.set()
-            thread.join()
+            killed: list[Any] = []
+            acked = publish_until(publisher, lambda: killed.append(servers.kill_primary()))
+            old = killed[0]
             servers.wait_promotion(old)
             promoted = servers.data_client(servers.primary_port)
             queued = {raw.decode() for raw in promoted.lrange("rq:queue:lambdalite.fn", 0, -1)}

@@ -12,24 +12,25 @@ write of a script it cannot persist, ``MISCONF``) or on any error before the fir
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import redis
-from redis.client import Pipeline
 
 from broker import quarantine, scripts
 from broker.errors import ScriptError
 from broker.redis_internals import queued
+from broker.transaction import Transaction, transaction
 
 _SCRIPTS = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"})
 
 
 @contextmanager
-def recorded(client: redis.Redis) -> Iterator[Pipeline]:
-    """A pipeline to queue commands on for :meth:`Conditional.run`; it is never executed."""
-    with client.pipeline(transaction=False) as pipe:
+def recorded(client: redis.Redis) -> Iterator[Transaction]:
+    """A guarded transaction (:mod:`broker.transaction`) to queue commands on for :meth:`Conditional.run`
+    or a packed round trip (:meth:`Transaction.commands`); it is never executed."""
+    with transaction(client, transaction=False) as pipe:
         yield pipe
 
 
@@ -50,10 +51,9 @@ class Conditional:
                               f"ARGV {names[1]}")
         self.script = script
 
-    def run(self, client: redis.Redis, condition: Sequence[Any], expected: Mapping[str, str],
-            writes: Pipeline) -> tuple[bool, list[Any]]:
+    def run(self, client: redis.Redis, condition: Sequence[Any], writes: Transaction) -> tuple[bool, list[Any]]:
         """Apply the commands queued on ``writes`` if the condition on ``condition`` holds, first moving
-        aside each key of ``expected`` that holds another type (reported in the log, as
+        aside each key they write that holds another type (reported in the log, as
         :func:`broker.quarantine.report` does); returns whether they were applied and the condition's
         value. Raises redis errors.
 
@@ -61,6 +61,7 @@ class Conditional:
         script go again: its writes must be harmless the second time, or its condition must fail
         once they are applied (then the second answer is "not applied", though the first applied).
         """
+        expected = writes.expected
         layout: list[Any] = [*expected.values(), len(condition), *condition]
         for command in queued(writes):
             if str(command[0]).upper() in _SCRIPTS:

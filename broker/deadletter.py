@@ -21,6 +21,7 @@ from broker import quarantine, rqlayout
 from broker.envelope import Event
 from broker.errors import EnvelopeError, UnknownFunctionError
 from broker.queues import Publisher, function_queue
+from broker.transaction import Transaction, transaction
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +30,17 @@ def dlq_key(function: str) -> str:
     return f"lambdalite:dlq:{function}"
 
 
-def add(pipe: Any, event: Event, error: dict[str, Any] | None, reason: str) -> None:
+def add(pipe: Transaction, event: Event, error: dict[str, Any] | None, reason: str) -> None:
     """Queue the commands that park ``event`` on ``pipe``."""
     record = {"event": event.to_dict(), "error": error, "attempts": event.attempt + 1,
               "reason": reason, "at": time.time()}
-    quarantine.guard(pipe, {dlq_key(event.function): "hash"})
     pipe.hset(dlq_key(event.function), event.id, json.dumps(record, default=repr))
 
 
-def add_unreadable(pipe: Any, function: str, entry_id: str, error: dict[str, Any], reason: str) -> None:
+def add_unreadable(pipe: Transaction, function: str, entry_id: str, error: dict[str, Any], reason: str) -> None:
     """Queue the commands that park, as ``entry_id``, something that was to run as ``function`` but
     holds no event that can run again (listed by ``dlq list``, skipped by ``dlq replay``)."""
     record = {"event": None, "error": error, "attempts": 0, "reason": reason, "at": time.time()}
-    quarantine.guard(pipe, {dlq_key(function): "hash"})
     pipe.hset(dlq_key(function), entry_id, json.dumps(record))
 
 
@@ -137,7 +136,7 @@ def replay(client: redis.Redis, publisher: Publisher, function: str, ids: list[s
         def remove(pipe: Any, entry_id: str = entry_id) -> None:
             pipe.hdel(dlq_key(function), entry_id)
 
-        publisher.publish_many([fresh], also=remove, keys={dlq_key(function): "hash"})
+        publisher.publish_many([fresh], also=remove)
         done.append(record["id"])
     return done
 
@@ -180,13 +179,13 @@ def park(client: redis.Redis, function: str) -> int:
             event: Event | None = Event.from_dict(job.args[0])
         except Exception:  # RQ's parsing raises anything: kept as an entry with no event
             event = None
-        with client.pipeline(transaction=True) as pipe:
+        with transaction(client) as pipe:
             pipe.lrem(queue.key, 1, raw)  # type: ignore[arg-type]  # redis-py sends bytes as they are
             pipe.delete(rqlayout.job_key(job_id))
             if event is not None:
                 add(pipe, event, error, "FunctionRemoved")
             else:
                 add_unreadable(pipe, function, job_id, error, "FunctionRemoved")
-            quarantine.report(pipe.execute())
+            pipe.execute()
         moved += 1
     return moved

@@ -15,15 +15,15 @@ from broker import quarantine
 from broker.envelope import Event
 from broker.errors import EnvelopeError, UnknownFunctionError
 from broker.queues import Publisher
+from broker.transaction import Transaction, transaction
 
 log = logging.getLogger(__name__)
 
 DELAYED_KEY = "lambdalite:delayed"
 
 
-def schedule(pipe: Any, event: Event, due: float) -> None:
+def schedule(pipe: Transaction, event: Event, due: float) -> None:
     """Queue the commands that run ``event`` at epoch time ``due``."""
-    quarantine.guard(pipe, {DELAYED_KEY: "zset"})
     pipe.zadd(DELAYED_KEY, {event.encode(): due})
 
 
@@ -43,7 +43,7 @@ def release_due(client: redis.Redis, publisher: Publisher, now: float, batch: in
     released = 0
     while True:
         dropped: list[tuple[bytes, Exception]] = []
-        with client.pipeline(transaction=True) as pipe:
+        with transaction(client) as pipe:
             try:
                 pipe.watch(DELAYED_KEY)  # type: ignore[no-untyped-call]
                 raw: list[bytes] = pipe.zrangebyscore(DELAYED_KEY, "-inf", now, start=0, num=batch)  # type: ignore[assignment]
@@ -60,7 +60,7 @@ def release_due(client: redis.Redis, publisher: Publisher, now: float, batch: in
                 pipe.multi()
                 publisher.publish_many(events, pipeline=pipe)
                 pipe.zrem(DELAYED_KEY, *raw)
-                quarantine.report(pipe.execute())
+                pipe.execute()
                 released += len(events)
             except redis.WatchError:
                 continue

@@ -3,12 +3,13 @@
 Every key lambdalite (or RQ, for lambdalite) writes has one Redis type. A key of another type (a
 foreign program's value, a mistake by hand) makes each write to it fail with WRONGTYPE, and inside
 a MULTI/EXEC the transaction's other commands would still apply: a queue push could fail while the
-source's cursor moved on. So writers queue :func:`guard` at the start of their transaction: a key
+source's cursor moved on. So every write goes through a :class:`broker.transaction.Transaction`,
+which queues :func:`guard` at the start of the transaction for every key its commands write: a key
 of the wrong type is renamed to ``lambdalite:quarantine:<key>:<ms>`` (kept 7 days for a look) in
-the same transaction, and the writes after it go to a fresh key. A counter goes through
-:func:`incr`, which also resets a field that is not a count. Readers that meet WRONGTYPE call
-:func:`repair`. Whoever executes the transaction passes its replies to :func:`report`, which logs
-one line per key moved or field reset.
+the same transaction, and the writes after it go to a fresh key. Scripts guard the keys they are
+given themselves (``include: move``). A counter goes through :func:`incr`, which also resets a
+field that is not a count. Readers that meet WRONGTYPE call :func:`repair`. :func:`report` logs one
+line per key moved or field reset that a transaction's replies tell of (the Transaction calls it).
 """
 
 from __future__ import annotations
@@ -32,33 +33,6 @@ _MARK = "lambdalite:quarantined"
 _GUARD = scripts.load("quarantine_guard")
 _INCR = scripts.load("quarantine_incr")
 _SET_ASIDE = scripts.load("quarantine_set_aside")
-
-
-def _tail() -> list[Any]:
-    return [PREFIX, int(time.time() * 1000), KEEP, _MARK]
-
-
-#: For the scripts of other modules: the Lua function ``move(key, expected, n, out)``, which
-#: reads :func:`script_args` from ARGV after the script's own ``n`` arguments.
-MOVE_FUNCTION = """
-local function move(key, expected, n, out)
-  local found = redis.call('TYPE', key).ok
-  if found ~= 'none' and found ~= expected then
-    local aside = ARGV[n + 1] .. key .. ':' .. ARGV[n + 2]
-    redis.call('RENAME', key, aside)
-    redis.call('EXPIRE', aside, ARGV[n + 3])
-    if #out == 0 then table.insert(out, ARGV[n + 4]) end
-    table.insert(out, key)
-    table.insert(out, 'holds a ' .. found .. ', not a ' .. expected)
-    table.insert(out, 'moved to ' .. aside)
-  end
-end
-"""
-
-
-def script_args() -> list[Any]:
-    """The arguments that :data:`MOVE_FUNCTION` reads, to pass after a script's own."""
-    return _tail()
 
 
 def stamp() -> int:

@@ -15,16 +15,16 @@ from typing import Any
 
 import orjson
 import redis
-from redis.client import Pipeline
 from rq import Queue
 from rq.serializers import JSONSerializer
 from rq.utils import now as utcnow
 
-from broker import connection, quarantine, rqlayout, settings, successors
+from broker import connection, rqlayout, settings, successors
 from broker.conditional import Conditional, recorded
 from broker.envelope import Event
 from broker.errors import EnvelopeError
 from broker.registry import Function, Registry
+from broker.transaction import Transaction, transaction
 
 RUNNER = "workers.runtime.run"
 QUEUE_PREFIX = "lambdalite."
@@ -127,36 +127,34 @@ class Publisher:
         queue = self._queue(fn.name)
         stamps = rqlayout.enqueue_stamps(rqlayout.format_time(utcnow()))
         job = (prepared.job_id, rqlayout.job_key(prepared.job_id), {**prepared.mapping, **stamps})
-        with self.client.pipeline(transaction=True) as pipe:
+        with transaction(self.client) as pipe:
             successors.stage(pipe, after, release_by, job, (queue.key, rqlayout.QUEUES_KEY, WAKE_CHANNEL, fn.name),
                              fields, counters)
-            quarantine.report(pipe.execute())
+            pipe.execute()
 
     def publish_many(
         self,
         events: Iterable[Event | Prepared],
         at_front: bool = False,
-        also: Callable[[Pipeline], None] | None = None,
-        pipeline: Pipeline | None = None,
-        keys: Mapping[str, str] | None = None,
+        also: Callable[[Transaction], None] | None = None,
+        pipeline: Transaction | None = None,
     ) -> list[str]:
         """Enqueue events in one round trip (a MULTI/EXEC transaction): all stored, or none.
 
         ``also(pipe)`` may add commands to the same transaction (a source's cursor or manifest
-        update), so that they take effect exactly when the events are stored; ``keys`` gives the
-        Redis type of each key it writes. A key of another type, there or among the queues and job
-        hashes, is moved aside in the same transaction (see :mod:`broker.quarantine`), so no
-        command of it fails on its own. With ``pipeline`` the commands are queued on the caller's
-        transaction, which the caller executes (and whose replies it passes to
-        :func:`broker.quarantine.report`). Raises :class:`EnvelopeError`, storing nothing, for an
+        update), so that they take effect exactly when the events are stored. A key of another type,
+        there or among the queues and job hashes, is moved aside in the same transaction (a
+        :class:`broker.transaction.Transaction`), so no command of it fails on its own. With
+        ``pipeline`` the commands are queued on the caller's transaction, which the caller executes.
+        Raises :class:`EnvelopeError`, storing nothing, for an
         event that is not strict JSON (a NaN or an infinity in its payload): no worker could retry
         or dead-letter it. An event may come :meth:`prepare`-d.
         """
         if pipeline is not None:
-            return self._queue_on(pipeline, events, at_front, also, keys)[0]
-        with self.client.pipeline(transaction=True) as pipe:
-            jobs = self._queue_on(pipe, events, at_front, also, keys)[0]
-            quarantine.report(pipe.execute())
+            return self._queue_on(pipeline, events, at_front, also)
+        with transaction(self.client) as pipe:
+            jobs = self._queue_on(pipe, events, at_front, also)
+            pipe.execute()
         self._replicated()
         return jobs
 
@@ -165,16 +163,15 @@ class Publisher:
         condition: Conditional,
         args: Sequence[Any],
         events: Iterable[Event | Prepared],
-        also: Callable[[Pipeline], None] | None = None,
-        keys: Mapping[str, str] | None = None,
+        also: Callable[[Transaction], None] | None = None,
     ) -> list[str] | None:
         """Enqueue events as :meth:`publish_many` does, all or none, only if ``condition`` holds on
         ``args`` (the condition and the writes in one round trip: see :mod:`broker.conditional`);
         returns their job ids, or None when the condition did not hold and nothing was stored.
         ``also`` queues plain commands only (a script cannot run another)."""
         with recorded(self.client) as pipe:
-            ids, expected = self._queue_on(pipe, events, False, also, keys, guarded=False)
-            applied, _ = condition.run(self.client, args, expected, pipe)
+            ids = self._queue_on(pipe, events, False, also)
+            applied, _ = condition.run(self.client, args, pipe)
         if applied:
             self._replicated()
         return ids if applied else None
@@ -187,16 +184,14 @@ class Publisher:
             connection.wait_for_replicas(self.client, current.redis_wait_replicas, current.redis_wait_timeout)
 
     def _queue_on(
-        self, pipe: Pipeline, events: Iterable[Event | Prepared], at_front: bool,
-        also: Callable[[Pipeline], None] | None, keys: Mapping[str, str] | None, guarded: bool = True,
-    ) -> tuple[list[str], dict[str, str]]:
-        """Queue the writes on ``pipe``, after the guard of every key they write unless not ``guarded``;
-        returns the job ids and the type of each of those keys."""
+        self, pipe: Transaction, events: Iterable[Event | Prepared], at_front: bool,
+        also: Callable[[Transaction], None] | None,
+    ) -> list[str]:
+        """Queue the writes on ``pipe`` (which guards every key they write); returns the job ids."""
         ids = []
         queues: set[str] = set()
         stamps = [*itertools.chain.from_iterable(rqlayout.enqueue_stamps(rqlayout.format_time(utcnow())).items())]
         jobs = []
-        expected = {rqlayout.QUEUES_KEY: "set", **(keys or {})}
         for item in events:
             prepared = item if isinstance(item, Prepared) else self.prepare(item)
             fn = self.registry.get(prepared.event.function)
@@ -204,12 +199,8 @@ class Publisher:
             job_id = prepared.job_id
             job_key = rqlayout.job_key(job_id)
             jobs.append((job_key, prepared.mapping, queue.key, job_id))
-            expected[job_key] = "hash"
-            expected[queue.key] = "list"
             ids.append(job_id)
             queues.add(fn.name)
-        if guarded:
-            quarantine.guard(pipe, expected)
         pushes: dict[str, list[str]] = {}
         for job_key, mapping, queue_key, job_id in jobs:
             # the job's hash and this publish's time, without a copy of the hash for each job
@@ -226,7 +217,7 @@ class Publisher:
             also(pipe)
         for name in queues:
             pipe.publish(WAKE_CHANNEL, name)
-        return ids, expected
+        return ids
 
     def _job_hash(self, fn: Function, event: Event, payload_json: str | None = None) -> tuple[str, dict[str, Any]]:
         """The RQ job hash for ``event``: RQ's own fields for such a job, with this event's values

@@ -12,6 +12,10 @@ redis-py's own code beside ours for each, so a redis-py release that changes one
   (:func:`exchange`, :class:`sources.transactor.Transactor`) and :class:`broker.conditional.Conditional`
   passes them to a Lua script, so the commands are built by redis-py's typed methods (and RQ's code)
   and sent our way.
+- :class:`RecordingPipeline` is told of each command as it is queued (it overrides the pipeline's
+  ``pipeline_execute_command``, where redis-py's typed methods and RQ's code queue every command) and
+  :func:`put_first` moves commands to the front of a pipeline's stack: :class:`broker.transaction.Transaction`
+  learns the type of each key it writes from the command that writes it, and guards them all first.
 - :func:`exchange` sends packed bytes on a pooled connection and reads the replies raw
   (``Connection.send_packed_command``, ``read_response``, ``retry``): half the caller's CPU of a
   redis-py pipeline for the hot paths' round trips (bench/redis_client.py).
@@ -51,6 +55,28 @@ def queued(pipe: Pipeline) -> list[tuple[Any, ...]]:
     """The commands queued on ``pipe`` so far, each as its argument list (``("HSET", key, ...)``), in
     order; the pipeline is left as it is."""
     return [tuple(args) for args, _options in pipe.command_stack]
+
+
+class RecordingPipeline(Pipeline):
+    """A redis-py pipeline that calls :meth:`queueing` with each command's arguments as it is queued."""
+
+    def pipeline_execute_command(self, *args: Any, **options: Any) -> Pipeline:
+        self.queueing(args)
+        return super().pipeline_execute_command(*args, **options)
+
+    def queueing(self, args: tuple[Any, ...]) -> None:
+        """Told of each command queued (its arguments, the command's name first)."""
+
+
+def put_first(pipe: Pipeline, queue: Callable[[Pipeline], None]) -> int:
+    """Queue on ``pipe`` what ``queue(pipe)`` queues, ahead of every command queued before; returns
+    how many commands it queued (their replies come first)."""
+    before = len(pipe.command_stack)
+    queue(pipe)
+    added = pipe.command_stack[before:]
+    del pipe.command_stack[before:]
+    pipe.command_stack[:0] = added
+    return len(added)
 
 
 def exchange(client: redis.Redis, packed: bytes, count: int,

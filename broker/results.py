@@ -21,6 +21,7 @@ import redis
 
 from broker import connection, quarantine, settings
 from broker.errors import OutcomeError
+from broker.transaction import Transaction
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,11 @@ def result_key(event_id: str) -> str:
     return f"lambdalite:result:{event_id}"
 
 
-def record(pipe: Any, event_id: str, outcome: Outcome, ttl: int | None = None) -> None:
-    """Queue the commands that store ``outcome`` on ``pipe`` (a pipeline or a client), kept ``ttl``
-    seconds (default: ``LAMBDALITE_OUTCOME_TTL``)."""
+def record(pipe: Transaction, event_id: str, outcome: Outcome, ttl: int | None = None) -> None:
+    """Queue the commands that store ``outcome`` on ``pipe``, kept ``ttl`` seconds (default:
+    ``LAMBDALITE_OUTCOME_TTL``)."""
     key = result_key(event_id)
     ttl = settings.current().outcome_ttl if ttl is None else ttl
-    quarantine.guard(pipe, {key: "stream"})
     pipe.xadd(key, {"outcome": outcome.encode()})
     pipe.expire(key, ttl)
 

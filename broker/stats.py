@@ -13,6 +13,7 @@ import redis
 from broker import quarantine, rqlayout, scripts
 from broker.queues import queue_name
 from broker.registry import Registry
+from broker.transaction import Transaction
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,10 @@ def decisions_key(function: str) -> str:
     return f"lambdalite:decisions:{function}"
 
 
-def record_decisions(pipe: Any, function: str, encoded: list[str]) -> None:
+def record_decisions(pipe: Transaction, function: str, encoded: list[str]) -> None:
     """Queue on ``pipe`` the pushing of decisions (JSON, oldest first) onto the function's list,
     trimmed to its cap, its expiry renewed."""
     key = decisions_key(function)
-    quarantine.guard(pipe, {key: "list"})
     pipe.lpush(key, *encoded)
     pipe.ltrim(key, 0, DECISIONS_KEPT - 1)
     pipe.expire(key, DECISIONS_TTL)

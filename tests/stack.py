@@ -9,10 +9,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 import redis
 
 from broker import results
@@ -85,7 +87,7 @@ class FilesProcess:
 
 
 class WebhookProcess:
-    """``python -m sources.webhook`` in a project folder on a free loopback port, stopped by SIGTERM."""
+    """``python -m sources.http`` in a project folder on a free loopback port, stopped by SIGTERM."""
 
     def __init__(self, project: Path, **settings: str) -> None:
         import socket
@@ -96,7 +98,7 @@ class WebhookProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = project / f"webhook-{time.monotonic_ns()}.log"
         with self.log.open("w") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "sources.webhook"], cwd=project,
+            self.proc = subprocess.Popen([sys.executable, "-m", "sources.http"], cwd=project,
                                          env=env(LAMBDALITE_HTTP_PORT=str(self.port), **settings),
                                          stdout=out, stderr=subprocess.STDOUT)
 
@@ -141,6 +143,24 @@ def status(project: Path) -> dict[str, Any]:
     done = cli(project, "status", "--json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["functions"]  # type: ignore[no-any-return]
+
+
+_clients: list[redis.Redis] = []
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A client of the test's Redis, closed when the test ends (import :func:`close_redis_clients`
+    into the test module beside it)."""
+    client = redis.Redis.from_url(url)
+    _clients.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def close_redis_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
 
 
 def free_port() -> int:

@@ -256,21 +256,22 @@ def test_a_conditional_applies_all_its_writes_or_none(r: redis.Redis) -> None:
         pipe.set("marker", "1")
         pipe.rpush("list-key", "x")
         pipe.hset("h", mapping={"a": 1, "b": b"\xff"})
-        assert only_if_absent.run(r, ["marker", "other"], {"list-key": "list"}, pipe) == (True, [b"seen"])
+        assert pipe.expected == {"list-key": "list", "h": "hash"}, "learned from the writes: no list given"
+        assert only_if_absent.run(r, ["marker", "other"], pipe) == (True, [b"seen"])
     assert r.get("marker") == b"1" and r.lrange("list-key", 0, -1) == [b"x"]
     assert r.hgetall("h") == {b"a": b"1", b"b": b"\xff"}
     assert [r.get(k) for k in r.keys("lambdalite:quarantine:list-key:*")] == [b"a string where a list belongs"]
     with recorded(r) as pipe:
         pipe.rpush("list-key", "y")
-        assert only_if_absent.run(r, ["marker", "other"], {"list-key": "list"}, pipe) == (False, [b"seen"])
+        assert only_if_absent.run(r, ["marker", "other"], pipe) == (False, [b"seen"])
     assert r.lrange("list-key", 0, -1) == [b"x"], "nothing applied when the condition fails"
     with recorded(r) as pipe, pytest.raises(ValueError, match="EVAL"):
         pipe.eval("return 1", 0)
-        only_if_absent.run(r, ["marker", "other"], {}, pipe)
+        only_if_absent.run(r, ["marker", "other"], pipe)
     r.script_flush()  # a restarted Redis has forgotten the script: it is loaded again
     with recorded(r) as pipe:
         pipe.delete("marker")
-        assert only_if_absent.run(r, ["nothing", "other"], {}, pipe)[0]
+        assert only_if_absent.run(r, ["nothing", "other"], pipe)[0]
     assert not r.exists("marker")
 
 

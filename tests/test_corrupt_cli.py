@@ -17,6 +17,7 @@ from broker import deadletter, results
 from broker.envelope import Event
 from broker.errors import OutcomeError
 from broker.stats import alive_key
+from broker.transaction import transaction
 from tests.stack import cli
 
 TOML = '[functions.f]\nhandler = "mod.handler"\n[functions.g]\nhandler = "mod.handler"\n'
@@ -112,8 +113,10 @@ class GarbageThenOutcome(threading.Thread):
             self.client.xadd(key, {"outcome": self.garbage})
             self.client.xadd(key, {"something": "else"})
         time.sleep(0.3)
-        if self.outcome is not None:
-            results.record(self.client, job.args[0]["id"], self.outcome)
+        if self.outcome is not None:  # as a worker records it: through a guarded transaction
+            with transaction(self.client) as pipe:
+                results.record(pipe, job.args[0]["id"], self.outcome)
+                pipe.execute()
 
 
 @pytest.mark.parametrize("garbage", ["{not an outcome", "string"])

@@ -31,8 +31,8 @@ from broker.connection import RedisRefusesWrites, connect, transact
 from broker.envelope import Event
 from broker.queues import Publisher
 from broker.registry import load_registry
-from sources.manifest import Manifest
-from sources.sqlite_cursor import cursor_key
+from sources.files.manifest import Manifest
+from sources.sqlite.sqlite_cursor import cursor_key
 from tests.stack import ROOT, Scaler, cli, env, free_port, invoke, publish, status
 
 ALWAYS = Conditional(scripts.load("always", Path(__file__).with_name("lua")))  # a condition that always holds
@@ -166,7 +166,7 @@ def test_a_full_disk_under_redis_holds_every_event_until_there_is_room_again(
     app.execute("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT)")
     sink, port = project / "calls.jsonl", free_port()
     settings = {"LAMBDALITE_REDIS_URL": server.url, "LAMBDALITE_HTTP_PORT": str(port), "SINK": str(sink)}
-    names = ("sources.files", "sources.sqlite", "sources.webhook")
+    names = ("sources.files", "sources.sqlite", "sources.http")
     procs = {name: Process(project, name, **settings) for name in names}
     scaler = Scaler(project, **settings)
     base = f"http://127.0.0.1:{port}"
@@ -249,12 +249,11 @@ def test_redis_refusing_writes_is_an_outage_and_applies_nothing(project: Path, h
             pipe.hset("lambdalite:test:cursor", "last", 1)
 
         with pytest.raises(RedisRefusesWrites):
-            publisher.publish_many([Event("f", {"n": 1})], also=cursor, keys={"lambdalite:test:cursor": "hash"})
+            publisher.publish_many([Event("f", {"n": 1})], also=cursor)
         assert client.llen("rq:queue:lambdalite.f") == 1 and not client.exists("lambdalite:test:cursor"), \
             "all or nothing: neither the event nor the source's own bookkeeping"
         with pytest.raises(RedisRefusesWrites):  # the same for writes made under a condition (one script)
-            publisher.publish_if(ALWAYS, [], [Event("f", {"n": 1})], also=cursor,
-                                 keys={"lambdalite:test:cursor": "hash"})
+            publisher.publish_if(ALWAYS, [], [Event("f", {"n": 1})], also=cursor)
         assert client.llen("rq:queue:lambdalite.f") == 1 and not client.exists("lambdalite:test:cursor")
         with pytest.raises(RedisRefusesWrites):  # the worker's record of a job's end goes this way
             transact(client, [("HSET", "lambdalite:test:cursor", "last", 1), ("RPUSH", "rq:queue:lambdalite.f", "x")])
@@ -270,7 +269,7 @@ def test_redis_refusing_writes_is_an_outage_and_applies_nothing(project: Path, h
         assert shown.stderr.startswith("lambdalite: redis refuses writes (MISCONF") and shown.stderr.count("\n") == 1
         disk.free()
         wait_until(lambda: _writable(client), "writes accepted again")
-        publisher.publish_many([Event("f", {"n": 1})], also=cursor, keys={"lambdalite:test:cursor": "hash"})
+        publisher.publish_many([Event("f", {"n": 1})], also=cursor)
         assert client.llen("rq:queue:lambdalite.f") == 2 and client.hget("lambdalite:test:cursor", "last") == b"1"
         client.close()
     finally:

@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,24 +23,7 @@ from broker import revision
 from broker.envelope import Event
 from broker.queues import Publisher, function_queue
 from broker.registry import load_registry
-from tests.stack import Scaler, cli
-
-_clients: list[redis.Redis] = []
-
-
-def redis_client(url: str) -> redis.Redis:
-    """A client of the test's Redis, closed when the test ends."""
-    client = redis.Redis.from_url(url)
-    _clients.append(client)
-    return client
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _clients:
-        _clients.pop().close()
-
+from tests.stack import Scaler, cli, close_redis_clients, redis_client  # noqa: F401 (an autouse fixture)
 
 HANDLER = '''"""Records each run: its request id, the code it ran and when."""
 import json, os, time

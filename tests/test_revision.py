@@ -7,36 +7,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from broker import revision
 from broker.queues import function_queue
 from broker.registry import Registry, load_registry
 from broker.settings import load_settings
 from broker.stats import alive_key
-from tests.stack import cli
+from tests.stack import cli, close_redis_clients, redis_client  # noqa: F401 (an autouse fixture)
 from workers.reload import Reloader
-
-_clients: list[redis.Redis] = []
-
-
-def redis_client(url: str) -> redis.Redis:
-    """A client of the test's Redis, closed when the test ends."""
-    client = redis.Redis.from_url(url)
-    _clients.append(client)
-    return client
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _clients:
-        _clients.pop().close()
-
 
 ONE = '[functions.a]\nhandler = "pkg.a.handler"\n'
 TWO = ONE + '\n[functions.b]\nhandler = "pkg.b.handler"\n'

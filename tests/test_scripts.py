@@ -24,6 +24,15 @@ def _code(text: str) -> str:
     return "\n".join(line.split("--", 1)[0] for line in text.splitlines())
 
 
+def test_there_are_scripts_and_no_lua_in_python() -> None:
+    assert len(SCRIPTS) >= 10
+    root = Path(__file__).resolve().parent.parent
+    calls = re.compile(r"\bredis\.p?" + "call" + r"\(")  # spelt apart, so that this file is not one of them
+    offenders = [str(p.relative_to(root)) for folder in ("broker", "workers", "sources", "handlers", "tests", "bench")
+                 for p in (root / folder).rglob("*.py") if calls.search(p.read_text())]
+    assert offenders == []
+
+
 @pytest.mark.parametrize("folder, name", EVERY)
 def test_each_header_names_what_the_script_uses(folder: Path, name: str) -> None:
     script = scripts.load(name, folder)

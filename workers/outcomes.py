@@ -11,11 +11,12 @@ from typing import Any
 
 import redis
 
-from broker import deadletter, delayed, history, quarantine, results, stats, successors
+from broker import deadletter, delayed, history, results, stats, successors
 from broker.envelope import Event
 from broker.errors import EnvelopeError
 from broker.queues import Publisher
 from broker.registry import Function
+from broker.transaction import Transaction, transaction
 from workers.context import function_arn
 from workers.sandbox import error_object
 
@@ -31,7 +32,7 @@ class Outcomes:
         self.fn = fn
         self.ended = ""  # how the last event queued here ended: succeeded, retried, failed or dead
 
-    def success(self, pipe: Any, event: Event, result: Any, duration_ms: float) -> str:
+    def success(self, pipe: Transaction, event: Event, result: Any, duration_ms: float) -> str:
         """Queue on ``pipe`` what a success changes; returns a line for the log (maybe empty)."""
         stats.count(pipe, self.fn.name, "succeeded")
         self.ended = "succeeded"
@@ -43,7 +44,7 @@ class Outcomes:
             self.send_destination(pipe, self.fn.on_success, event, "Success", result, error=False)
         return ""
 
-    def failure(self, pipe: Any, event: Event, error: dict[str, Any] | None, duration_ms: float,
+    def failure(self, pipe: Transaction, event: Event, error: dict[str, Any] | None, duration_ms: float,
                 condition: str = "RetriesExhausted", dead: bool = False) -> str:
         """Queue on ``pipe`` what a failure changes: a retry with backoff, or the final outcome.
 
@@ -79,7 +80,7 @@ class Outcomes:
         return (f"{self.fn.name}: event {event.id} dead-lettered after {event.attempt + 1} attempt(s): "
                 f"{(error or {}).get('errorType')}")
 
-    def invalid_job(self, pipe: Any, job_id: str, event: Event | None, reason: str) -> str:
+    def invalid_job(self, pipe: Transaction, job_id: str, event: Event | None, reason: str) -> str:
         """Queue on ``pipe`` what a job this function's worker cannot run changes (one RQ cannot
         read, or that is not a lambdalite job); returns the line for the log.
 
@@ -99,13 +100,13 @@ class Outcomes:
 
     def settle_failure(self, event: Event, error: dict[str, Any] | None, reason: str) -> None:
         """:meth:`failure` in a transaction of its own (for work found abandoned by a dead worker)."""
-        with self.connection.pipeline(transaction=True) as pipe:
+        with transaction(self.connection) as pipe:
             line = self.failure(pipe, event, error, 0.0)
             history.record(pipe, self.fn.name, time.time(), 0.0, True, self.ended == "dead", event.age * 1000)
-            quarantine.report(pipe.execute())
+            pipe.execute()
         log.warning("%s: %s; %s", self.fn.name, reason, line or "settled as a failed attempt")
 
-    def send_destination(self, pipe: Any, target: str, event: Event, condition: str, payload: Any,
+    def send_destination(self, pipe: Transaction, target: str, event: Event, condition: str, payload: Any,
                          error: bool) -> None:
         """Queue Lambda's destination record for an asynchronous invocation as an event for ``target``."""
         record = {

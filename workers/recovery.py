@@ -20,11 +20,13 @@ from typing import cast
 import redis
 from rq.queue import Queue
 
-from broker import connection, idempotency, quarantine, rqlayout
+from broker import connection, quarantine, rqlayout
 from broker.envelope import Event
 from broker.errors import EnvelopeError
+from broker.handler_api import idempotency
 from broker.queues import Publisher, function_queue, queue_name, taking_key
 from broker.registry import Function, Registry
+from broker.transaction import transaction
 from workers import jobs
 from workers.outcomes import Outcomes
 from workers.sandbox import error_object
@@ -147,7 +149,7 @@ def _recover_unreadable(client: redis.Redis, publisher: Publisher, fn: Function,
     if not _gone(worker, expires, is_dead):
         return 0
     event = jobs.salvage(client, unreadable.key)
-    with client.pipeline(transaction=True) as pipe:
+    with transaction(client) as pipe:
         pipe.zrem(registry_key, member)
         quarantine.set_aside(pipe, unreadable.key, "is not a job RQ can read")
         if event is not None and event.function == fn.name:
@@ -155,7 +157,7 @@ def _recover_unreadable(client: redis.Redis, publisher: Publisher, fn: Function,
             line = Outcomes(client, publisher, fn).failure(pipe, event, error, 0.0)
         else:
             line = "nothing in it to run again"
-        replies = pipe.execute()
+        replies = pipe.execute(report=False)
     moved = quarantine.report(replies[1:2], quiet=True)  # told in the line below
     quarantine.report(replies[2:])
     log.warning("%s: started job %s %s; %s%s", fn.name, unreadable.key, unreadable.problem, line or "retried",

@@ -26,12 +26,13 @@ from typing import Any
 import psutil
 import redis
 
-from broker import connection, delayed, environment, kernel, pruning, quarantine, rqlayout, schedules, stats
+from broker import connection, delayed, environment, kernel, pruning, rqlayout, schedules, stats
 from broker.connection import TRANSIENT, connect
 from broker.queues import Publisher, function_queue
 from broker.registry import Function, Registry
 from broker.settings import Settings
 from broker.stats import alive_key
+from broker.transaction import transaction
 from workers import isolation, processes, recovery, slots, watchdog
 from workers.limits import MB
 from workers.processes import WorkerProc
@@ -408,13 +409,12 @@ class Scaler:
         decided, self._decided = self._decided, {}
         if not changed and not decided:
             return
-        with self.client.pipeline(transaction=False) as pipe:
-            quarantine.guard(pipe, {stats.scaler_key(name): "hash" for name in changed})
+        with transaction(self.client, transaction=False) as pipe:
             for name, view_json in changed.items():
                 pipe.hset(stats.scaler_key(name), self.id, view_json)
             for name, logged in decided.items():
                 stats.record_decisions(pipe, name, logged)
-            quarantine.report(pipe.execute())
+            pipe.execute()
 
     # -- reloading ----------------------------------------------------------------------------------
 

@@ -29,14 +29,15 @@ from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
 
-from broker import history, idempotency, quarantine, rqlayout
+from broker import history, quarantine, rqlayout
 from broker.conditional import recorded
 from broker.connection import TRANSIENT, Backoff, transact
 from broker.envelope import Event
 from broker.errors import EnvelopeError
+from broker.handler_api import idempotency
 from broker.queues import RUNNER, Publisher, function_queue, rq_timeout, taking_key
-from broker.redis_internals import queued
 from broker.registry import Function, Registry
+from broker.transaction import transaction as guarded
 from workers import capture, jobs
 from workers.outcomes import Outcomes
 from workers.runtime import Runtime
@@ -80,12 +81,6 @@ class FunctionWorker(SimpleWorker):
                            self.get_heartbeat_ttl(probe))
         self.publisher = Publisher(client, registry)
         self.outcomes = Outcomes(client, self.publisher, fn)
-        queue = self.queues[0]
-        # RQ builds a registry object (and checks its serializer) for each of these keys each time
-        # it names one; they are this worker's for its life, so named once here: the take script's,
-        # and the registries a job's end may write.
-        self._own_keys = {**self.taker.expected, queue.finished_job_registry.key: "zset",
-                          queue.failed_job_registry.key: "zset"}
         self.stop_requested = False
         self.abandon_requested = False
         self.ran: Any = None  # the invocation whose outcome finish() records (its lines and cost go too)
@@ -153,10 +148,9 @@ class FunctionWorker(SimpleWorker):
         """Take one job if one arrives before the next heartbeat is due and run it; returns whether
         one ran. (A stop signal ends the wait at once: see :meth:`Taker.interrupt`.)"""
         if time.monotonic() - self._last_beat >= HEARTBEAT_EVERY:
-            with self.connection.pipeline() as pipe:
-                quarantine.guard(pipe, {self.key: "hash"})
+            with guarded(self.connection) as pipe:
                 self.heartbeat(pipeline=pipe)
-                quarantine.report(pipe.execute())
+                pipe.execute()
             self._last_beat = time.monotonic()
         queue = self.queues[0]
         try:
@@ -182,26 +176,22 @@ class FunctionWorker(SimpleWorker):
         RQ's own check for a live worker of the same name is left out: names hold the scaler's
         random id and the pid.
         """
-        with self.connection.pipeline() as pipe:
-            quarantine.guard(pipe, {self.key: "hash", self.redis_workers_keys: "set",
-                                    rqlayout.workers_of_queue_key(self.queues[0].name): "set"})
+        with guarded(self.connection) as pipe:
             pipe.delete(self.key)
             self.birth_date = self.last_heartbeat = now()
             pipe.hset(self.key, mapping=self.serialize())  # type: ignore[arg-type]  # the stub's key type
             worker_registration.register(self, pipe)
             pipe.expire(self.key, self.worker_ttl + 60)
-            quarantine.report(pipe.execute())
+            pipe.execute()
 
     def register_death(self) -> None:
         """RQ's deregistration, its keys checked first (see :mod:`broker.quarantine`)."""
-        with self.connection.pipeline() as pipe:
-            quarantine.guard(pipe, {self.key: "hash", self.redis_workers_keys: "set",
-                                    rqlayout.workers_of_queue_key(self.queues[0].name): "set"})
+        with guarded(self.connection) as pipe:
             worker_registration.unregister(self, pipe)
             pipe.hset(self.key, "death", utcformat(now()))
             pipe.expire(self.key, 60)
             pipe.delete(self.executions_key)
-            quarantine.report(pipe.execute())
+            pipe.execute()
 
     def hold(self, action: Callable[[], T], what: str) -> T:
         """Run ``action`` (Redis work a job depends on) until Redis takes it.
@@ -226,12 +216,8 @@ class FunctionWorker(SimpleWorker):
     # RQ's own bookkeeping (its registries, executions, results, worker counters) in two round
     # trips a job, instead of RQ's dozen or so: the wait that takes the job also starts it (see
     # workers.taking), and one transaction records its end. Each first moves aside any of those
-    # keys that holds another type (see broker.quarantine), so no command in it fails alone.
-
-    def rq_keys(self, job: Job) -> dict[str, str]:
-        """The Redis type of every key of RQ's that the two transactions of ``job`` write."""
-        return {job.key: "hash", **self._own_keys, rqlayout.executions_key(job.id): "zset",
-                rqlayout.results_key(job.id): "stream"}
+    # keys that holds another type (see broker.quarantine: the take script guards the keys it is
+    # given, the end is a broker.transaction.Transaction), so no command in it fails alone.
 
     def cleanup_execution(self, job: Job, pipeline: Any, execution: Execution | None = None) -> None:
         """RQ's cleanup of a job's execution (see :func:`rqlayout.end_execution`)."""
@@ -289,7 +275,7 @@ class FunctionWorker(SimpleWorker):
         event = jobs.salvage(self.connection, unreadable.key)
         if event is not None and event.function != self.fn.name:
             event = None
-        with self.connection.pipeline(transaction=True) as pipe:
+        with guarded(self.connection) as pipe:
             quarantine.set_aside(pipe, unreadable.key, "is not a job RQ can read")
             line = self.outcomes.invalid_job(pipe, job_id, event, str(unreadable))
             pipe.lrem(self.taking, 1, job_id)
@@ -298,7 +284,7 @@ class FunctionWorker(SimpleWorker):
                 shell.origin = queue.name
                 self.cleanup_execution(shell, pipeline=pipe, execution=started)
                 self.set_state(WorkerStatus.IDLE, pipeline=pipe)
-            replies = pipe.execute()
+            replies = pipe.execute(report=False)
         moved = quarantine.report(replies[:1], quiet=True)  # told in the line below
         quarantine.report(replies[1:])
         log.error("worker %s: %s%s", self.name, line, f"; the hash was {moved[0][2]}" if moved else "")
@@ -367,7 +353,6 @@ class FunctionWorker(SimpleWorker):
                             "Redis); its outcome is dropped, its event runs again elsewhere", self.name, job.id)
                 return ""
             with recorded(self.connection) as pipe:  # run by transact(): the hot path's one write
-                quarantine.guard(pipe, self.rq_keys(job))
                 if failure is None:
                     self.increment_successful_job_count(pipeline=pipe)
                     result_ttl = job.get_result_ttl(self.default_result_ttl)
@@ -387,7 +372,7 @@ class FunctionWorker(SimpleWorker):
                     capture.store(pipe, self.fn, self.ran, self.runtime.log)
                 history.record(pipe, self.fn.name, time.time(), self.ran.duration_ms if self.ran else 0.0,
                                failure is not None, self.outcomes.ended == "dead", self.age_ms)
-                commands = queued(pipe)
+                commands = pipe.commands()
             quarantine.report(transact(self.connection, commands))
             return line
 
@@ -432,11 +417,11 @@ class FunctionWorker(SimpleWorker):
         """Put an abandoned event back at the front of its queue; not counted as an attempt."""
 
         def transaction() -> None:
-            with self.connection.pipeline(transaction=True) as pipe:
+            with guarded(self.connection) as pipe:
                 self.cleanup_execution(job, pipeline=pipe, execution=execution)
                 pipe.delete(job.key)
                 self.publisher.publish_many([event], at_front=True, pipeline=pipe)
-                quarantine.report(pipe.execute())
+                pipe.execute()
 
         self.hold(transaction, f"handing back {event.id}")
         log.info("worker %s: stopped during %s; event put back on the queue", self.name, event.id)

@@ -21,10 +21,10 @@ from broker.conditional import Conditional
 from broker.envelope import Event
 from broker.queues import Publisher
 from broker.registry import Registry
-from sources import s3event
-from sources.bucket_triggers import BucketTriggers
-from sources.buckets import ObjectInfo, ObjectRef
-from sources.manifest import Entry, Manifest
+from sources.files import s3event
+from sources.files.bucket_triggers import BucketTriggers
+from sources.files.buckets import ObjectInfo, ObjectRef
+from sources.files.manifest import Entry, Manifest
 
 log = logging.getLogger("lambdalite.files")
 
@@ -92,13 +92,11 @@ class ObjectEvents:
             for ref, entry in quiet:
                 Manifest.put(pipe, ref.bucket, ref.key, entry)
 
-        buckets = {c.ref.bucket for c in changes} | {ref.bucket for ref, _ in quiet}
-        keys = {Manifest.hash_key(b): "hash" for b in buckets}
         if only_if is not None:
-            if self.publisher.publish_if(*only_if, events, also=manifest_update, keys=keys) is None:
+            if self.publisher.publish_if(*only_if, events, also=manifest_update) is None:
                 return
         else:
-            self.publisher.publish_many(events, also=manifest_update, keys=keys)
+            self.publisher.publish_many(events, also=manifest_update)
         self.published += len(events)
         for change in changes:
             log.debug("%s %s/%s", change.event_name, change.ref.bucket, change.ref.key)

@@ -47,9 +47,10 @@ from broker.errors import LambdaliteError
 from broker.queues import Publisher
 from broker.registry import Registry, load_registry
 from broker.settings import Settings, load_settings
-from sources import dynamodb, sqlite_ahead, sqlite_batch, sqlite_capture, sqlite_cursor
-from sources.sqlite_ahead import Ahead
-from sources.sqlite_stream import RETRY_DB_EVERY, Database, Stream
+from broker.transaction import transaction
+from sources.sqlite import dynamodb, sqlite_ahead, sqlite_batch, sqlite_capture, sqlite_cursor
+from sources.sqlite.sqlite_ahead import Ahead
+from sources.sqlite.sqlite_stream import RETRY_DB_EVERY, Database, Stream
 
 log = logging.getLogger("lambdalite.sqlite")
 
@@ -324,7 +325,7 @@ class Feed:
             if settled:
                 successors.drop(pipe, settled)
 
-        self.publisher.publish_many([job], also=also, keys={stream.key: "hash"})
+        self.publisher.publish_many([job], also=also)
         if os.environ.get(FAULT_ENV) == "after-publish":
             os._exit(9)
         if done != stream.done:
@@ -374,8 +375,7 @@ class Feed:
                 also: Callable[[Any], None] | None = None) -> None:
         """Record that nothing is in flight up to change ``last`` (adding ``counts``, dropping the
         successor staged after ``settled``, and queuing what ``also`` adds), in one transaction."""
-        with self.client.pipeline(transaction=True) as pipe:
-            quarantine.guard(pipe, {stream.key: "hash"})
+        with transaction(self.client) as pipe:
             if also is not None:
                 also(pipe)
             pipe.hset(stream.key, mapping={"last": last, "done": last, "event": "", "records": "",
@@ -384,7 +384,7 @@ class Feed:
                 quarantine.incr(pipe, stream.key + ":stats", counter, n)
             if settled:
                 successors.drop(pipe, settled)
-            quarantine.report(pipe.execute())
+            pipe.execute()
         stream.last, stream.done, stream.event_id, stream.records, stream.retries = last, last, "", [], 0
         stream.done_history.append((now, last))
 

@@ -28,21 +28,20 @@ from dataclasses import dataclass
 import redis
 from redis.client import Pipeline
 
-from broker import quarantine, results
+from broker import quarantine, results, scripts
 from broker.conditional import recorded
 from broker.connection import TRANSIENT
 from broker.envelope import Event
 from broker.errors import IdempotencyConflictError, RedisUnavailableError, ThrottledError
 from broker.queues import Prepared, Publisher
-from broker.redis_internals import queued
-from sources.transactor import Transactor
+from sources.http.transactor import Transactor
 
 log = logging.getLogger(__name__)
 
 KEY_TTL = 24 * 3600  # seconds an idempotency key (or a webhook-id) maps to its event id
 CLAIM_TTL = 30  # seconds a claim lives if its holder dies before storing the event
 PENDING = "pending:"
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_RELEASE = scripts.load("claim_release")  # broker/lua/claim_release.lua
 _EVENT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -199,7 +198,7 @@ class Intake:
 
         with recorded(self.client) as pipe:
             self.publisher.publish_many([p.prepared for p in batch], also=also if extras else None, pipeline=pipe)
-            commands = queued(pipe)
+            commands = pipe.commands()  # the guard of every key written, then the writes
         replies = await self.transactor.execute(commands)
         quarantine.report(replies)
         for reply in replies:
@@ -267,7 +266,7 @@ class Intake:
                 # Not what a request stored (a foreign value): answering with it would acknowledge
                 # an event that was never stored. Dropped (only if unchanged) and claimed afresh.
                 log.warning("redis key %s holds %r, not an event id; replaced", key, text[:60])
-                self.client.eval(_RELEASE, 1, key, value)
+                _RELEASE(self.client, keys={"key": key}, args={"value": value})
                 continue
             if not text.startswith(PENDING):
                 return text
@@ -277,7 +276,7 @@ class Intake:
 
     def _release(self, key: str, event_id: str) -> None:
         with contextlib.suppress(*TRANSIENT):  # else the claim expires by itself after CLAIM_TTL
-            self.client.eval(_RELEASE, 1, key, PENDING + event_id)
+            _RELEASE(self.client, keys={"key": key}, args={"value": PENDING + event_id})
 
     # -- synchronous round trips -------------------------------------------------------------
     async def outcome(self, event_id: str, timeout: float) -> results.Outcome | None:
