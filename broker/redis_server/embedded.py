@@ -173,7 +173,7 @@ def private_var(var_dir: Path) -> None:
 
 def supervise(socket: Path, args: list[str]) -> None:
     """Become :mod:`broker.redis_supervisor` in a bare interpreter, keeping the stack's lock."""
-    from broker import redis_supervisor
+    from broker.redis_server import redis_supervisor
 
     stacklock.keep_across_exec()
     sys.stdout.flush()

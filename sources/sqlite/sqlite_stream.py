@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 from broker import results
 from broker.errors import ChangeFeedError
 from broker.registry import Function, SqliteTrigger
-from sources import sqlite_capture
+from sources.sqlite import sqlite_capture
 
 if TYPE_CHECKING:
-    from sources.sqlite_ahead import Ahead
+    from sources.sqlite.sqlite_ahead import Ahead
 
 log = logging.getLogger("lambdalite.sqlite")
 

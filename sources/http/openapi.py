@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from broker.registry import Registry
-from sources.http_triggers import path_parameters
+from sources.http.http_triggers import path_parameters
 
 _JSON_ANY: dict[str, Any] = {"application/json": {"schema": {}}}
 _LAMBDA_ERROR = {

@@ -27,7 +27,7 @@ import queue
 import threading
 from dataclasses import dataclass, field
 
-from sources.buckets import BucketRoot, Cancelled, NotAnObject, ObjectInfo, ObjectRef, Unsettled, read_object
+from sources.files.buckets import BucketRoot, Cancelled, NotAnObject, ObjectInfo, ObjectRef, Unsettled, read_object
 
 log = logging.getLogger("lambdalite.files")
 

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from broker import stats
 from broker.connection import TRANSIENT
 from broker.registry import Registry
-from sources.cost_metrics import CostCollector
+from sources.http.cost_metrics import CostCollector
 
 log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -2,7 +2,7 @@
 
 ::
 
-    from broker.idempotency import idempotent, idempotent_function
+    from broker.handler_api.idempotency import idempotent, idempotent_function
 
     @idempotent                            # key: the event id (context.aws_request_id)
     def handler(event, context): ...

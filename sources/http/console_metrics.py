@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 
 from broker.connection import TRANSIENT
 from broker.stats import COUNTERS
-from sources.console_data import Console, overview
+from sources.http.console_data import Console, overview
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The ``webhook`` process: webhooks in API Gateway's shape and Lambda's Invoke API, on uvicorn.
 
-``python -m sources.webhook`` serves, on ``LAMBDALITE_HTTP_HOST``:``LAMBDALITE_HTTP_PORT``:
+``python -m sources.http`` serves, on ``LAMBDALITE_HTTP_HOST``:``LAMBDALITE_HTTP_PORT``:
 
 - ``POST /2015-03-31/functions/{name}/invocations``: Lambda's Invoke API (:mod:`sources.invoke_api`),
   and the rest of ``/2015-03-31/`` (:mod:`sources.lambda_api`), for callers that pass
@@ -46,18 +46,18 @@ from broker.queues import Publisher
 from broker.registry import Registry, load_registry
 from broker.settings import Settings, load_settings
 from broker.settings import current as current_settings
-from sources import callers, connections, invoke_api, lambda_api, openapi, proxies
-from sources.bodies import read_body
-from sources.callers import Callers, is_loopback
-from sources.console import ConsoleApp
-from sources.console_data import Console
-from sources.console_metrics import ConsoleCollector
-from sources.http_triggers import WebhookRoute, message, starlette_path
-from sources.intake import Intake
-from sources.metrics import CONTENT_TYPE, HttpMetrics
-from sources.signatures import verifier
-from sources.sigv4 import load_keys
-from sources.transactor import Transactor
+from sources.http import callers, connections, invoke_api, lambda_api, openapi, proxies
+from sources.http.bodies import read_body
+from sources.http.callers import Callers, is_loopback
+from sources.http.console import ConsoleApp
+from sources.http.console_data import Console
+from sources.http.console_metrics import ConsoleCollector
+from sources.http.http_triggers import WebhookRoute, message, starlette_path
+from sources.http.intake import Intake
+from sources.http.metrics import CONTENT_TYPE, HttpMetrics
+from sources.http.signatures import verifier
+from sources.http.sigv4 import load_keys
+from sources.http.transactor import Transactor
 
 log = logging.getLogger("lambdalite.webhook")
 RESERVED = ("/healthz", "/metrics", "/openapi.json", "/2015-03-31/", "/console")
@@ -275,7 +275,7 @@ def server_config(app: Any, settings: Settings, **options: Any) -> Any:
 
 
 def main() -> None:
-    """Entry point of ``python -m sources.webhook``."""
+    """Entry point of ``python -m sources.http``."""
     import uvicorn
 
     from broker import logs, pins

@@ -38,10 +38,10 @@ from broker import deadletter, logstore
 from broker.connection import TRANSIENT
 from broker.errors import UnknownFunctionError
 from broker.queues import Publisher
-from sources import console_render as render
-from sources.callers import Callers
-from sources.console_data import Console, function_page, overview
-from sources.console_live import Hub
+from sources.http import console_render as render
+from sources.http.callers import Callers
+from sources.http.console_data import Console, function_page, overview
+from sources.http.console_live import Hub
 
 if TYPE_CHECKING:
     from jinja2 import Environment

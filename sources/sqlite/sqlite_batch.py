@@ -25,10 +25,10 @@ from broker import deadletter
 from broker.envelope import Event
 from broker.errors import ChangeFeedError
 from broker.queues import Prepared, Publisher
-from sources import dynamodb, sqlite_capture
+from sources.sqlite import dynamodb, sqlite_capture
 
 if TYPE_CHECKING:
-    from sources.sqlite_stream import Stream
+    from sources.sqlite.sqlite_stream import Stream
 
 log = logging.getLogger("lambdalite.sqlite")
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from broker.queues import Prepared, Publisher
-from sources import sqlite_batch, sqlite_capture, sqlite_cursor
+from sources.sqlite import sqlite_batch, sqlite_capture, sqlite_cursor
 
 if TYPE_CHECKING:
-    from sources.sqlite_stream import Stream
+    from sources.sqlite.sqlite_stream import Stream
 
 log = logging.getLogger("lambdalite.sqlite")
 

@@ -31,13 +31,13 @@ from broker.errors import (
     CallerAuthError,
     PayloadTooLargeError,
 )
-from sources.bodies import ASYNC_LIMIT, SYNC_LIMIT, read_body
-from sources.callers import refusal
-from sources.intake import REFUSED, idempotency_key, refusal_for
-from sources.lambda_api import Reply, find, lambda_error, split_function_name
+from sources.http.bodies import ASYNC_LIMIT, SYNC_LIMIT, read_body
+from sources.http.callers import refusal
+from sources.http.intake import REFUSED, idempotency_key, refusal_for
+from sources.http.lambda_api import Reply, find, lambda_error, split_function_name
 
 if TYPE_CHECKING:
-    from sources.webhook import HttpSource
+    from sources.http.webhook import HttpSource
 
 log = logging.getLogger(__name__)
 

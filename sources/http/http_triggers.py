@@ -26,13 +26,13 @@ from broker.errors import (
     SignatureError,
 )
 from broker.registry import Function, HttpTrigger
-from sources import apigateway
-from sources.bodies import ASYNC_LIMIT, SYNC_LIMIT, read_body
-from sources.intake import REFUSED, idempotency_key, refusal_for
-from sources.signatures import Verifier
+from sources.http import apigateway
+from sources.http.bodies import ASYNC_LIMIT, SYNC_LIMIT, read_body
+from sources.http.intake import REFUSED, idempotency_key, refusal_for
+from sources.http.signatures import Verifier
 
 if TYPE_CHECKING:
-    from sources.webhook import HttpSource
+    from sources.http.webhook import HttpSource
 
 log = logging.getLogger(__name__)
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\+?)\}")

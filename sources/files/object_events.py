@@ -21,10 +21,10 @@ from broker.conditional import Conditional
 from broker.envelope import Event
 from broker.queues import Publisher
 from broker.registry import Registry
-from sources import s3event
-from sources.bucket_triggers import BucketTriggers
-from sources.buckets import ObjectInfo, ObjectRef
-from sources.manifest import Entry, Manifest
+from sources.files import s3event
+from sources.files.bucket_triggers import BucketTriggers
+from sources.files.buckets import ObjectInfo, ObjectRef
+from sources.files.manifest import Entry, Manifest
 
 log = logging.getLogger("lambdalite.files")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.errors import CallerAuthError, ConfigError
-from sources.sigv4 import UNRECOGNIZED, Signed, SigV4
+from sources.http.sigv4 import UNRECOGNIZED, Signed, SigV4
 
 _INVALID_TOKEN = "The security token included in the request is invalid."
 

@@ -150,7 +150,7 @@ def _run(args: argparse.Namespace, settings: Settings, registry: Registry) -> in
     if args.command == "reload":
         return _reload(args, client, registry, settings)
     if args.command == "logs":
-        from broker import logcli
+        from broker.cli import logcli
 
         return logcli.run(client, registry.get(args.function).name, args.since, args.follow, args.text,
                           args.request_id, args.output)

@@ -24,7 +24,7 @@ from broker import environment
 from broker.registry import Function, Registry
 
 if TYPE_CHECKING:
-    from sources.webhook import HttpSource
+    from sources.http.webhook import HttpSource
 
 PREFIX = "/2015-03-31/"
 _API_VERSION = re.compile(r"/20\d\d-\d\d-\d\d/")  # Lambda's REST paths start with their API version

@@ -48,9 +48,9 @@ from broker.queues import Publisher
 from broker.registry import Registry, load_registry
 from broker.settings import Settings, load_settings
 from broker.transaction import transaction
-from sources import dynamodb, sqlite_ahead, sqlite_batch, sqlite_capture, sqlite_cursor
-from sources.sqlite_ahead import Ahead
-from sources.sqlite_stream import RETRY_DB_EVERY, Database, Stream
+from sources.sqlite import dynamodb, sqlite_ahead, sqlite_batch, sqlite_capture, sqlite_cursor
+from sources.sqlite.sqlite_ahead import Ahead
+from sources.sqlite.sqlite_stream import RETRY_DB_EVERY, Database, Stream
 
 log = logging.getLogger("lambdalite.sqlite")
 

@@ -50,9 +50,9 @@ from broker.connection import TRANSIENT, Backoff, connect
 from broker.errors import BucketsError, LambdaliteError
 from broker.registry import Registry, load_registry
 from broker.settings import load_settings
-from sources import s3event
-from sources.bucket_triggers import BucketTriggers
-from sources.buckets import (
+from sources.files import s3event
+from sources.files.bucket_triggers import BucketTriggers
+from sources.files.buckets import (
     BucketRoot,
     NotAnObject,
     ObjectInfo,
@@ -63,10 +63,10 @@ from sources.buckets import (
     printable,
     read_object,
 )
-from sources.hasher import Hasher, Job
-from sources.manifest import Entry, Manifest
-from sources.object_events import Change, ObjectEvents
-from sources.observer import BucketObserver, Inbox, watch
+from sources.files.hasher import Hasher, Job
+from sources.files.manifest import Entry, Manifest
+from sources.files.object_events import Change, ObjectEvents
+from sources.files.observer import BucketObserver, Inbox, watch
 
 log = logging.getLogger("lambdalite.files")
 

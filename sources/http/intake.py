@@ -34,7 +34,7 @@ from broker.connection import TRANSIENT
 from broker.envelope import Event
 from broker.errors import IdempotencyConflictError, RedisUnavailableError, ThrottledError
 from broker.queues import Prepared, Publisher
-from sources.transactor import Transactor
+from sources.http.transactor import Transactor
 
 log = logging.getLogger(__name__)
 

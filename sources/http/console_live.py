@@ -22,7 +22,7 @@ import orjson
 
 from broker import history
 from broker.connection import TRANSIENT
-from sources.console_data import Console, function_page, overview
+from sources.http.console_data import Console, function_page, overview
 
 log = logging.getLogger(__name__)
 INTERVAL = 0.5  # seconds between reads while a page is open: figures reach it within a second

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from broker.registry import FilesTrigger, Registry
-from sources.s3event import event_matches
+from sources.files.s3event import event_matches
 
 
 def trigger_matches(trigger: FilesTrigger, bucket: str, key: str, event_name: str) -> bool:
