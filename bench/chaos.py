@@ -54,9 +54,9 @@ sys.path.insert(0, str(ROOT))
 from bench.report import table, write_section  # noqa: E402
 from broker import settings  # noqa: E402
 from broker.connection import connect  # noqa: E402
-from broker.embedded import RedisServer  # noqa: E402
 from broker.envelope import Event  # noqa: E402
 from broker.queues import Publisher  # noqa: E402
+from broker.redis_server.embedded import RedisServer  # noqa: E402
 from broker.registry import load_registry  # noqa: E402
 from tests.faults import chaos  # noqa: E402
 from tests.sentinelkit import SentinelSet  # noqa: E402

@@ -39,9 +39,9 @@ import httpx  # noqa: E402
 import psutil  # noqa: E402
 import redis  # noqa: E402
 
-from broker.embedded import RedisServer  # noqa: E402
 from broker.envelope import Event  # noqa: E402
 from broker.queues import Publisher  # noqa: E402
+from broker.redis_server.embedded import RedisServer  # noqa: E402
 from broker.registry import load_registry  # noqa: E402
 
 HANDLERS = '''
@@ -88,7 +88,7 @@ class Stack:
                "PYTHONPATH": os.pathsep.join([str(ROOT), str(self.dir)])}
         self.procs = [subprocess.Popen([sys.executable, "-m", module], cwd=self.dir, env=env,
                                        stdout=subprocess.DEVNULL, stderr=(self.dir / f"{module}.log").open("w"))
-                      for module in ("sources.webhook", "workers.scaler")]
+                      for module in ("sources.http", "workers.scaler")]
         deadline = time.monotonic() + 60
         while True:
             try:

@@ -17,7 +17,7 @@ slope of log cost against log size: 1 is linear, 0 flat) and the cost per unit o
   the scaler's CPU per step.
 
 References measured in the same run: the smallest size of each axis, ``python -c 'import
-broker.cli'`` beside the status latency, an empty bucket beside the object counts. ``--quick`` runs
+broker.cli.cli'`` beside the status latency, an empty bucket beside the object counts. ``--quick`` runs
 small sizes (a smoke test); ``--write`` puts the tables into docs/performance.md and the plots in docs/.
 """
 
@@ -58,9 +58,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 from report import table, write_section  # noqa: E402
 from soak import sample_processes  # noqa: E402
 
-from broker.embedded import RedisServer  # noqa: E402
 from broker.envelope import Event  # noqa: E402
 from broker.queues import Publisher, function_queue  # noqa: E402
+from broker.redis_server.embedded import RedisServer  # noqa: E402
 from broker.registry import load_registry  # noqa: E402
 from broker.stats import scaler_key  # noqa: E402
 
@@ -230,8 +230,8 @@ def functions_axis(sizes: list[int], window: float, workers: int) -> Axis:
                      "< 5 % with 1,000 functions", per=True)
             runs = [_timed([str(BIN / "lambdalite"), "status", "--json"], folder, env) for _ in range(5)]
             axis.put(n, "`lambdalite status --json`", statistics.median(runs) * 1000, "ms", per=True)
-            floor = [_timed([sys.executable, "-c", "import broker.cli"], folder, env) for _ in range(3)]
-            axis.put(n, "reference: `python -c 'import broker.cli'`", statistics.median(floor) * 1000, "ms")
+            floor = [_timed([sys.executable, "-c", "import broker.cli.cli"], folder, env) for _ in range(3)]
+            axis.put(n, "reference: `python -c 'import broker.cli.cli'`", statistics.median(floor) * 1000, "ms")
             for kind in ("scaler", "files", "webhook", "sqlite", "redis-server"):
                 pss = sum(p["pss"] for p in procs.values() if p["kind"] == kind)
                 axis.put(n, f"PSS of {kind}", pss / 2**20, "MB", per=True)
@@ -278,8 +278,8 @@ def _timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
 
 
 def objects_axis(sizes: list[int]) -> Axis:
-    from sources.buckets import BucketRoot, read_object
-    from sources.manifest import Entry, Manifest
+    from sources.files.buckets import BucketRoot, read_object
+    from sources.files.manifest import Entry, Manifest
 
     axis = Axis("objects")
     for n in [0, *sizes]:

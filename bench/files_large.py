@@ -44,7 +44,7 @@ sys.path.insert(1, str(ROOT / "bench"))
 
 from report import table, write_section  # noqa: E402
 
-from broker.embedded import RedisServer  # noqa: E402
+from broker.redis_server.embedded import RedisServer  # noqa: E402
 
 CONFIG = """
 [functions.mark]

@@ -42,7 +42,7 @@ from watchdog.observers import Observer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from broker.embedded import RedisServer  # noqa: E402
+from broker.redis_server.embedded import RedisServer  # noqa: E402
 
 MARKER = '''
 import os, time

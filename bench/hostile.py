@@ -93,9 +93,9 @@ def _env(url: str) -> dict[str, str]:
 def settle_times(runs: int) -> dict[str, list[float]]:
     """Seconds from deadline (or start, for memory) to outcome, per kind, over ``runs`` runs each."""
     from broker import results
-    from broker.embedded import RedisServer
     from broker.envelope import Event
     from broker.queues import Publisher
+    from broker.redis_server.embedded import RedisServer
     from broker.registry import load_registry
 
     folder = Path(tempfile.mkdtemp(prefix="ll-bench-hostile-"))
@@ -141,7 +141,7 @@ def settle_times(runs: int) -> dict[str, list[float]]:
 def step_costs(workers: int, rounds: int) -> tuple[float, float]:
     """(the watchdog's check, a whole scaler step) in microseconds, medians, with ``workers`` busy
     stand-in workers (sleeping processes with a child each, every one in an invocation)."""
-    from broker.embedded import RedisServer
+    from broker.redis_server.embedded import RedisServer
     from broker.registry import load_registry
     from broker.settings import Settings
     from workers.processes import WorkerProc

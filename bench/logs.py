@@ -40,8 +40,8 @@ from report import table, write_section  # noqa: E402
 
 from broker import cost, logstore, results, settings, stats  # noqa: E402
 from broker.connection import transact  # noqa: E402
-from broker.embedded import RedisServer  # noqa: E402
 from broker.redis_internals import queued  # noqa: E402
+from broker.redis_server.embedded import RedisServer  # noqa: E402
 
 FUNCTION = "bench"
 

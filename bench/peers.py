@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from report import table, write_section  # noqa: E402
 
-from broker.embedded import RedisServer  # noqa: E402
+from broker.redis_server.embedded import RedisServer  # noqa: E402
 
 MODELS = {
     "lambdalite": "the scaler forks {p} workers (min_workers {p}), each with its sandbox: one invocation at a "

@@ -42,9 +42,9 @@ sys.path.append(str(ROOT / "bench"))  # last: bench/http.py must not hide the st
 from report import table, write_section  # noqa: E402
 
 from broker.connection import connect, transact  # noqa: E402
-from broker.embedded import RedisServer  # noqa: E402
 from broker.redis_internals import queued  # noqa: E402
-from sources.transactor import Transactor  # noqa: E402
+from broker.redis_server.embedded import RedisServer  # noqa: E402
+from sources.http.transactor import Transactor  # noqa: E402
 
 COMMAND = "python bench/redis_client.py --write"
 

@@ -41,9 +41,9 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 
 from broker import revision  # noqa: E402
-from broker.embedded import RedisServer  # noqa: E402
 from broker.envelope import Event  # noqa: E402
 from broker.queues import Publisher, function_queue  # noqa: E402
+from broker.redis_server.embedded import RedisServer  # noqa: E402
 from broker.registry import load_registry  # noqa: E402
 
 sys.path.append(str(ROOT / "bench"))  # after the imports above: bench/http.py must not shadow http

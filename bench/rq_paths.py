@@ -51,9 +51,9 @@ from report import table, write_section  # noqa: E402
 
 from broker import rqlayout  # noqa: E402
 from broker.connection import connect  # noqa: E402
-from broker.embedded import RedisServer  # noqa: E402
 from broker.envelope import Event  # noqa: E402
 from broker.queues import RUNNER, Publisher, function_queue, rq_timeout, taking_key  # noqa: E402
+from broker.redis_server.embedded import RedisServer  # noqa: E402
 from broker.registry import Function, Registry  # noqa: E402
 from workers import jobs  # noqa: E402
 from workers.taking import Taker  # noqa: E402

@@ -37,9 +37,9 @@ import psutil  # noqa: E402
 import redis  # noqa: E402
 from rq import Queue  # noqa: E402
 
-from broker.embedded import RedisServer  # noqa: E402
 from broker.envelope import Event  # noqa: E402
 from broker.queues import Publisher  # noqa: E402
+from broker.redis_server.embedded import RedisServer  # noqa: E402
 from broker.registry import load_registry  # noqa: E402
 
 BIN = Path(sys.executable).parent

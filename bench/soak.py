@@ -125,9 +125,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-_KINDS = [("honcho", "honcho"), ("redis_supervisor", "redis supervisor"), ("broker.embedded", "redis supervisor"),
+_KINDS = [("honcho", "honcho"), ("redis_supervisor", "redis supervisor"), ("broker.redis_server", "redis supervisor"),
           ("sources.files", "files"), ("sources.sqlite", "sqlite"), ("lambdalite-sqlite", "sqlite"),
-          ("sources.webhook", "webhook"), ("uvicorn", "webhook")]
+          ("sources.http", "webhook"), ("uvicorn", "webhook")]
 
 
 def sample_processes(root: psutil.Process) -> dict[int, dict[str, Any]]:

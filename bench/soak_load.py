@@ -25,7 +25,7 @@ KEEP_FILES = 20.0  # seconds a dropped file stays in its bucket before the load 
 
 HANDLERS = '''"""Soak handlers: small, and each a kind of work a real stack sees."""
 
-from broker.idempotency import idempotent
+from broker.handler_api.idempotency import idempotent
 
 
 def echo(event, context):

@@ -36,12 +36,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from broker import stats  # noqa: E402
-from broker.embedded import RedisServer  # noqa: E402
 from broker.envelope import Event  # noqa: E402
 from broker.queues import Publisher  # noqa: E402
+from broker.redis_server.embedded import RedisServer  # noqa: E402
 from broker.registry import load_registry  # noqa: E402
-from sources import dynamodb, sqlite_capture  # noqa: E402
-from sources.sqlite_cursor import cursor_key  # noqa: E402
+from sources.sqlite import dynamodb, sqlite_capture  # noqa: E402
+from sources.sqlite.sqlite_cursor import cursor_key  # noqa: E402
 
 HANDLER = '''
 import json, os, time

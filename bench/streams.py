@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from report import table, write_section  # noqa: E402
 
-from broker import embedded, logstore, results  # noqa: E402
+from broker import logstore, results
+from broker.redis_server import embedded  # noqa: E402
 
 OUTCOMES = 20_000
 LOGGED = 3_000

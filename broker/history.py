@@ -33,7 +33,7 @@ from typing import Any
 
 import redis
 
-from broker import quarantine
+from broker import quarantine, scripts
 
 KEEP = 2 * 24 * 3600  # seconds a function's history outlives its last write
 BINS = 40  # duration bins: bin k holds durations in [2^(k/2), 2^((k+1)/2)) ms; bin 0 also those < 1 ms
@@ -62,83 +62,29 @@ def history_key(function: str) -> str:
     return f"lambdalite:history:{function}"
 
 
-# KEYS[1]: the hash. ARGV[1]: 'inv' or 'gauge'; ARGV[2..5]: its four figures (inv: failed, dead,
-# duration ms, age ms; gauge: concurrency, queued, oldest age ms, throttles); ARGV[6]: now (s);
-# ARGV[7]: seconds to keep; then each ring's prefix, width and slot count (ARGV[8..13]); then
-# quarantine.script_args(). A bucket that does not parse is started afresh, so the writes never fail.
-_RECORD = quarantine.MOVE_FUNCTION + """
-local nfields = NFIELDS
-local nbins = NBINS
-local fmt = '>' .. string.rep('I4', nfields + nbins)
-local out = {}
-move(KEYS[1], 'hash', 13, out)
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  -- the whole hash at once, every bucket empty (window start 0): its size is fixed from the first write
-  local empty, all = string.rep('\0', 4 * (nfields + nbins)), {}
-  for r = 8, 13, 3 do
-    for slot = 0, tonumber(ARGV[r + 2]) - 1 do
-      all[#all + 1] = ARGV[r] .. slot
-      all[#all + 1] = empty
-    end
-  end
-  redis.call('HSET', KEYS[1], unpack(all))
-end
-local kind = ARGV[1]
-local a, b, c, d = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local now = tonumber(ARGV[6])
-for r = 8, 13, 3 do
-  local width, slots = tonumber(ARGV[r + 1]), tonumber(ARGV[r + 2])
-  local start = math.floor(now / width) * width
-  local field = ARGV[r] .. ((start / width) % slots)
-  local raw = redis.call('HGET', KEYS[1], field)
-  local v
-  if raw and #raw == 4 * (nfields + nbins) then v = {struct.unpack(fmt, raw)} end
-  if not v or v[1] ~= start then
-    v = {start}
-    for i = 2, nfields + nbins do v[i] = 0 end
-  end
-  if kind == 'inv' then
-    if v[2] == 0 or c < v[6] then v[6] = c end
-    v[2] = v[2] + 1
-    v[3] = v[3] + a
-    v[4] = v[4] + b
-    v[5] = v[5] + c
-    if c > v[7] then v[7] = c end
-    if d > v[8] then v[8] = d end
-    local bin = 0
-    if c >= 1 then bin = math.floor(2 * math.log(c) / math.log(2)) end
-    if bin > nbins - 1 then bin = nbins - 1 end
-    v[nfields + 1 + bin] = v[nfields + 1 + bin] + 1
-  else
-    if a > v[9] then v[9] = a end
-    if b > v[10] then v[10] = b end
-    if c > v[11] then v[11] = c end
-    v[12] = v[12] + d
-  end
-  for i = 2, nfields + nbins do if v[i] > 4294967295 then v[i] = 4294967295 end end  -- saturate, never fail
-  redis.call('HSET', KEYS[1], field, struct.pack(fmt, unpack(v, 1, nfields + nbins)))
-end
-redis.call('EXPIRE', KEYS[1], ARGV[7])
-return out
-""".replace("NFIELDS", str(len(FIELDS))).replace("NBINS", str(BINS))
+_RECORD = scripts.load("history_record")  # broker/lua/history_record.lua
+_SHAPE = {"hour_prefix": HOUR.prefix, "hour_width": HOUR.width, "hour_slots": HOUR.slots, "day_prefix": DAY.prefix,
+          "day_width": DAY.width, "day_slots": DAY.slots, "nfields": len(FIELDS), "nbins": BINS}
 
 
-def _rings() -> list[Any]:
-    return [x for ring in (HOUR, DAY) for x in (ring.prefix, ring.width, ring.slots)]
+def _write(pipe: Any, function: str, kind: str, figures: tuple[int, int, int, int], now: float) -> None:
+    key = history_key(function)
+    _RECORD.queue(pipe, keys={"history": key, "history_aside": quarantine.aside(key, quarantine.stamp())},
+                  args={**quarantine.move_args(), "kind": kind, "figure1": figures[0], "figure2": figures[1],
+                        "figure3": figures[2], "figure4": figures[3], "now": now, "ttl": KEEP, **_SHAPE})
 
 
 def record(pipe: Any, function: str, now: float, duration_ms: float, failed: bool, dead: bool,
            age_ms: float) -> None:
     """Queue on ``pipe`` the counting of one invocation that ended at ``now``."""
-    pipe.eval(_RECORD, 1, history_key(function), "inv", int(failed), int(dead), max(0, round(duration_ms)),
-              max(0, round(age_ms)), now, KEEP, *_rings(), *quarantine.script_args())
+    _write(pipe, function, "inv", (int(failed), int(dead), max(0, round(duration_ms)), max(0, round(age_ms))), now)
 
 
 def sample(pipe: Any, function: str, now: float, concurrency: int, queued: int, oldest_ms: float,
            throttles: int) -> None:
     """Queue on ``pipe`` one sample of the function's gauges taken at ``now``."""
-    pipe.eval(_RECORD, 1, history_key(function), "gauge", max(0, concurrency), max(0, queued),
-              max(0, round(oldest_ms)), max(0, throttles), now, KEEP, *_rings(), *quarantine.script_args())
+    _write(pipe, function, "gauge", (max(0, concurrency), max(0, queued), max(0, round(oldest_ms)), max(0, throttles)),
+           now)
 
 
 @dataclass(frozen=True, slots=True)

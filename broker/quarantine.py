@@ -35,33 +35,6 @@ _INCR = scripts.load("quarantine_incr")
 _SET_ASIDE = scripts.load("quarantine_set_aside")
 
 
-def _tail() -> list[Any]:
-    return [PREFIX, int(time.time() * 1000), KEEP, _MARK]
-
-
-#: For the scripts of other modules: the Lua function ``move(key, expected, n, out)``, which
-#: reads :func:`script_args` from ARGV after the script's own ``n`` arguments.
-MOVE_FUNCTION = """
-local function move(key, expected, n, out)
-  local found = redis.call('TYPE', key).ok
-  if found ~= 'none' and found ~= expected then
-    local aside = ARGV[n + 1] .. key .. ':' .. ARGV[n + 2]
-    redis.call('RENAME', key, aside)
-    redis.call('EXPIRE', aside, ARGV[n + 3])
-    if #out == 0 then table.insert(out, ARGV[n + 4]) end
-    table.insert(out, key)
-    table.insert(out, 'holds a ' .. found .. ', not a ' .. expected)
-    table.insert(out, 'moved to ' .. aside)
-  end
-end
-"""
-
-
-def script_args() -> list[Any]:
-    """The arguments that :data:`MOVE_FUNCTION` reads, to pass after a script's own."""
-    return _tail()
-
-
 def stamp() -> int:
     """The stamp of the asides named now (milliseconds since the epoch)."""
     return int(time.time() * 1000)

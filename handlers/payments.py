@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from broker.idempotency import idempotent
+from broker.handler_api.idempotency import idempotent
 
 # An object in the `ledger` bucket: the bucket folders are the one place of the project the sandbox
 # user may write (var/ is the stack's own). No trigger watches that bucket.

@@ -15,10 +15,10 @@ import redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from broker.embedded import RedisServer
 from broker.queues import function_queue
+from broker.redis_server.embedded import RedisServer
 from broker.registry import Registry, load_registry
-from sources.files import BucketWatcher
+from sources.files.files import BucketWatcher
 
 ALL = '["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]'
 

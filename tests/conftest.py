@@ -18,7 +18,7 @@ import pytest
 import redis
 from hypothesis import settings
 
-from broker.embedded import RedisServer
+from broker.redis_server.embedded import RedisServer
 
 # CI runs the fuzz tests on a fixed sequence of examples, so a red build always replays; locally each
 # run draws new ones (and .hypothesis/ keeps any failure found to replay it first next time).

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from broker.embedded import RedisServer
+from broker.redis_server.embedded import RedisServer
 
 
 def can_mount() -> bool:

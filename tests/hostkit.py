@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 import redis
 
-from broker.embedded import redis_server_binary
+from broker.redis_server.embedded import redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from broker.embedded import redis_server_binary
+from broker.redis_server.embedded import redis_server_binary
 
 SERVICE = "mymaster"
 PASSWORD = "s3ntinel-test"

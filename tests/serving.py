@@ -43,7 +43,7 @@ def serve(app: Any, settings: Any = None) -> Iterator[str]:
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
                                 timeout_graceful_shutdown=3)
     else:
-        from sources.webhook import server_config
+        from sources.http.webhook import server_config
 
         config = server_config(app, settings)
     server = uvicorn.Server(config)

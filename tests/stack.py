@@ -87,7 +87,7 @@ class FilesProcess:
 
 
 class WebhookProcess:
-    """``python -m sources.webhook`` in a project folder on a free loopback port, stopped by SIGTERM."""
+    """``python -m sources.http`` in a project folder on a free loopback port, stopped by SIGTERM."""
 
     def __init__(self, project: Path, **settings: str) -> None:
         import socket
@@ -98,7 +98,7 @@ class WebhookProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = project / f"webhook-{time.monotonic_ns()}.log"
         with self.log.open("w") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "sources.webhook"], cwd=project,
+            self.proc = subprocess.Popen([sys.executable, "-m", "sources.http"], cwd=project,
                                          env=env(LAMBDALITE_HTTP_PORT=str(self.port), **settings),
                                          stdout=out, stderr=subprocess.STDOUT)
 

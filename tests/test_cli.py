@@ -21,7 +21,7 @@ def one_line_error(done: subprocess.CompletedProcess[str], *expected: str) -> No
         assert text in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("process", ["workers.scaler", "sources.files", "sources.sqlite", "sources.webhook"])
+@pytest.mark.parametrize("process", ["workers.scaler", "sources.files", "sources.sqlite", "sources.http"])
 def test_every_process_refuses_a_broken_registry_in_one_line(project: Path, redis_url: str, process: str) -> None:
     (project / "lambdalite.toml").write_text('[functions.f]\nhandler = "a.b"\ntimout = 3\n')
     done = subprocess.run([sys.executable, "-m", process], cwd=project, env=env(), capture_output=True, text=True,

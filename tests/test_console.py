@@ -19,7 +19,7 @@ from stack import Scaler, invoke, publish, status
 from broker import deadletter, history
 from broker.envelope import Event
 from broker.registry import load_registry
-from sources.webhook import create_app
+from sources.http.webhook import create_app
 
 HANDLER = '''
 import os

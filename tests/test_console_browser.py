@@ -23,7 +23,7 @@ from test_console import COUNTS, _wait, _write
 
 from broker import deadletter
 from broker.registry import load_registry
-from sources.webhook import create_app
+from sources.http.webhook import create_app
 
 SUCCEEDED = "document.querySelector('tr[data-function=\"ok\"] [data-k=\"succeeded\"]').textContent === '{}'"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")

@@ -23,10 +23,10 @@ from sqlite_support import Consumer, app_db, make_project, queued_events, record
 from broker import results
 from broker.connection import connect
 from broker.registry import load_registry
-from sources.intake import idempotency_key
-from sources.sqlite import Feed
-from sources.sqlite_cursor import cursor_key
-from sources.webhook import create_app
+from sources.http.intake import idempotency_key
+from sources.http.webhook import create_app
+from sources.sqlite.sqlite import Feed
+from sources.sqlite.sqlite_cursor import cursor_key
 
 MANIFEST = "lambdalite:files:manifest:"
 PUT, DELETE = "ObjectCreated:Put", "ObjectRemoved:Delete"

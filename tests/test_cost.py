@@ -14,7 +14,7 @@ import redis
 
 from broker import cost, logstore, prices
 from broker.registry import load_registry
-from sources.metrics import HttpMetrics
+from sources.http.metrics import HttpMetrics
 from tests.stack import Scaler, cli, invoke
 
 # Three REPORT lines as Lambda writes them, one a cold start; the figures below are worked by hand.

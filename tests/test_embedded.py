@@ -18,7 +18,7 @@ from tests.stack import env
 
 def start(project: Path, **settings: str) -> tuple[subprocess.Popen[str], psutil.Process, redis.Redis]:
     with (project / "redis.log").open("a") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "broker.embedded"], cwd=project, text=True,
+        proc = subprocess.Popen([sys.executable, "-m", "broker.redis_server"], cwd=project, text=True,
                                 env={k: v for k, v in env(**settings).items() if k != "LAMBDALITE_REDIS_URL"},
                                 stdout=log, stderr=subprocess.STDOUT)
     client = redis.Redis.from_url(f"unix://{project / 'var' / 'redis.sock'}")

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from broker.errors import ConfigError
 from broker.registry import load_registry
-from sources import s3event
-from sources.bucket_triggers import BucketTriggers
-from sources.buckets import BucketRoot, is_temporary
+from sources.files import s3event
+from sources.files.bucket_triggers import BucketTriggers
+from sources.files.buckets import BucketRoot, is_temporary
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from PIL import Image
 
 from broker import deadletter
 from broker.errors import BucketsError
-from sources.files import prepare_root
+from sources.files.files import prepare_root
 from tests.stack import FilesProcess, Scaler, cli, env
 
 PUT, DELETE = "ObjectCreated:Put", "ObjectRemoved:Delete"
@@ -323,8 +323,8 @@ def test_a_root_that_cannot_be_watched_is_waited_for(project: Path, r: redis.Red
     can be reached): one line, and the next step tries again; no thread is left behind."""
     import threading
 
-    import sources.files
-    from sources.observer import Inbox, watch
+    import sources.files.files
+    from sources.files.observer import Inbox, watch
 
     before = set(threading.enumerate())
     with pytest.raises(FileNotFoundError):
@@ -342,7 +342,7 @@ def test_a_root_that_cannot_be_watched_is_waited_for(project: Path, r: redis.Red
             raise OSError(errno.ENOSPC, "inotify watch limit reached")
         return watch(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(sources.files, "watch", racing_watch)
+    monkeypatch.setattr(sources.files.files, "watch", racing_watch)
     watcher = make_watcher(project, r)
     watcher.start()
     try:

@@ -15,7 +15,7 @@ import pytest
 import redis
 from bucketkit import ALL, Driver, keys, make_watcher, records, write_config
 
-from sources import files
+from sources.files import files
 
 GB = 1 << 30
 

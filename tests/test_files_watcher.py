@@ -19,8 +19,8 @@ from bucketkit import ALL, Driver, keys, make_watcher, records, uploads_project,
 from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, WatchDescriptor
 
 from broker.registry import load_registry
-from sources.buckets import BucketRoot, NotAnObject, Unsettled, read_object
-from sources.manifest import Manifest
+from sources.files.buckets import BucketRoot, NotAnObject, Unsettled, read_object
+from sources.files.manifest import Manifest
 
 
 @pytest.fixture
@@ -307,16 +307,16 @@ def test_an_unexpected_error_costs_one_event_not_the_watcher(
     driver: Driver, r: redis.Redis, bucket_project: Path, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    import sources.files
+    import sources.files.files
 
-    real = sources.files.read_object
+    real = sources.files.files.read_object
 
     def flaky(root: Any, ref: Any) -> Any:
         if ref.key == "boom.jpg":
             raise RuntimeError("disk on fire")
         return real(root, ref)
 
-    monkeypatch.setattr(sources.files, "read_object", flaky)
+    monkeypatch.setattr(sources.files.files, "read_object", flaky)
     uploads = bucket_project / "buckets" / "uploads"
     (uploads / "boom.jpg").write_bytes(b"b")
     sentinel(driver, r, uploads)

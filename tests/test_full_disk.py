@@ -31,8 +31,8 @@ from broker.connection import RedisRefusesWrites, connect, transact
 from broker.envelope import Event
 from broker.queues import Publisher
 from broker.registry import load_registry
-from sources.manifest import Manifest
-from sources.sqlite_cursor import cursor_key
+from sources.files.manifest import Manifest
+from sources.sqlite.sqlite_cursor import cursor_key
 from tests.stack import ROOT, Scaler, cli, env, free_port, invoke, publish, status
 
 ALWAYS = Conditional(scripts.load("always", Path(__file__).with_name("lua")))  # a condition that always holds
@@ -166,7 +166,7 @@ def test_a_full_disk_under_redis_holds_every_event_until_there_is_room_again(
     app.execute("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT)")
     sink, port = project / "calls.jsonl", free_port()
     settings = {"LAMBDALITE_REDIS_URL": server.url, "LAMBDALITE_HTTP_PORT": str(port), "SINK": str(sink)}
-    names = ("sources.files", "sources.sqlite", "sources.webhook")
+    names = ("sources.files", "sources.sqlite", "sources.http")
     procs = {name: Process(project, name, **settings) for name in names}
     scaler = Scaler(project, **settings)
     base = f"http://127.0.0.1:{port}"

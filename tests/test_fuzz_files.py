@@ -24,8 +24,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.envelope import Event
-from sources import s3event
-from sources.buckets import BucketRoot, is_temporary
+from sources.files import s3event
+from sources.files.buckets import BucketRoot, is_temporary
 
 FUZZ = settings(max_examples=300, deadline=None)
 utf8_text = st.text(st.characters(blacklist_categories=("Cs",)))  # what UTF-8 can hold
@@ -198,7 +198,7 @@ def test_the_process_logs_a_name_that_is_not_utf8_in_one_line(project: Path, red
         out = proc.communicate(timeout=10)[0].decode("utf-8")
     assert proc.returncode == 0, out
     bad = [line for line in out.splitlines() if "not valid UTF-8" in line]
-    assert bad == [f"WARNING sources.buckets: not published: {uploads}/caf\\xe9.jpg: the name is not valid UTF-8 "
+    assert bad == [f"WARNING sources.files.buckets: not published: {uploads}/caf\\xe9.jpg: the name is not valid UTF-8 "
                    "(S3 keys must be)"], out
     assert "Traceback" not in out and "Logging error" not in out
 

@@ -27,9 +27,9 @@ from sqlite_support import app_db, finish, make_project, queued_events
 from broker.connection import connect
 from broker.envelope import dump_json
 from broker.errors import ChangeFeedError
-from sources import dynamodb, sqlite_capture
-from sources.sqlite import Feed, run
-from sources.sqlite_batch import first_failure
+from sources.sqlite import dynamodb, sqlite_capture
+from sources.sqlite.sqlite import Feed, run
+from sources.sqlite.sqlite_batch import first_failure
 
 FUZZ = settings(max_examples=200, deadline=None)
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import redis
 
-from sources.connections import AcceptLogLimit
+from sources.http.connections import AcceptLogLimit
 from tests.stack import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ handler = "handlers.echo.handler"
 
 @contextmanager
 def webhook_process(project: Path, fd_limit: int | None = None, **settings: str) -> Iterator[tuple[int, Path]]:
-    """``python -m sources.webhook`` on a free port; yields (port, log file)."""
+    """``python -m sources.http`` on a free port; yields (port, log file)."""
     (project / "lambdalite.toml").write_text(TOML)
     port = free_port()
     log = project / f"webhook-{port}.log"
@@ -44,7 +44,7 @@ def webhook_process(project: Path, fd_limit: int | None = None, **settings: str)
             resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
 
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "sources.webhook"], cwd=project, env=env, stdout=out,
+        proc = subprocess.Popen([sys.executable, "-m", "sources.http"], cwd=project, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, preexec_fn=limit)
     try:
         deadline = time.monotonic() + 30

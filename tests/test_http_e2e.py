@@ -13,7 +13,7 @@ from serving import serve
 from stack import Scaler
 
 from broker.registry import load_registry
-from sources.webhook import create_app
+from sources.http.webhook import create_app
 
 TOML = """
 [functions.greet]

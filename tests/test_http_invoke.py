@@ -14,10 +14,10 @@ import redis
 from botocore.config import Config
 from serving import StandInWorker, echo, queued, serve
 
-from broker.embedded import RedisServer
 from broker.queues import function_queue
+from broker.redis_server.embedded import RedisServer
 from broker.registry import load_registry
-from sources.webhook import create_app
+from sources.http.webhook import create_app
 
 TOML = """
 [functions.echo]

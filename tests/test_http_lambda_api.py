@@ -16,7 +16,7 @@ from stack import Scaler
 from test_http_sigv4 import KEY_ID, KEYS, SECRET, aws_cli
 
 from broker.registry import load_registry
-from sources.webhook import create_app
+from sources.http.webhook import create_app
 
 TOML = """
 [functions.tools]

@@ -12,7 +12,7 @@ import pytest
 from serving import StandInWorker, echo, serve
 
 from broker.registry import load_registry
-from sources.webhook import create_app
+from sources.http.webhook import create_app
 
 TOML = """
 [functions.echo]

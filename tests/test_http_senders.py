@@ -19,9 +19,9 @@ from serving import queued, serve
 from broker.errors import ConfigError
 from broker.registry import load_registry
 from broker.settings import load_settings
-from sources.proxies import parse_trusted
-from sources.signatures import standard_webhooks_key
-from sources.webhook import create_app
+from sources.http.proxies import parse_trusted
+from sources.http.signatures import standard_webhooks_key
+from sources.http.webhook import create_app
 
 GH_SECRET = "It's a Secret to Everybody"
 STRIPE_SECRET = "whsec_stripe_test_secret"

@@ -10,8 +10,8 @@ import json
 import pytest
 
 from broker.errors import ConfigError, SignatureError
-from sources import apigateway
-from sources.signatures import (
+from sources.http import apigateway
+from sources.http.signatures import (
     sign_standard_webhooks,
     standard_webhooks_key,
     verifier,

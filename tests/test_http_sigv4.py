@@ -21,9 +21,9 @@ from serving import StandInWorker, echo, serve
 
 from broker.errors import ConfigError
 from broker.registry import load_registry
-from sources import callers
-from sources.sigv4 import load_keys
-from sources.webhook import create_app
+from sources.http import callers
+from sources.http.sigv4 import load_keys
+from sources.http.webhook import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_ID, SECRET = "AKIDLAMBDALITE01", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
@@ -178,7 +178,7 @@ def test_beyond_loopback_without_credentials_is_refused(registry, redis_url: str
 def test_process_on_all_interfaces_without_credentials_exits_1_with_one_line(registry, redis_url: str,
                                                                              project: Path) -> None:
     env = {**os.environ, "LAMBDALITE_HTTP_HOST": "0.0.0.0", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "sources.webhook"], cwd=project, env=env,
+    done = subprocess.run([sys.executable, "-m", "sources.http"], cwd=project, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and "LAMBDALITE_ACCESS_KEYS" in done.stderr, done.stderr

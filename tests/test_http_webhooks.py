@@ -21,7 +21,7 @@ from broker import results
 from broker.envelope import Event
 from broker.errors import ConfigError
 from broker.registry import load_registry
-from sources.webhook import create_app
+from sources.http.webhook import create_app
 from tests.stack import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,7 +184,7 @@ def test_open_auth_is_refused_unless_on_loopback(registry, redis_url: str) -> No
 
 def test_process_refuses_open_auth_in_one_line(registry, redis_url: str, project: Path) -> None:
     env = {**os.environ, "LAMBDALITE_HTTP_HOST": "0.0.0.0", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "sources.webhook"], cwd=project, env=env,
+    done = subprocess.run([sys.executable, "-m", "sources.http"], cwd=project, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and "auth 'none' is refused" in done.stderr, done.stderr
@@ -193,7 +193,7 @@ def test_process_refuses_open_auth_in_one_line(registry, redis_url: str, project
 def test_process_serves_and_stops_on_sigterm(registry, redis_url: str, project: Path) -> None:
     port = free_port()
     env = {**os.environ, "LAMBDALITE_HTTP_PORT": str(port), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "sources.webhook"], cwd=project, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "sources.http"], cwd=project, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30

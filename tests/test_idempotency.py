@@ -23,10 +23,11 @@ import psutil
 import pytest
 import redis
 
-from broker import idempotency, results
+from broker import results
 from broker.envelope import Event
 from broker.errors import IdempotencyError, IdempotencyKeyError
-from broker.idempotency import idempotent, idempotent_function, record_key
+from broker.handler_api import idempotency
+from broker.handler_api.idempotency import idempotent, idempotent_function, record_key
 from broker.queues import Publisher
 from broker.registry import load_registry
 from tests.stack import ROOT, Scaler, env, invoke, status
@@ -328,7 +329,7 @@ def test_record_keys_are_hashed_and_scoped() -> None:
 
 
 def test_a_key_path_follows_list_indexes_and_refuses_what_is_not_there() -> None:
-    from broker.idempotency import _event_key
+    from broker.handler_api.idempotency import _event_key
 
     follow = _event_key("Records.1.id")
     assert follow is not None and follow({"Records": [{"id": "a"}, {"id": "b"}]}) == "b"

@@ -132,7 +132,7 @@ def test_a_from_env_variable_that_is_not_set_is_refused_with_one_line(project: P
 
 
 def test_one_region_for_arns_and_records(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sources import dynamodb
+    from sources.sqlite import dynamodb
     from workers import context
 
     monkeypatch.setenv("LAMBDALITE_REGION", "ap-south-1")

@@ -333,7 +333,7 @@ def test_a_foreign_entry_is_skipped_when_read(r: redis.Redis) -> None:
 
 @pytest.mark.parametrize("value", ["30s", "10m", "2h", "1d", "1w", "2026-12-06T09:00:00Z", "2026-12-06 09:00"])
 def test_since_accepts_durations_and_times(value: str) -> None:
-    from broker.logcli import since_ms
+    from broker.cli.logcli import since_ms
 
     now = 1_800_000_000.0
     got = since_ms(value, now)

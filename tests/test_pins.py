@@ -53,7 +53,7 @@ def stray_rq(tmp_path: Path) -> dict[str, str]:
     return env(PYTHONPATH=f"{site}:{ROOT}")
 
 
-@pytest.mark.parametrize("module", ["workers.scaler", "sources.files", "sources.sqlite", "sources.webhook"])
+@pytest.mark.parametrize("module", ["workers.scaler", "sources.files", "sources.sqlite", "sources.http"])
 def test_a_process_refuses_to_start_on_another_version(project: Path, redis_url: str, stray_rq: dict[str, str],
                                                        module: str) -> None:
     (project / "lambdalite.toml").write_text('[functions.f]\nhandler = "h.f"\n')

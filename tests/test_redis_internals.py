@@ -3,6 +3,7 @@ redis-py release that changes one of them fails here, against a real redis-serve
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import hiredis
@@ -11,8 +12,11 @@ import redis
 from redis.client import Pipeline
 from redis.connection import Connection, DefaultParser
 
+from broker import scripts
 from broker.connection import connect, run, transact
 from broker.redis_internals import Parser, RedisRefusesWrites, queued
+
+INCRBY = scripts.load("incrby", Path(__file__).with_name("lua"))
 
 ERRORS = [
     "WRONGTYPE Operation against a key holding the wrong kind of value",
@@ -77,7 +81,7 @@ def _writes(pipe: Pipeline, prefix: str) -> None:
     pipe.rpush(f"{prefix}:l", "one", 2)
     pipe.sadd(f"{prefix}:set", "x", "y")
     pipe.hincrby(f"{prefix}:h", "a", 4)
-    pipe.eval("return redis.call('INCRBY', KEYS[1], ARGV[1])", 1, f"{prefix}:n", 3)
+    INCRBY.queue(pipe, keys={"counter": f"{prefix}:n"}, args={"by": 3})  # EVAL
 
 
 def _held(r: redis.Redis, prefix: str) -> dict[str, Any]:

@@ -22,8 +22,8 @@ import pytest
 import redis
 
 from broker.connection import connect, endpoint
-from broker.embedded import RedisServer
-from sources.transactor import Transactor
+from broker.redis_server.embedded import RedisServer
+from sources.http.transactor import Transactor
 
 TLS = Path(__file__).parent / "fixtures" / "tls"
 PASSWORD = "s3cret/pass"  # a slash, as a URL must quote it

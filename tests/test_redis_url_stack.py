@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis
 
-from broker.embedded import RedisServer
+from broker.redis_server.embedded import RedisServer
 from tests.stack import ROOT, lambdalite, stack_env, start_stack, stop_stack, wait_up
 
 PASSWORD = "stack-s3cret"

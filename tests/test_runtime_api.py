@@ -29,7 +29,7 @@ from botocore.config import Config
 from broker import deadletter, results
 from broker.errors import ConfigError
 from broker.registry import load_registry
-from sources.webhook import create_app
+from sources.http.webhook import create_app
 from tests.serving import serve
 from tests.stack import Scaler, cli, publish, status
 

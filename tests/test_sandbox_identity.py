@@ -3,7 +3,7 @@ socket, the AOF), another function's /tmp, or a descriptor the worker held; no_n
 the idempotency helper still works through the worker; the shipped thumbnail handler still writes
 its bucket.
 
-Each test runs a real embedded Redis (``python -m broker.embedded``, as the Procfile does) in a
+Each test runs a real embedded Redis (``python -m broker.redis_server``, as the Procfile does) in a
 project folder the sandbox user can read, and the real scaler.
 """
 
@@ -24,7 +24,7 @@ import pytest
 import redis
 from PIL import Image
 
-from broker import idempotency
+from broker.handler_api import idempotency
 from tests.stack import FilesProcess, Scaler, env, invoke
 
 pytestmark = [
@@ -35,7 +35,7 @@ pytestmark = [
 PROBE = '''
 import json, os, socket
 
-from broker.idempotency import idempotent
+from broker.handler_api.idempotency import idempotent
 
 COUNT = {"runs": 0}
 
@@ -97,7 +97,7 @@ suffix = ".jpg"
 
 def _embedded(project: Path) -> subprocess.Popen[bytes]:
     with (project / "redis.log").open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "broker.embedded"], cwd=project, env=_env(),
+        return subprocess.Popen([sys.executable, "-m", "broker.redis_server"], cwd=project, env=_env(),
                                 stdout=out, stderr=subprocess.STDOUT)
 
 

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from broker import connection, results
-from sources import apigateway
+from sources.http import apigateway
 from tests.stack import Scaler, invoke, publish
 
 HANDLER = '''

@@ -179,7 +179,7 @@ def test_a_stop_after_redis_died_is_quick_and_the_next_start_reruns_the_event(
         project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """honcho stops every process when redis-server dies: nothing running can record its outcome
     then, so the scaler does not spend the grace period on it (honcho SIGKILLs at 5 s)."""
-    from broker.embedded import RedisServer
+    from broker.redis_server.embedded import RedisServer
 
     server = RedisServer(tmp_path / "own-redis", appendonly=True).start()
     monkeypatch.setenv("LAMBDALITE_REDIS_URL", server.url)

@@ -24,6 +24,15 @@ def _code(text: str) -> str:
     return "\n".join(line.split("--", 1)[0] for line in text.splitlines())
 
 
+def test_there_are_scripts_and_no_lua_in_python() -> None:
+    assert len(SCRIPTS) >= 10
+    root = Path(__file__).resolve().parent.parent
+    calls = re.compile(r"\bredis\.p?" + "call" + r"\(")  # spelt apart, so that this file is not one of them
+    offenders = [str(p.relative_to(root)) for folder in ("broker", "workers", "sources", "handlers", "tests", "bench")
+                 for p in (root / folder).rglob("*.py") if calls.search(p.read_text())]
+    assert offenders == []
+
+
 @pytest.mark.parametrize("folder, name", EVERY)
 def test_each_header_names_what_the_script_uses(folder: Path, name: str) -> None:
     script = scripts.load(name, folder)
@@ -122,3 +131,13 @@ def test_positions_from_across_a_process_boundary_are_named_back() -> None:
         claim.by_name(keys, [*args, "more"])
     with pytest.raises(ScriptError, match="takes 1 or more KEYS, not 0"):
         claim.by_name([], args)
+
+
+def test_the_scripts_ship_in_the_package() -> None:
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["broker"]
+    files = [p.relative_to(root / "broker").as_posix() for p in scripts.FOLDER.rglob("*.lua")]
+    assert files and [f for f in files if not any(fnmatch.fnmatch(f, pattern) for pattern in patterns)] == []

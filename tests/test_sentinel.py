@@ -23,7 +23,7 @@ from broker.queues import Publisher
 from broker.redis_url import SentinelTarget, redacted, sentinel_target
 from broker.registry import load_registry
 from broker.settings import load_settings
-from sources.transactor import Transactor
+from sources.http.transactor import Transactor
 from tests import stack
 from tests.faults import chaos
 from tests.sentinelkit import SentinelSet

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sources import dynamodb, sqlite_capture
-from sources.sqlite_capture import read_changes
+from sources.sqlite import dynamodb, sqlite_capture
+from sources.sqlite.sqlite_capture import read_changes
 
 
 def setup(tmp_path: Path, schema: str, journal: str = "wal") -> tuple[sqlite3.Connection, sqlite3.Connection]:
@@ -199,7 +199,7 @@ def test_reals_dynamodb_cannot_hold_are_strings_boto3_reads(
     app, feed = setup(tmp_path, "CREATE TABLE t(id INTEGER PRIMARY KEY, v, w)")
     rows = [(1e300, 1.5), (5e-324, 2.5), (-1e300, 1e-130), (1e126, 1e-131)]
     app.executemany("INSERT INTO t(v, w) VALUES (?, ?)", rows)
-    with caplog.at_level("WARNING", logger="sources.dynamodb"):
+    with caplog.at_level("WARNING", logger="sources.sqlite.dynamodb"):
         images = [dynamodb.image(c[3], "t") for c in changes(feed)]
     got = [(i["v"], i["w"]) for i in images]
     assert got == [

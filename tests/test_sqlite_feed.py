@@ -11,10 +11,10 @@ import redis
 from sqlite_support import app_db, finish, make_project, queued_events, records_of, summary
 
 from broker.connection import connect
-from broker.embedded import RedisServer
-from sources import sqlite_capture
-from sources.sqlite import Feed
-from sources.sqlite_cursor import cursor_key
+from broker.redis_server.embedded import RedisServer
+from sources.sqlite import sqlite_capture
+from sources.sqlite.sqlite import Feed
+from sources.sqlite.sqlite_cursor import cursor_key
 
 
 def feed_for(registry, url: str, clock=time.time) -> Feed:  # noqa: ANN001
@@ -302,7 +302,7 @@ def test_a_batch_read_ahead_long_before_its_publish_gets_a_fresh_envelope(
     project: Path, r: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An event's age (maximum_event_age) counts from its publish, however long the batch before it ran."""
-    from sources import sqlite_ahead
+    from sources.sqlite import sqlite_ahead
 
     feed = feed_for(make_project(project, batch_size=2), redis_url)
     app = app_db(project / "app.db")
@@ -382,7 +382,7 @@ def test_a_cursor_holds_its_records_compressed_and_reads_them_as_json_too() -> N
     import json
     import zlib
 
-    from sources.sqlite_cursor import read_cursor
+    from sources.sqlite.sqlite_cursor import read_cursor
 
     records = [{"dynamodb": {"SequenceNumber": "000000000000000000001"}, "eventName": "INSERT"}]
     for raw in (zlib.compress(json.dumps(records).encode(), 1), json.dumps(records).encode()):

@@ -14,8 +14,8 @@ from sqlite_support import app_db, finish, make_project, queued_events
 
 from broker import deadletter
 from broker.connection import connect
-from sources import sqlite_batch
-from sources.sqlite import Feed
+from sources.sqlite import sqlite_batch
+from sources.sqlite.sqlite import Feed
 
 MB = 1 << 20
 

@@ -25,7 +25,7 @@ from sqlite_support import (
     write_acceptance_changes,
 )
 
-from sources.sqlite import FAULT_ENV
+from sources.sqlite.sqlite import FAULT_ENV
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -17,8 +17,8 @@ import redis
 from sqlite_support import app_db, finish, make_project, queued_events, records_of, wait_until
 
 from broker.connection import connect
-from sources.sqlite import Feed
-from sources.sqlite_cursor import cursor_key
+from sources.sqlite.sqlite import Feed
+from sources.sqlite.sqlite_cursor import cursor_key
 from tests.stack import Scaler
 from tests.test_sqlite_stack import CONFIG, FIXTURES, FeedProcess, records
 

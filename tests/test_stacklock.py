@@ -62,7 +62,7 @@ def test_a_second_stack_in_the_same_folder_exits_with_one_line_and_the_first_kee
 def test_the_stack_stops_with_one_line_when_its_redis_socket_is_replaced(project: Path) -> None:
     env = stack_env(project)
     with (project / "redis.log").open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "broker.embedded"], cwd=project, env=env, stdout=out,
+        proc = subprocess.Popen([sys.executable, "-m", "broker.redis_server"], cwd=project, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
     try:
         sock = project / "var" / "redis.sock"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import redis
 
-from broker import embedded, results
+from broker import results
+from broker.redis_server import embedded
 
 
 def test_an_outcome_stream_of_one_entry_holds_no_4kb_node(r: redis.Redis) -> None:

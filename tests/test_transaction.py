@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -12,9 +13,12 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from broker import scripts
 from broker.connection import connect, transact
 from broker.quarantine import PREFIX, report
 from broker.transaction import WRITES, Transaction, transaction
+
+SADD_X = scripts.load("sadd_x", Path(__file__).with_name("lua"))
 
 
 @pytest.fixture
@@ -91,7 +95,7 @@ def test_script_writes_are_declared_by_their_helper_and_conflicts_refused(client
                                                                         r: redis.Redis) -> None:
     r.set("by-script", "text")
     with transaction(client) as t:
-        t.eval("return redis.call('SADD', KEYS[1], 'x')", 1, "by-script")
+        SADD_X.queue(t, keys={"set": "by-script"}, args={})  # EVAL
         t.expect({"by-script": "set"})
         assert t.execute() == [1]
     assert r.smembers("by-script") == {b"x"}

@@ -12,8 +12,8 @@ import redis
 
 from broker import scripts
 from broker.connection import RedisRefusesWrites
-from broker.embedded import RedisServer
-from sources.transactor import Transactor
+from broker.redis_server.embedded import RedisServer
+from sources.http.transactor import Transactor
 
 
 def run(dsn: str, *batches: list[tuple[object, ...]]) -> list[list[object] | BaseException]:
@@ -113,7 +113,7 @@ def test_a_stale_connection_is_replaced_before_it_is_used() -> None:
 
 def test_misconf_is_redis_refusing_writes(redis_url: str, r: redis.Redis) -> None:
     """A full disk (MISCONF) is treated as an outage, as broker.connection's parser does."""
-    from sources.transactor import _error
+    from sources.http.transactor import _error
 
     error = _error(redis.ResponseError("MISCONF Errors writing to the AOF file: No space left on device"))
     assert isinstance(error, RedisRefusesWrites)

@@ -20,9 +20,10 @@ from typing import cast
 import redis
 from rq.queue import Queue
 
-from broker import connection, idempotency, quarantine, rqlayout
+from broker import connection, quarantine, rqlayout
 from broker.envelope import Event
 from broker.errors import EnvelopeError
+from broker.handler_api import idempotency
 from broker.queues import Publisher, function_queue, queue_name, taking_key
 from broker.registry import Function, Registry
 from broker.transaction import transaction

@@ -33,10 +33,10 @@ from typing import Any
 
 import orjson
 
-from broker import idempotency
 from broker.envelope import dump_json, parse_json
 from broker.environment import log_stream_name
 from broker.errors import LambdaliteError
+from broker.handler_api import idempotency
 from broker.kernel import die_with_parent
 from broker.registry import Function, resolve_handler
 from workers import client_context, isolation

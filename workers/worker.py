@@ -29,11 +29,12 @@ from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
 
-from broker import history, idempotency, quarantine, rqlayout
+from broker import history, quarantine, rqlayout
 from broker.conditional import recorded
 from broker.connection import TRANSIENT, Backoff, transact
 from broker.envelope import Event
 from broker.errors import EnvelopeError
+from broker.handler_api import idempotency
 from broker.queues import RUNNER, Publisher, function_queue, rq_timeout, taking_key
 from broker.registry import Function, Registry
 from broker.transaction import transaction as guarded

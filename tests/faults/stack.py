@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import redis
 
-from broker.embedded import RedisServer
+from broker.redis_server.embedded import RedisServer
 from tests.sentinelkit import SentinelSet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,10 +27,10 @@ KINDS = PROCFILE_KINDS + INNER_KINDS
 # what a Procfile process's command line shows: its module, what it execs into (the embedded Redis's
 # supervisor), or the stand-by it becomes when it has nothing to do (broker.kernel.stand_by)
 KIND_MARKS = {
-    "redis": ("-m broker.embedded", "broker/redis_supervisor.py", "lambdalite-redis "),
+    "redis": ("-m broker.redis_server", "broker/redis_server/redis_supervisor.py", "lambdalite-redis "),
     "files": ("-m sources.files",),
     "sqlite": ("-m sources.sqlite", "lambdalite-sqlite "),
-    "webhook": ("-m sources.webhook",),
+    "webhook": ("-m sources.http",),
     "scaler": ("-m workers.scaler",),
 }
 
