@@ -7,7 +7,7 @@ each way side by side in each round:
 - blocking: redis-py's transaction pipeline (``execute()``) beside :func:`broker.connection.transact`
   of the same recorded commands (hiredis packs them; the replies skip redis-py's callbacks);
 - asyncio: redis-py's ``redis.asyncio`` transaction pipeline beside
-  :class:`sources.transactor.Transactor` (what the HTTP source stores its batches with).
+  :class:`sources.http.transactor.Transactor` (what the HTTP source stores its batches with).
 
 Figures are the client process's CPU time and the wall time per transaction, the median of the rounds.
 ``--write`` puts the table in docs/architecture.md.
@@ -111,7 +111,7 @@ def asynchronous(url: str, count: int) -> dict[str, tuple[float, float]]:
 
         try:
             return {"redis.asyncio pipeline": await timed_async(count, redis_py),
-                    "sources.transactor.Transactor": await timed_async(count, ours)}
+                    "sources.http.transactor.Transactor": await timed_async(count, ours)}
         finally:
             await client.aclose()
             await transactor.close()
@@ -143,7 +143,7 @@ def main() -> None:
                for name, got in runs.items()}
     rows = []
     for theirs, ours in (("redis-py pipeline", "broker.connection.transact"),
-                         ("redis.asyncio pipeline", "sources.transactor.Transactor")):
+                         ("redis.asyncio pipeline", "sources.http.transactor.Transactor")):
         for name in (theirs, ours):
             cpu, wall = medians[name]
             share = f"{cpu / medians[theirs][0]:.2f}×" if name == ours else "1"

@@ -82,7 +82,7 @@ class PayloadTooLargeError(LambdaliteError):
 
 
 class IdempotencyError(LambdaliteError):
-    """Base of the errors of the handlers' idempotency helper (:mod:`broker.idempotency`).
+    """Base of the errors of the handlers' idempotency helper (:mod:`broker.handler_api.idempotency`).
 
     Each one fails the invocation, so an asynchronous event is retried as after any failure.
     Raised at import time too, for a decorator given options it cannot use.
