@@ -21,11 +21,11 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from serving import StandInWorker, echo, queued, serve
+from sources.http.errors import PayloadTooLargeError, SignatureError
 from starlette.requests import ClientDisconnect, Request
 
 from broker import results
 from broker.envelope import MAX_DEPTH, Event
-from broker.errors import PayloadTooLargeError, SignatureError
 from broker.registry import load_registry
 from sources.http import apigateway, invoke_api, signatures
 from sources.http.bodies import read_body

@@ -8,8 +8,9 @@ import hmac
 import json
 
 import pytest
+from sources.http.errors import SignatureError
 
-from broker.errors import ConfigError, SignatureError
+from broker.errors import ConfigError
 from sources.http import apigateway
 from sources.http.signatures import (
     sign_standard_webhooks,

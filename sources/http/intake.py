@@ -32,8 +32,9 @@ from broker import quarantine, results, scripts
 from broker.conditional import recorded
 from broker.connection import TRANSIENT
 from broker.envelope import Event
-from broker.errors import IdempotencyConflictError, RedisUnavailableError, ThrottledError
+from broker.errors import RedisUnavailableError
 from broker.queues import Prepared, Publisher
+from sources.http.errors import IdempotencyConflictError, ThrottledError
 from sources.http.transactor import Transactor
 
 log = logging.getLogger(__name__)

@@ -27,12 +27,9 @@ from starlette.types import Receive, Scope, Send
 
 from broker import environment, logstore
 from broker.envelope import Event, parse_json
-from broker.errors import (
-    CallerAuthError,
-    PayloadTooLargeError,
-)
 from sources.http.bodies import ASYNC_LIMIT, SYNC_LIMIT, read_body
 from sources.http.callers import refusal
+from sources.http.errors import CallerAuthError, PayloadTooLargeError
 from sources.http.intake import REFUSED, idempotency_key, refusal_for
 from sources.http.lambda_api import Reply, find, lambda_error, split_function_name
 

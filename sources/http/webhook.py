@@ -41,7 +41,7 @@ from starlette.types import Receive, Scope, Send
 
 from broker import environment, revision, schedules, stacklock
 from broker.connection import COMMAND_TIMEOUT, TRANSIENT, connect
-from broker.errors import CallerAuthError, ConfigError, LambdaliteError, PayloadTooLargeError
+from broker.errors import ConfigError, LambdaliteError
 from broker.queues import Publisher
 from broker.registry import Registry, load_registry
 from broker.settings import Settings, load_settings
@@ -52,6 +52,7 @@ from sources.http.callers import Callers, is_loopback
 from sources.http.console import ConsoleApp
 from sources.http.console_data import Console
 from sources.http.console_metrics import ConsoleCollector
+from sources.http.errors import CallerAuthError, PayloadTooLargeError
 from sources.http.http_triggers import WebhookRoute, message, starlette_path
 from sources.http.intake import Intake
 from sources.http.metrics import CONTENT_TYPE, HttpMetrics
