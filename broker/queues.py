@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,6 @@ import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 from rq.utils import now as utcnow
-from rq.utils import utcformat
 
 from broker import connection, rqlayout, settings, successors
 from broker.conditional import Conditional, recorded
@@ -33,10 +31,6 @@ QUEUE_PREFIX = "lambdalite."
 WAKE_CHANNEL = "lambdalite:wake"
 SYNC_RESULT_TTL = 600  # seconds a synchronous caller's result is kept (default of LAMBDALITE_SYNC_RESULT_TTL)
 FAILURE_TTL = 7 * 24 * 3600
-# Job data over this many bytes is compressed as RQ compresses it. Below it zlib saves next to
-# nothing and costs more than the rest of the job's encoding; RQ (and workers.jobs) read data that
-# is not compressed as it is (JSON's first byte is never a zlib header's).
-COMPRESS_OVER = 1024
 
 
 def queue_name(function: str) -> str:
@@ -131,9 +125,8 @@ class Publisher:
         """
         fn = self.registry.get(prepared.event.function)
         queue = self._queue(fn.name)
-        stamp = utcformat(utcnow())
-        job = (prepared.job_id, rqlayout.job_key(prepared.job_id),
-               {**prepared.mapping, "created_at": stamp, "enqueued_at": stamp})
+        stamps = rqlayout.enqueue_stamps(rqlayout.format_time(utcnow()))
+        job = (prepared.job_id, rqlayout.job_key(prepared.job_id), {**prepared.mapping, **stamps})
         with transaction(self.client) as pipe:
             successors.stage(pipe, after, release_by, job, (queue.key, rqlayout.QUEUES_KEY, WAKE_CHANNEL, fn.name),
                              fields, counters)
@@ -197,7 +190,7 @@ class Publisher:
         """Queue the writes on ``pipe`` (which guards every key they write); returns the job ids."""
         ids = []
         queues: set[str] = set()
-        stamp = utcformat(utcnow())
+        stamps = [*itertools.chain.from_iterable(rqlayout.enqueue_stamps(rqlayout.format_time(utcnow())).items())]
         jobs = []
         for item in events:
             prepared = item if isinstance(item, Prepared) else self.prepare(item)
@@ -211,8 +204,7 @@ class Publisher:
         pushes: dict[str, list[str]] = {}
         for job_key, mapping, queue_key, job_id in jobs:
             # the job's hash and this publish's time, without a copy of the hash for each job
-            pipe.hset(job_key, items=["created_at", stamp, "enqueued_at", stamp,
-                                      *itertools.chain.from_iterable(mapping.items())])
+            pipe.hset(job_key, items=[*stamps, *itertools.chain.from_iterable(mapping.items())])
             pushes.setdefault(queue_key, []).append(job_id)
         for queue_key, job_ids in pushes.items():  # one push per queue, in the events' order
             if at_front:  # LPUSH puts its last argument first
@@ -243,16 +235,13 @@ class Publisher:
         envelope = event.to_dict()
         try:
             if payload_json is None:
-                data = json.dumps((RUNNER, None, (envelope,), {}), allow_nan=False).encode()
-            else:  # what RQ's JSONSerializer writes, with the payload's JSON set in as it is
+                argument = json.dumps(envelope, allow_nan=False).encode()
+            else:  # the envelope's JSON with the payload's set in as it is
                 del envelope["payload"]
                 # the envelope's own fields are strings and finite numbers: orjson, 15 x faster, is exact
-                rest = orjson.dumps(envelope)
-                data = b'["%s",null,[{"payload":%s,%s],{}]' % (RUNNER.encode(), payload_json.encode(), rest[1:])
+                argument = b'{"payload":%s,%s' % (payload_json.encode(), orjson.dumps(envelope)[1:])
         except (TypeError, ValueError) as e:
             raise EnvelopeError(f"event for {event.function!r} is not JSON-serializable: {e}") from e
-        if len(data) > COMPRESS_OVER:
-            # RQ reads any compression level; the fastest one costs a third of the default's time
-            data = zlib.compress(data, 1)
-        mapping = {**template, "data": data, "description": options["description"]}
+        mapping = {**template, rqlayout.DATA: rqlayout.job_data(RUNNER, argument),
+                   rqlayout.DESCRIPTION: options["description"]}
         return options["job_id"], mapping

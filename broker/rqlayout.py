@@ -19,8 +19,8 @@ transaction with lambdalite's own outcome (``workers.worker``).
   class attribute or constant where RQ has one, so that no other module spells ``rq:``.
 - The job hash a publish writes: RQ's own ``Job.to_dict()`` of a job made by the public
   ``Queue.create_job``, once per function (:func:`job_template`), less the fields RQ writes empty
-  (``Job.restore`` reads each with a default). Its ``data`` below
-  ``broker.queues.COMPRESS_OVER`` bytes is stored uncompressed: RQ compresses it, but
+  (``Job.restore`` reads each with a default). Its ``data`` (:func:`job_data`) below
+  :data:`COMPRESS_OVER` bytes is stored uncompressed: RQ compresses it, but
   ``Job.restore`` keeps data that zlib refuses as it is (its fallback for uncompressed data), and
   compressing a few hundred bytes costs about 10 µs of CPU a job for next to no saving.
 - What a start writes (:data:`START`, passed to the take script in ``workers.taking``): RQ's
@@ -56,7 +56,11 @@ attribute of RQ's classes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
+import re
+import zlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +70,8 @@ from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.results import Result
+from rq.serializers import JSONSerializer
+from rq.utils import utcformat
 from rq.worker import Worker, WorkerStatus
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
@@ -147,6 +153,81 @@ def workers_of_queue_key(queue_name: str) -> str:
     return WORKERS_BY_QUEUE_KEY % queue_name
 
 
+# -- a job hash's fields and values ----------------------------------------------------------------
+
+#: The time stamps a publish sets (as ``Queue.enqueue_job`` sets them), in RQ's format (:func:`format_time`).
+ENQUEUE_STAMPS = ("created_at", "enqueued_at")
+ENQUEUED_AT = "enqueued_at"  # when a queued job was (last) queued: its wait
+DATA = "data"  # the job's call: (function, instance, args, kwargs) as RQ's JSONSerializer writes it
+DESCRIPTION = "description"
+WORKER_NAME = "worker_name"  # the worker running it, set at its start
+#: The fields of an RQ worker's hash the scaler reads: its state and job counts.
+WORKER_STATE_AND_COUNTS = ("state", "successful_job_count", "failed_job_count")
+#: Job data over this many bytes is compressed as RQ compresses it. Below it zlib saves next to
+#: nothing and costs about 10 µs (bench/rq_paths.py); RQ's ``Job.restore`` reads data that zlib
+#: refuses as it is (JSON's first byte is never a zlib header's).
+COMPRESS_OVER = 1024
+
+_TIME = re.compile(rb"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)\.(\d{6})Z")
+
+
+def format_time(at: datetime.datetime) -> str:
+    """A time as RQ writes it in its hashes (``rq.utils.utcformat``)."""
+    return utcformat(at)
+
+
+def parse_time(raw: bytes) -> datetime.datetime | None:
+    """A time stamp as RQ writes it, read as RQ's ``utcparse`` reads it without strptime (a tenth of
+    the cost); None for anything else."""
+    match = _TIME.fullmatch(raw)
+    if match is None:
+        return None
+    try:
+        year, month, day, hour, minute, second, micro = map(int, match.groups())
+        return datetime.datetime(year, month, day, hour, minute, second, micro, tzinfo=datetime.UTC)
+    except ValueError:  # a 13th month
+        return None
+
+
+def restore(job: Job, fields: list[bytes]) -> None:
+    """Restore ``job`` from its hash as HGETALL returns it (a flat list) with RQ's ``Job.restore``,
+    its enqueue time stamps parsed by :func:`parse_time` (a stamp in another format is left to RQ,
+    which raises for it); raises whatever ``Job.restore`` raises for a hash it cannot read."""
+    raw = dict(zip(fields[0::2], fields[1::2], strict=True))
+    stamps = {}
+    for field in ENQUEUE_STAMPS:
+        value = raw.get(field.encode())
+        stamp = parse_time(value) if isinstance(value, bytes) else None
+        if stamp is not None:
+            stamps[field] = stamp
+            del raw[field.encode()]
+    job.restore(raw)
+    job.created_at = stamps.get("created_at", job.created_at)
+    job.enqueued_at = stamps.get("enqueued_at", job.enqueued_at)
+
+
+def enqueue_stamps(stamp: str) -> dict[str, str]:
+    """The job hash's fields a publish at ``stamp`` (:func:`format_time`) sets."""
+    return dict.fromkeys(ENQUEUE_STAMPS, stamp)
+
+
+def job_data(func: str, argument_json: bytes) -> bytes:
+    """A job's ``data``: RQ's JSONSerializer's ``[func, null, [argument], {}]`` for a call of ``func``
+    with one argument, given as its JSON; compressed as RQ does over :data:`COMPRESS_OVER` bytes (at
+    zlib's fastest level: RQ reads any, and it costs a third of the default's time)."""
+    data = b"[%s,null,[%s],{}]" % (json.dumps(func).encode(), argument_json)
+    return zlib.compress(data, 1) if len(data) > COMPRESS_OVER else data
+
+
+def call_of(data: bytes) -> tuple[Any, Any, Any, Any]:
+    """The (function, instance, args, kwargs) in a job's ``data``, compressed or not, as ``Job.restore``
+    and RQ's JSONSerializer read it; raises what they raise (zlib's, JSON's, unpacking's errors)."""
+    with contextlib.suppress(zlib.error):
+        data = zlib.decompress(data)
+    func, instance, args, kwargs = JSONSerializer.loads(data)  # type: ignore[no-untyped-call]
+    return func, instance, args, kwargs
+
+
 # -- a publish ------------------------------------------------------------------------------------
 
 
@@ -156,7 +237,7 @@ def job_template(queue: Queue, func: str, options: Mapping[str, Any]) -> dict[st
     writes empty and the two time stamps, which the caller sets at each publish with ``data`` and
     ``description``."""
     job = queue.create_job(func, args=({},), **options)
-    fields = {k: v for k, v in job.to_dict().items() if v != "" and k not in ("created_at", "enqueued_at")}
+    fields = {k: v for k, v in job.to_dict().items() if v != "" and k not in ENQUEUE_STAMPS}
     fields["status"] = JobStatus.QUEUED.value
     return fields
 

@@ -16,8 +16,9 @@ from broker.conditional import Conditional, recorded
 from broker.connection import connect
 from broker.envelope import Event
 from broker.errors import ConfigError, EnvelopeError, SettingsError, UnknownFunctionError
-from broker.queues import COMPRESS_OVER, RUNNER, Publisher, function_queue
+from broker.queues import RUNNER, Publisher, function_queue
 from broker.registry import load_registry, resolve_handler
+from broker.rqlayout import COMPRESS_OVER
 from broker.settings import load_settings
 
 TEST_SCRIPTS = Path(__file__).with_name("lua")  # the tests' own Lua scripts

@@ -21,7 +21,6 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from serving import StandInWorker, echo, queued, serve
-from sources.http.errors import PayloadTooLargeError, SignatureError
 from starlette.requests import ClientDisconnect, Request
 
 from broker import results
@@ -29,6 +28,7 @@ from broker.envelope import MAX_DEPTH, Event
 from broker.registry import load_registry
 from sources.http import apigateway, invoke_api, signatures
 from sources.http.bodies import read_body
+from sources.http.errors import PayloadTooLargeError, SignatureError
 from sources.http.webhook import create_app
 
 FUZZ = settings(max_examples=200, deadline=None)

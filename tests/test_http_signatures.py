@@ -8,10 +8,10 @@ import hmac
 import json
 
 import pytest
-from sources.http.errors import SignatureError
 
 from broker.errors import ConfigError
 from sources.http import apigateway
+from sources.http.errors import SignatureError
 from sources.http.signatures import (
     sign_standard_webhooks,
     standard_webhooks_key,

@@ -24,8 +24,9 @@ from rq.utils import utcformat, utcparse
 
 from broker import deadletter, results, rqlayout
 from broker.envelope import Event
-from broker.queues import COMPRESS_OVER, RUNNER, Publisher, function_queue, job_options
+from broker.queues import RUNNER, Publisher, function_queue, job_options
 from broker.registry import Registry, load_registry
+from broker.rqlayout import COMPRESS_OVER
 from tests.stack import Scaler
 
 TOML = """
@@ -267,3 +268,21 @@ def test_no_module_but_rqlayout_names_rqs_private_attributes(r: redis.Redis) -> 
             if not own or getattr(node, "rq_self", False):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} .{node.attr}")
     assert found == []
+
+
+def test_times_and_data_are_read_as_rq_reads_them(r: redis.Redis) -> None:
+    import datetime
+    import random
+
+    for sec in [0, 951782400, 4102444799] + [random.randrange(0, 4_102_444_800) for _ in range(200)]:
+        at = datetime.datetime.fromtimestamp(sec, datetime.UTC).replace(microsecond=random.randrange(1_000_000))
+        stamp = rqlayout.format_time(at)
+        assert stamp == utcformat(at) and rqlayout.parse_time(stamp.encode()) == utcparse(stamp) == at
+    for bad in (b"yesterday", b"2026-13-01T00:00:00.000000Z", b"2026-01-01T00:00:00Z"):
+        assert rqlayout.parse_time(bad) is None
+    for argument in ({"n": 1}, {"pad": "x" * COMPRESS_OVER * 2}):
+        data = rqlayout.job_data(RUNNER, json.dumps(argument).encode())
+        r.hset(rqlayout.job_key("d"), mapping={"data": data, "status": "queued"})
+        job = Job.fetch("d", connection=r, serializer=JSONSerializer)
+        assert (job.func_name, list(job.args), job.kwargs) == (RUNNER, [argument], {})
+        assert rqlayout.call_of(data) == (RUNNER, None, [argument], {})

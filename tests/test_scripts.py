@@ -131,3 +131,13 @@ def test_positions_from_across_a_process_boundary_are_named_back() -> None:
         claim.by_name(keys, [*args, "more"])
     with pytest.raises(ScriptError, match="takes 1 or more KEYS, not 0"):
         claim.by_name([], args)
+
+
+def test_the_scripts_ship_in_the_package() -> None:
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["broker"]
+    files = [p.relative_to(root / "broker").as_posix() for p in scripts.FOLDER.rglob("*.lua")]
+    assert files and [f for f in files if not any(fnmatch.fnmatch(f, pattern) for pattern in patterns)] == []

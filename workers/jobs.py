@@ -8,11 +8,6 @@ envelope in what is left, so that the event itself is not lost with the job.
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import re
-import zlib
-
 import redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
@@ -58,38 +53,12 @@ def read(client: redis.Redis, job_id: str) -> Job:
     raise UnreadableJob(key, f"is not a job RQ can read ({problem})")
 
 
-_STAMP = re.compile(rb"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)\.(\d{6})Z")
-
-
-def _stamp(raw: bytes) -> datetime.datetime | None:
-    """A time stamp as RQ writes it (``utcformat``) read as RQ's ``utcparse`` reads it, without
-    strptime (a tenth of the cost); None for anything else, which is left to RQ."""
-    match = _STAMP.fullmatch(raw)
-    if match is None:
-        return None
-    try:
-        year, month, day, hour, minute, second, micro = map(int, match.groups())
-        return datetime.datetime(year, month, day, hour, minute, second, micro, tzinfo=datetime.UTC)
-    except ValueError:  # a 13th month: RQ's parsing raises its own error for it
-        return None
-
-
 def decode(client: redis.Redis, job_id: str, fields: list[bytes]) -> Job:
     """The job whose hash holds ``fields`` (HGETALL's reply as a flat list), fully decoded as
     :func:`read` decodes it; raises :class:`UnreadableJob`."""
     job = Job(job_id, connection=client, serializer=JSONSerializer)
     try:
-        raw = dict(zip(fields[0::2], fields[1::2], strict=True))
-        stamps = {}
-        for field in ("created_at", "enqueued_at"):  # the two a queued job has
-            value = raw.get(field.encode())
-            stamp = _stamp(value) if isinstance(value, bytes) else None
-            if stamp is not None:
-                stamps[field] = stamp
-                del raw[field.encode()]
-        job.restore(raw)
-        for field, stamp in stamps.items():
-            setattr(job, field, stamp)
+        rqlayout.restore(job, fields)
         _ = job.func_name, job.args, job.kwargs
         return job
     except Exception as e:  # as in read: RQ's parsing raises anything
@@ -99,12 +68,10 @@ def decode(client: redis.Redis, job_id: str, fields: list[bytes]) -> Job:
 def salvage(client: redis.Redis, key: str) -> Event | None:
     """The event envelope still in the ``data`` of an unreadable job hash, if there is one."""
     try:
-        data = client.hget(key, "data")
+        data = client.hget(key, rqlayout.DATA)
         if not isinstance(data, bytes):
             return None
-        with contextlib.suppress(zlib.error):  # RQ compresses; an uncompressed one is read as is
-            data = zlib.decompress(data)
-        func, _instance, args, kwargs = JSONSerializer.loads(data)  # type: ignore[no-untyped-call]
+        func, _instance, args, kwargs = rqlayout.call_of(data)
         if func != RUNNER or len(args) != 1 or kwargs:
             return None
         return Event.from_dict(args[0])
@@ -117,7 +84,7 @@ def salvage(client: redis.Redis, key: str) -> Event | None:
 def worker_of(client: redis.Redis, key: str) -> str | None:
     """The ``worker_name`` field of a job hash RQ cannot read, if it has a readable one."""
     try:
-        raw = client.hget(key, "worker_name")
+        raw = client.hget(key, rqlayout.WORKER_NAME)
         return raw.decode() if isinstance(raw, bytes) and raw else None
     except (redis.ResponseError, UnicodeDecodeError):
         return None

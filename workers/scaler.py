@@ -257,8 +257,7 @@ class Scaler:
         round trip; returns whether some are due."""
         procs = [p for v in self.views.values() for p in v.workers.values()]
         *rows, due = connection.run(self.client, [
-            *(("HMGET", rqlayout.worker_key(p.name), "state", "successful_job_count", "failed_job_count")
-              for p in procs),
+            *(("HMGET", rqlayout.worker_key(p.name), *rqlayout.WORKER_STATE_AND_COUNTS) for p in procs),
             delayed.probe(time.time()),
         ])
         for p, row in zip(procs, rows, strict=True):

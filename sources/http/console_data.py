@@ -13,7 +13,6 @@ import contextlib
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -58,16 +57,13 @@ def _oldest_ages(client: redis.Redis, names: list[str], queued: dict[str, int], 
     found = [(n, i) for n, i in zip(waiting, ids, strict=True) if isinstance(i, bytes)]
     with client.pipeline(transaction=False) as pipe:
         for _, job_id in found:
-            pipe.hget(rqlayout.JOB_PREFIX.encode() + job_id, "enqueued_at")
+            pipe.hget(rqlayout.JOB_PREFIX.encode() + job_id, rqlayout.ENQUEUED_AT)
         stamps = pipe.execute(raise_on_error=False)
     out = {}
     for (name, _), stamp in zip(found, stamps, strict=True):
-        if isinstance(stamp, bytes):
-            try:
-                at = datetime.strptime(stamp.decode(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
-            except ValueError:
-                continue
-            out[name] = max(0.0, now - at)
+        at = rqlayout.parse_time(stamp) if isinstance(stamp, bytes) else None
+        if at is not None:
+            out[name] = max(0.0, now - at.timestamp())
     return out
 
 
