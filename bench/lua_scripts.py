@@ -40,8 +40,8 @@ sys.path.append(str(ROOT / "bench"))  # last: bench/http.py must not hide the st
 from report import table, write_section  # noqa: E402
 
 from broker import cost, history, logstore  # noqa: E402
-from broker.embedded import RedisServer  # noqa: E402
 from broker.redis_internals import queued  # noqa: E402
+from broker.redis_server.embedded import RedisServer  # noqa: E402
 
 COMMAND = "python bench/lua_scripts.py --write"
 LINES = [(1_765_000_000_000 + i, f"line {i} of what the handler printed") for i in range(5)]

@@ -7,9 +7,11 @@ each way side by side in each round:
 - blocking: redis-py's transaction pipeline (``execute()``) beside :func:`broker.connection.transact`
   of the same recorded commands (hiredis packs them; the replies skip redis-py's callbacks);
 - asyncio: redis-py's ``redis.asyncio`` transaction pipeline beside
-  :class:`sources.transactor.Transactor` (what the HTTP source stores its batches with).
+  :class:`sources.http.transactor.Transactor` (what the HTTP source stores its batches with).
 
 Figures are the client process's CPU time and the wall time per transaction, the median of the rounds.
+Then, through :class:`broker.queues.Publisher` (a guarded transaction), the round trips (writes on a
+connection) and the Redis commands (``INFO commandstats``) per published event.
 ``--write`` puts the table in docs/architecture.md.
 """
 
@@ -73,26 +75,29 @@ async def timed_async(count: int, one: Callable[[int], Awaitable[Any]]) -> tuple
 
 
 def blocking(url: str, count: int) -> dict[str, tuple[float, float]]:
-    client = connect(url)
+    # redis-py's own client, whose pipelines are not guarded transactions (connect()'s are): the same
+    # commands each way
+    plain, client = redis.Redis.from_url(url, driver_info=None), connect(url)
 
     def redis_py(i: int) -> None:
-        with client.pipeline(transaction=True) as pipe:
+        with plain.pipeline(transaction=True) as pipe:
             publish(pipe, i)
             pipe.execute()
 
     def ours(i: int) -> None:
-        with client.pipeline(transaction=True) as pipe:
+        with plain.pipeline(transaction=True) as pipe:
             publish(pipe, i)
             transact(client, queued(pipe))
 
     try:
         return {"redis-py pipeline": timed(count, redis_py), "broker.connection.transact": timed(count, ours)}
     finally:
+        plain.close()
         client.close()
 
 
 def asynchronous(url: str, count: int) -> dict[str, tuple[float, float]]:
-    recorder = connect(url)
+    recorder = redis.Redis.from_url(url)  # records the commands only
 
     async def go() -> dict[str, tuple[float, float]]:
         client = redis.asyncio.Redis.from_url(url)
@@ -111,7 +116,7 @@ def asynchronous(url: str, count: int) -> dict[str, tuple[float, float]]:
 
         try:
             return {"redis.asyncio pipeline": await timed_async(count, redis_py),
-                    "sources.transactor.Transactor": await timed_async(count, ours)}
+                    "sources.http.transactor.Transactor": await timed_async(count, ours)}
         finally:
             await client.aclose()
             await transactor.close()
@@ -120,6 +125,40 @@ def asynchronous(url: str, count: int) -> dict[str, tuple[float, float]]:
         return asyncio.run(go())
     finally:
         recorder.close()
+
+
+def per_event(url: str, folder: Path, count: int) -> tuple[float, float, dict[str, int]]:
+    """Round trips and Redis commands per event of ``count`` single publishes, and the commands' names."""
+    from redis.connection import AbstractConnection
+
+    from broker.envelope import Event
+    from broker.queues import Publisher
+    from broker.registry import load_registry
+
+    (folder / "lambdalite.toml").write_text('[functions.f]\nhandler = "handlers.echo.handler"\n')
+    client, admin = connect(url), redis.Redis.from_url(url)
+    publisher = Publisher(client, load_registry(folder / "lambdalite.toml"))
+    publisher.publish(Event("f", {"n": -1}))  # a connection opened
+    sent = 0
+    send = AbstractConnection.send_packed_command
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal sent
+        sent += 1
+        return send(self, *args, **kwargs)
+
+    admin.config_resetstat()
+    AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+    try:
+        for i in range(count):
+            publisher.publish(Event("f", {"n": i}))
+    finally:
+        AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
+    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in admin.info("commandstats").items()
+             if name not in ("cmdstat_config", "cmdstat_info")}
+    client.close()
+    admin.close()
+    return sent / count, sum(calls.values()) / count, calls
 
 
 def main() -> None:
@@ -138,12 +177,14 @@ def main() -> None:
                     runs.setdefault(name, []).append(figure)
                     print(f"round {round_ + 1}: {name:30s} {figure[0]:6.1f} µs CPU {figure[1]:6.1f} µs wall",
                           flush=True)
+        flush.flushall()
+        trips, commands, calls = per_event(server.url, Path(tempfile.mkdtemp(prefix="ll-bench-client-")), args.count)
         flush.close()
     medians = {name: (statistics.median(c for c, _ in got), statistics.median(w for _, w in got))
                for name, got in runs.items()}
     rows = []
     for theirs, ours in (("redis-py pipeline", "broker.connection.transact"),
-                         ("redis.asyncio pipeline", "sources.transactor.Transactor")):
+                         ("redis.asyncio pipeline", "sources.http.transactor.Transactor")):
         for name in (theirs, ours):
             cpu, wall = medians[name]
             share = f"{cpu / medians[theirs][0]:.2f}×" if name == ours else "1"
@@ -151,6 +192,9 @@ def main() -> None:
     text = (f"One publish's transaction (4 commands in MULTI/EXEC), {args.count} in a row on one client, "
             f"median of {args.rounds} rounds, each way side by side:\n\n"
             + table(["client", "client CPU / transaction", "CPU against redis-py", "wall / transaction"], rows))
+    text += (f"\n\nA publish through the guarded transaction ({args.count} events one by one): "
+             f"{trips:.2f} round trip and {commands:.2f} Redis commands an event "
+             f"({', '.join(f'{name} {n / args.count:g}' for name, n in sorted(calls.items()))}).")
     print("\n" + text)
     if args.write:
         print(f"written to {write_section('architecture.md', 'redis-client', text, COMMAND)}")

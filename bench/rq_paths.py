@@ -198,7 +198,8 @@ def main() -> None:
             + table(["path", "client CPU / job", "wall / job", "Redis commands / job", "round trips / job"], rows))
     print("\n" + text)
     if args.write:
-        print(f"written to {write_section('architecture.md', 'rq-paths', text, COMMAND)}")
+        path = write_section("architecture.md", "rq-paths", text, COMMAND)
+        print(f"written to {path}")
 
 
 if __name__ == "__main__":

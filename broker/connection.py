@@ -24,6 +24,7 @@ from broker.redis_internals import Parser as Parser
 from broker.redis_internals import RedisRefusesWrites as RedisRefusesWrites
 from broker.redis_internals import exchange
 from broker.redis_url import SentinelTarget, sentinel_target
+from broker.transaction import Transaction
 
 log = logging.getLogger(__name__)
 
@@ -110,15 +111,24 @@ def connect(dsn: str, retries: int = 3, timeout: float = COMMAND_TIMEOUT, *,
     )
 
 
+class Client(redis.Redis):
+    """redis-py's client whose pipelines are guarded transactions (:class:`broker.transaction.Transaction`):
+    every pipeline of every process, lambdalite's and RQ's code on lambdalite's connections alike, first
+    moves aside each key it writes that holds another type, with nothing to list at the call site."""
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Transaction:
+        return Transaction(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+
+
 def client_for(dsn: str, **options: Any) -> redis.Redis:
-    """A redis-py client for ``dsn`` with connection ``options``; for ``redis+sentinel://`` (see
+    """A :class:`Client` for ``dsn`` with connection ``options``; for ``redis+sentinel://`` (see
     :mod:`broker.redis_url`) a client of the primary its sentinels name, which follows a failover:
     each new connection asks the sentinels where the primary is, and a connection to a primary
     turned replica (``READONLY``) is dropped as a connection error, so a retry finds the new one.
     Raises ValueError for a malformed ``redis+sentinel://`` URL."""
     target = sentinel_target(dsn)
     if target is None:
-        return redis.Redis.from_url(dsn, **options)
+        return Client.from_url(dsn, **options)
     timeout = options.get("socket_connect_timeout") or CONNECT_TIMEOUT
     sentinel = Sentinel(
         list(target.sentinels),
@@ -126,15 +136,15 @@ def client_for(dsn: str, **options: Any) -> redis.Redis:
         sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout,
                          "password": target.sentinel_password, "driver_info": None},
     )
-    primary: redis.Redis = sentinel.master_for(target.service, db=target.db, username=target.username,
-                                               password=target.password, **options)
+    primary: redis.Redis = sentinel.master_for(target.service, redis_class=Client, db=target.db,
+                                               username=target.username, password=target.password, **options)
     return primary
 
 
 @dataclass(frozen=True)
 class Endpoint:
     """Where the Redis of a URL is and how to log in to it, for a client that is not redis-py's
-    blocking one (:class:`sources.transactor.Transactor`). Read from the URL by redis-py's own
+    blocking one (:class:`sources.http.transactor.Transactor`). Read from the URL by redis-py's own
     parser, as :func:`connect` reads it, so both clients honour the same options."""
 
     path: str | None = None  # a unix socket's

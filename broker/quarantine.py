@@ -103,9 +103,11 @@ def report(replies: Iterable[Any], quiet: bool = False) -> list[tuple[str, str, 
 def repair(client: redis.Redis, expected: Mapping[str, str]) -> list[tuple[str, str, str]]:
     """Move aside now, with one log line each, the keys of ``expected`` of another type; returns
     what was moved (see :func:`report`)."""
-    with client.pipeline(transaction=False) as pipe:
-        guard(pipe, expected)
-        return report(pipe.execute())
+    if not expected:
+        return []
+    moved = _GUARD(client, keys={"guarded": guarded(expected, stamp())},
+                   args={**move_args(), "types": list(expected.values())})
+    return report([moved])
 
 
 def wrong_type(error: BaseException) -> bool:

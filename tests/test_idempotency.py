@@ -1,4 +1,4 @@
-"""Exactly-once effects: handlers guarded by ``broker.idempotency`` run their effect once per key.
+"""Exactly-once effects: handlers guarded by ``broker.handler_api.idempotency`` run their effect once per key.
 
 The stack tests run the real scaler, workers and sandboxes against a real Redis and deliver the
 same event more than once, as a retry or a redelivery would; the effect is a line in a ledger

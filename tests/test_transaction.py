@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from rq import Queue
 from rq.job import Job
+from rq.serializers import JSONSerializer
 
 from broker import scripts
 from broker.connection import connect, transact
@@ -107,3 +109,17 @@ def test_every_write_command_named_is_one_redis_knows(r: redis.Redis) -> None:
     known = {name.upper() for name in r.command()}  # COMMAND: what this redis-server has
     assert set(WRITES) <= known, set(WRITES) - known
     assert issubclass(Transaction, redis.client.Pipeline)
+
+
+def test_every_pipeline_of_lambdalite_s_clients_is_guarded(client: redis.Redis, r: redis.Redis) -> None:
+    """connect()'s clients hand out Transactions: a new call site, or RQ's own code on our connection,
+    is guarded without knowing of it."""
+    assert isinstance(client.pipeline(), Transaction) and isinstance(client.pipeline(transaction=False), Transaction)
+    r.set("rq:queues", "a foreign value")
+    job = Queue("guarded", connection=client, serializer=JSONSerializer).enqueue("broker.queues.run", 1)
+    assert r.smembers("rq:queues") == {b"rq:queue:guarded"} and r.lrange("rq:queue:guarded", 0, -1) == [
+        job.id.encode()]
+    assert len(_asides(r, "rq:queues")) == 1
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):  # what a plain redis-py client does
+        r.set("rq:queues", "a foreign value")
+        Queue("plain", connection=r, serializer=JSONSerializer).enqueue("broker.queues.run", 1)
