@@ -7,7 +7,7 @@ each way side by side in each round:
 - blocking: redis-py's transaction pipeline (``execute()``) beside :func:`broker.connection.transact`
   of the same recorded commands (hiredis packs them; the replies skip redis-py's callbacks);
 - asyncio: redis-py's ``redis.asyncio`` transaction pipeline beside
-  :class:`sources.transactor.Transactor` (what the HTTP source stores its batches with).
+  :class:`sources.http.transactor.Transactor` (what the HTTP source stores its batches with).
 
 Figures are the client process's CPU time and the wall time per transaction, the median of the rounds.
 Then, through :class:`broker.queues.Publisher` (a guarded transaction), the round trips (writes on a
@@ -75,26 +75,29 @@ async def timed_async(count: int, one: Callable[[int], Awaitable[Any]]) -> tuple
 
 
 def blocking(url: str, count: int) -> dict[str, tuple[float, float]]:
-    client = connect(url)
+    # redis-py's own client, whose pipelines are not guarded transactions (connect()'s are): the same
+    # commands each way
+    plain, client = redis.Redis.from_url(url, driver_info=None), connect(url)
 
     def redis_py(i: int) -> None:
-        with client.pipeline(transaction=True) as pipe:
+        with plain.pipeline(transaction=True) as pipe:
             publish(pipe, i)
             pipe.execute()
 
     def ours(i: int) -> None:
-        with client.pipeline(transaction=True) as pipe:
+        with plain.pipeline(transaction=True) as pipe:
             publish(pipe, i)
             transact(client, queued(pipe))
 
     try:
         return {"redis-py pipeline": timed(count, redis_py), "broker.connection.transact": timed(count, ours)}
     finally:
+        plain.close()
         client.close()
 
 
 def asynchronous(url: str, count: int) -> dict[str, tuple[float, float]]:
-    recorder = connect(url)
+    recorder = redis.Redis.from_url(url)  # records the commands only
 
     async def go() -> dict[str, tuple[float, float]]:
         client = redis.asyncio.Redis.from_url(url)
@@ -113,7 +116,7 @@ def asynchronous(url: str, count: int) -> dict[str, tuple[float, float]]:
 
         try:
             return {"redis.asyncio pipeline": await timed_async(count, redis_py),
-                    "sources.transactor.Transactor": await timed_async(count, ours)}
+                    "sources.http.transactor.Transactor": await timed_async(count, ours)}
         finally:
             await client.aclose()
             await transactor.close()
@@ -181,7 +184,7 @@ def main() -> None:
                for name, got in runs.items()}
     rows = []
     for theirs, ours in (("redis-py pipeline", "broker.connection.transact"),
-                         ("redis.asyncio pipeline", "sources.transactor.Transactor")):
+                         ("redis.asyncio pipeline", "sources.http.transactor.Transactor")):
         for name in (theirs, ours):
             cpu, wall = medians[name]
             share = f"{cpu / medians[theirs][0]:.2f}×" if name == ours else "1"

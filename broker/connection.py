@@ -144,7 +144,7 @@ def client_for(dsn: str, **options: Any) -> redis.Redis:
 @dataclass(frozen=True)
 class Endpoint:
     """Where the Redis of a URL is and how to log in to it, for a client that is not redis-py's
-    blocking one (:class:`sources.transactor.Transactor`). Read from the URL by redis-py's own
+    blocking one (:class:`sources.http.transactor.Transactor`). Read from the URL by redis-py's own
     parser, as :func:`connect` reads it, so both clients honour the same options."""
 
     path: str | None = None  # a unix socket's

@@ -1,6 +1,6 @@
 """The exact versions of the libraries whose internals lambdalite uses, checked as each process starts.
 
-:mod:`broker.rqlayout` writes and reads RQ 3.0.0's Redis layout, and ``sources.observer`` drives
+:mod:`broker.rqlayout` writes and reads RQ 3.0.0's Redis layout, and ``sources.files.observer`` drives
 watchdog 7.1.1's inotify emitter through its private attributes. Another release of either may
 change exactly those, so pyproject.toml pins both exactly; a virtualenv that outlived a pull, or an
 install made by hand, may still hold other ones. The scaler (and so every worker it forks), each

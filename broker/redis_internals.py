@@ -9,7 +9,7 @@ redis-py's own code beside ours for each, so a redis-py release that changes one
   process rides out a full disk as it rides out an outage, without a check at each call site.
 - :func:`queued` reads a pipeline's recorded commands (``Pipeline.command_stack``, undocumented): the
   HTTP intake and the worker's end of a job write them packed in one go on their own connection
-  (:func:`exchange`, :class:`sources.transactor.Transactor`) and :class:`broker.conditional.Conditional`
+  (:func:`exchange`, :class:`sources.http.transactor.Transactor`) and :class:`broker.conditional.Conditional`
   passes them to a Lua script, so the commands are built by redis-py's typed methods (and RQ's code)
   and sent our way.
 - :class:`RecordingPipeline` is told of each command as it is queued (it overrides the pipeline's

@@ -12,7 +12,7 @@ script (:meth:`Transaction.expect`). Commands that work on any type (``SET``, ``
 ``execute()`` returns the replies of the caller's commands only, and logs what the guard and the
 commands' own scripts moved aside (:func:`broker.quarantine.report`). :meth:`Transaction.commands` gives the
 guard and the commands as argument lists, for the packed round trips (:func:`broker.connection.transact`,
-:class:`sources.transactor.Transactor`, :class:`broker.conditional.Conditional`), whose caller passes
+:class:`sources.http.transactor.Transactor`, :class:`broker.conditional.Conditional`), whose caller passes
 the replies to :func:`broker.quarantine.report`.
 """
 

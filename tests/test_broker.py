@@ -142,7 +142,7 @@ def test_publish_stores_a_runner_job_as_json(project: Path, r: redis.Redis, redi
 
 def test_a_small_queued_event_costs_under_a_kilobyte_of_the_stacks_redis(project: Path, r: redis.Redis,
                                                                          redis_url: str) -> None:
-    """The stack's redis-server (broker.embedded's command line) keeps a job hash whose event is under
+    """The stack's redis-server (broker.redis_server.embedded's command line) keeps a job hash whose event is under
     1 KiB in its compact encoding: a backlog of a million small events fits in under 1 GB."""
     reg = load_registry(write(project, GOOD))
     before = int(r.info("memory")["used_memory"])

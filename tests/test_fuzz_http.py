@@ -25,10 +25,10 @@ from starlette.requests import ClientDisconnect, Request
 
 from broker import results
 from broker.envelope import MAX_DEPTH, Event
-from broker.errors import PayloadTooLargeError, SignatureError
 from broker.registry import load_registry
 from sources.http import apigateway, invoke_api, signatures
 from sources.http.bodies import read_body
+from sources.http.errors import PayloadTooLargeError, SignatureError
 from sources.http.webhook import create_app
 
 FUZZ = settings(max_examples=200, deadline=None)

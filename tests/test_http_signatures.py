@@ -9,8 +9,9 @@ import json
 
 import pytest
 
-from broker.errors import ConfigError, SignatureError
+from broker.errors import ConfigError
 from sources.http import apigateway
+from sources.http.errors import SignatureError
 from sources.http.signatures import (
     sign_standard_webhooks,
     standard_webhooks_key,

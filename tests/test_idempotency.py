@@ -1,4 +1,4 @@
-"""Exactly-once effects: handlers guarded by ``broker.idempotency`` run their effect once per key.
+"""Exactly-once effects: handlers guarded by ``broker.handler_api.idempotency`` run their effect once per key.
 
 The stack tests run the real scaler, workers and sandboxes against a real Redis and deliver the
 same event more than once, as a retry or a redelivery would; the effect is a line in a ledger
@@ -338,3 +338,13 @@ def test_a_key_path_follows_list_indexes_and_refuses_what_is_not_there() -> None
             _event_key("Records.1.id.x")(event)  # type: ignore[misc]
     with pytest.raises(IdempotencyKeyError):  # '¹' is a digit to str.isdigit, not an index
         _event_key("Records.¹")({"Records": [1, 2]})  # type: ignore[misc]
+
+
+def test_the_helpers_first_name_imports_the_same_helper() -> None:
+    """Handlers written as ``from broker.idempotency import idempotent`` keep working."""
+    import broker.idempotency as first_name
+
+    assert first_name.idempotent is idempotent
+    assert first_name.idempotent_function is idempotent_function
+    assert first_name.__all__ == idempotency.__all__
+    assert all(getattr(first_name, name) is getattr(idempotency, name) for name in idempotency.__all__)

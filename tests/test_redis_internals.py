@@ -17,6 +17,7 @@ from broker.connection import connect, run, transact
 from broker.redis_internals import Parser, RedisRefusesWrites, queued
 
 INCRBY = scripts.load("incrby", Path(__file__).with_name("lua"))
+MISCONF_REPLY = scripts.load("misconf", Path(__file__).with_name("lua"))
 
 ERRORS = [
     "WRONGTYPE Operation against a key holding the wrong kind of value",
@@ -51,16 +52,15 @@ def test_the_parser_is_redis_pys_own_but_for_misconf() -> None:
 def test_the_parser_on_redis_pys_connections(redis_url: str) -> None:
     ours, theirs = connect(redis_url, retries=0), redis.Redis.from_url(redis_url)
     try:
-        refused = "return redis.error_reply('MISCONF Errors writing to the AOF file: No space left on device')"
         with pytest.raises(RedisRefusesWrites):
-            ours.eval(refused, 0)
+            MISCONF_REPLY(ours, keys={}, args={})
         with ours.pipeline(transaction=True) as pipe:
             pipe.set("a", 1)
-            pipe.eval(refused, 0)
+            MISCONF_REPLY.queue(pipe, keys={}, args={})
             ok, error = pipe.execute(raise_on_error=False)  # an error reply inside EXEC, parsed as well
             assert ok is True and isinstance(error, RedisRefusesWrites)
         with pytest.raises(redis.ResponseError) as by_redis_py:
-            theirs.eval(refused, 0)
+            MISCONF_REPLY(theirs, keys={}, args={})
         assert not isinstance(by_redis_py.value, redis.ConnectionError)
         theirs.set("s", "text")
         for client in (ours, theirs):

@@ -1,4 +1,4 @@
-"""The HTTP intake's transactions on the event loop (sources.transactor), against a real redis-server."""
+"""The HTTP intake's transactions on the event loop (sources.http.transactor), against a real redis-server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
--- idempotency_claim: claim an idempotency record for an invocation (broker.idempotency), unless one is
+-- idempotency_claim: claim an idempotency record for an invocation (broker.handler_api.idempotency), unless one is
 -- there; a claim made in a lambdalite sandbox is noted in its worker's held set, so the worker can
 -- release it when the invocation is killed.
 -- KEYS[1] record: the record, lambdalite:idempotency:<function>:<hash of the key>

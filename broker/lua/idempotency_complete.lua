@@ -1,4 +1,4 @@
--- idempotency_complete: store the completed record of a claim (broker.idempotency), unless another
+-- idempotency_complete: store the completed record of a claim (broker.handler_api.idempotency), unless another
 -- invocation stored a completed one first (kept).
 -- include: ours
 -- KEYS[1] record: the record, lambdalite:idempotency:<function>:<hash of the key>

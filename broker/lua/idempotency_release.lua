@@ -1,4 +1,4 @@
--- idempotency_release: give up a claim (broker.idempotency): delete the record if it is still this
+-- idempotency_release: give up a claim (broker.handler_api.idempotency): delete the record if it is still this
 -- claim.
 -- include: ours
 -- KEYS[1] record: the record, lambdalite:idempotency:<function>:<hash of the key>

@@ -1,5 +1,5 @@
 -- idempotency_release_held: delete every claim in a worker's held set that is still that worker's
--- (token "<worker>/..."), then the set (broker.idempotency: its invocation was killed, or it died).
+-- (token "<worker>/..."), then the set (broker.handler_api.idempotency: its invocation was killed, or it died).
 -- Keys derived inside the script from the set's members: the records it names (deleted).
 -- KEYS[1] held: the worker's held set, lambdalite:idempotency-held:<worker>
 -- ARGV[1] token_prefix: "<worker>/", how the worker's tokens start

@@ -1,5 +1,5 @@
 -- manifest_unpublished: the files source's writes of an object's version, applied only if that
--- version is not published already (broker.conditional, sources.manifest). A manifest of another
+-- version is not published already (broker.conditional, sources.files.manifest). A manifest of another
 -- type holds nothing: the writes move it aside.
 -- include: move, conditional
 -- KEYS[1..] guarded: pairs of a key the writes need of one type and its aside (quarantine.aside)

@@ -2,7 +2,7 @@
 
 It listens only on a unix socket under ``var/`` (no TCP port), with the append-only file on
 (``appendfsync everysec``, or ``always`` with ``LAMBDALITE_REDIS_APPENDFSYNC``) and its data under
-``var/``. Once set up, the process becomes :mod:`broker.redis_supervisor` in a bare interpreter: on a
+``var/``. Once set up, the process becomes :mod:`broker.redis_server.redis_supervisor` in a bare interpreter: on a
 stop it is the last one out, waiting for the stack's other processes to disconnect. When
 ``LAMBDALITE_REDIS_URL`` names another server this process just stands by until the stack stops:
 honcho stops the whole stack when any of its processes exits.
@@ -172,7 +172,7 @@ def private_var(var_dir: Path) -> None:
 
 
 def supervise(socket: Path, args: list[str]) -> None:
-    """Become :mod:`broker.redis_supervisor` in a bare interpreter, keeping the stack's lock."""
+    """Become :mod:`broker.redis_server.redis_supervisor` in a bare interpreter, keeping the stack's lock."""
     from broker.redis_server import redis_supervisor
 
     stacklock.keep_across_exec()

@@ -1,6 +1,6 @@
 """The embedded redis-server's supervisor: what the Procfile's ``redis`` process runs once it is set up.
 
-:mod:`broker.embedded` checks the settings, takes the stack's lock and prepares ``var/``, then replaces
+:mod:`broker.redis_server.embedded` checks the settings, takes the stack's lock and prepares ``var/``, then replaces
 itself with this file run by a bare interpreter (``python -I -S``). It imports the standard library
 only: it stays up as long as the stack does, and an interpreter holding redis-py and pydantic costs
 about 35 MB where this costs about 6. What it does:

@@ -14,7 +14,7 @@ manifest (what has been published) in the same Redis transaction as the events.
   Redis outage, every bucket is rescanned against the manifest: new or changed objects are
   published once, manifest entries whose file is gone become removals. A folder that appears
   (created or moved in) is scanned the same way once the events before it are handled.
-* An object larger than :data:`HASH_INLINE_MAX` is hashed beside the loop (:mod:`sources.hasher`)
+* An object larger than :data:`HASH_INLINE_MAX` is hashed beside the loop (:mod:`sources.files.hasher`)
   and published when its hash is ready, so a large file holds up neither the other objects nor a
   stop; smaller ones are hashed on the loop, which is quicker than handing them over.
 """

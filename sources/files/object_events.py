@@ -1,8 +1,8 @@
 """Object changes in, S3 event notifications out: stored with the manifest in one transaction.
 
 :class:`ObjectEvents` is the files source's publishing half. For each changed object it builds one
-S3 record per function whose trigger matches (see :mod:`sources.bucket_triggers`), and stores the
-events together with the manifest entries that account for them (see :mod:`sources.manifest`):
+S3 record per function whose trigger matches (see :mod:`sources.files.bucket_triggers`), and stores the
+events together with the manifest entries that account for them (see :mod:`sources.files.manifest`):
 all or nothing, and for one closed file only if that version is not published yet.
 """
 

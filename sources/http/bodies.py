@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
-from broker.errors import PayloadTooLargeError
+from sources.http.errors import PayloadTooLargeError
 
 SYNC_LIMIT = 6 * 1024 * 1024  # Lambda's synchronous payload limit
 ASYNC_LIMIT = 1024 * 1024  # Lambda's asynchronous payload limit

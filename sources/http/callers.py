@@ -17,7 +17,8 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from broker.errors import CallerAuthError, ConfigError
+from broker.errors import ConfigError
+from sources.http.errors import CallerAuthError
 from sources.http.sigv4 import UNRECOGNIZED, Signed, SigV4
 
 _INVALID_TOKEN = "The security token included in the request is invalid."

@@ -3,10 +3,10 @@
 Pages: the overview of every function (``/console/``), a page per function with its graphs over
 the last hour and day, its recent invocations (each opening its log lines) and scaler decisions,
 and its dead letters, paged, with replay and purge of one, a selection or all of them (the code of
-``lambdalite dlq``). ``/console/events`` pushes the figures (:mod:`sources.console_live`).
+``lambdalite dlq``). ``/console/events`` pushes the figures (:mod:`sources.http.console_live`).
 
 On loopback anyone may look, as with the Invoke API; beyond it the console asks for the Invoke
-API's credentials (:mod:`sources.callers`): HTTP Basic with an access key id and its secret, or
+API's credentials (:mod:`sources.http.callers`): HTTP Basic with an access key id and its secret, or
 with any user name and ``LAMBDALITE_HTTP_TOKEN``, or a bearer token. A form's POST is refused
 unless it comes from a page of the console itself (its ``Origin``), so another site cannot make a
 visitor's browser replay or purge. Reads run on the console's own thread and Redis connection,

@@ -1,5 +1,5 @@
 """``/metrics`` names for the console's figures that the other collectors do not give (read from
-Redis at each scrape, as the console's overview reads them: :func:`sources.console_data.overview`).
+Redis at each scrape, as the console's overview reads them: :func:`sources.http.console_data.overview`).
 
 Counters of how invocations ended, dead letters waiting, the oldest queued event's age, workers by
 state, each function's concurrency cap, the duration quantiles, success rate and highest event age

@@ -21,13 +21,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from broker.envelope import Event, new_id
-from broker.errors import (
-    PayloadTooLargeError,
-    SignatureError,
-)
 from broker.registry import Function, HttpTrigger
 from sources.http import apigateway
 from sources.http.bodies import ASYNC_LIMIT, SYNC_LIMIT, read_body
+from sources.http.errors import PayloadTooLargeError, SignatureError
 from sources.http.intake import REFUSED, idempotency_key, refusal_for
 from sources.http.signatures import Verifier
 

@@ -2,7 +2,7 @@
 
 Each request hands its event to :meth:`Intake.store` and awaits its own future. One flusher task
 takes everything pending and stores it in one MULTI/EXEC (the commands of
-:meth:`Publisher.publish_many`, sent on the event loop by :class:`sources.transactor.Transactor`,
+:meth:`Publisher.publish_many`, sent on the event loop by :class:`sources.http.transactor.Transactor`,
 which never blocks it); while that runs, the next batch gathers. A future resolves only once
 its event is stored, so no request answers 2xx for an event that Redis does not hold. When Redis
 is unreachable every waiter gets :class:`RedisUnavailableError` at once, and for ``down_for``
@@ -32,8 +32,9 @@ from broker import quarantine, results, scripts
 from broker.conditional import recorded
 from broker.connection import TRANSIENT
 from broker.envelope import Event
-from broker.errors import IdempotencyConflictError, RedisUnavailableError, ThrottledError
+from broker.errors import RedisUnavailableError
 from broker.queues import Prepared, Publisher
+from sources.http.errors import IdempotencyConflictError, ThrottledError
 from sources.http.transactor import Transactor
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ Speaks what ``boto3.client("lambda").invoke`` and ``aws lambda invoke`` send and
 ``context.client_context``); a qualifier other than ``$LATEST`` is a 404, as for a version that
 does not exist; a result over 6 MB becomes the function error ``Function.ResponseSizeTooLarge``.
 Errors are ``X-Amzn-ErrorType`` plus ``{"Type", "message"}`` with Lambda's status codes. Callers
-are checked by :mod:`sources.callers` (SigV4 access keys or a bearer token).
+are checked by :mod:`sources.http.callers` (SigV4 access keys or a bearer token).
 """
 
 from __future__ import annotations
@@ -27,12 +27,9 @@ from starlette.types import Receive, Scope, Send
 
 from broker import environment, logstore
 from broker.envelope import Event, parse_json
-from broker.errors import (
-    CallerAuthError,
-    PayloadTooLargeError,
-)
 from sources.http.bodies import ASYNC_LIMIT, SYNC_LIMIT, read_body
 from sources.http.callers import refusal
+from sources.http.errors import CallerAuthError, PayloadTooLargeError
 from sources.http.intake import REFUSED, idempotency_key, refusal_for
 from sources.http.lambda_api import Reply, find, lambda_error, split_function_name
 

@@ -5,7 +5,7 @@ answered from the registry in Lambda's shapes, so ``aws lambda list-functions`` 
 something useful. Every other operation (any path under an API version, ``/2015-03-31/``,
 ``/2019-09-30/`` and the rest) gets a Lambda-shaped error (an
 ``X-Amzn-ErrorType`` header and a JSON ``message``), never a bare 404. Callers authenticate as for
-Invoke (:mod:`sources.callers`).
+Invoke (:mod:`sources.http.callers`).
 """
 
 from __future__ import annotations

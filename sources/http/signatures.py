@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from broker.errors import ConfigError, SignatureError
+from broker.errors import ConfigError
+from sources.http.errors import SignatureError
 
 TOLERANCE = 300.0  # seconds a signed timestamp may differ from our clock (Stripe, Standard Webhooks)
 Headers = Mapping[str, str]  # lower-case names, as Starlette gives them

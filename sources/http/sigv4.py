@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from broker.errors import CallerAuthError, ConfigError
+from broker.errors import ConfigError
+from sources.http.errors import CallerAuthError
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 SKEW = 300  # seconds a signing time may be from our clock, as AWS allows

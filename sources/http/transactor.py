@@ -1,6 +1,6 @@
 """MULTI/EXEC transactions on the event loop: one asyncio connection, packed and parsed by hiredis.
 
-The HTTP source stores each batch of accepted events in one transaction (:mod:`sources.intake`).
+The HTTP source stores each batch of accepted events in one transaction (:mod:`sources.http.intake`).
 Through redis-py's blocking client that needs a thread, and handing each batch to it and back
 costs the server more than the writes; redis-py's asyncio pipeline costs more than the blocking
 one. So the intake records a batch's commands on a pipeline it never executes

@@ -2,18 +2,18 @@
 
 ``python -m sources.http`` serves, on ``LAMBDALITE_HTTP_HOST``:``LAMBDALITE_HTTP_PORT``:
 
-- ``POST /2015-03-31/functions/{name}/invocations``: Lambda's Invoke API (:mod:`sources.invoke_api`),
-  and the rest of ``/2015-03-31/`` (:mod:`sources.lambda_api`), for callers that pass
-  :mod:`sources.callers` (SigV4 access keys or a bearer token);
-- one route per ``source = "http"`` trigger (:mod:`sources.http_triggers`);
+- ``POST /2015-03-31/functions/{name}/invocations``: Lambda's Invoke API (:mod:`sources.http.invoke_api`),
+  and the rest of ``/2015-03-31/`` (:mod:`sources.http.lambda_api`), for callers that pass
+  :mod:`sources.http.callers` (SigV4 access keys or a bearer token);
+- one route per ``source = "http"`` trigger (:mod:`sources.http.http_triggers`);
 - ``GET /healthz``, ``GET /metrics`` (Prometheus) and ``GET /openapi.json`` (the last two behind the
   same caller check when the server listens beyond loopback);
-- the web console under ``/console/`` (:mod:`sources.console`).
+- the web console under ``/console/`` (:mod:`sources.http.console`).
 
 It starts even when Redis is down (answering 503 until it is back) and refuses at start-up,
 with one line and exit code 1, a trigger with ``auth = "none"`` unless it listens on loopback, and
 any address beyond loopback without credentials. Connections are bounded by
-:mod:`sources.connections`; client addresses come from proxies only as :mod:`sources.proxies` allows.
+:mod:`sources.http.connections`; client addresses come from proxies only as :mod:`sources.http.proxies` allows.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from starlette.types import Receive, Scope, Send
 
 from broker import environment, revision, schedules, stacklock
 from broker.connection import COMMAND_TIMEOUT, TRANSIENT, connect
-from broker.errors import CallerAuthError, ConfigError, LambdaliteError, PayloadTooLargeError
+from broker.errors import ConfigError, LambdaliteError
 from broker.queues import Publisher
 from broker.registry import Registry, load_registry
 from broker.settings import Settings, load_settings
@@ -52,6 +52,7 @@ from sources.http.callers import Callers, is_loopback
 from sources.http.console import ConsoleApp
 from sources.http.console_data import Console
 from sources.http.console_metrics import ConsoleCollector
+from sources.http.errors import CallerAuthError, PayloadTooLargeError
 from sources.http.http_triggers import WebhookRoute, message, starlette_path
 from sources.http.intake import Intake
 from sources.http.metrics import CONTENT_TYPE, HttpMetrics
@@ -262,7 +263,7 @@ def create_app(
 
 def server_config(app: Any, settings: Settings, **options: Any) -> Any:
     """The ``uvicorn.Config`` the process serves ``app`` with: bounded connections
-    (:mod:`sources.connections`), proxy headers believed only as :mod:`sources.proxies` says."""
+    (:mod:`sources.http.connections`), proxy headers believed only as :mod:`sources.http.proxies` says."""
     import uvicorn
 
     cap = connections.connection_cap(settings.http_max_connections)

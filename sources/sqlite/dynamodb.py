@@ -1,6 +1,6 @@
 """DynamoDB Streams records built from captured SQLite row changes.
 
-The capture triggers (:mod:`sources.sqlite_capture`) store each row as a JSON object whose values
+The capture triggers (:mod:`sources.sqlite.sqlite_capture`) store each row as a JSON object whose values
 are JSON-safe encodings of SQLite's five storage classes: NULL, INTEGER and TEXT as themselves,
 a finite REAL as a JSON number with 17 significant digits (exact), a BLOB as ``["B", hex]`` and
 an infinite REAL as ``["R", "Inf"]``. This module turns those into DynamoDB's typed attribute

@@ -19,11 +19,11 @@ crash of the feed alone neither loses nor duplicates a change. Change rows are p
 batch is done and that is some seconds old (so Redis's append-only file has it on disk), in small
 short write transactions.
 
-This module holds the feed's rounds and the process; the rest is in :mod:`sources.sqlite_stream`
-(what is kept per database and stream), :mod:`sources.sqlite_cursor` (the cursor's hash),
-:mod:`sources.sqlite_batch` (a batch's records and event, and its reported failures),
-:mod:`sources.sqlite_ahead` (the next batch, read ahead and staged), :mod:`sources.sqlite_capture`
-(the triggers that record each change) and :mod:`sources.dynamodb` (the records' format).
+This module holds the feed's rounds and the process; the rest is in :mod:`sources.sqlite.sqlite_stream`
+(what is kept per database and stream), :mod:`sources.sqlite.sqlite_cursor` (the cursor's hash),
+:mod:`sources.sqlite.sqlite_batch` (a batch's records and event, and its reported failures),
+:mod:`sources.sqlite.sqlite_ahead` (the next batch, read ahead and staged), :mod:`sources.sqlite.sqlite_capture`
+(the triggers that record each change) and :mod:`sources.sqlite.dynamodb` (the records' format).
 """
 
 from __future__ import annotations

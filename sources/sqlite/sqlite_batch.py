@@ -1,9 +1,9 @@
 """A SQLite stream's batch as its function sees it: DynamoDB Streams records in one event, and
 which of them the handler reported failed.
 
-Each change is converted on its own (:mod:`sources.dynamodb`): one that cannot be is logged and
+Each change is converted on its own (:mod:`sources.sqlite.dynamodb`): one that cannot be is logged and
 skipped, never the batch. The records are encoded to JSON once (:func:`to_json`), and that text
-serves both the job's payload and the cursor (:mod:`sources.sqlite_cursor`). A handler's
+serves both the job's payload and the cursor (:mod:`sources.sqlite.sqlite_cursor`). A handler's
 ``{"batchItemFailures": [...]}`` is read as Lambda reads it (:func:`first_failure`).
 
 A batch is cut short where its payload would pass :data:`PAYLOAD_MAX`, Lambda's 6 MB limit on an

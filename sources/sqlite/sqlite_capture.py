@@ -21,7 +21,7 @@ An UPDATE that changes the key is recorded as a REMOVE of the old key and an INS
 as DynamoDB keys cannot change. The key is the table's PRIMARY KEY (an ``INTEGER PRIMARY KEY``, a
 composite or a text key, with or without ROWID); a table without one is keyed by ``rowid``.
 
-Values are encoded so that every SQLite value fits JSON exactly (see :mod:`sources.dynamodb`).
+Values are encoded so that every SQLite value fits JSON exactly (see :mod:`sources.sqlite.dynamodb`).
 
 The installed triggers carry a fingerprint of the table's columns, key and UNIQUE indexes; when
 the schema changes (``ALTER TABLE ... ADD COLUMN``, a new UNIQUE index) the feed notices the new
@@ -141,7 +141,7 @@ def describe(conn: sqlite3.Connection, table: str) -> TableShape | None:
 
 
 def _value(expr: str) -> str:
-    """SQL turning one value into its exact JSON-safe encoding (see sources.dynamodb).
+    """SQL turning one value into its exact JSON-safe encoding (see sources.sqlite.dynamodb).
 
     A REAL is printed with 18 significant digits: SQLite before 3.43 does not round its 17th digit
     correctly (1.7976931348623157e308 printed with 17 reads back as 1.7976931348623155e308); the

@@ -5,10 +5,10 @@ A :class:`Database` is one SQLite file, opened once for every stream that reads 
 several times a second (device and inode): a database replaced (``mv`` of a new file over it) or
 deleted is logged once and reopened when a file is there again; its streams re-install their
 capture in it and read its changes from the first (:attr:`Database.replacements`). A :class:`Stream` is one
-function's trigger on one table: the capture installed in that table (:mod:`sources.sqlite_capture`,
+function's trigger on one table: the capture installed in that table (:mod:`sources.sqlite.sqlite_capture`,
 re-installed when the schema changes), the cursor as last read or written
-(:mod:`sources.sqlite_cursor`), the batch in flight and those read ahead
-(:mod:`sources.sqlite_ahead`), and how far the table's change rows may be pruned.
+(:mod:`sources.sqlite.sqlite_cursor`), the batch in flight and those read ahead
+(:mod:`sources.sqlite.sqlite_ahead`), and how far the table's change rows may be pruned.
 """
 
 from __future__ import annotations

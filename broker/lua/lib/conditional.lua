@@ -5,7 +5,11 @@
 -- and optionally a table handed back either way.
 -- KEYS: pairs of a key to guard and its aside. ARGV: keep, mark (as move.lua), the type of each
 -- guarded key (one per pair), the number of condition arguments and the arguments, then each
--- command as its number of words and its words.
+-- command as its number of words and its words. A key the commands write with a command that needs
+-- one type (RPUSH, HSET, ...) is among the guarded KEYS (broker.transaction learns them as they are
+-- queued); a key only written by a command any type takes (SET, DEL, EXPIRE) is named only in the
+-- commands' words, in ARGV, though the caller knows it (not yet declared for Redis Cluster); a key
+-- the condition only reads comes as a condition argument.
 -- Returns: nothing; defines the local function conditional, which returns
 -- {1 or 0 (applied), what the guard moved, the condition's value}.
 local function conditional(keys, argv, check)

@@ -1,4 +1,4 @@
--- ours: whether an idempotency record (broker.idempotency) is an INPROGRESS claim of a given token.
+-- ours: whether an idempotency record (broker.handler_api.idempotency) is an INPROGRESS claim of a given token.
 -- Returns: nothing; defines the local function ours(raw, token), which returns true or false.
 local function ours(raw, token)
   if not raw then return false end

@@ -9,7 +9,7 @@
     usd: (v) => (v == null ? "-" : v < 1 ? "$" + v.toFixed(6) : "$" + v.toFixed(2)),
     text: (v) => (v == null ? "-" : String(v)),
   };
-  const FORMAT = {  // each figure's format, as sources/console_render.py writes it
+  const FORMAT = {  // each figure's format, as sources/http/console_render.py writes it
     success_rate: "pct", p50_ms: "ms", p99_ms: "ms", max_ms: "ms", oldest_age_s: "age", next_tick: "text",
     "cost_usd.x86_64": "usd", "cost_usd.arm64": "usd",
   };
