@@ -35,6 +35,8 @@ handler = "contract.ok"
 [functions.fail]
 handler = "contract.fail"
 retries = 0
+[functions.quiet]
+handler = "contract.ok"
 """
 HANDLERS = """
 def ok(event, context):
@@ -190,7 +192,7 @@ def test_a_job_we_take_and_end_is_what_rqs_own_worker_leaves(project: Path, redi
                                                              registry: Registry) -> None:
     twin_ok = rqs_own_end(r, "ok", "json.loads", ('{"n": 1}',), registry)  # returns {"n": 1}, as ours will
     twin_fail = rqs_own_end(r, "fail", RUNNER, ({},), registry)  # raises, as ours will
-    twin_async = rqs_own_end(r, "ok", "json.loads", ('{"n": 1}',), registry, kind="Event")  # result_ttl 0
+    twin_async = rqs_own_end(r, "quiet", "json.loads", ('{"n": 1}',), registry, kind="Event")  # result_ttl 0
     theirs = {"ok": end_state(r, twin_ok, "lambdalite.ok"), "fail": end_state(r, twin_fail, "lambdalite.fail")}
     assert theirs["ok"]["fetched"] == ("finished", "SUCCESSFUL", {"n": 1}, False)
     assert theirs["fail"]["fetched"] == ("failed", "FAILED", None, True)
@@ -198,7 +200,7 @@ def test_a_job_we_take_and_end_is_what_rqs_own_worker_leaves(project: Path, redi
     publisher = Publisher(r, registry)
     ok = Event("ok", {"n": 1}, invocation_type="RequestResponse")
     failing = Event("fail", {"n": 1}, invocation_type="RequestResponse")
-    unkept = Event("ok", {"n": 1})  # an asynchronous event: its job is kept by neither
+    unkept = Event("quiet", {"n": 1})  # an asynchronous event: its job is kept by neither
     with Scaler(project) as scaler:
         publisher.publish_many([ok, failing, unkept])
         assert results.wait(r, ok.id, 30).ok, scaler.output()
