@@ -1,10 +1,11 @@
 """RQ's Redis layout, and the RQ internals lambdalite relies on: the one module that knows them.
 
-It mirrors **rq 3.0.0** (pinned exactly in pyproject.toml),
-and ``tests/test_rq_contract.py`` runs RQ's own code against it on a real redis-server: a job we
-publish read by ``Job.fetch``, our start and end of a job compared field by field with what RQ's own
-worker code writes for a twin job, a job RQ enqueues taken as any other. A release of RQ that
-changes any of it fails those tests.
+It mirrors **rq 3.0.0** (pinned exactly in pyproject.toml, checked at each process's start by
+:mod:`broker.pins`), and ``tests/test_rq_contract.py`` runs RQ's own code against it on a real
+redis-server: a job we publish compared with what ``Queue.enqueue`` writes and read by
+``Job.fetch``, a job's end compared key by key with what RQ's own ``SimpleWorker`` leaves for a twin
+job, a job RQ enqueues run or refused as any other (``tests/test_taking.py`` compares the start with
+RQ's own). A release of RQ that changes any of it fails those tests.
 
 lambdalite writes RQ's keys itself so that RQ's tools (``rq info``, rq-dashboard, ``Job.fetch``)
 see its jobs and workers as RQ's, but it does not take RQ's own code paths for a job's publish,
@@ -23,7 +24,7 @@ transaction with lambdalite's own outcome (``workers.worker``).
   :data:`COMPRESS_OVER` bytes is stored uncompressed: RQ compresses it, but
   ``Job.restore`` keeps data that zlib refuses as it is (its fallback for uncompressed data), and
   compressing a few hundred bytes costs about 10 µs of CPU a job for next to no saving.
-- What a start writes (:data:`START`, passed to the take script in ``workers.taking``): RQ's
+- What a start writes (:data:`START`, passed to ``broker/lua/job_take.lua`` by ``workers.taking``): RQ's
   ``Execution.create``, ``Worker.set_state('busy')``, ``Worker.heartbeat`` and
   ``Job.prepare_for_execution``, in one script run on the round trip that takes the job (RQ's own
   ``dequeue_any``, ``prepare_execution`` and ``prepare_job_execution``: four round trips to one, and
@@ -40,7 +41,6 @@ transaction with lambdalite's own outcome (``workers.worker``).
   sets them): dropped. Their only readers are RQ's own work loop and signal handlers
   (``_shutdown``, ``check_for_suspension``) and ``get_current_job()``, which lambdalite's worker
   replaces or never calls; the public setter (``set_state``) would write Redis again.
-
 - ``Queue._prepare_for_queue``: ``Queue.create_job`` already sets every field ``to_dict`` writes
   (origin, timeout, status); the enqueue time is set at each publish anyway.
 - ``Job._status`` (at a start): the started status goes into the job hash that
