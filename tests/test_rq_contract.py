@@ -35,6 +35,8 @@ handler = "contract.ok"
 [functions.fail]
 handler = "contract.fail"
 retries = 0
+[functions.quiet]
+handler = "contract.ok"
 """
 HANDLERS = """
 def ok(event, context):
@@ -169,14 +171,16 @@ def end_state(r: redis.Redis, job_id: str, queue: str) -> dict[str, Any]:
     }
 
 
-def rqs_own_end(r: redis.Redis, fn_name: str, func: str, args: tuple[Any, ...], registry: Registry) -> str:
-    """A twin job of ``fn_name``'s queue, enqueued by RQ with lambdalite's options and run start to
-    end by RQ's own ``SimpleWorker.execute_job`` (its start, ``perform_job``, ``handle_job_success``
-    or ``handle_job_failure``); returns its id. The worker is deregistered after, as RQ's own is."""
-    event = Event(fn_name, {}, invocation_type="RequestResponse")
+def rqs_own_end(r: redis.Redis, fn_name: str, func: str, args: tuple[Any, ...], registry: Registry,
+                kind: str = "RequestResponse") -> str:
+    """A twin job of ``fn_name``'s queue, enqueued by RQ with lambdalite's options for an event of
+    ``kind`` and run start to end by RQ's own ``SimpleWorker.execute_job`` (its start,
+    ``perform_job``, ``handle_job_success`` or ``handle_job_failure``); returns its id. The worker
+    is deregistered after, as RQ's own is."""
+    event = Event(fn_name, {}, invocation_type=kind)
     queue = function_queue(r, fn_name)
     job = queue.enqueue_call(func, args=args, **job_options(registry.get(fn_name), event))
-    worker = SimpleWorker([queue], connection=r, name=f"rq-twin-{fn_name}", serializer=JSONSerializer)
+    worker = SimpleWorker([queue], connection=r, name=f"rq-twin-{fn_name}-{kind}", serializer=JSONSerializer)
     taken = Queue.dequeue_any([queue], None, connection=r, serializer=JSONSerializer)
     assert taken is not None and taken[0].id == job.id
     worker.execute_job(taken[0], queue)
@@ -188,6 +192,7 @@ def test_a_job_we_take_and_end_is_what_rqs_own_worker_leaves(project: Path, redi
                                                              registry: Registry) -> None:
     twin_ok = rqs_own_end(r, "ok", "json.loads", ('{"n": 1}',), registry)  # returns {"n": 1}, as ours will
     twin_fail = rqs_own_end(r, "fail", RUNNER, ({},), registry)  # raises, as ours will
+    twin_async = rqs_own_end(r, "quiet", "json.loads", ('{"n": 1}',), registry, kind="Event")  # result_ttl 0
     theirs = {"ok": end_state(r, twin_ok, "lambdalite.ok"), "fail": end_state(r, twin_fail, "lambdalite.fail")}
     assert theirs["ok"]["fetched"] == ("finished", "SUCCESSFUL", {"n": 1}, False)
     assert theirs["fail"]["fetched"] == ("failed", "FAILED", None, True)
@@ -195,14 +200,29 @@ def test_a_job_we_take_and_end_is_what_rqs_own_worker_leaves(project: Path, redi
     publisher = Publisher(r, registry)
     ok = Event("ok", {"n": 1}, invocation_type="RequestResponse")
     failing = Event("fail", {"n": 1}, invocation_type="RequestResponse")
+    unkept = Event("quiet", {"n": 1})  # an asynchronous event: its job is kept by neither
     with Scaler(project) as scaler:
-        publisher.publish_many([ok, failing])
+        publisher.publish_many([ok, failing, unkept])
         assert results.wait(r, ok.id, 30).ok, scaler.output()
+        assert results.wait(r, unkept.id, 30).ok
         assert not results.wait(r, failing.id, 30).ok
         wait_until(lambda: r.hget(rqlayout.worker_key(fields(r, failing.id)["worker_name"].decode()),
                                   "state") == b"idle", "the worker idle again")
         ours = {"ok": end_state(r, ok.id, "lambdalite.ok"), "fail": end_state(r, failing.id, "lambdalite.fail")}
     assert ours == theirs
+    assert holding(r, twin_async) == holding(r, unkept.id) == [], "nothing of a finished asynchronous job is left"
+
+
+def holding(r: redis.Redis, job_id: str) -> list[bytes]:
+    """RQ's keys that name ``job_id`` or hold it (or one of its executions) as a member."""
+    mine = job_id.encode()
+    found = list(r.keys(f"rq:*{job_id}*"))
+    for key in r.keys("rq:*"):
+        kind = r.type(key)
+        members = (r.zrange(key, 0, -1) if kind == b"zset" else r.smembers(key) if kind == b"set"
+                   else r.lrange(key, 0, -1) if kind == b"list" else [])
+        found += [key for m in members if m == mine or m.startswith(mine + b":")]
+    return found
 
 
 # -- jobs RQ enqueues -------------------------------------------------------------------------------
