@@ -12,8 +12,9 @@ script (:meth:`Transaction.expect`). Commands that work on any type (``SET``, ``
 ``execute()`` returns the replies of the caller's commands only, and logs what the guard and the
 commands' own scripts moved aside (:func:`broker.quarantine.report`). :meth:`Transaction.commands` gives the
 guard and the commands as argument lists, for the packed round trips (:func:`broker.connection.transact`,
-:class:`sources.http.transactor.Transactor`, :class:`broker.conditional.Conditional`), whose caller passes
-the replies to :func:`broker.quarantine.report`.
+:class:`sources.http.transactor.Transactor`), whose caller passes the replies to
+:func:`broker.quarantine.report`; :class:`broker.conditional.Conditional` runs the commands in its script
+after guarding the keys of :attr:`Transaction.expected`.
 """
 
 from __future__ import annotations
