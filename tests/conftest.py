@@ -51,7 +51,9 @@ def redis_url(redis_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
 
 @pytest.fixture
 def r(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+    # redis-py's default socket timeout (5 s) is no longer than a blocking read's slice
+    # (broker.connection.BLOCK_SLICE): under load a wait would time out at the socket instead
+    client = redis.Redis.from_url(redis_url, socket_timeout=60)
     yield client
     client.close()
 

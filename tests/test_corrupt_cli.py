@@ -98,7 +98,7 @@ class GarbageThenOutcome(threading.Thread):
 
     def __init__(self, url: str, garbage: str, outcome: results.Outcome | None) -> None:
         super().__init__(daemon=True)
-        self.client = redis.Redis.from_url(url)
+        self.client = redis.Redis.from_url(url, socket_timeout=60)  # outlasts its 20 s BLPOP
         self.garbage, self.outcome = garbage, outcome
 
     def run(self) -> None:
