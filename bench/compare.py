@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHES = {  # name -> its arguments: each run kept to a minute or two
-    "files_latency": ["--files", "100"],
+    "files_latency": ["--files", "200"],
     "scale": ["--runs", "5"],
     "http": ["--seconds", "3", "--rounds", "2", "--no-write"],
     "sqlite_feed": [],

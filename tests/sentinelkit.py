@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 from broker.redis_server.embedded import redis_server_binary
+from tests.waiting import wait_until
 
 SERVICE = "mymaster"
 PASSWORD = "s3ntinel-test"
@@ -60,7 +61,7 @@ class SentinelSet:
         self._start(self.primary_port, self._data_args(self.primary_port), "primary")
         for port in self.data_ports[1:]:
             self._start(port, [*self._data_args(port), "--replicaof", "127.0.0.1", str(self.primary_port)], "replica")
-        self._wait(lambda: self.replicas_in_sync() == len(self.data_ports) - 1, timeout, "replicas in sync")
+        wait_until(lambda: self.replicas_in_sync() == len(self.data_ports) - 1, timeout, "replicas in sync")
         for port in self.sentinel_ports:
             conf = self.folder / f"sentinel-{port}.conf"
             conf.write_text("\n".join([
@@ -71,7 +72,7 @@ class SentinelSet:
                 f"sentinel failover-timeout {SERVICE} 10000",
                 f"sentinel parallel-syncs {SERVICE} 1", ""]))
             self._start(port, [str(conf), "--sentinel", "--loglevel", "notice"], "sentinel")
-        self._wait(self._sentinels_ready, timeout, "sentinels see the replica and each other")
+        wait_until(self._sentinels_ready, timeout, "sentinels see the replica and each other")
         return self
 
     def _sentinels_ready(self) -> bool:
@@ -126,16 +127,8 @@ class SentinelSet:
                 return False
             self.primary_port = port
             return True
-        self._wait(promoted, timeout, "a replica promoted")
+        wait_until(promoted, timeout, "a replica promoted")
         return time.monotonic()
-
-    @staticmethod
-    def _wait(condition: Any, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            time.sleep(0.05)
 
     def stop(self) -> None:
         for proc in self.procs.values():

@@ -20,6 +20,7 @@ from broker import deadletter, history
 from broker.envelope import Event
 from broker.registry import load_registry
 from sources.http.webhook import create_app
+from tests.waiting import wait_until
 
 HANDLER = '''
 import os
@@ -80,22 +81,12 @@ def stack(project: Path, redis_url: str, app_url: str) -> Iterator[str]:
         yield app_url
 
 
-def _wait(check: Any, timeout: float = 30, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout} s")
-
-
 def test_overview_shows_the_counts_status_gives(stack: str, project: Path, redis_url: str) -> None:
     for _ in range(3):
         assert invoke(redis_url, project, "ok", {"x": 1}).ok
     assert not invoke(redis_url, project, "fail", {}).ok
     publish(redis_url, project, "fail", {})  # asynchronous: dead-lettered
-    _wait(lambda: status(project)["fail"]["dead"] == 1, what="a dead letter")
+    wait_until(lambda: status(project)["fail"]["dead"] == 1, what="a dead letter")
     cli = status(project)
     data = httpx.get(f"{stack}/console/data").json()["functions"]
     assert set(data) == {"ok", "fail", "flaky", "quiet"}
@@ -192,14 +183,14 @@ def test_replay_from_the_console_runs_the_dead_letters(stack: str, project: Path
                                                       r: redis.Redis) -> None:
     for n in ("a", "b", "c"):
         publish(redis_url, project, "flaky", {"n": n})
-    _wait(lambda: deadletter.count(r, "flaky") == 3, what="three dead letters")
+    wait_until(lambda: deadletter.count(r, "flaky") == 3, what="three dead letters")
     (project / "fixed").write_text("")
     [one, *rest] = [e["id"] for e in deadletter.entries(r, "flaky")]
     done = _form(stack, "replay", one=one)
     assert done.status_code == 303 and "replayed+1" in done.headers["location"]
-    _wait(lambda: (project / "ran.txt").exists(), what="the replayed event's run")
+    wait_until(lambda: (project / "ran.txt").exists(), what="the replayed event's run")
     done = _form(stack, "replay", id=rest)
-    _wait(lambda: len((project / "ran.txt").read_text().split()) == 3, what="all three runs")
+    wait_until(lambda: len((project / "ran.txt").read_text().split()) == 3, what="all three runs")
     assert sorted((project / "ran.txt").read_text().split()) == ["a", "b", "c"]
     assert deadletter.count(r, "flaky") == 0
 
@@ -266,7 +257,7 @@ def test_the_sampler_writes_gauges_into_the_history(app_url: str, project: Path,
     def sampled() -> history.Bucket | None:
         b = history.series(r, "ok", history.HOUR, time.time())[-1]
         return b if b.queued_max == 3 else None
-    bucket = _wait(sampled, timeout=20, what="a gauge sample of the backlog")
+    bucket = wait_until(sampled, timeout=20, what="a gauge sample of the backlog")
     assert bucket.oldest_max > 0 and bucket.invocations == 0
     assert not r.exists(history.history_key("quiet")), "nothing to sample: nothing written"
 

@@ -23,6 +23,7 @@ from broker.queues import RUNNER, Publisher, taking_key
 from broker.registry import load_registry
 from broker.stats import alive_key
 from tests.stack import Scaler, cli, invoke, status
+from tests.waiting import wait_until
 from workers import recovery
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -48,14 +49,6 @@ def publisher(project: Path, r: redis.Redis) -> Publisher:
     shutil.copy(FIXTURES / "hostile.py", project / "hostile.py")
     (project / "lambdalite.toml").write_text(TOML)
     return Publisher(r, load_registry(project / "lambdalite.toml"))
-
-
-def wait_until(predicate, timeout: float = 20.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached in time")
-        time.sleep(0.05)
 
 
 def lines_naming(text: str, key: str) -> list[str]:

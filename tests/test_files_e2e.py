@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from bucketkit import ALL, write_config
 from PIL import Image
 
 from tests.stack import FilesProcess, Scaler
+from tests.waiting import wait_until
 
 RECORDER = '''
 import json, os
@@ -43,12 +43,9 @@ def stack(project: Path, redis_url: str) -> Iterator[Callable[..., None]]:
 
 
 def _until(condition: Callable[[], bool], what: str, project: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            logs = "\n".join(p.read_text() for p in sorted(project.glob("*.log")))
-            raise AssertionError(f"{what} did not happen in time; logs:\n{logs}")
-        time.sleep(0.05)
+    """Wait for ``what``; a timeout shows the project's logs."""
+    wait_until(condition, timeout, what,
+               detail=lambda: "logs:\n" + "\n".join(p.read_text() for p in sorted(project.glob("*.log"))))
 
 
 def test_cp_of_a_jpeg_makes_its_thumbnail(project: Path, stack: Callable[..., None]) -> None:

@@ -27,6 +27,7 @@ from broker import deadletter
 from broker.errors import BucketsError
 from sources.files.files import prepare_root
 from tests.stack import FilesProcess, Scaler, cli, env
+from tests.waiting import wait_until
 
 PUT, DELETE = "ObjectCreated:Put", "ObjectRemoved:Delete"
 
@@ -164,11 +165,9 @@ def test_the_process_outlives_its_buckets_root_and_its_buckets(project: Path, re
 
 
 def wait_for(condition: Callable[[], bool], files: FilesProcess, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert files.proc.poll() is None, files.output()
-        assert time.monotonic() < deadline, files.output()
-        time.sleep(0.05)
+    """Wait while the files process runs; its output on a failure."""
+    wait_until(condition, timeout, alive=lambda: None if files.proc.poll() is None else files.output(),
+               detail=files.output)
 
 
 # -- read-only buckets ------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ import redis
 from bucketkit import ALL, Driver, keys, make_watcher, records, write_config
 
 from sources.files import files
+from tests.waiting import wait_while_running
 
 GB = 1 << 30
 
@@ -115,11 +116,11 @@ def test_a_large_file_found_by_the_start_up_scan_holds_up_neither_start_nor_stop
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         (two_buckets / "buckets" / "small" / "first").write_bytes(b"1")
-        _until(lambda: "first" in keys(r, "fn"), proc)
+        wait_while_running(lambda: "first" in keys(r, "fn"), proc)
         _sparse(two_buckets / "buckets" / "big" / "during.img", 5 * GB)
         time.sleep(0.2)
         (two_buckets / "buckets" / "small" / "second").write_bytes(b"2")
-        _until(lambda: "second" in keys(r, "fn"), proc)
+        wait_while_running(lambda: "second" in keys(r, "fn"), proc)
         assert keys(r, "fn") == ["first", "second"]  # neither 5 GB file is hashed yet
         asked = time.monotonic()
         proc.send_signal(signal.SIGINT)
@@ -144,12 +145,3 @@ def test_objects_either_side_of_the_inline_limit_get_their_md5(
         path = small / record["s3"]["object"]["key"]
         assert record["s3"]["object"]["eTag"] == _md5(path) and record["s3"]["object"]["size"] == path.stat().st_size
 
-
-def _until(condition: Callable[[], bool], proc: subprocess.Popen[str], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            raise AssertionError(f"the process exited: {proc.communicate()[0]}")
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)

@@ -7,11 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import redis
 from bucketkit import keys, uploads_project
+
+from tests.waiting import wait_while_running
 
 
 def _start(project: Path, redis_url: str) -> subprocess.Popen[str]:
@@ -21,16 +22,6 @@ def _start(project: Path, redis_url: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
 
-
-def _until(condition: Callable[[], bool], proc: subprocess.Popen[str], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            raise AssertionError(f"the process exited: {proc.communicate()[0]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"condition not reached; output: {proc.communicate()[0]}")
-        time.sleep(0.05)
 
 
 def _stop(proc: subprocess.Popen[str], sig: int) -> str:
@@ -52,17 +43,17 @@ def test_process_publishes_what_arrived_while_down_once_and_stops_on_signals(
     os.utime(uploads / "while down.jpg", (1, 1))
 
     proc = _start(project, redis_url)
-    _until(lambda: keys(r, "fn") == ["while down.jpg"], proc)
+    wait_while_running(lambda: keys(r, "fn") == ["while down.jpg"], proc)
     photo = project / "photo.jpg"
     photo.write_bytes(os.urandom(50_000))
     subprocess.run(["cp", str(photo), str(uploads / "red flower.jpg")], check=True, timeout=30)
-    _until(lambda: "red flower.jpg" in keys(r, "fn"), proc)
+    wait_while_running(lambda: "red flower.jpg" in keys(r, "fn"), proc)
     out = _stop(proc, signal.SIGTERM)
     assert "watching" in out and "Traceback" not in out
 
     proc = _start(project, redis_url)  # a second start publishes nothing it published before
     (uploads / "sentinel.jpg").write_bytes(b"s")
-    _until(lambda: "sentinel.jpg" in keys(r, "fn"), proc)
+    wait_while_running(lambda: "sentinel.jpg" in keys(r, "fn"), proc)
     time.sleep(0.3)
     _stop(proc, signal.SIGINT)
     assert keys(r, "fn") == ["while down.jpg", "red flower.jpg", "sentinel.jpg"]

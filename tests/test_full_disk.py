@@ -15,7 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from broker.registry import load_registry
 from sources.files.manifest import Manifest
 from sources.sqlite.sqlite_cursor import cursor_key
 from tests.stack import ROOT, Scaler, cli, env, free_port, invoke, publish, status
+from tests.waiting import wait_until
 
 ALWAYS = Conditional(scripts.load("always", Path(__file__).with_name("lua")))  # a condition that always holds
 
@@ -98,14 +99,6 @@ class Process:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached in time")
-        time.sleep(0.05)
 
 
 def sink_calls(path: Path) -> list[dict[str, Any]]:
@@ -177,18 +170,18 @@ def test_a_full_disk_under_redis_holds_every_event_until_there_is_room_again(
             except httpx.TransportError:
                 return False
 
-        wait_until(http_ok, "the webhook process")
+        wait_until(http_ok, what="the webhook process")
         wait_until(lambda: app.execute("SELECT count(*) FROM sqlite_master WHERE type='trigger'").fetchone()[0] > 0,
-                   "the capture triggers")
-        wait_until(lambda: "watching" in procs["sources.files"].output(), "the files watcher")
+                   what="the capture triggers")
+        wait_until(lambda: "watching" in procs["sources.files"].output(), what="the files watcher")
         (project / "buckets" / "uploads" / "a.jpg").write_bytes(b"a")
         app.execute("INSERT INTO items(name) VALUES ('r1')")
         assert httpx.post(base + "/hooks/in", json={"n": 1}, timeout=10).status_code == 202
-        wait_until(lambda: [len(v) for v in delivered(sink).values()] == [1, 1, 1, 0], "the first three events")
+        wait_until(lambda: [len(v) for v in delivered(sink).values()] == [1, 1, 1, 0], what="the first three events")
 
         slow = Event("slow", {"seconds": 2})
         Publisher(client, load_registry(project / "lambdalite.toml")).publish(slow)
-        wait_until(lambda: any(c["id"] == slow.id for c in sink_calls(sink)), "the slow invocation's start")
+        wait_until(lambda: any(c["id"] == slow.id for c in sink_calls(sink)), what="the slow invocation's start")
 
         refusal = refuse_writes(var_disk, client)
         assert "MISCONF" in refusal
@@ -210,11 +203,12 @@ def test_a_full_disk_under_redis_holds_every_event_until_there_is_room_again(
         var_disk.free()
         outcome = results.wait(client, slow.id, 30)
         assert outcome is not None and outcome.ok, "the held outcome is recorded once there is room"
-        wait_until(lambda: delivered(sink)["files"] == ["a.jpg", "b.jpg"], "the file written while full")
-        wait_until(lambda: delivered(sink)["sqlite"] == ["r1", "r2"], "the row written while full")
+        wait_until(lambda: delivered(sink)["files"] == ["a.jpg", "b.jpg"], what="the file written while full")
+        wait_until(lambda: delivered(sink)["sqlite"] == ["r1", "r2"],
+                   what="the row written while full")
         wait_until(lambda: httpx.post(base + "/hooks/in", json={"n": 2}, timeout=10).status_code == 202,
-                   "the webhook taking events again")
-        wait_until(lambda: delivered(sink)["http"] == [{"n": 1}, {"n": 2}], "the request sent again")
+                   what="the webhook taking events again")
+        wait_until(lambda: delivered(sink)["http"] == [{"n": 1}, {"n": 2}], what="the request sent again")
         time.sleep(1)
         assert delivered(sink) == {"files": ["a.jpg", "b.jpg"], "sqlite": ["r1", "r2"], "http": [{"n": 1}, {"n": 2}],
                                    "slow": [slow.id]}, "each event once"
@@ -268,7 +262,7 @@ def test_redis_refusing_writes_is_an_outage_and_applies_nothing(project: Path, h
         assert shown.returncode == 0 and json.loads(shown.stdout)["functions"]["f"]["queued"] == 1, shown.stderr
         assert shown.stderr.startswith("lambdalite: redis refuses writes (MISCONF") and shown.stderr.count("\n") == 1
         disk.free()
-        wait_until(lambda: _writable(client), "writes accepted again")
+        wait_until(lambda: _writable(client), what="writes accepted again")
         publisher.publish_many([Event("f", {"n": 1})], also=cursor)
         assert client.llen("rq:queue:lambdalite.f") == 2 and client.hget("lambdalite:test:cursor", "last") == b"1"
         client.close()
@@ -307,7 +301,7 @@ def test_an_invocation_without_room_for_its_tmpdir_fails_alone_and_its_worker_ca
             if tmp.mounted:
                 assert message.endswith("No space left on device"), message
             queued = publish(redis_url, project, "echo", {"n": 1})
-            wait_until(lambda: status(project)["echo"]["retried"] == 1, "the asynchronous event's first failure")
+            wait_until(lambda: status(project)["echo"]["retried"] == 1, what="the asynchronous event's first failure")
             tmp.free()
             outcome = results.wait(connect(redis_url), queued.id, 30)
             assert outcome is not None and outcome.ok and outcome.attempts == 2, outcome

@@ -28,6 +28,7 @@ import redis
 
 from broker import results
 from tests.stack import Scaler, publish
+from tests.waiting import wait_until
 from workers.watchdog import Board, Slot, Watchdog, stopped
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -51,15 +52,6 @@ def notes(log: Path) -> list[dict[str, Any]]:
     if not log.exists():
         return []
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.02)
-    return value
 
 
 def gone(pid: int) -> bool:
@@ -89,18 +81,19 @@ def run_attack(project: Path, url: str, attack: str, **extra: Any) -> dict[str, 
     client = redis.Redis.from_url(url)
     with Scaler(project, LAMBDALITE_MAX_WORKERS="2", LAMBDALITE_IDLE_TIMEOUT="30") as scaler:
         event = publish(url, project, "hostile", {"attack": attack, "log": str(log), "beat": str(beat), **extra})
-        [note] = wait_for(lambda: notes(log), 15, "the hostile handler starts")
+        [note] = wait_until(lambda: notes(log), timeout=15, what="the hostile handler starts")
         other = publish(url, project, "other", {})
         after = publish(url, project, "hostile", {"attack": "ok"})  # waits for the function's only slot
 
-        outcome = wait_for(lambda: results.fetch(client, event.id), TIMEOUT + 5, "the event is settled")
+        outcome = wait_until(lambda: results.fetch(client, event.id), timeout=TIMEOUT + 5, what="the event is settled")
         settled = time.time() - note["at"]
         assert settled <= TIMEOUT + 2, f"settled {settled:.2f}s after the handler started"
         assert outcome.status == "dead" and outcome.attempts == 1, outcome
 
-        done = wait_for(lambda: results.fetch(client, other.id), 10, "the other function's event runs")
+        done = wait_until(lambda: results.fetch(client, other.id), timeout=10, what="the other function's event runs")
         assert done.ok, done
-        assert (next_one := wait_for(lambda: results.fetch(client, after.id), 10, "the slot is free")).ok, next_one
+        assert (next_one := wait_until(lambda: results.fetch(client, after.id), timeout=10,
+                                       what="the slot is free")).ok, next_one
 
         left = [pid for pid in (note["sandbox"], note.get("daemon")) if pid and not gone(pid)]
         assert not left, f"left running: {left}"
@@ -186,16 +179,16 @@ def test_as_the_sandbox_user_a_handler_cannot_signal_its_worker_and_a_killed_wor
         client = redis.Redis.from_url(redis_url)
         with Scaler(folder, LAMBDALITE_SANDBOX_USER="nobody"):
             event = publish(redis_url, folder, "hostile", {"attack": "freeze_worker", "log": str(shared / "a")})
-            outcome = wait_for(lambda: results.fetch(client, event.id), 15, "the event is settled")
+            outcome = wait_until(lambda: results.fetch(client, event.id), timeout=15, what="the event is settled")
             assert outcome.error["errorType"] == "PermissionError", outcome
 
             event = publish(redis_url, folder, "hostile", {"attack": "linger", "log": str(shared / "b")})
-            [note] = wait_for(lambda: notes(shared / "b"), 15, "the handler starts")
+            [note] = wait_until(lambda: notes(shared / "b"), timeout=15, what="the handler starts")
             assert psutil.Process(note["sandbox"]).uids().real != 0
             os.kill(note["worker"], signal.SIGKILL)
-            outcome = wait_for(lambda: results.fetch(client, event.id), 5, "the event is settled")
+            outcome = wait_until(lambda: results.fetch(client, event.id), timeout=5, what="the event is settled")
             assert outcome.error["errorType"] == "Runtime.ExitError", outcome
-            wait_for(lambda: gone(note["sandbox"]), 2, "the sandbox is killed")
+            wait_until(lambda: gone(note["sandbox"]), timeout=2, what="the sandbox is killed")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -206,7 +199,7 @@ def _stand_in(children: int = 0) -> subprocess.Popen[bytes]:
     """A process that sleeps (a worker stuck in a call), with ``children`` sleeping below it."""
     code = "import os, time\n" + "if os.fork() == 0: time.sleep(60)\n" * children + "time.sleep(60)"
     proc = subprocess.Popen([sys.executable, "-c", code])
-    wait_for(lambda: len(psutil.Process(proc.pid).children()) == children, 5, "the stand-in forks")
+    wait_until(lambda: len(psutil.Process(proc.pid).children()) == children, timeout=5, what="the stand-in forks")
     return proc
 
 
@@ -232,7 +225,7 @@ def test_the_watchdog_kills_a_running_worker_stuck_past_its_deadline_plus_grace_
     assert pid == proc.pid and breach.error_type == "Sandbox.Timedout", breach
     assert breach.detail == "Task timed out after 4.50 seconds"
     assert proc.wait(5) == -signal.SIGKILL
-    wait_for(lambda: gone(child), 5, "the worker's child is killed too")
+    wait_until(lambda: gone(child), timeout=5, what="the worker's child is killed too")
     assert dog.check(now, {proc.pid: (3, 128)}) == {}, "killed once, until the scaler collects it"
 
 
@@ -242,7 +235,7 @@ def test_the_watchdog_kills_a_worker_stopped_between_invocations_only_after_the_
     board, _ = _board_with(proc.pid)
     dog = Watchdog(board, grace=1.0)
     os.kill(proc.pid, signal.SIGSTOP)
-    wait_for(lambda: stopped(proc.pid), 5, "the stand-in stops")
+    wait_until(lambda: stopped(proc.pid), timeout=5, what="the stand-in stops")
     now = time.monotonic()
     assert dog.check(now, {proc.pid: (3, 128)}) == {}
     assert dog.check(now + 0.9, {proc.pid: (3, 128)}) == {}

@@ -31,6 +31,7 @@ from broker.handler_api.idempotency import idempotent, idempotent_function, reco
 from broker.queues import Publisher
 from broker.registry import load_registry
 from tests.stack import ROOT, Scaler, env, invoke, status
+from tests.waiting import wait_until
 from workers.context import LambdaContext
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -88,14 +89,6 @@ def ledger(project: Path) -> list[list[str]]:
     return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def wait_for(check: Any, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.02)
-
-
 def stored(r: redis.Redis, key: str) -> dict[str, Any]:
     raw = r.get(key)
     assert raw is not None, f"no record at {key}"
@@ -138,7 +131,7 @@ def test_the_claim_of_a_killed_invocation_is_released_for_the_retry(stack: Scale
     (project / "stall").touch()
     event = Event(function="pay", payload={})
     deliver(r, project, event)
-    wait_for(lambda: len(ledger(project)) == 1)
+    wait_until(lambda: len(ledger(project)) == 1)
     sandbox = int(ledger(project)[0][2])
     key = record_key("pay", event.id)
     assert stored(r, key)["status"] == "INPROGRESS"
@@ -163,7 +156,7 @@ def test_a_claim_left_behind_is_taken_over_once_it_expires(stack: Scaler, r: red
     (refused,) = outcomes(r, event.id, 1)
     assert refused.status == "failed" and refused.error["errorType"] == "IdempotencyAlreadyInProgressError"
     assert ledger(project) == []
-    wait_for(lambda: not r.exists(key), timeout=10)
+    wait_until(lambda: not r.exists(key), timeout=10)
     deliver(r, project, dataclasses.replace(event, attempt=1))
     _, taken = outcomes(r, event.id, 2)
     assert taken.ok and [line[0] for line in ledger(project)] == ["start", "done"]
@@ -174,12 +167,12 @@ def test_concurrent_deliveries_run_once_and_both_get_the_result(stack: Scaler, r
     (project / "hold").touch()
     event = Event(function="pay", payload={})
     deliver(r, project, event)
-    wait_for(lambda: len(ledger(project)) == 1)
+    wait_until(lambda: len(ledger(project)) == 1)
     key = record_key("pay", event.id)
     assert stored(r, key)["status"] == "INPROGRESS"
     assert 25_000 < r.pttl(key) <= 30_000, "the claim lasts as long as the invocation may run"
     deliver(r, project, dataclasses.replace(event, attempt=1))  # a second worker takes it
-    wait_for(lambda: "[ERROR] IdempotencyAlreadyInProgressError" in stack.output())
+    wait_until(lambda: "[ERROR] IdempotencyAlreadyInProgressError" in stack.output())
     (project / "hold").unlink()
     first, second = outcomes(r, event.id, 2)
     assert first.ok and second.ok and first.result == second.result

@@ -24,6 +24,7 @@ from broker.envelope import Event
 from broker.queues import Publisher, function_queue
 from broker.registry import load_registry
 from tests.stack import Scaler, cli, close_redis_clients, redis_client  # noqa: F401 (an autouse fixture)
+from tests.waiting import wait_until
 
 HANDLER = '''"""Records each run: its request id, the code it ran and when."""
 import json, os, time
@@ -54,13 +55,6 @@ INVALID = TWO.replace("max_concurrency = 2", "max_concurrency = 2\ntimeot = 3")
 def runs(project: Path) -> list[dict]:
     path = project / "runs.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def wait_until(what: str, condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.05)
 
 
 def running_number(client: redis.Redis) -> int:
@@ -118,32 +112,32 @@ def test_reload_under_a_stream_of_events(project: Path, redis_url: str) -> None:
     scaler = Scaler(project)
     code_of: dict[int, str] = {}
     try:
-        wait_until("revision 1 published", lambda: running_number(client) == 1)
+        wait_until(lambda: running_number(client) == 1, what="revision 1 published")
         code_of[1] = "v1"
         with Stream(client, project) as stream:
-            wait_until("alpha runs", lambda: len(runs(project)) >= 10)
+            wait_until(lambda: len(runs(project)) >= 10, what="alpha runs")
 
             (project / "lambdalite.toml").write_text(TWO)  # gains a function
             edited = time.time()
-            wait_until("revision 2", lambda: running_number(client) == 2)
+            wait_until(lambda: running_number(client) == 2, what="revision 2")
             code_of[2] = "v1"
-            wait_until("beta runs", lambda: any(r["fn"] == "beta" for r in runs(project)))
+            wait_until(lambda: any(r["fn"] == "beta" for r in runs(project)), what="beta runs")
             beta_after = min(r["at"] for r in runs(project) if r["fn"] == "beta") - edited
 
             (project / "reloadee.py").write_text(HANDLER.format(code="v2 (edited)"))  # new code
-            wait_until("revision 3", lambda: running_number(client) == 3)
+            wait_until(lambda: running_number(client) == 3, what="revision 3")
             code_of[3] = "v2 (edited)"
-            wait_until("alpha runs the new code", lambda: any(r["code"] == "v2 (edited)" for r in runs(project)))
+            wait_until(lambda: any(r["code"] == "v2 (edited)" for r in runs(project)), what="alpha runs the new code")
 
             (project / "lambdalite.toml").write_text(INVALID)  # refused: revision 3 keeps running
-            wait_until("the refusal", lambda: "reload refused" in scaler.output())
+            wait_until(lambda: "reload refused" in scaler.output(), what="the refusal")
             status = json.loads(cli(project, "status", "--json").stdout)
             (project / "lambdalite.toml").write_text(TWO)  # reverted: the running revision's own file
-            wait_until("the refusal forgotten", lambda: not revision.refused(client))
+            wait_until(lambda: not revision.refused(client), what="the refusal forgotten")
             time.sleep(1.0)
         assert running_number(client) == 3
         accepted = stream.accepted
-        wait_until("every accepted event ran", lambda: len(runs(project)) >= len(accepted), timeout=60)
+        wait_until(lambda: len(runs(project)) >= len(accepted), what="every accepted event ran", timeout=60)
         time.sleep(0.5)  # a run beyond them (run twice) would show now
     finally:
         scaler.stop()
@@ -216,31 +210,30 @@ def test_every_process_follows_a_function_added_then_removed(project: Path, redi
     web = WebhookProcess(project)
     invoke_path = "/2015-03-31/functions/gamma/invocations"
     try:
-        wait_until("revision 1 published", lambda: running_number(client) == 1)
-        wait_until("the webhook serves", lambda: _get(web.url + "/healthz") == 200)
+        wait_until(lambda: running_number(client) == 1, what="revision 1 published")
+        wait_until(lambda: _get(web.url + "/healthz") == 200, what="the webhook serves")
         assert httpx.post(web.url + "/gamma", json={}).status_code == 404
         assert httpx.post(web.url + invoke_path, json={}).status_code == 404
         assert cli(project, "invoke", "gamma", "--async").returncode == 1
 
         (project / "lambdalite.toml").write_text(SOURCES_ONE + GAMMA)  # gamma, with an HTTP and a files trigger
-        wait_until("revision 2", lambda: running_number(client) == 2)
-        wait_until("the webhook follows", lambda: "now running revision 2" in web.output())
-        wait_until("the files source follows", lambda: "now running revision 2" in files.output())
+        wait_until(lambda: running_number(client) == 2, what="revision 2")
+        wait_until(lambda: "now running revision 2" in web.output(), what="the webhook follows")
+        wait_until(lambda: "now running revision 2" in files.output(), what="the files source follows")
         assert httpx.post(web.url + "/gamma", json={}, timeout=30).status_code == 200
         reply = httpx.post(web.url + invoke_path, json={}, timeout=30)
         assert reply.status_code == 200 and reply.json() == {"statusCode": 200, "body": "gamma"}
         (project / "buckets" / "uploads" / "new.txt").write_text("hello")
-        wait_until("the files source notifies gamma",
-                   lambda: sum(r["fn"] == "gamma" for r in runs(project)) >= 3)
+        wait_until(lambda: sum(r["fn"] == "gamma" for r in runs(project)) >= 3, what="the files source notifies gamma")
 
         running = revision.running(client, project / "lambdalite.toml")
         for _ in range(4):  # gamma is busy with the first for 3 s; the others wait in its queue
             Publisher(client, running).publish(Event(function="gamma", payload={"sleep": 3}))
-        wait_until("gamma runs the first", lambda: sum(r["fn"] == "gamma" for r in runs(project)) >= 4)
+        wait_until(lambda: sum(r["fn"] == "gamma" for r in runs(project)) >= 4, what="gamma runs the first")
         (project / "lambdalite.toml").write_text(SOURCES_ONE)  # gamma removed
-        wait_until("revision 3", lambda: running_number(client) == 3)
-        wait_until("the webhook follows", lambda: "now running revision 3" in web.output())
-        wait_until("the files source follows", lambda: "now running revision 3" in files.output())
+        wait_until(lambda: running_number(client) == 3, what="revision 3")
+        wait_until(lambda: "now running revision 3" in web.output(), what="the webhook follows")
+        wait_until(lambda: "now running revision 3" in files.output(), what="the files source follows")
         assert httpx.post(web.url + "/gamma", json={}).status_code == 404
         assert httpx.post(web.url + invoke_path, json={}).status_code == 404
         refused = cli(project, "invoke", "gamma", "--async")
@@ -278,7 +271,7 @@ def test_reload_command_and_sighup(project: Path, redis_url: str) -> None:
     assert quiet.returncode == 1 and "no scaler is running" in quiet.stderr
     scaler = Scaler(project)
     try:
-        wait_until("revision 1 published", lambda: running_number(client) == 1)
+        wait_until(lambda: running_number(client) == 1, what="revision 1 published")
         scaler.proc.send_signal(signal.SIGHUP)  # looks again: nothing changed, nothing restarts
         done = cli(project, "reload")
         assert done.returncode == 0 and done.stdout.strip() == "revision 1 of lambdalite.toml is running", done
@@ -341,17 +334,17 @@ def test_the_sqlite_feed_stands_by_until_a_revision_brings_it_a_trigger(project:
     scaler = Scaler(project)
     feed, log = sqlite_process(project)
     try:
-        wait_until("revision 1 published", lambda: running_number(client) == 1)
-        wait_until("the feed stands by", lambda: standing_by(feed))
+        wait_until(lambda: running_number(client) == 1, what="revision 1 published")
+        wait_until(lambda: standing_by(feed), what="the feed stands by")
         (project / "lambdalite.toml").write_text(ONE + ROWS)
-        wait_until("revision 2", lambda: running_number(client) == 2)
-        wait_until("the feed follows it",
-                   lambda: not standing_by(feed) and "following 1 sqlite stream" in log.read_text())
+        wait_until(lambda: running_number(client) == 2, what="revision 2")
+        wait_until(lambda: not standing_by(feed) and "following 1 sqlite stream" in log.read_text(),
+                   what="the feed follows it")
         db.execute("INSERT INTO items(name) VALUES ('first')")
-        wait_until("the row's batch runs", lambda: any(r["fn"] == "rows" for r in runs(project)))
+        wait_until(lambda: any(r["fn"] == "rows" for r in runs(project)), what="the row's batch runs")
         (project / "lambdalite.toml").write_text(ONE)
-        wait_until("revision 3", lambda: running_number(client) == 3)
-        wait_until("the feed stands by again", lambda: standing_by(feed))
+        wait_until(lambda: running_number(client) == 3, what="revision 3")
+        wait_until(lambda: standing_by(feed), what="the feed stands by again")
         assert feed.poll() is None
     finally:
         feed.send_signal(signal.SIGTERM)
@@ -378,11 +371,11 @@ def test_changed_limits_apply_to_new_invocations(project: Path, redis_url: str) 
     (project / "lambdalite.toml").write_text('[functions.nap]\nhandler = "sleeper.handler"\ntimeout = 1\n')
     client = redis_client(redis_url)
     with Scaler(project) as scaler:
-        wait_until("revision 1 published", lambda: running_number(client) == 1)
+        wait_until(lambda: running_number(client) == 1, what="revision 1 published")
         short = invoke(redis_url, project, "nap", {"sleep": 1.5})
         assert not short.ok and "timed out" in json.dumps(short.error), short
         (project / "lambdalite.toml").write_text('[functions.nap]\nhandler = "sleeper.handler"\ntimeout = 10\n')
-        wait_until("revision 2", lambda: running_number(client) == 2)
+        wait_until(lambda: running_number(client) == 2, what="revision 2")
         longer = invoke(redis_url, project, "nap", {"sleep": 1.5})
         assert longer.ok and longer.result["limit_ms"] > 5000, longer
     assert "nap changed" in scaler.output()

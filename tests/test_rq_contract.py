@@ -28,6 +28,7 @@ from broker.queues import RUNNER, Publisher, function_queue, job_options
 from broker.registry import Registry, load_registry
 from broker.rqlayout import COMPRESS_OVER
 from tests.stack import Scaler
+from tests.waiting import wait_until
 
 TOML = """
 [functions.ok]
@@ -54,14 +55,6 @@ def registry(project: Path) -> Registry:
     (project / "contract.py").write_text(HANDLERS)
     (project / "lambdalite.toml").write_text(TOML)
     return load_registry(project / "lambdalite.toml")
-
-
-def wait_until(predicate: Any, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached in time")
-        time.sleep(0.05)
 
 
 def fields(r: redis.Redis, job_id: str) -> dict[str, bytes]:
@@ -207,7 +200,7 @@ def test_a_job_we_take_and_end_is_what_rqs_own_worker_leaves(project: Path, redi
         assert results.wait(r, unkept.id, 30).ok
         assert not results.wait(r, failing.id, 30).ok
         wait_until(lambda: r.hget(rqlayout.worker_key(fields(r, failing.id)["worker_name"].decode()),
-                                  "state") == b"idle", "the worker idle again")
+                                  "state") == b"idle", what="the worker idle again")
         ours = {"ok": end_state(r, ok.id, "lambdalite.ok"), "fail": end_state(r, failing.id, "lambdalite.fail")}
     assert ours == theirs
     assert holding(r, twin_async) == holding(r, unkept.id) == [], "nothing of a finished asynchronous job is left"
@@ -237,7 +230,7 @@ def test_a_job_rqs_enqueue_writes_is_run_or_refused_as_today(project: Path, redi
     with Scaler(project) as scaler:
         outcome = results.wait(r, event.id, 30)
         assert outcome is not None and outcome.ok and outcome.result == {"n": 7}, scaler.output()
-        wait_until(lambda: foreign.get_status(refresh=True) == "failed", "the foreign job refused")
+        wait_until(lambda: foreign.get_status(refresh=True) == "failed", what="the foreign job refused")
     assert runs.get_status(refresh=True) == "finished" and runs.latest_result().return_value == {"n": 7}
     assert not marker.exists(), "nothing a job names is imported or run"
     assert [e["id"] for e in deadletter.entries(r, "ok")] == [foreign.id]

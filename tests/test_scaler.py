@@ -15,6 +15,7 @@ import redis
 from broker import stats
 from broker.queues import function_queue
 from tests.stack import Scaler, publish, status
+from tests.waiting import wait_until
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -42,14 +43,6 @@ def max_overlap(log: Path) -> int:
         now += delta
         most = max(most, now)
     return most
-
-
-def wait_until(predicate, timeout: float = 20.0, every: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(every)
 
 
 def workers_of(scaler: Scaler) -> list[psutil.Process]:

@@ -21,11 +21,11 @@ from sqlite_support import (
     make_project,
     queued_events,
     records_of,
-    wait_until,
     write_acceptance_changes,
 )
 
 from sources.sqlite.sqlite import FAULT_ENV
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlite_support import app_db, finish, make_project, queued_events, records_of, wait_until
+from sqlite_support import app_db, finish, make_project, queued_events, records_of
 
 from broker.connection import connect
 from sources.sqlite.sqlite import Feed
 from sources.sqlite.sqlite_cursor import cursor_key
 from tests.stack import Scaler
 from tests.test_sqlite_stack import CONFIG, FIXTURES, FeedProcess, records
+from tests.waiting import wait_until
 
 SCHEMA = "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, n)"
 

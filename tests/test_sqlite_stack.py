@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 import redis
-from sqlite_support import app_db, assert_acceptance_records, wait_until, write_acceptance_changes
+from sqlite_support import app_db, assert_acceptance_records, write_acceptance_changes
 
 from tests.stack import Scaler, env
+from tests.waiting import wait_until
 
 FIXTURES = Path(__file__).parent / "fixtures"
 pytestmark = pytest.mark.timeout(240)
