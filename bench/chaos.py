@@ -76,6 +76,14 @@ def outage_run(folder: Path, seed: int) -> chaos.Report:
                      say=lambda line: print(f"    {line}", flush=True))
 
 
+def publish_rate(publisher: Publisher, publishes: int) -> float:
+    """Events published (acknowledged) per second, ``publishes`` of them one after another."""
+    started = time.perf_counter()
+    for n in range(publishes):
+        publisher.publish(Event(function="fn", payload={"n": n}))
+    return publishes / (time.perf_counter() - started)
+
+
 def publish_until(publisher: Publisher, kill: Callable[[], object], after: float = 1.5) -> list[str]:
     """Publish events from a thread, call ``kill`` ``after`` seconds in, and return the ids of the events
     acknowledged (publish returned) until the thread stopped: at the first error or once ``kill`` returned."""
@@ -109,10 +117,7 @@ def fsync_run(folder: Path, mode: str, publishes: int) -> tuple[float, int, int]
     server = RedisServer(folder / f"redis-{mode}", appendonly=True, appendfsync=mode).start()
     client = redis.Redis.from_url(server.url)
     publisher = Publisher(client, registry)
-    started = time.perf_counter()
-    for n in range(publishes):
-        publisher.publish(Event(function="fn", payload={"n": n}))
-    rate = publishes / (time.perf_counter() - started)
+    rate = publish_rate(publisher, publishes)
 
     client.flushall()
     acked = publish_until(publisher, server.kill)  # SIGKILL in mid-stream: a process crash, not a power cut
@@ -142,10 +147,7 @@ def wait_run(folder: Path, replicas: int, publishes: int) -> tuple[float, int, i
         with SentinelSet(folder / f"sentinel-{replicas}") as servers:
             client = connect(servers.url)
             publisher = Publisher(client, registry)
-            started = time.perf_counter()
-            for n in range(publishes):
-                publisher.publish(Event(function="fn", payload={"n": n}))
-            rate = publishes / (time.perf_counter() - started)
+            rate = publish_rate(publisher, publishes)
             client.flushall()
             killed: list[Any] = []
             acked = publish_until(publisher, lambda: killed.append(servers.kill_primary()))

@@ -139,7 +139,11 @@ def bench_rq(url: str, n: int) -> list[float]:
             time.sleep(0.002)  # let the worker go back to waiting on the queue
     finally:
         worker.send_signal(signal.SIGTERM)
-        worker.wait(10)
+        try:
+            worker.wait(10)
+        except subprocess.TimeoutExpired:  # RQ's worker can miss a stop signal sent as it blocks on its queue
+            worker.kill()
+            worker.wait()
         client.close()
     return out
 

@@ -92,6 +92,19 @@ max_concurrency = 2
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def stop_rq_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the reference ``rq worker`` processes: a warm stop, and a kill for one that missed it (RQ's
+    worker can miss a stop signal sent as it blocks on its queue)."""
+    for w in workers:
+        w.terminate()
+    for w in workers:
+        try:
+            w.wait(10)
+        except subprocess.TimeoutExpired:
+            w.kill()
+            w.wait()
+
+
 def lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
@@ -169,10 +182,7 @@ def burst(b: Bench, n: int = 30) -> tuple[float, int, float]:
     for _ in range(n):
         queue.enqueue("scale_handlers.rq_mark", str(rlog), sleep=1)
     rq_last, _ = drain(rlog, n)
-    for w in workers:
-        w.terminate()
-    for w in workers:
-        w.wait(10)
+    stop_rq_workers(workers)
     return ours, most, rq_last - t0
 
 
@@ -209,10 +219,7 @@ def cpu_bound(b: Bench, n: int = 200, cpu: float = 0.05) -> tuple[float, float, 
     for _ in range(n):
         queue.enqueue("scale_handlers.rq_mark", str(rlog), cpu=cpu)
     rq_last, _ = drain(rlog, n)
-    for w in workers:
-        w.terminate()
-    for w in workers:
-        w.wait(10)
+    stop_rq_workers(workers)
     return ours, rq_last - t0, spent
 
 
