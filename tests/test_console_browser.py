@@ -19,11 +19,12 @@ import pytest
 import redis
 from serving import serve
 from stack import Scaler, invoke, publish, status
-from test_console import COUNTS, _wait, _write
+from test_console import COUNTS, _write
 
 from broker import deadletter
 from broker.registry import load_registry
 from sources.http.webhook import create_app
+from tests.waiting import wait_until
 
 SUCCEEDED = "document.querySelector('tr[data-function=\"ok\"] [data-k=\"succeeded\"]').textContent === '{}'"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
@@ -83,7 +84,7 @@ def test_overview_lists_the_functions_with_the_counts_of_status(browser: Any, st
         assert invoke(redis_url, project, "ok", {}).ok
     assert not invoke(redis_url, project, "fail", {}).ok
     publish(redis_url, project, "fail", {})
-    _wait(lambda: status(project)["fail"]["dead"] == 1, what="a dead letter")
+    wait_until(lambda: status(project)["fail"]["dead"] == 1, what="a dead letter")
     page = browser.new_page()
     page.goto(f"{stack}/console/")
     _live(page)
@@ -128,7 +129,7 @@ def test_replay_of_a_dead_letter_from_the_page_runs_it(browser: Any, stack: str,
                                                         r: redis.Redis) -> None:
     publish(redis_url, project, "flaky", {"n": "again"})
     publish(redis_url, project, "flaky", {"n": "kept"})
-    _wait(lambda: deadletter.count(r, "flaky") == 2, what="two dead letters")
+    wait_until(lambda: deadletter.count(r, "flaky") == 2, what="two dead letters")
     (project / "fixed").write_text("")
     target = next(e for e in deadletter.entries(r, "flaky") if e["event"]["payload"]["n"] == "again")
     page = browser.new_page()
@@ -137,7 +138,7 @@ def test_replay_of_a_dead_letter_from_the_page_runs_it(browser: Any, stack: str,
     page.locator(f'tr[data-id="{target["id"]}"] button', has_text="replay").click()
     page.wait_for_selector("#done", timeout=10_000)
     assert page.locator("#done").text_content() == "replayed 1"
-    _wait(lambda: (project / "ran.txt").exists(), what="the replayed event's run")
+    wait_until(lambda: (project / "ran.txt").exists(), what="the replayed event's run")
     assert (project / "ran.txt").read_text().split() == ["again"]
     assert page.locator("table.dlq tbody tr").count() == 1, "the other one is still there"
 
