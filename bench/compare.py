@@ -73,7 +73,7 @@ def figures(output: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", required=True, help="the commit before the change")
+    parser.add_argument("--before", required=True, help="the commit before the change (or a folder holding its tree)")
     parser.add_argument("--after", help="the commit after it (default: this working tree)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--bench", action="append", choices=sorted(BENCHES), help="only these (repeatable)")
@@ -81,7 +81,8 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="ll-compare-"))
     scratch.chmod(0o755)
     try:
-        trees = {args.before: export(args.before, scratch / "before")}
+        before = Path(args.before)
+        trees = {args.before: before if before.is_dir() else export(args.before, scratch / "before")}
         trees[args.after or "working tree"] = export(args.after, scratch / "after") if args.after else ROOT
         labels = list(trees)
         for r in range(args.rounds):
