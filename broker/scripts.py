@@ -75,6 +75,13 @@ class Header:
     returns: str
 
 
+def compact(text: str) -> str:
+    """``text`` without its comment lines and blank lines: what is sent to Redis. A transaction sends
+    its scripts' text with every EVAL, and Redis hashes it each time; the headers are for readers."""
+    return "".join(line for line in text.splitlines(keepends=True)
+                   if line.strip() and not line.lstrip().startswith("--"))
+
+
 def parse_header(text: str, where: str) -> Header:
     """The header of a script's ``text`` (``where`` names it in errors). Raises ScriptError when a
     title, a position, a name or the Returns line is missing, repeated or out of order."""
@@ -153,7 +160,7 @@ class Lua:
             if not path.is_file():
                 raise ScriptError(f"{where}: includes {name}, but there is no {path}")
             parts.append(path.read_text())
-        self.text = "".join(parts) + text
+        self.text = compact("".join(parts) + text)
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
         self._script: Script | None = None
 
