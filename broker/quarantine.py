@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import redis
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 PREFIX = "lambdalite:quarantine:"
 KEEP = 7 * 24 * 3600  # seconds a moved-aside value is kept
 _MARK = "lambdalite:quarantined"
+_MOVE_ARGS: Mapping[str, Any] = MappingProxyType({"quarantine_keep": KEEP, "quarantine_mark": _MARK})
 
 # The scripts of this module; other modules' scripts include the guard (broker/lua/lib/move.lua).
 _GUARD = scripts.load("quarantine_guard")
@@ -45,10 +47,10 @@ def aside(key: str, at: int) -> str:
     return f"{PREFIX}{key}:{at}"
 
 
-def move_args() -> dict[str, Any]:
+def move_args() -> Mapping[str, Any]:
     """The ARGV of a script that includes the guard (``include: move``): ``quarantine_keep`` and
     ``quarantine_mark``."""
-    return {"quarantine_keep": KEEP, "quarantine_mark": _MARK}
+    return _MOVE_ARGS
 
 
 def derive_args(at: int) -> dict[str, Any]:

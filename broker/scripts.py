@@ -34,8 +34,9 @@ Three ways to run a script, for the three ways lambdalite talks to Redis:
 from __future__ import annotations
 
 import hashlib
+import operator
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,10 +77,11 @@ class Header:
 
 
 def compact(text: str) -> str:
-    """``text`` without its comment lines and blank lines: what is sent to Redis. A transaction sends
-    its scripts' text with every EVAL, and Redis hashes it each time; the headers are for readers."""
-    return "".join(line for line in text.splitlines(keepends=True)
-                   if line.strip() and not line.lstrip().startswith("--"))
+    """``text`` without its comment lines, blank lines and indentation: what is sent to Redis. A
+    transaction sends its scripts' text with every EVAL, and Redis hashes it each time; the headers
+    and the indentation are for readers. (No script has a string that spans lines.)"""
+    return "".join(stripped + "\n" for line in text.splitlines()
+                   if (stripped := line.strip()) and not stripped.startswith("--"))
 
 
 def parse_header(text: str, where: str) -> Header:
@@ -117,24 +119,45 @@ def parse_header(text: str, where: str) -> Header:
     return Header(title.group(1), tuple(includes), tuple(slots["KEYS"]), tuple(slots["ARGV"]), returns)
 
 
-def _flatten(slots: Sequence[Slot], given: Mapping[str, Any], kind: str, title: str) -> list[Any]:
-    names = {s.name for s in slots}
-    missing = [s.name for s in slots if s.name not in given]
-    unknown = [name for name in given if name not in names]
-    if missing or unknown:
-        raise ScriptError(f"script {title}: {kind} " + "; ".join(
+class _Flattener:
+    """Puts named KEYS or ARGV in a header's order. Built once per script: a call is on every hot path
+    (the worker's end of a job queues six), so it does one ``itemgetter`` and a length check, and
+    works out what is wrong only when something is."""
+
+    __slots__ = ("slots", "kind", "title", "count", "fixed", "rest")
+
+    def __init__(self, slots: Sequence[Slot], kind: str, title: str) -> None:
+        self.slots, self.kind, self.title, self.count = tuple(slots), kind, title, len(slots)
+        names = [s.name for s in slots if not s.rest]
+        self.rest = slots[-1].name if slots and slots[-1].rest else None
+        get = operator.itemgetter(*names) if names else None
+        # itemgetter of one name returns the value itself, of several a tuple.
+        self.fixed: Callable[[Mapping[str, Any]], list[Any]] = (
+            (lambda given: []) if get is None else
+            (lambda given: [get(given)]) if len(names) == 1 else (lambda given: list(get(given))))
+
+    def __call__(self, given: Mapping[str, Any]) -> list[Any]:
+        try:
+            out = self.fixed(given)
+            rest = given[self.rest] if self.rest is not None else ()
+        except KeyError:
+            raise self._mismatch(given) from None
+        if len(given) != self.count:
+            raise self._mismatch(given)
+        if self.rest is not None:
+            if isinstance(rest, str | bytes) or not isinstance(rest, Sequence):
+                raise ScriptError(f"script {self.title}: {self.kind} {self.rest} takes a list "
+                                  f"(the rest of {self.kind})")
+            out.extend(rest)
+        return out
+
+    def _mismatch(self, given: Mapping[str, Any]) -> ScriptError:
+        names = {s.name for s in self.slots}
+        missing = [s.name for s in self.slots if s.name not in given]
+        unknown = [name for name in given if name not in names]
+        return ScriptError(f"script {self.title}: {self.kind} " + "; ".join(
             part for part in (f"missing {', '.join(missing)}" if missing else "",
                               f"not in its header {', '.join(unknown)}" if unknown else "") if part))
-    out: list[Any] = []
-    for slot in slots:
-        value = given[slot.name]
-        if slot.rest:
-            if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-                raise ScriptError(f"script {title}: {kind} {slot.name} takes a list (the rest of {kind})")
-            out.extend(value)
-        else:
-            out.append(value)
-    return out
 
 
 def _named(slots: Sequence[Slot], given: Sequence[Any], kind: str, title: str) -> dict[str, Any]:
@@ -163,12 +186,13 @@ class Lua:
         self.text = compact("".join(parts) + text)
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
         self._script: Script | None = None
+        self._keys = _Flattener(self.header.keys, "KEYS", self.name)
+        self._args = _Flattener(self.header.args, "ARGV", self.name)
 
     def arguments(self, keys: Mapping[str, Any], args: Mapping[str, Any]) -> tuple[list[Any], list[Any]]:
         """KEYS and ARGV in the header's order, from ``keys`` and ``args`` by name. Raises ScriptError
         for a name missing or not in the header."""
-        return (_flatten(self.header.keys, keys, "KEYS", self.name),
-                _flatten(self.header.args, args, "ARGV", self.name))
+        return self._keys(keys), self._args(args)
 
     def by_name(self, keys: Sequence[Any], args: Sequence[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The inverse of :meth:`arguments`: ``keys`` and ``args`` in the header's order (as they cross
@@ -184,8 +208,8 @@ class Lua:
 
     def queue(self, pipe: Any, keys: Mapping[str, Any], args: Mapping[str, Any]) -> None:
         """Queue the script on ``pipe`` (a redis-py pipeline or transaction) as EVAL with its text."""
-        flat_keys, flat_args = self.arguments(keys, args)
-        pipe.eval(self.text, len(flat_keys), *flat_keys, *flat_args)
+        flat_keys = self._keys(keys)
+        pipe.eval(self.text, len(flat_keys), *flat_keys, *self._args(args))
 
     def command(self, keys: Mapping[str, Any], args: Mapping[str, Any]) -> list[Any]:
         """The EVALSHA command, for :func:`broker.connection.run`."""

@@ -48,6 +48,8 @@ WRITES: dict[str, tuple[str, tuple[int, ...]]] = {
     **dict.fromkeys(("INCR", "INCRBY", "INCRBYFLOAT", "DECR", "DECRBY", "APPEND", "SETRANGE"), _STRING),
 }
 
+_BY_NAME = {**WRITES, **{name.lower(): write for name, write in WRITES.items()}}
+
 
 class Transaction(RecordingPipeline):
     """A redis-py pipeline (MULTI/EXEC unless made with ``transaction=False``) whose writes are guarded.
@@ -61,19 +63,26 @@ class Transaction(RecordingPipeline):
         return self
 
     def queueing(self, args: tuple[Any, ...]) -> None:
-        write = WRITES.get(str(args[0]).upper())
+        name = args[0]
+        write = _BY_NAME.get(name)  # as redis-py's typed methods name them: no upper() on the hot path
+        if write is None and not (isinstance(name, str) and (name.isupper() or name.islower())):
+            write = WRITES.get(_text(name).upper())
         if write is not None:
             kind, positions = write
-            self.expect({_text(args[i]): kind for i in positions})
+            for i in positions:
+                self._expect(_text(args[i]), kind)
 
     def expect(self, keys: Mapping[str, str]) -> None:
         """Guard ``keys`` (key -> the type it must have) too: keys a script queued here writes.
         Raises ValueError for a key already expected to hold another type (two writes that cannot
         both succeed)."""
         for key, kind in keys.items():
-            known = self.expected.setdefault(key, kind)
-            if known != kind:
-                raise ValueError(f"redis key {key} written as a {known} and as a {kind} in one transaction")
+            self._expect(key, kind)
+
+    def _expect(self, key: str, kind: str) -> None:
+        known = self.expected.setdefault(key, kind)
+        if known != kind:
+            raise ValueError(f"redis key {key} written as a {known} and as a {kind} in one transaction")
 
     def commands(self) -> list[tuple[Any, ...]]:
         """The guard (if any key needs one) and then the commands queued, as argument lists; the
@@ -107,4 +116,6 @@ def transaction(client: redis.Redis, transaction: bool = True) -> Transaction:
 
 
 def _text(key: Any) -> str:
+    if type(key) is str:
+        return key
     return key.decode() if isinstance(key, bytes) else str(key)

@@ -141,3 +141,12 @@ def test_the_scripts_ship_in_the_package() -> None:
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["broker"]
     files = [p.relative_to(root / "broker").as_posix() for p in scripts.FOLDER.rglob("*.lua")]
     assert files and [f for f in files if not any(fnmatch.fnmatch(f, pattern) for pattern in patterns)] == []
+
+
+def test_what_is_sent_has_no_comments_or_indentation_and_runs_the_same(r: redis.Redis) -> None:
+    text = ("-- add: a header\nlocal n = tonumber(ARGV[1])  \n\n  -- a comment\n  if n > 1 then\n"
+            "    return n + 1\n  end\nreturn 's -- not a comment'\n")
+    sent = scripts.compact(text)
+    assert sent == "local n = tonumber(ARGV[1])\nif n > 1 then\nreturn n + 1\nend\nreturn 's -- not a comment'\n"
+    assert r.eval(sent, 0, 5) == r.eval(text, 0, 5) == 6
+    assert r.eval(sent, 0, 0) == r.eval(text, 0, 0) == b"s -- not a comment"

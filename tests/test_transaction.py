@@ -123,3 +123,15 @@ def test_every_pipeline_of_lambdalite_s_clients_is_guarded(client: redis.Redis, 
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):  # what a plain redis-py client does
         r.set("rq:queues", "a foreign value")
         Queue("plain", connection=r, serializer=JSONSerializer).enqueue("broker.queues.run", 1)
+
+
+def test_a_write_is_known_whatever_the_case_or_type_of_its_name(client: redis.Redis) -> None:
+    """Redis takes a command's name in any case, as text or bytes; so does the guard."""
+    t = transaction(client)
+    t.execute_command("rpush", "lower", "x")
+    t.execute_command("HSet", "mixed", "f", "1")
+    t.execute_command(b"ZADD", b"bytes", 1, "m")
+    t.execute_command("XADD", "upper", "*", "f", "v")
+    t.execute_command("expire", "lower", 5)
+    assert t.expected == {"lower": "list", "mixed": "hash", "bytes": "zset", "upper": "stream"}
+    t.reset()
