@@ -10,18 +10,15 @@ import contextlib
 import logging
 import math
 import signal
-import sys
 import time
 from typing import Any
 
 import redis
 
-from broker import revision, stacklock
+from broker import revision, startup
 from broker.connection import TRANSIENT, Backoff, connect, wait_for_redis
 from broker.errors import LambdaliteError
 from broker.queues import WAKE_CHANNEL
-from broker.registry import load_registry
-from broker.settings import load_settings
 from workers import reload
 from workers.scaler import STEP, WAKE_GAP, Scaler
 
@@ -52,14 +49,8 @@ def _publish_running(reloader: reload.Reloader, stop: _Flag) -> revision.Revisio
 
 
 def run() -> None:
-    from broker import logs, pins
-
+    settings, registry = startup.start("scaler")
     try:
-        pins.check()  # the exact rq and watchdog whose internals are used
-        settings = load_settings()
-        stacklock.hold(settings, "scaler")
-        logs.configure(settings.log_level)
-        registry = load_registry(settings.config)
         stop = _Flag()
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
@@ -67,8 +58,7 @@ def run() -> None:
         wait_for_redis(client, stop=lambda: stop.set)
         scaler = Scaler(settings, registry, client, adopt_orphans=True)
     except LambdaliteError as e:
-        print(f"lambdalite: {e}", file=sys.stderr)
-        sys.exit(1)
+        startup.fail(e)
     hup = _Flag()
     signal.signal(signal.SIGHUP, hup)
     reloader = reload.Reloader(settings, client, registry, scaler.apply, wake=lambda: _wake(client))

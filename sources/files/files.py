@@ -26,7 +26,6 @@ import os
 import queue
 import signal
 import stat
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -45,11 +44,10 @@ from watchdog.events import (
     FileSystemEvent,
 )
 
-from broker import logs, revision, stacklock
+from broker import revision, startup
 from broker.connection import TRANSIENT, Backoff, connect
 from broker.errors import BucketsError, LambdaliteError
-from broker.registry import Registry, load_registry
-from broker.settings import load_settings
+from broker.registry import Registry
 from sources.files import s3event
 from sources.files.bucket_triggers import BucketTriggers
 from sources.files.buckets import (
@@ -482,18 +480,11 @@ def prepare_root(root: Path) -> Path:
 
 
 def main() -> None:
-    from broker import pins
-
+    settings, registry = startup.start("files")
     try:
-        pins.check()  # the exact rq and watchdog whose internals are used
-        settings = load_settings()
-        stacklock.hold(settings, "files")
-        registry = load_registry(settings.config)
         root = prepare_root(settings.buckets)
     except LambdaliteError as e:
-        print(f"lambdalite: {e}", file=sys.stderr)
-        sys.exit(1)
-    logs.configure(settings.log_level)
+        startup.fail(e)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

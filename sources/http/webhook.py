@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -39,12 +38,12 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from broker import environment, revision, schedules, stacklock
+from broker import environment, revision, schedules, startup
 from broker.connection import COMMAND_TIMEOUT, TRANSIENT, connect
 from broker.errors import ConfigError, LambdaliteError
 from broker.queues import Publisher
-from broker.registry import Registry, load_registry
-from broker.settings import Settings, load_settings
+from broker.registry import Registry
+from broker.settings import Settings
 from broker.settings import current as current_settings
 from sources.http import callers, connections, invoke_api, lambda_api, openapi, proxies
 from sources.http.bodies import read_body
@@ -279,22 +278,15 @@ def main() -> None:
     """Entry point of ``python -m sources.http``."""
     import uvicorn
 
-    from broker import logs, pins
-
+    settings, registry = startup.start("webhook")
     try:
-        pins.check()  # the exact rq and watchdog whose internals are used
-        settings = load_settings()
-        stacklock.hold(settings, "webhook")
-        logs.configure(settings.log_level)
-        registry = load_registry(settings.config)
         keys = load_keys(settings.access_keys, settings.access_keys_file)
         proxies.parse_trusted(settings.trusted_proxies)
         app = create_app(registry, settings.redis_dsn, host=settings.http_host, token=settings.http_token,
                          access_keys=keys, region=settings.region, max_workers=settings.max_workers,
                          schedule_clock=schedules.clock(settings))
     except LambdaliteError as e:
-        print(f"lambdalite: {e}", file=sys.stderr)
-        sys.exit(1)
+        startup.fail(e)
     count = sum(1 for _ in registry.triggers("http"))
     log.info("serving the Invoke API and %d webhook route(s) on http://%s:%d",
              count, settings.http_host, settings.http_port)

@@ -41,12 +41,11 @@ from typing import Any, cast
 
 import redis
 
-from broker import quarantine, results, revision, stacklock, standby, successors
+from broker import quarantine, results, revision, stacklock, standby, startup, successors
 from broker.connection import TRANSIENT, Backoff, connect
 from broker.errors import LambdaliteError
 from broker.queues import Publisher
-from broker.registry import Registry, load_registry
-from broker.settings import Settings, load_settings
+from broker.registry import Registry
 from broker.transaction import transaction
 from sources.sqlite import dynamodb, sqlite_ahead, sqlite_batch, sqlite_capture, sqlite_cursor
 from sources.sqlite.sqlite_ahead import Ahead
@@ -458,17 +457,7 @@ def _stand_by(dsn: str, number: int) -> None:
 
 
 def main() -> None:
-    from broker import logs, pins
-
-    try:
-        pins.check()  # the exact rq and watchdog whose internals are used
-        settings: Settings = load_settings()
-        stacklock.hold(settings, "sqlite")
-        logs.configure(settings.log_level)
-        registry = load_registry(settings.config)
-    except LambdaliteError as e:
-        print(f"lambdalite: {e}", file=sys.stderr)
-        sys.exit(1)
+    settings, registry = startup.start("sqlite")
     stopping: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
