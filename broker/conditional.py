@@ -8,6 +8,11 @@ queued on a redis-py pipeline it never executed (see :func:`recorded`).
 
 Nothing is applied when the condition fails, when a write is refused (Redis refuses the first
 write of a script it cannot persist, ``MISCONF``) or on any error before the first write.
+
+Every key the script touches is in its KEYS, as Redis asks of scripts: the guarded keys (written
+with a command that needs one type), the keys the condition reads, and the keys written by commands
+any type takes (``SET``, ``DEL``, ``EXPIRE``: :data:`broker.transaction.ANY_TYPE`). A command whose
+keys lambdalite cannot name is refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ import redis
 from broker import quarantine, scripts
 from broker.errors import ScriptError
 from broker.redis_internals import queued
-from broker.transaction import Transaction, transaction
+from broker.transaction import ANY_TYPE, WRITES, Transaction, transaction
 
 _SCRIPTS = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"})
+_KEYLESS = frozenset({"PUBLISH"})  # the writes that name no key
 
 
 @contextmanager
@@ -38,38 +44,45 @@ class Conditional:
     """A condition and the writes it allows, run as one atomic script.
 
     ``script`` is a script of ``broker/lua/`` that includes ``move`` and ``conditional`` and returns
-    ``conditional(KEYS, ARGV, check)``, where ``check(c)`` (``c``: the condition arguments) returns
-    whether to apply the writes, and optionally a value (a table) handed back to the caller either
-    way. Its header declares KEYS ``guarded`` and ARGV ``quarantine_keep``, ``quarantine_mark``,
-    ``layout`` (see broker/lua/manifest_unpublished.lua).
+    ``conditional(KEYS, ARGV, check)``, where ``check(r, c)`` (``r``: the keys the condition reads,
+    ``c``: its other arguments) returns whether to apply the writes, and optionally a value (a table)
+    handed back to the caller either way. Its header declares KEYS ``keys`` and ARGV
+    ``quarantine_keep``, ``quarantine_mark``, ``layout`` (see broker/lua/manifest_unpublished.lua).
     """
 
     def __init__(self, script: scripts.Lua) -> None:
         names = ([s.name for s in script.header.keys], [s.name for s in script.header.args])
-        if names != (["guarded"], ["quarantine_keep", "quarantine_mark", "layout"]):
+        if names != (["keys"], ["quarantine_keep", "quarantine_mark", "layout"]):
             raise ScriptError(f"script {script.name} is not a condition: its header declares KEYS {names[0]}, "
                               f"ARGV {names[1]}")
         self.script = script
 
-    def run(self, client: redis.Redis, condition: Sequence[Any], writes: Transaction) -> tuple[bool, list[Any]]:
-        """Apply the commands queued on ``writes`` if the condition on ``condition`` holds, first moving
-        aside each key they write that holds another type (reported in the log, as
-        :func:`broker.quarantine.report` does); returns whether they were applied and the condition's
-        value. Raises redis errors.
+    def run(self, client: redis.Redis, reads: Sequence[str], condition: Sequence[Any],
+            writes: Transaction) -> tuple[bool, list[Any]]:
+        """Apply the commands queued on ``writes`` if the condition holds on the keys ``reads`` and the
+        arguments ``condition``, first moving aside each key they write that holds another type
+        (reported in the log, as :func:`broker.quarantine.report` does); returns whether they were
+        applied and the condition's value. Raises redis errors, and ValueError for a command that
+        cannot run in a script or whose keys are not known.
 
         As with redis-py's transactions, a reply lost to a broken connection makes the very same
         script go again: its writes must be harmless the second time, or its condition must fail
         once they are applied (then the second answer is "not applied", though the first applied).
         """
         expected = writes.expected
-        layout: list[Any] = [*expected.values(), len(condition), *condition]
+        layout: list[Any] = [len(expected), len(reads), *expected.values(), len(condition), *condition]
         for command in queued(writes):
-            if str(command[0]).upper() in _SCRIPTS:
+            name = (command[0].decode() if isinstance(command[0], bytes) else str(command[0])).upper()
+            if name in _SCRIPTS:
                 raise ValueError(f"{command[0]} cannot run inside a script: queue plain commands")
+            if name not in WRITES and name not in ANY_TYPE and name not in _KEYLESS:
+                raise ValueError(f"{command[0]}: a conditional write names its keys to Redis, and lambdalite "
+                                 "does not know where this command's keys are")
             layout.append(len(command))
             layout.extend(command)
+        others = [key for key in writes.others if key not in expected]
+        keys = [*quarantine.guarded(expected, quarantine.stamp()), *reads, *others]
         applied, moved, value = self.script(  # EVALSHA, loaded again after NOSCRIPT
-            client, keys={"guarded": quarantine.guarded(expected, quarantine.stamp())},
-            args={**quarantine.move_args(), "layout": layout})
+            client, keys={"keys": keys}, args={**quarantine.move_args(), "layout": layout})
         quarantine.report([moved])
         return applied == 1, value

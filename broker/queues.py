@@ -161,17 +161,19 @@ class Publisher:
     def publish_if(
         self,
         condition: Conditional,
+        reads: Sequence[str],
         args: Sequence[Any],
         events: Iterable[Event | Prepared],
         also: Callable[[Transaction], None] | None = None,
     ) -> list[str] | None:
         """Enqueue events as :meth:`publish_many` does, all or none, only if ``condition`` holds on
-        ``args`` (the condition and the writes in one round trip: see :mod:`broker.conditional`);
+        the keys ``reads`` and ``args`` (the condition and the writes in one round trip: see
+        :mod:`broker.conditional`);
         returns their job ids, or None when the condition did not hold and nothing was stored.
         ``also`` queues plain commands only (a script cannot run another)."""
         with recorded(self.client) as pipe:
             ids = self._queue_on(pipe, events, False, also)
-            applied, _ = condition.run(self.client, args, pipe)
+            applied, _ = condition.run(self.client, reads, args, pipe)
         if applied:
             self._replicated()
         return ids if applied else None

@@ -261,7 +261,7 @@ class Ticker:
         def record(pipe: Pipeline) -> None:
             pipe.set(schedule.key, stamp, ex=keep)
 
-        ids = self.publisher.publish_if(_NOT_YET_PUBLISHED, [schedule.key, stamp], [event], also=record)
+        ids = self.publisher.publish_if(_NOT_YET_PUBLISHED, [schedule.key], [stamp], [event], also=record)
         if ids is None:
             log.debug("%s: tick %s was published by another scaler", schedule.rule, iso(tick))
             return False

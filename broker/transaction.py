@@ -48,7 +48,16 @@ WRITES: dict[str, tuple[str, tuple[int, ...]]] = {
     **dict.fromkeys(("INCR", "INCRBY", "INCRBYFLOAT", "DECR", "DECRBY", "APPEND", "SETRANGE"), _STRING),
 }
 
+#: Each write command that takes a key of any type, and where its keys are (``()``: every argument).
+ANY_TYPE: dict[str, tuple[int, ...]] = {
+    **dict.fromkeys(("SET", "SETNX", "SETEX", "PSETEX", "GETSET", "GETDEL", "EXPIRE", "PEXPIRE", "EXPIREAT",
+                     "PEXPIREAT", "PERSIST"), (1,)),
+    **dict.fromkeys(("RENAME", "RENAMENX", "COPY"), (1, 2)),
+    **dict.fromkeys(("DEL", "UNLINK"), ()),
+}
+
 _BY_NAME = {**WRITES, **{name.lower(): write for name, write in WRITES.items()}}
+_ANY_BY_NAME = {**ANY_TYPE, **{name.lower(): keys for name, keys in ANY_TYPE.items()}}
 
 
 class Transaction(RecordingPipeline):
@@ -58,19 +67,25 @@ class Transaction(RecordingPipeline):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.expected: dict[str, str] = {}
+        self.others: dict[str, None] = {}  # keys written by commands of ANY_TYPE, in order
 
     def __enter__(self) -> Transaction:
         return self
 
     def queueing(self, args: tuple[Any, ...]) -> None:
         name = args[0]
-        write = _BY_NAME.get(name)  # as redis-py's typed methods name them: no upper() on the hot path
-        if write is None and not (isinstance(name, str) and (name.isupper() or name.islower())):
-            write = WRITES.get(_text(name).upper())
+        # Looked up as redis-py's typed methods name commands (no upper() on the hot path), else in capitals.
+        write, any_type = _BY_NAME.get(name), _ANY_BY_NAME.get(name)
+        if write is None and any_type is None and not (isinstance(name, str) and (name.isupper() or name.islower())):
+            upper = _text(name).upper()
+            write, any_type = WRITES.get(upper), ANY_TYPE.get(upper)
         if write is not None:
             kind, positions = write
             for i in positions:
                 self._expect(_text(args[i]), kind)
+        elif any_type is not None:
+            for i in any_type or range(1, len(args)):
+                self.others[_text(args[i])] = None
 
     def expect(self, keys: Mapping[str, str]) -> None:
         """Guard ``keys`` (key -> the type it must have) too: keys a script queued here writes.
@@ -107,6 +122,7 @@ class Transaction(RecordingPipeline):
     def reset(self) -> None:  # type: ignore[override]  # the pipeline's reset, not the RESET command
         super().reset()
         self.expected = {}
+        self.others = {}
 
 
 def transaction(client: redis.Redis, transaction: bool = True) -> Transaction:

@@ -257,22 +257,42 @@ def test_a_conditional_applies_all_its_writes_or_none(r: redis.Redis) -> None:
         pipe.rpush("list-key", "x")
         pipe.hset("h", mapping={"a": 1, "b": b"\xff"})
         assert pipe.expected == {"list-key": "list", "h": "hash"}, "learned from the writes: no list given"
-        assert only_if_absent.run(r, ["marker", "other"], pipe) == (True, [b"seen"])
+        assert only_if_absent.run(r, ["marker", "other"], [], pipe) == (True, [b"seen"])
     assert r.get("marker") == b"1" and r.lrange("list-key", 0, -1) == [b"x"]
     assert r.hgetall("h") == {b"a": b"1", b"b": b"\xff"}
     assert [r.get(k) for k in r.keys("lambdalite:quarantine:list-key:*")] == [b"a string where a list belongs"]
     with recorded(r) as pipe:
         pipe.rpush("list-key", "y")
-        assert only_if_absent.run(r, ["marker", "other"], pipe) == (False, [b"seen"])
+        assert only_if_absent.run(r, ["marker", "other"], [], pipe) == (False, [b"seen"])
     assert r.lrange("list-key", 0, -1) == [b"x"], "nothing applied when the condition fails"
     with recorded(r) as pipe, pytest.raises(ValueError, match="EVAL"):
         pipe.eval("return 1", 0)
-        only_if_absent.run(r, ["marker", "other"], pipe)
+        only_if_absent.run(r, ["marker", "other"], [], pipe)
     r.script_flush()  # a restarted Redis has forgotten the script: it is loaded again
     with recorded(r) as pipe:
         pipe.delete("marker")
-        assert only_if_absent.run(r, ["nothing", "other"], pipe)[0]
+        assert only_if_absent.run(r, ["nothing", "other"], [], pipe)[0]
     assert not r.exists("marker")
+
+
+def test_a_conditional_gives_redis_every_key_it_touches_in_keys(r: redis.Redis) -> None:
+    declared = Conditional(scripts.load("declared", TEST_SCRIPTS))
+    with recorded(r) as pipe:
+        pipe.rpush("list-key", "x")
+        pipe.set("plain", "1")
+        pipe.delete("gone-1", "gone-2")
+        pipe.expire("list-key", 60)  # already guarded: named once
+        pipe.execute_command("pexpire", "lower", 5)
+        pipe.publish("channel", "not a key")
+        applied, keys = declared.run(r, ["read-key"], ["an argument"], pipe)
+    assert applied and len(keys) == 7
+    assert keys[0] == b"list-key" and keys[1].startswith(b"lambdalite:quarantine:list-key:")
+    assert keys[2:] == [b"read-key", b"plain", b"gone-1", b"gone-2", b"lower"]
+    assert r.lrange("list-key", 0, -1) == [b"x"] and r.get("plain") == b"1"
+    with recorded(r) as pipe, pytest.raises(ValueError, match="SORT"):
+        pipe.sort("list-key", store="elsewhere")  # its key is in a place lambdalite does not know
+        declared.run(r, [], [], pipe)
+    assert not r.exists("elsewhere"), "refused before anything was sent"
 
 
 def test_event_ids_are_random_version_4_uuids() -> None:

@@ -247,7 +247,7 @@ def test_redis_refusing_writes_is_an_outage_and_applies_nothing(project: Path, h
         assert client.llen("rq:queue:lambdalite.f") == 1 and not client.exists("lambdalite:test:cursor"), \
             "all or nothing: neither the event nor the source's own bookkeeping"
         with pytest.raises(RedisRefusesWrites):  # the same for writes made under a condition (one script)
-            publisher.publish_if(ALWAYS, [], [Event("f", {"n": 1})], also=cursor)
+            publisher.publish_if(ALWAYS, [], [], [Event("f", {"n": 1})], also=cursor)
         assert client.llen("rq:queue:lambdalite.f") == 1 and not client.exists("lambdalite:test:cursor")
         with pytest.raises(RedisRefusesWrites):  # the worker's record of a job's end goes this way
             transact(client, [("HSET", "lambdalite:test:cursor", "last", 1), ("RPUSH", "rq:queue:lambdalite.f", "x")])

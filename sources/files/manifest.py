@@ -126,12 +126,12 @@ class Manifest:
         return names
 
     @classmethod
-    def unpublished(cls, bucket: str, key: str, entry: Entry) -> tuple[Conditional, list[str]]:
+    def unpublished(cls, bucket: str, key: str, entry: Entry) -> tuple[Conditional, list[str], list[str]]:
         """The condition, and its arguments, that this version of an object (its size and mtime) is
         not in the manifest yet: writes made under it publish one version once (see
         :meth:`broker.queues.Publisher.publish_if`). An entry this version cannot read does not
         count (the object is published again)."""
-        return _UNPUBLISHED, [cls.hash_key(bucket), key, f"{entry.size}:{entry.mtime_ns}:"]
+        return _UNPUBLISHED, [cls.hash_key(bucket)], [key, f"{entry.size}:{entry.mtime_ns}:"]
 
     @classmethod
     def put(cls, pipe: Any, bucket: str, key: str, entry: Entry) -> None:

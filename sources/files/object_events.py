@@ -65,7 +65,7 @@ class ObjectEvents:
         )
 
     def publish(self, changes: Iterable[Change], quiet: Iterable[tuple[ObjectRef, Entry]] = (),
-                only_if: tuple[Conditional, list[str]] | None = None) -> None:
+                only_if: tuple[Conditional, list[str], list[str]] | None = None) -> None:
         """Store the events of ``changes`` and their manifest updates, and the manifest entries of
         ``quiet`` (objects only touched), in one transaction; only if the condition ``only_if``
         holds on its arguments, when given. Raises redis errors."""
