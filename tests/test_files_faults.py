@@ -25,7 +25,7 @@ from PIL import Image
 
 from broker import deadletter
 from broker.errors import BucketsError
-from sources.files.files import prepare_root
+from sources.files.buckets import prepare_root
 from tests.stack import FilesProcess, Scaler, cli, env
 from tests.waiting import wait_until
 

@@ -350,7 +350,7 @@ def test_status_views_go_out_when_they_change_and_all_of_them_every_few_seconds(
     from broker.registry import Function, load_registry
     from broker.settings import load_settings
     from broker.stats import scaler_key
-    from workers.scaler import VIEW_REFRESH
+    from workers.scaler_views import VIEW_REFRESH
     from workers.scaler import Scaler as InProcess
 
     setup(project, "".join(RECORD.format(cap=1).replace("functions.rec", f"functions.f{i}") for i in range(20)))

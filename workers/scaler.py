@@ -12,7 +12,6 @@ function: :mod:`workers.slots`).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -20,7 +19,6 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
@@ -32,10 +30,10 @@ from broker.queues import Publisher, function_queue
 from broker.registry import Function, Registry
 from broker.settings import Settings
 from broker.stats import alive_key
-from broker.transaction import transaction
 from workers import isolation, processes, recovery, slots, watchdog
 from workers.limits import MB
 from workers.processes import WorkerProc
+from workers.scaler_views import FunctionView, ViewWriter
 
 log = logging.getLogger("lambdalite.scaler")
 
@@ -52,22 +50,6 @@ NO_REDIS_GRACE = 0.5  # seconds workers get to stop when Redis is gone
 WAKE_GAP = 0.02
 STOP_GRACE = 3.5  # seconds running invocations get to finish on a stop before they are handed back
 ALIVE_TTL = 3  # seconds a scaler's liveness key lasts without being refreshed
-VIEW_REFRESH = 5.0  # seconds between two writes of every function's view for status (changes go at once)
-
-
-@dataclass
-class Decision:
-    at: float
-    action: str
-    reason: str
-
-
-@dataclass
-class FunctionView:
-    workers: dict[int, WorkerProc] = field(default_factory=dict)
-    decision: Decision | None = None
-    pending: str = ""  # why the last step wanted more workers
-    keep: int = 0  # workers the function needs now (desired, at least min_workers)
 
 
 class Scaler:
@@ -86,10 +68,8 @@ class Scaler:
         self.clock = clock
         self.views = {fn.name: FunctionView() for fn in registry}
         self.queues = {fn.name: function_queue(client, fn.name) for fn in registry}
-        self._published: dict[str, tuple[Any, str]] = {}  # function -> (its view as last written, encoded)
+        self.view_writer = ViewWriter(client, self.id)
         self.forked: dict[int, Function] = {}  # each worker's function as it was when forked
-        self._last_view = -1e9
-        self._decided: dict[str, list[str]] = {}  # function -> decisions logged since the last publish
         # Handlers are imported by each sandbox, isolated; here only seen to import (in a child, as they will).
         isolation.plan(settings)
         environment.check_handlers(registry, settings)
@@ -221,7 +201,7 @@ class Scaler:
             return
         for name in removed:
             del self.views[name], self.queues[name]
-            self._published.pop(name, None)
+            self.view_writer.forget(name)
         with self.client.pipeline(transaction=False) as pipe:
             for name in removed:
                 pipe.hdel(slots.slots_key(name), self.id)
@@ -382,39 +362,11 @@ class Scaler:
         self.decide(proc.fn, now, "scale-down", f"{proc.name} {reason}")
 
     def decide(self, fn: str, now: float, action: str, reason: str) -> None:
-        view = self.views[fn]
-        previous = view.decision
-        view.decision = Decision(time.time(), action, reason)
-        if action != "hold" or previous is None or previous.reason != reason:
-            log.info("%s: %s (%s)", fn, action, reason)
-            self._decided.setdefault(fn, []).append(json.dumps({**view.decision.__dict__, "scaler": self.id}))
+        self.view_writer.decide(self.views[fn], fn, action, reason)
 
     def publish_view(self, now: float) -> None:
-        """Write this scaler's view of each function for ``status``: a view that changed at once, and
-        every view every :data:`VIEW_REFRESH` s (one lost or damaged comes back). With many functions,
-        encoding and writing every view each step was most of an idle scaler's CPU."""
-        changed = {}
-        for name, view in self.views.items():
-            states = {"starting": 0, "idle": 0, "busy": 0}
-            for p in view.workers.values():
-                states[p.state] += 1
-            seen = (states, view.decision)
-            if name not in self._published or self._published[name][0] != seen:
-                encoded = json.dumps({"workers": states, "decision": view.decision.__dict__ if view.decision else None})
-                self._published[name] = (seen, encoded)
-                changed[name] = encoded
-        if now - self._last_view >= VIEW_REFRESH:
-            changed = {name: encoded for name, (_, encoded) in self._published.items()}
-            self._last_view = now
-        decided, self._decided = self._decided, {}
-        if not changed and not decided:
-            return
-        with transaction(self.client, transaction=False) as pipe:
-            for name, view_json in changed.items():
-                pipe.hset(stats.scaler_key(name), self.id, view_json)
-            for name, logged in decided.items():
-                stats.record_decisions(pipe, name, logged)
-            pipe.execute()
+        """Write this scaler's view of each function for ``status`` (see :mod:`workers.scaler_views`)."""
+        self.view_writer.publish(self.views, now)
 
     # -- reloading ----------------------------------------------------------------------------------
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from broker.errors import BucketsError
+
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIXES = (".part", ".tmp", "~", ".crdownload")
@@ -263,3 +265,14 @@ def _hash_slices(fd: int, digest: Any, cancelled: Callable[[], bool], ref: Objec
             return size
         digest.update(view[:n])
         size += n
+
+
+def prepare_root(root: Path) -> Path:
+    """Create the buckets folder if it is missing; raises :class:`BucketsError` if it is not a folder."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise BucketsError(f"{root}: LAMBDALITE_BUCKETS is not a folder") from None
+    except OSError as e:
+        raise BucketsError(f"{root}: cannot create the buckets folder: {e.strerror or e}") from e
+    return root

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import signal
 import stat
 import threading
 import time
@@ -44,9 +43,7 @@ from watchdog.events import (
     FileSystemEvent,
 )
 
-from broker import revision, startup
-from broker.connection import TRANSIENT, Backoff, connect
-from broker.errors import BucketsError, LambdaliteError
+from broker.connection import TRANSIENT, Backoff
 from broker.registry import Registry
 from sources.files import s3event
 from sources.files.bucket_triggers import BucketTriggers
@@ -466,46 +463,3 @@ class BucketWatcher:
                 changes = []
         self.notifications.publish(changes, quiet)
         return True
-
-
-def prepare_root(root: Path) -> Path:
-    """Create the buckets folder if it is missing; raises :class:`BucketsError` if it is not a folder."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise BucketsError(f"{root}: LAMBDALITE_BUCKETS is not a folder") from None
-    except OSError as e:
-        raise BucketsError(f"{root}: cannot create the buckets folder: {e.strerror or e}") from e
-    return root
-
-
-def main() -> None:
-    settings, registry = startup.start("files")
-    try:
-        root = prepare_root(settings.buckets)
-    except LambdaliteError as e:
-        startup.fail(e)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    client = connect(settings.redis_dsn)
-    watcher = BucketWatcher(root, registry, client, region=settings.region, stopping=stop.is_set)
-    missing = sorted(b for b in watcher.triggers.buckets if not os.path.isdir(root / b))
-    log.info("watching %s (buckets: %s)", watcher.root.path, ", ".join(watcher.root.buckets()) or "none yet")
-    if missing:
-        log.warning("triggers name buckets with no folder yet: %s", ", ".join(missing))
-    watcher.start()
-    follower = revision.Follower(client, settings.config, watcher.follow, name="files-revision")
-    follower.start()
-    try:
-        while not stop.is_set():
-            watcher.step(0.2)
-    finally:
-        follower.stop(timeout=0.1)  # a daemon thread: it ends with the process
-        watcher.stop()
-        client.close()
-    log.info("stopped")
-
-
-if __name__ == "__main__":
-    main()
