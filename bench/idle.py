@@ -1,8 +1,11 @@
 """What an idle stack costs: ``python bench/idle.py [--seconds 10] [--write]``.
 
 Starts the shipped stack (``honcho start`` with this folder's Procfile and lambdalite.toml) in a
-scratch folder, lets it settle, then measures over ``--seconds`` with no events at all: the number of
-processes, their PSS summed (honcho and Redis included) and the CPU they use, as a share of one core.
+scratch folder, lets it settle (by default until the HTTP server has stood by: 5 s past
+``LAMBDALITE_HTTP_IDLE_STANDBY``'s default), then measures over ``--seconds`` with no events at all:
+the number of processes, their PSS summed (honcho and Redis included) and the CPU they use, as a
+share of one core. Then what the stand-by costs the next caller: a ``GET /healthz`` that wakes the
+server, beside the one after it.
 The reference, measured in the same run the same way: what a plain RQ user leaves running, one
 redis-server (the same binary) and one ``rq worker``. ``--write`` puts the table in
 docs/performance.md.
@@ -35,6 +38,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from report import table, write_section  # noqa: E402
+
+from broker.settings import Settings  # noqa: E402
 
 
 def _free_port() -> int:
@@ -79,7 +84,19 @@ def measure(root: psutil.Process, seconds: float) -> tuple[int, float, float]:
     return len(tree()), pss / 2**20, 100 * used / took
 
 
-def lambdalite_idle(seconds: float, settle: float) -> tuple[int, float, float]:
+def _get_ms(port: int) -> float:
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+    if not answer.startswith(b"HTTP/1.1 200"):
+        raise SystemExit(f"/healthz answered {answer[:80]!r}")
+    return (time.perf_counter() - started) * 1000
+
+
+def lambdalite_idle(seconds: float, settle: float) -> tuple[int, float, float, float, float]:
     folder = Path(tempfile.mkdtemp(prefix="ll-idle-"))
     for name in ("Procfile", "lambdalite.toml"):
         shutil.copy(ROOT / name, folder / name)
@@ -96,7 +113,10 @@ def lambdalite_idle(seconds: float, settle: float) -> tuple[int, float, float]:
                 raise SystemExit("the stack did not start:\n" + (folder / "honcho.log").read_text())
             time.sleep(0.2)
         time.sleep(settle)
-        return measure(psutil.Process(honcho.pid), seconds)
+        count, pss, cpu = measure(psutil.Process(honcho.pid), seconds)
+        port = int(env["LAMBDALITE_HTTP_PORT"])
+        woken = _get_ms(port)
+        return count, pss, cpu, woken, _get_ms(port)
     finally:
         os.killpg(honcho.pid, signal.SIGINT)
         honcho.wait(15)
@@ -133,7 +153,7 @@ def rq_idle(seconds: float, settle: float) -> tuple[int, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--settle", type=float, default=5.0)
+    parser.add_argument("--settle", type=float, default=5.0 + Settings.model_fields["http_idle_standby"].default)
     parser.add_argument("--write", action="store_true", help="write the table into docs/performance.md")
     args = parser.parse_args()
     ours = lambdalite_idle(args.seconds, args.settle)
@@ -144,7 +164,10 @@ def main() -> None:
     ]
     text = table(["idle stack", "processes", "PSS summed", "CPU (share of one core)"], rows)
     text += (f"\n\nGoal: at most 150 MB PSS and under 1 % of one core; measured over {args.seconds:g} s "
-             f"after {args.settle:g} s of settling.")
+             f"after {args.settle:g} s of settling (the HTTP server stands by after "
+             f"{Settings.model_fields['http_idle_standby'].default:g} s without a request). The stand-by's cost "
+             f"to the next caller: `GET /healthz` {ours[3]:.0f} ms when it wakes the server, "
+             f"{ours[4]:.1f} ms the next one.")
     print(text)
     if args.write:
         print("written to", write_section("performance.md", "idle", text,

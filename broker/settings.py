@@ -140,6 +140,10 @@ class Settings(BaseSettings):
     http_max_connections: int = Field(
         1000, ge=1, description="Most open HTTP connections; more are answered 503 and closed."
     )
+    http_idle_standby: float = Field(
+        60.0, ge=0, le=86400, description="Seconds without a request after which the HTTP server stands by "
+        "in a few MB, holding its port; the next connection starts it again. 0: never."
+    )
 
     # -- logs and cost: the log store's bounds (broker/logstore.py)
     logs_max_invocations: int = Field(

@@ -1,9 +1,12 @@
-"""A Procfile process with nothing to do, standing by for a revision that gives it work.
+"""A Procfile process with nothing to do, standing by for a revision or a connection that gives it work.
 
 The SQLite feed with no ``sqlite`` trigger becomes this file, run by a bare interpreter
 (``python -I -S``, standard library only, a few MB where an interpreter holding redis-py and
 pydantic costs about 35): honcho stops the whole stack when one of its processes exits, so the
-process must stay, and a live reload may bring it triggers. It subscribes to the running revision's
+process must stay, and a live reload may bring it triggers. The HTTP source becomes it after a
+quiet spell (``--listen``, :mod:`sources.http.idle`): it holds the listening socket and becomes
+``COMMAND`` again as soon as a connection waits on it, which that command accepts; the connection
+waits in the kernel's queue meanwhile. It subscribes to the running revision's
 channel (:mod:`broker.revision`) and, when a revision other than the one it stood by for is running
 (a message, or a look at the key after each connection), it becomes ``COMMAND`` again, which reads
 that revision and either works or stands by anew. A lost connection is tried again, 50 ms doubling to
@@ -14,13 +17,15 @@ spoken here; for others (TLS, Sentinel) the full process stays instead (:func:`s
 
 Usage: ``python -I -S standby.py URL NUMBER CLOSE_FDS -- COMMAND...``: NUMBER is the revision the
 process stood by for, CLOSE_FDS the comma-separated descriptors to close before COMMAND runs (the
-stack's lock, which COMMAND takes again).
+stack's lock, which COMMAND takes again). ``python -I -S standby.py --listen FD CLOSE_FDS --
+COMMAND...``: FD is the listening socket, handed to COMMAND in ``LAMBDALITE_HTTP_LISTEN_FD``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import sys
 import time
@@ -29,6 +34,7 @@ from urllib.parse import unquote, urlsplit
 KEY = b"lambdalite:revision"  # as broker.revision.KEY
 CHANNEL = b"lambdalite:revision"  # as broker.revision.CHANNEL
 TIMEOUT = 5.0  # seconds to connect or to answer a command
+LISTEN_FD = "LAMBDALITE_HTTP_LISTEN_FD"  # as sources.http.idle.LISTEN_FD
 
 
 def supported(url: str) -> bool:
@@ -138,11 +144,27 @@ def wait(url: str, number: bytes) -> None:
             time.sleep(delay)
 
 
+def wait_for_connection(fd: int) -> None:
+    """Return once a connection waits to be accepted on the listening socket ``fd``."""
+    while True:
+        try:
+            readable, _, _ = select.select([fd], [], [])
+        except InterruptedError:
+            continue
+        if readable:
+            return
+
+
 def main(argv: list[str]) -> None:
-    url, number, close, dash, *command = argv
+    first, second, close, dash, *command = argv
     if dash != "--" or not command:
-        sys.exit("usage: standby.py URL NUMBER CLOSE_FDS -- COMMAND...")
-    wait(url, number.encode())
+        sys.exit("usage: standby.py URL NUMBER CLOSE_FDS -- COMMAND...\n"
+                 "       standby.py --listen FD CLOSE_FDS -- COMMAND...")
+    if first == "--listen":
+        wait_for_connection(int(second))
+        os.environ[LISTEN_FD] = second
+    else:
+        wait(first, second.encode())
     for fd in filter(None, close.split(",")):
         with contextlib.suppress(OSError):
             os.close(int(fd))

@@ -350,8 +350,8 @@ def test_status_views_go_out_when_they_change_and_all_of_them_every_few_seconds(
     from broker.registry import Function, load_registry
     from broker.settings import load_settings
     from broker.stats import scaler_key
-    from workers.scaler_views import VIEW_REFRESH
     from workers.scaler import Scaler as InProcess
+    from workers.scaler_views import VIEW_REFRESH
 
     setup(project, "".join(RECORD.format(cap=1).replace("functions.rec", f"functions.f{i}") for i in range(20)))
     registry = load_registry(project / "lambdalite.toml")

@@ -45,7 +45,7 @@ from broker.queues import Publisher
 from broker.registry import Registry
 from broker.settings import Settings
 from broker.settings import current as current_settings
-from sources.http import callers, connections, invoke_api, lambda_api, openapi, proxies
+from sources.http import callers, connections, idle, invoke_api, lambda_api, openapi, proxies
 from sources.http.bodies import read_body
 from sources.http.callers import Callers, is_loopback
 from sources.http.console import ConsoleApp
@@ -280,6 +280,7 @@ def main() -> None:
 
     settings, registry = startup.start("webhook")
     try:
+        sock, handed = idle.listening_socket(settings.http_host, settings.http_port)
         keys = load_keys(settings.access_keys, settings.access_keys_file)
         proxies.parse_trusted(settings.trusted_proxies)
         app = create_app(registry, settings.redis_dsn, host=settings.http_host, token=settings.http_token,
@@ -288,14 +289,21 @@ def main() -> None:
     except LambdaliteError as e:
         startup.fail(e)
     count = sum(1 for _ in registry.triggers("http"))
-    log.info("serving the Invoke API and %d webhook route(s) on http://%s:%d",
-             count, settings.http_host, settings.http_port)
+    log.info("%s the Invoke API and %d webhook route(s) on http://%s:%d", "a connection: serving again" if handed
+             else "serving", count, settings.http_host, sock.getsockname()[1])
+    activity = idle.Activity(app)
+    server = uvicorn.Server(server_config(activity, settings))
+    watch = idle.Watch(activity, settings.http_idle_standby, stop=lambda: setattr(server, "should_exit", True))
     follower = revision.Follower(connect(settings.redis_dsn), settings.config, app.follow, name="webhook-revision")
     follower.start()
+    watch.start()
     try:
-        uvicorn.Server(server_config(app, settings)).run()
+        server.run(sockets=[sock.dup()])  # uvicorn closes its copy as it stops; this one stays open
     finally:
+        watch.close()
         follower.stop(timeout=0.1)  # a daemon thread: it ends with the process
+    if watch.fired:  # not a signal (uvicorn raises those again as it returns)
+        idle.stand_by(sock)
 
 
 if __name__ == "__main__":
