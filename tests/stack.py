@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -207,3 +208,13 @@ def wait_up(project: Path, env: dict[str, str], honcho: subprocess.Popen[bytes],
         assert honcho.poll() is None, (project / log).read_text()
         assert time.monotonic() < deadline, "the stack did not come up"
         time.sleep(0.2)
+
+
+def shipped_project_with_hello(project: Path) -> None:
+    """The shipped Procfile and lambdalite.toml in ``project``, and a function ``hello`` that answers
+    ``{"hello": event["name"]}``."""
+    for name in ("Procfile", "lambdalite.toml"):
+        shutil.copy(ROOT / name, project / name)
+    with (project / "lambdalite.toml").open("a") as toml:
+        toml.write('\n[functions.hello]\nhandler = "hello.handler"\n')
+    (project / "hello.py").write_text("def handler(event, context):\n    return {'hello': event['name']}\n")

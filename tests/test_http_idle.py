@@ -4,7 +4,6 @@ a real boto3 client waking it, the stack's lock held throughout, a stop signal e
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import psutil
 import pytest
 from botocore.config import Config
 
-from tests.stack import ROOT, stack_env, start_stack, stop_stack, wait_up
+from tests.stack import shipped_project_with_hello, stack_env, start_stack, stop_stack, wait_up
 from tests.waiting import wait_until
 
 
@@ -35,11 +34,7 @@ def _standing_by(proc: psutil.Process) -> bool:
 
 @pytest.mark.timeout(180)
 def test_an_idle_server_stands_by_holding_its_port_and_the_next_call_is_answered(project: Path) -> None:
-    for name in ("Procfile", "lambdalite.toml"):
-        shutil.copy(ROOT / name, project / name)
-    with (project / "lambdalite.toml").open("a") as toml:
-        toml.write('\n[functions.hello]\nhandler = "hello.handler"\n')
-    (project / "hello.py").write_text("def handler(event, context):\n    return {'hello': event['name']}\n")
+    shipped_project_with_hello(project)
     env = stack_env(project, LAMBDALITE_HTTP_IDLE_STANDBY="1")
     port = int(env["LAMBDALITE_HTTP_PORT"])
     honcho = start_stack(project, env, "stack.log")

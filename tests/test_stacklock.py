@@ -4,7 +4,6 @@ first one serving; the embedded Redis's supervisor stops the stack when its sock
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -12,16 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import ROOT, free_port, lambdalite, stack_env, start_stack, stop_stack, wait_up
+from tests.stack import free_port, lambdalite, shipped_project_with_hello, stack_env, start_stack, stop_stack, wait_up
 
 
 @pytest.mark.timeout(180)
 def test_a_second_stack_in_the_same_folder_exits_with_one_line_and_the_first_keeps_serving(project: Path) -> None:
-    for name in ("Procfile", "lambdalite.toml"):
-        shutil.copy(ROOT / name, project / name)
-    with (project / "lambdalite.toml").open("a") as toml:
-        toml.write('\n[functions.hello]\nhandler = "hello.handler"\n')
-    (project / "hello.py").write_text("def handler(event, context):\n    return {'hello': event['name']}\n")
+    shipped_project_with_hello(project)
     env = stack_env(project)
     first = start_stack(project, env, "first.log")
     try:
