@@ -15,6 +15,8 @@ import psutil
 import pytest
 from botocore.config import Config
 
+from broker.errors import ConfigError
+from sources.http import idle
 from tests.stack import shipped_project_with_hello, stack_env, start_stack, stop_stack, wait_up
 from tests.waiting import wait_until
 
@@ -71,7 +73,11 @@ def test_an_idle_server_stands_by_holding_its_port_and_the_next_call_is_answered
                 assert not _standing_by(web)
                 slow.sendall(bytes([byte]))
             slow.sendall(b" ")
-            answer = slow.recv(4096)
+            answer = b""
+            while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < 14:
+                chunk = slow.recv(4096)
+                assert chunk, answer
+                answer += chunk
         assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'{"hello":"bo"}'), answer
 
         wait_until(lambda: _standing_by(web), 30, "it stands by once more")
@@ -80,3 +86,19 @@ def test_an_idle_server_stands_by_holding_its_port_and_the_next_call_is_answered
         assert not web.is_running() and time.monotonic() - started < 10
     finally:
         stop_stack(honcho)
+
+
+
+def test_the_socket_served_on_is_tcp_fresh_or_handed_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncio sets TCP_NODELAY only on connections of a socket whose protocol is TCP: without it,
+    small replies wait 40 ms for delayed ACKs."""
+    fresh, handed = idle.listening_socket("127.0.0.1", 0)
+    with fresh:
+        assert not handed and fresh.proto == socket.IPPROTO_TCP and fresh.get_inheritable()
+        monkeypatch.setenv(idle.LISTEN_FD, str(fresh.fileno()))
+        again, handed = idle.listening_socket("127.0.0.1", 0)
+        assert handed and again.fileno() == fresh.fileno() and again.proto == socket.IPPROTO_TCP
+        assert again.getsockname() == fresh.getsockname()
+        again.detach()  # the same descriptor: closed once, with fresh
+        with pytest.raises(ConfigError, match=r"cannot listen on 127\.0\.0\.1:\d+: Address already in use"):
+            idle.listening_socket("127.0.0.1", fresh.getsockname()[1])

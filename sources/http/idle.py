@@ -39,7 +39,9 @@ def listening_socket(host: str, port: int) -> tuple[socket.socket, bool]:
         sock = socket.socket(fileno=int(handed))
     else:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on connections of such a socket (else
+        # Nagle's algorithm and delayed ACKs hold small replies back 40 ms).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
