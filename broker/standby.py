@@ -3,10 +3,7 @@
 The SQLite feed with no ``sqlite`` trigger becomes this file, run by a bare interpreter
 (``python -I -S``, standard library only, a few MB where an interpreter holding redis-py and
 pydantic costs about 35): honcho stops the whole stack when one of its processes exits, so the
-process must stay, and a live reload may bring it triggers. The HTTP source becomes it after a
-quiet spell (``--listen``, :mod:`sources.http.idle`): it holds the listening socket and becomes
-``COMMAND`` again as soon as a connection waits on it, which that command accepts; the connection
-waits in the kernel's queue meanwhile. It subscribes to the running revision's
+process must stay, and a live reload may bring it triggers. It subscribes to the running revision's
 channel (:mod:`broker.revision`) and, when a revision other than the one it stood by for is running
 (a message, or a look at the key after each connection), it becomes ``COMMAND`` again, which reads
 that revision and either works or stands by anew. A lost connection is tried again, 50 ms doubling to
@@ -14,6 +11,10 @@ that revision and either works or stands by anew. A lost connection is tried aga
 
 Only ``unix://`` and ``redis://`` URLs (with a password or user and password, and a database) are
 spoken here; for others (TLS, Sentinel) the full process stays instead (:func:`supported`).
+
+The HTTP source becomes it after a quiet spell (``--listen``, :mod:`sources.http.idle`): it holds
+the listening socket, and becomes ``COMMAND`` again as soon as a connection waits on it, which that
+command accepts (the connection waits in the kernel's queue meanwhile). This mode needs no Redis.
 
 Usage: ``python -I -S standby.py URL NUMBER CLOSE_FDS -- COMMAND...``: NUMBER is the revision the
 process stood by for, CLOSE_FDS the comma-separated descriptors to close before COMMAND runs (the

@@ -61,9 +61,6 @@ class Activity:
         self.in_flight = 0
         self.last = clock()
 
-    def __getattr__(self, name: str) -> Any:  # the wrapped app's own attributes (follow, routes, ...)
-        return getattr(self.app, name)
-
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
