@@ -114,4 +114,4 @@ def stand_by(sock: socket.socket) -> None:
         os.execv(sys.executable, [sys.executable, "-I", "-S", standby.__file__, "--listen", str(sock.fileno()),
                                   locks, "--", sys.executable, "-m", "sources.http"])
     except OSError as e:
-        log.warning("cannot stand by (%s); stopping", e)
+        log.warning("cannot stand by (%s); serving on", e)

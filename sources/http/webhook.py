@@ -19,6 +19,7 @@ any address beyond loopback without credentials. Connections are bounded by
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -292,18 +293,23 @@ def main() -> None:
     log.info("%s the Invoke API and %d webhook route(s) on http://%s:%d", "a connection: serving again" if handed
              else "serving", count, settings.http_host, sock.getsockname()[1])
     activity = idle.Activity(app)
-    server = uvicorn.Server(server_config(activity, settings))
-    watch = idle.Watch(activity, settings.http_idle_standby, stop=lambda: setattr(server, "should_exit", True))
-    follower = revision.Follower(connect(settings.redis_dsn), settings.config, app.follow, name="webhook-revision")
-    follower.start()
-    watch.start()
-    try:
-        server.run(sockets=[sock.dup()])  # uvicorn closes its copy as it stops; this one stays open
-    finally:
-        watch.close()
-        follower.stop(timeout=0.1)  # a daemon thread: it ends with the process
-    if watch.fired:  # not a signal (uvicorn raises those again as it returns)
-        idle.stand_by(sock)
+    standby_after = settings.http_idle_standby
+    while True:
+        server = uvicorn.Server(server_config(activity, settings))
+        watch = idle.Watch(activity, standby_after, stop=functools.partial(setattr, server, "should_exit", True))
+        follower = revision.Follower(connect(settings.redis_dsn), settings.config, app.follow,
+                                     name="webhook-revision")
+        follower.start()
+        watch.start()
+        try:
+            server.run(sockets=[sock.dup()])  # uvicorn closes its copy as it stops; this one stays open
+        finally:
+            watch.close()
+            follower.stop(timeout=0.1)  # a daemon thread: it ends with the process
+        if not watch.fired:  # a signal (uvicorn raises those again as it returns)
+            return
+        idle.stand_by(sock)  # returns only if the exec failed: serve on, and stay up
+        standby_after = 0
 
 
 if __name__ == "__main__":
