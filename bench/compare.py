@@ -74,7 +74,7 @@ def figures(output: str) -> list[str]:
     return keep
 
 
-NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?")  # 1,234.5 or 1234.5, not "10," of a list
 HEADER = re.compile(r"^=== (\S+) \(round (\d+)\) on (.+): \d+ s, exit 0$")
 
 
