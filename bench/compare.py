@@ -90,7 +90,8 @@ def median_line(lines: list[str]) -> str:
         first = numbers[0][i]
         value = statistics.median(float(n[i].replace(",", "")) for n in numbers)
         decimals = len(first.split(".")[1]) if "." in first else 0
-        out += (f"{value:,.{decimals}f}" if "," in first else f"{value:.{decimals}f}") + text
+        grouped = any("," in n[i] for n in numbers)  # 1,100 beside 900
+        out += (f"{value:,.{decimals}f}" if grouped else f"{value:.{decimals}f}") + text
     return out
 
 
