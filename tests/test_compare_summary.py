@@ -29,8 +29,8 @@ Traceback: not a figure
 
 def test_medians_of_each_figure_side_by_side(tmp_path: Path) -> None:
     (tmp_path / "run.log").write_text(LOG)
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "--summarize", str(tmp_path / "run.log")],
-                          capture_output=True, text=True, timeout=60)
+    command = [sys.executable, str(ROOT / "bench" / "compare.py"), "--summarize", str(tmp_path / "run.log")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[0] == "=== scale: medians of 2 round(s)"
