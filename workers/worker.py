@@ -309,6 +309,9 @@ class FunctionWorker(SimpleWorker):
             log.error("worker %s: refused job %s: %s", self.name, job.id, line)
             return False
         self.age_ms = event.age * 1000  # when taken: Lambda's IteratorAge (a stream) or AsyncEventAge
+        if self.stop_requested:  # retired (a reload, a scale-down) as the job arrived: a fresh worker runs it
+            self.requeue(job, queue, event, execution)
+            return False
         if event.invocation_type == "Event" and event.age > self.fn.maximum_event_age:
             limit = self.fn.maximum_event_age
             error = {"errorType": "EventAgeExceeded",
