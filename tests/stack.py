@@ -23,6 +23,8 @@ from broker.connection import connect
 from broker.envelope import Event
 from broker.queues import Publisher
 from broker.registry import load_registry
+from broker.stats import alive_key
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -60,6 +62,16 @@ class Scaler:
             self.proc.send_signal(sig)
         self.proc.wait(timeout)
         return time.monotonic() - started
+
+    def wait_stepping(self, redis_url: str, timeout: float = 30) -> None:
+        """Wait until the scaler has taken a step (its liveness key is set): its start, with the
+        probes it runs in short-lived children (a handler's import, a private /tmp), is over."""
+        client = redis.Redis.from_url(redis_url)
+        try:
+            wait_until(lambda: self.proc.poll() is not None or bool(client.keys(alive_key("*"))), timeout=timeout)
+        finally:
+            client.close()
+        assert self.proc.poll() is None, self.output()
 
     def __enter__(self) -> Scaler:
         return self

@@ -61,8 +61,10 @@ max_concurrency = {cap}
 def test_scales_up_to_the_cap_and_back_to_zero(project: Path, redis_url: str) -> None:
     log = setup(project, RECORD.format(cap=4))
     with Scaler(project, LAMBDALITE_IDLE_TIMEOUT="1") as scaler:
-        time.sleep(0.5)
-        assert workers_of(scaler) == [], "no events, no workers"
+        scaler.wait_stepping(redis_url)
+        for _ in range(5):  # over half a second of its steps
+            assert workers_of(scaler) == [], "no events, no workers"
+            time.sleep(0.1)
         events = [publish(redis_url, project, "rec", {"log": str(log), "seconds": 0.5}) for _ in range(12)]
         wait_until(lambda: finished(log) >= {e.id for e in events})
         assert max_overlap(log) == 4
