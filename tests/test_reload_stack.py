@@ -340,6 +340,10 @@ def test_the_sqlite_feed_stands_by_until_a_revision_brings_it_a_trigger(project:
         wait_until(lambda: running_number(client) == 2, what="revision 2")
         wait_until(lambda: not standing_by(feed) and "following 1 sqlite stream" in log.read_text(),
                    what="the feed follows it")
+        # A change is captured from the moment the feed's triggers are in the database (as a
+        # DynamoDB stream records from when it is enabled), a step after the line above.
+        wait_until(lambda: db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'").fetchone()[0] > 0,
+                   what="the capture installed")
         db.execute("INSERT INTO items(name) VALUES ('first')")
         wait_until(lambda: any(r["fn"] == "rows" for r in runs(project)), what="the row's batch runs")
         (project / "lambdalite.toml").write_text(ONE)
