@@ -35,8 +35,16 @@ run: $(STAMP)
 	@$(VENV)/bin/python -m broker.stacklock
 	$(VENV)/bin/honcho start
 
+# The whole suite in two passes: on TEST_WORKERS workers (pytest-xdist, a file at a time each), then
+# the tests whose promise is a wall-clock bound (marked serial) alone. With PYTEST_ARGS, just those.
+TEST_WORKERS ?= 2
 test: $(STAMP)
+ifeq ($(strip $(PYTEST_ARGS)),)
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not serial"
+	$(VENV)/bin/python -m pytest -q -m serial
+else
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+endif
 
 # The floors in pyproject.toml, seen to work: runtime dependencies held at their lowest versions
 # (tests/floors.py), a smoke subset of the tests on them.

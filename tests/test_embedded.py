@@ -55,6 +55,7 @@ def test_a_stop_waits_for_the_stacks_clients_then_saves(project: Path) -> None:
     assert proc.wait(10) == 0
 
 
+@pytest.mark.serial  # a stop between 3.5 and 5 s
 @pytest.mark.timeout(60)
 def test_a_client_that_stays_delays_the_stop_by_four_seconds_at_most(project: Path) -> None:
     proc, server, client = start(project)

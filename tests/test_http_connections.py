@@ -23,6 +23,8 @@ import redis
 from sources.http.connections import AcceptLogLimit
 from tests.stack import free_port
 
+pytestmark = pytest.mark.serial  # a p99 bound on plain requests beside slow senders: run alone (make test)
+
 ROOT = Path(__file__).resolve().parent.parent
 TOML = """
 [functions.echo]

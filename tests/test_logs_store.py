@@ -172,6 +172,7 @@ def test_a_flood_of_output_is_kept_within_bounds(stack: Scaler, r: redis.Redis, 
     assert "bytes of output left out here" in gap
 
 
+@pytest.mark.serial  # the REPORT line within a second
 def test_logs_follow_shows_an_invocation_within_a_second(stack: Scaler, r: redis.Redis, redis_url: str,
                                                          project: Path) -> None:
     seen: list[tuple[float, dict[str, str]]] = []

@@ -153,6 +153,7 @@ def test_a_job_taken_by_a_worker_killed_before_it_started_goes_back(project: Pat
     assert (row["succeeded"], row["failed"]) == (1, 0), "put back, not a failed attempt"
 
 
+@pytest.mark.serial  # a stop within 5 s
 def test_stop_hands_back_running_events_and_nothing_is_lost(project: Path, redis_url: str, r: redis.Redis) -> None:
     log = setup(project, RECORD.format(cap=3))
     with Scaler(project) as scaler:
@@ -170,6 +171,7 @@ def test_stop_hands_back_running_events_and_nothing_is_lost(project: Path, redis
         wait_until(lambda: len([c for c in calls(log) if c["phase"] == "start"]) == 6, timeout=15)
 
 
+@pytest.mark.serial  # a stop within 2.5 s
 def test_a_stop_after_redis_died_is_quick_and_the_next_start_reruns_the_event(
         project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """honcho stops every process when redis-server dies: nothing running can record its outcome

@@ -17,6 +17,8 @@ from PIL import Image
 
 from tests.stack import BIN, ROOT, free_port, lambdalite
 
+pytestmark = pytest.mark.serial  # Ctrl-C stops the stack within 5 s: run alone (make test)
+
 
 @pytest.mark.timeout(180)
 def test_honcho_stack_makes_a_thumbnail_and_stops_cleanly_on_ctrl_c(project: Path) -> None:

@@ -14,6 +14,8 @@ import redis
 from broker import connection, results
 from tests.stack import Scaler, cli
 
+pytestmark = pytest.mark.serial  # a timeout's wall-clock window (2.4 to 3.4 s): run alone (make test)
+
 SLOW = """import time
 
 def handler(event, context):

@@ -16,6 +16,8 @@ import pytest
 
 from tests.faults import chaos
 
+pytestmark = pytest.mark.serial  # graceful stops within honcho's 5 s: run alone (make test)
+
 FIXED_SEED = 20261206
 
 
