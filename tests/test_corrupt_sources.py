@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -27,6 +28,7 @@ from sources.http.intake import idempotency_key
 from sources.http.webhook import create_app
 from sources.sqlite.sqlite import Feed
 from sources.sqlite.sqlite_cursor import cursor_key
+from tests.waiting import wait_until
 
 MANIFEST = "lambdalite:files:manifest:"
 PUT, DELETE = "ObjectCreated:Put", "ObjectRemoved:Delete"
@@ -50,14 +52,11 @@ def stop(proc: subprocess.Popen[str]) -> str:
     return out
 
 
-def until(condition, proc: subprocess.Popen[str], what: str, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            raise AssertionError(f"the process exited: {proc.communicate()[0]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached; output: {stop(proc)}")
-        time.sleep(0.05)
+def until(condition: Callable[[], object], proc: subprocess.Popen[str], what: str, timeout: float = 20.0) -> None:
+    """:func:`wait_until` while ``proc`` runs; on a timeout, its output once stopped."""
+    wait_until(condition, timeout, what,
+               alive=lambda: None if proc.poll() is None else f"the process exited: {proc.communicate()[0]}",
+               detail=lambda: f"output: {stop(proc)}")
 
 
 def lines_naming(text: str, key: str) -> list[str]:

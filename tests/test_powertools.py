@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import httpx
 import pytest
 
 from tests.stack import ROOT, stack_env, start_stack, stop_stack, wait_up
+from tests.waiting import wait_until
 
 HANDLERS = '''
 import json
@@ -116,27 +116,22 @@ def stack(project: Path) -> Iterator[tuple[Path, str]]:
 
 
 def wait_serving(base: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    def healthy() -> bool:
         try:
-            if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
-                return
+            return httpx.get(f"{base}/healthz", timeout=5).status_code == 200
         except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the HTTP source did not come up"
-        time.sleep(0.2)
+            return False
+    wait_until(healthy, timeout, "the HTTP source up", every=0.2)
 
 
 def rows(project: Path, name: str, count: int, timeout: float = 60) -> list[dict[str, Any]]:
     path = project / "out" / f"{name}.jsonl"
-    deadline = time.monotonic() + timeout
-    while True:
-        got = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-        if len(got) >= count:
-            return got
-        assert time.monotonic() < deadline, f"{name}: {len(got)} of {count} records parsed\n" + \
-            (project / "honcho.log").read_text()[-4000:]
-        time.sleep(0.1)
+
+    def parsed() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    wait_until(lambda: len(parsed()) >= count, timeout, f"{count} {name} records parsed", every=0.1,
+               detail=lambda: f"{len(parsed())} parsed\n" + (project / "honcho.log").read_text()[-4000:])
+    return parsed()
 
 
 @pytest.mark.timeout(180)

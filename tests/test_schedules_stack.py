@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.stack import Scaler
+from tests.waiting import wait_until
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RATE = 20  # schedule seconds per real second
@@ -35,10 +36,8 @@ def recorded(project: Path) -> list[dict]:
 
 
 def wait_for_ticks(project: Path, n: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while len(recorded(project)) < n:
-        assert time.monotonic() < deadline, f"{len(recorded(project))} of {n} ticks ran in time"
-        time.sleep(0.05)
+    wait_until(lambda: len(recorded(project)) >= n, timeout, f"{n} ticks run",
+               detail=lambda: f"{len(recorded(project))} ran")
 
 
 def published_by(scaler: Scaler) -> list[str]:
