@@ -26,7 +26,7 @@ import redis
 from broker import quarantine, scripts
 from broker.errors import ScriptError
 from broker.redis_internals import queued
-from broker.transaction import ANY_TYPE, WRITES, Transaction, transaction
+from broker.transaction import ANY_TYPE, WRITES, Transaction, command_name, transaction
 
 _SCRIPTS = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"})
 _KEYLESS = frozenset({"PUBLISH"})  # the writes that name no key
@@ -72,7 +72,7 @@ class Conditional:
         expected = writes.expected
         layout: list[Any] = [len(expected), len(reads), *expected.values(), len(condition), *condition]
         for command in queued(writes):
-            name = (command[0].decode() if isinstance(command[0], bytes) else str(command[0])).upper()
+            name = command_name(command[0])
             if name in _SCRIPTS:
                 raise ValueError(f"{command[0]} cannot run inside a script: queue plain commands")
             if name not in WRITES and name not in ANY_TYPE and name not in _KEYLESS:

@@ -77,7 +77,7 @@ class Transaction(RecordingPipeline):
         # Looked up as redis-py's typed methods name commands (no upper() on the hot path), else in capitals.
         write, any_type = _BY_NAME.get(name), _ANY_BY_NAME.get(name)
         if write is None and any_type is None and not (isinstance(name, str) and (name.isupper() or name.islower())):
-            upper = _text(name).upper()
+            upper = command_name(name)
             write, any_type = WRITES.get(upper), ANY_TYPE.get(upper)
         if write is not None:
             kind, positions = write
@@ -135,3 +135,9 @@ def _text(key: Any) -> str:
     if type(key) is str:
         return key
     return key.decode() if isinstance(key, bytes) else str(key)
+
+
+def command_name(name: Any) -> str:
+    """A command's name in capitals, as :data:`WRITES` and :data:`ANY_TYPE` spell it, whether given
+    as a str or as bytes."""
+    return _text(name).upper()
