@@ -9,13 +9,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import redis
 from bucketkit import keys, uploads_project
 
 from broker import logs
+from tests.waiting import wait_until
 
 LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
 FORGED = "x\nERROR lambdalite.scaler: forged\r\x1b[2J\u2028\u202e\x85.jpg"
@@ -62,14 +62,19 @@ def test_the_files_process_logs_a_forged_name_on_one_line(project: Path, redis_u
     uploads = uploads_project(project) / "buckets" / "uploads"
     os.symlink("/etc/hostname", uploads / FORGED)  # a link is never an object: its refusal is logged
     env = {**os.environ, "LAMBDALITE_REDIS_URL": redis_url, "LAMBDALITE_LOG_LEVEL": "INFO"}
-    proc = subprocess.Popen([sys.executable, "-m", "sources.files"], cwd=project, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    (uploads / "after.jpg").write_bytes(b"a")
-    deadline = time.monotonic() + 20
-    while "after.jpg" not in keys(r, "fn") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=5)
+    log = project / "files.log"
+    with log.open("w") as out_file:
+        proc = subprocess.Popen([sys.executable, "-m", "sources.files"], cwd=project, env=env,
+                                stdout=out_file, stderr=subprocess.STDOUT)
+    try:
+        (uploads / "after.jpg").write_bytes(b"a")
+        # The two are read side by side (the hasher's threads): either may be done first.
+        wait_until(lambda: "after.jpg" in keys(r, "fn") and "symbolic link" in log.read_text(), timeout=20,
+                   what="after.jpg published and the link refused", detail=log.read_text)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(5)
+    out = log.read_text()
     lines = out.splitlines()
     assert any("forged" in line and "symbolic link" in line for line in lines), out
     assert all(LINE.match(line) for line in lines), out
