@@ -152,6 +152,8 @@ def test_the_authority_accepts_an_edit_and_names_what_changed(project: Path, red
     (lambda p: (p / "lambdalite.toml").write_text(TWO + "timeot = 3\n"), ["lambdalite.toml", "'b'", "timeot"]),
     (lambda p: (p / "pkg" / "b.py").write_text("def handler(:\n"), ["lambdalite.toml", "'b'", "handler"]),
     (lambda p: (p / "lambdalite.toml").write_text("[functions.a\n"), ["lambdalite.toml", "not valid TOML"]),
+    # What a save caught between its truncation and its write looks like: not "no functions".
+    (lambda p: (p / "lambdalite.toml").write_text(""), ["lambdalite.toml", "empty", "keep a comment"]),
 ])
 def test_an_invalid_edit_is_refused_in_one_line(project: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch,
                                                 caplog: pytest.LogCaptureFixture, edit, said) -> None:  # type: ignore[no-untyped-def]

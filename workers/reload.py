@@ -160,6 +160,9 @@ class Reloader:
         current = self.registry.revision
         try:
             raw = read_config(path)
+            if not raw.strip():  # an editor's save caught between truncating and writing reads as no functions
+                raise ConfigError(f"{path.name}: empty (a save under way?): not applied; "
+                                  "to run no functions, keep a comment in it")
             sha = revision.digest(raw)
             if current is not None and sha == current.sha256 and not forced \
                     and revision.code_digests(self.registry) == self.code:
