@@ -17,6 +17,7 @@ import psutil
 import pytest
 import redis
 from hypothesis import settings
+from serving import close_lambda_clients  # tests/ is on sys.path, as for every test module
 
 from broker.redis_server.embedded import RedisServer
 
@@ -75,6 +76,13 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         if key.startswith("LAMBDALITE_") and key != "LAMBDALITE_REDIS_URL":
             monkeypatch.delenv(key)
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def closed_lambda_clients() -> Iterator[None]:
+    """Close the boto3 clients a test made with ``serving.lambda_client``."""
+    yield
+    close_lambda_clients()
 
 
 @pytest.fixture(autouse=True)

@@ -23,6 +23,26 @@ from broker import results
 from broker.envelope import Event
 from broker.queues import function_queue
 
+_boto_clients: list[Any] = []
+
+
+def lambda_client(url: str, key_id: str = "x", secret: str = "x", read_timeout: float = 60) -> Any:
+    """A real boto3 Lambda client of the Invoke API at ``url`` (no retries), closed when the test
+    ends (tests/conftest.py): an unclosed one's sockets would be collected in a later test."""
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client("lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id=key_id,
+                          aws_secret_access_key=secret,
+                          config=Config(retries={"max_attempts": 1}, read_timeout=read_timeout))
+    _boto_clients.append(client)
+    return client
+
+
+def close_lambda_clients() -> None:
+    while _boto_clients:
+        _boto_clients.pop().close()
+
 
 def queued(r: redis.Redis, function: str) -> list[Event]:
     """The events waiting in ``function``'s queue, in order."""

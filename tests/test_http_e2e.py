@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import boto3
 import httpx
 import pytest
-from botocore.config import Config
-from serving import serve
+from serving import lambda_client, serve
 from stack import Scaler
 
 from broker.registry import load_registry
@@ -49,8 +47,7 @@ def test_real_worker_answers_boto3_and_a_webhook(project: Path, redis_url: str) 
     (project / "greeting.py").write_text(HANDLERS)
     registry = load_registry(project / "lambdalite.toml")
     with Scaler(project), serve(create_app(registry, redis_url)) as url:
-        client = boto3.client("lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x",
-                              aws_secret_access_key="x", config=Config(retries={"max_attempts": 1}))
+        client = lambda_client(url)
         got = client.invoke(FunctionName="greet", Payload=json.dumps({"name": "ada"}).encode())
         assert "FunctionError" not in got, got["Payload"].read()
         assert json.loads(got["Payload"].read()) == {"hello": "ada", "remaining_ms_positive": True}

@@ -10,10 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import boto3
 import psutil
 import pytest
-from botocore.config import Config
+from serving import lambda_client
 
 from broker.errors import ConfigError
 from sources.http import idle
@@ -54,9 +53,7 @@ def test_an_idle_server_stands_by_holding_its_port_and_the_next_call_is_answered
         assert check.returncode == 1 and "already running" in check.stderr, check.stderr
 
         wait_until(lambda: _standing_by(web), 30, "it stands by again")
-        client = boto3.client("lambda", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                              aws_access_key_id="x", aws_secret_access_key="x",
-                              config=Config(retries={"max_attempts": 1}, read_timeout=60))
+        client = lambda_client(f"http://127.0.0.1:{port}")
         got = client.invoke(FunctionName="hello", Payload=json.dumps({"name": "ada"}).encode())
         assert "FunctionError" not in got and json.loads(got["Payload"].read()) == {"hello": "ada"}
         assert web.is_running() and not _standing_by(web), "the same process, the server again"

@@ -7,12 +7,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import boto3
 import httpx
 import pytest
 import redis
-from botocore.config import Config
-from serving import StandInWorker, echo, queued, serve
+from serving import StandInWorker, echo, lambda_client, queued, serve
 
 from broker.queues import function_queue
 from broker.redis_server.embedded import RedisServer
@@ -27,13 +25,6 @@ timeout = 2
 [functions.other]
 handler = "handlers.echo.handler"
 """
-
-
-def lambda_client(url: str):  # type: ignore[no-untyped-def]
-    return boto3.client(
-        "lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x",
-        aws_secret_access_key="x", config=Config(retries={"max_attempts": 1}, read_timeout=30),
-    )
 
 
 @pytest.fixture

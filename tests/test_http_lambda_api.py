@@ -6,10 +6,9 @@ import base64
 import json
 from pathlib import Path
 
-import boto3
 import httpx
 import pytest
-from botocore.config import Config
+import serving
 from botocore.exceptions import ClientError
 from serving import serve
 from stack import Scaler
@@ -81,8 +80,7 @@ def stack(project: Path, redis_url: str):  # type: ignore[no-untyped-def]
 
 
 def lambda_client(url: str):  # type: ignore[no-untyped-def]
-    return boto3.client("lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id=KEY_ID,
-                        aws_secret_access_key=SECRET, config=Config(retries={"max_attempts": 1}, read_timeout=60))
+    return serving.lambda_client(url, KEY_ID, SECRET)
 
 
 @pytest.mark.timeout(120)

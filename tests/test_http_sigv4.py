@@ -9,15 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
 import httpx
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
-from serving import StandInWorker, echo, serve
+from serving import StandInWorker, echo, lambda_client, serve
 
 from broker.errors import ConfigError
 from broker.registry import load_registry
@@ -42,8 +40,7 @@ def registry(project: Path):  # type: ignore[no-untyped-def]
 
 
 def client(url: str, key_id: str = KEY_ID, secret: str = SECRET):  # type: ignore[no-untyped-def]
-    return boto3.client("lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id=key_id,
-                        aws_secret_access_key=secret, config=Config(retries={"max_attempts": 1}, read_timeout=30))
+    return lambda_client(url, key_id, secret, read_timeout=30)
 
 
 def signed_headers(url: str, body: bytes, when: datetime.datetime, secret: str = SECRET) -> dict[str, str]:

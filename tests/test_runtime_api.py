@@ -20,17 +20,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import psutil
 import pytest
 import redis
-from botocore.config import Config
+from serving import lambda_client, serve
 
 from broker import deadletter, results
 from broker.errors import ConfigError
 from broker.registry import load_registry
 from sources.http.webhook import create_app
-from tests.serving import serve
 from tests.stack import Scaler, cli, publish, status
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -188,8 +186,7 @@ def stack(project_files: Path, redis_url: str) -> Iterator[Scaler]:
 
 
 def _lambda(url: str):  # type: ignore[no-untyped-def]
-    return boto3.client("lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id=KEY_ID,
-                        aws_secret_access_key=SECRET, config=Config(retries={"max_attempts": 1}, read_timeout=60))
+    return lambda_client(url, KEY_ID, SECRET)
 
 
 def _invoke(url: str, project: Path, function: str, payload: object) -> tuple[str, results.Outcome]:
