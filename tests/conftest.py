@@ -5,6 +5,7 @@ Hygiene guards fail a test that leaves a child process behind.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
@@ -76,6 +77,14 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         if key.startswith("LAMBDALITE_") and key != "LAMBDALITE_REDIS_URL":
             monkeypatch.delenv(key)
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def collected_at_the_end() -> Iterator[None]:
+    """Collect what the test left behind as it ends: a socket it did not close warns now, failing
+    this test (warnings are errors), not whichever later test the collector happens to run in."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)
