@@ -12,7 +12,10 @@ previous one's job is on its queue):
    written again whenever its job arrives, so every sample is taken while one is hashed);
 3. the time from the large file's close to its job on ``bulk``'s queue (its hash, at low priority),
    beside ``hashlib.md5`` of the same file read in 1 MiB slices by this process (normal priority);
-4. SIGINT, sent while a large file is hashed, -> the process gone (honcho's promise is 5 s).
+4. SIGINT, sent while a large file is hashed, -> the process gone (honcho's promise is 5 s);
+5. the whole stack (``honcho start`` with this folder's Procfile, ``mark`` kept warm): a small file
+   closed -> its handler started while a large file is hashed, and Ctrl-C (SIGINT to the stack's
+   process group, as a terminal sends it) while one is hashed -> every process of the stack gone.
 
 ``--write`` puts the table into docs/sources-robustness.md.
 """
@@ -26,9 +29,11 @@ from pathlib import Path as _Path
 _sys.path[:] = [p for p in _sys.path if _Path(p or ".").resolve() != _Path(__file__).resolve().parent]
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +68,17 @@ source = "files"
 bucket = "big"
 """
 SMALL_QUEUE, BIG_QUEUE = "rq:queue:lambdalite.mark", "rq:queue:lambdalite.bulk"
+STACK_CONFIG = CONFIG.replace('handler = "marker.handler"\n', 'handler = "marker.handler"\nmin_workers = 1\n', 1)
+MARKER = '''
+import os, time
+
+def handler(event, context):
+    started = time.time()
+    key = event["Records"][0]["s3"]["object"]["key"]
+    with open(os.environ["BENCH_MARKS"], "a") as out:
+        out.write(f"{key} {started!r}\\n")
+'''
+BIN = Path(sys.executable).parent
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -154,6 +171,81 @@ def run(work: Path, url: str, n: int, size: int) -> dict[str, object]:
             "returncode": proc.returncode}
 
 
+class Marks:
+    """The handlers' start times, read from the file they append to."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.got = path, {}
+
+    def wait(self, key: str, timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.path.read_text().split("\n")[:-1]:  # complete lines only
+                name, _, at = line.partition(" ")
+                self.got[name] = float(at)
+            if key in self.got:
+                return self.got[key]
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: no handler ran for {key} within {timeout:.0f} s")
+            time.sleep(0.0005)
+
+
+def run_stack(work: Path, n: int, size: int) -> dict[str, object]:
+    """Part 5: the Procfile's stack under honcho; small file -> handler while a large file is hashed, then Ctrl-C."""
+    project = work / "stack"
+    for bucket in ("small", "big"):
+        (project / "buckets" / bucket).mkdir(parents=True)
+    shutil.copy(ROOT / "Procfile", project / "Procfile")
+    (project / "lambdalite.toml").write_text(STACK_CONFIG)
+    (project / "marker.py").write_text(MARKER)
+    marks = Marks(project / "marks.txt")
+    marks.path.touch()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDALITE_")}
+    with socket.socket() as s:  # a free port for the HTTP source
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env.update(PATH=f"{BIN}:{env['PATH']}", PYTHONPATH=str(ROOT), BENCH_MARKS=str(marks.path),
+               LAMBDALITE_LOG_LEVEL="WARNING", LAMBDALITE_HTTP_PORT=str(port),
+               LAMBDALITE_SANDBOX_USER="root")  # handlers write marks into a 0700 temp folder
+    log_path = project / "honcho.log"
+    log = log_path.open("w")
+    honcho = subprocess.Popen([str(BIN / "honcho"), "start"], cwd=project, env=env, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    small, large = project / "buckets" / "small", project / "buckets" / "big" / "disk.img"
+
+    def small_file(name: str, timeout: float = 10) -> float:
+        with (small / name).open("wb") as f:
+            f.write(b"x" * 100)
+        closed = time.time()
+        return marks.wait(name, timeout) - closed
+
+    try:
+        small_file("warm0", 90)  # waits out the stack's start
+        for i in range(1, 5):  # the first events pay for imports and connections
+            small_file(f"warm{i}")
+        idle = [small_file(f"idle{i}") for i in range(n)]
+        write_large(large, size, 0)
+        time.sleep(0.2)  # the close is seen and the hash under way
+        busy = [small_file(f"busy{i}") for i in range(n)]
+        if "disk.img" in marks.got:
+            raise SystemExit("bench: the large file's hash ended while small files were timed; use a larger one")
+        write_large(large, size, 1)
+        time.sleep(1.0)  # well into the next hash
+        stack = [psutil.Process(honcho.pid), *psutil.Process(honcho.pid).children(recursive=True)]
+        asked = time.monotonic()
+        os.killpg(honcho.pid, signal.SIGINT)
+        _, alive = psutil.wait_procs(stack, timeout=30)
+        stop = time.monotonic() - asked
+        if alive:
+            raise SystemExit(f"bench: still running 30 s after Ctrl-C: {[p.pid for p in alive]}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(honcho.pid, signal.SIGKILL)
+        honcho.wait()
+        log.close()
+    return {"idle": idle, "busy": busy, "stop": stop, "processes": len(stack)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=300, help="small files per measurement")
@@ -167,6 +259,8 @@ def main() -> None:
     server = RedisServer(work, appendonly=True).start()
     try:
         got = run(work, server.url, args.files, size)
+        server.stop()
+        whole = run_stack(work, args.files, size)
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -183,10 +277,16 @@ def main() -> None:
          f"{float(got['reference']):.1f} s", ""],  # type: ignore[arg-type]
         [f"SIGINT while a {gb} file is hashed -> process gone (exit {got['returncode']})",
          f"{float(got['stop']) * 1000:.0f} ms", ""],  # type: ignore[arg-type]
+        ["whole stack: small file closed -> handler started, nothing hashing (reference)",
+         *(f"{v:.2f} ms" for v in percentiles(whole["idle"]))],  # type: ignore[arg-type]
+        [f"whole stack: small file closed -> handler started, a {gb} file being hashed (goal 100 ms)",
+         *(f"{v:.2f} ms" for v in percentiles(whole["busy"]))],  # type: ignore[arg-type]
+        [f"whole stack: Ctrl-C while a {gb} file is hashed -> its {whole['processes']} processes gone (goal 5 s)",
+         f"{float(whole['stop']) * 1000:.0f} ms", ""],  # type: ignore[arg-type]
     ]
     print(f"files_large: {args.files} small files per row, one at a time, {os.cpu_count()} CPUs")
     for name, a, b in rows:
-        print(f"  {name:<66} {a:>10}   {b}")
+        print(f"  {name:<80} {a:>10}   {b}")
     if args.write:
         text = table(["measured in one run", "p50 (or median)", "p99 (or max)"], rows)
         print("written to", write_section("sources-robustness.md", "files-large", text,
