@@ -3,7 +3,8 @@
 A scaler with one warm worker (``min_workers = 1``) drains a backlog of no-op asynchronous events on
 the embedded redis-server. Printed per event: the drain rate, Redis's CPU (``INFO cpu``), the worker's
 and its sandbox's CPU, and the Redis commands that cost the most (``INFO commandstats``: calls and
-microseconds per event). CPU per event moves far less with a neighbour's load than a rate does, so
+microseconds per event), and the scaler's own CPU (its log is written into the project folder, as
+``make run > app.log`` would). CPU per event moves far less with a neighbour's load than a rate does, so
 it is the figure to compare two versions by: ``--tree`` names other checkouts (a folder holding a
 tree, e.g. from ``git archive``) to measure in turns with this one.
 """
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def measure(events: int) -> dict[str, float]:
     """One drain of ``events`` no-ops by the code of the tree on PYTHONPATH (its bench/curves.py's helpers)."""
+    import psutil
     import redis
 
     tree = Path(os.environ.get("PYTHONPATH", str(ROOT)).split(os.pathsep)[0])
@@ -51,18 +53,22 @@ def measure(events: int) -> dict[str, float]:
             curves.wait_until("the warm-up drained", lambda: client.llen("rq:queue:lambdalite.noop") == 0, 60)
             time.sleep(1)
             client.config_resetstat()
+            own = psutil.Process(proc.pid)
             cpu0, kids0, t0 = client.info("cpu"), curves._children_cpu(proc.pid), time.time()
+            own0 = sum(own.cpu_times()[:2])
             publisher.publish_many([curves.Event("noop", {}) for _ in range(events)])
             curves.wait_until("the backlog drained", lambda: client.llen("rq:queue:lambdalite.noop") == 0, 600)
             time.sleep(0.5)
             cpu1, kids1, t1 = client.info("cpu"), curves._children_cpu(proc.pid), time.time()
+            own1 = sum(own.cpu_times()[:2])
             stats = client.info("commandstats")
     finally:
         client.close()
         server.stop()
     redis_cpu = sum(cpu1[k] - cpu0[k] for k in ("used_cpu_user", "used_cpu_sys"))
     out = {"events/s": events / (t1 - t0), "Redis CPU µs": redis_cpu * 1e6 / events,
-           "worker+sandbox CPU µs": (kids1 - kids0) * 1e6 / events}
+           "worker+sandbox CPU µs": (kids1 - kids0) * 1e6 / events,
+           "scaler CPU µs": (own1 - own0) * 1e6 / events}
     for name, s in sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:6]:
         out[f"{name.removeprefix('cmdstat_')} calls"] = s["calls"] / events
         out[f"{name.removeprefix('cmdstat_')} µs"] = s["usec"] / events

@@ -17,6 +17,8 @@ from broker.registry import Registry, load_registry
 from broker.settings import load_settings
 from broker.stats import alive_key
 from tests.stack import cli, close_redis_clients, redis_client  # noqa: F401 (an autouse fixture)
+from tests.waiting import wait_until
+from workers import reload
 from workers.reload import Reloader
 
 ONE = '[functions.a]\nhandler = "pkg.a.handler"\n'
@@ -146,6 +148,41 @@ def test_the_authority_accepts_an_edit_and_names_what_changed(project: Path, red
     assert look(reloader)
     assert recorder.calls[-1][1] == {"a"} and recorder.calls[-1][0].revision.number == 3
     assert not look(reloader), "nothing changed: no revision"
+
+
+def test_the_watch_wakes_for_edits_and_not_for_a_log_written_beside_them(
+    project: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LAMBDALITE_SANDBOX_USER", "root")
+    seen: list[str] = []
+    noticed = reload._Noticed.on_any_event
+    monkeypatch.setattr(reload._Noticed, "on_any_event",
+                        lambda self, event: (seen.append(event.event_type), noticed(self, event)))
+    reloader, _registry, _recorder = reloader_for(project, redis_url)
+    woken = threading.Event()
+    reloader.wake = woken.set
+    reloader.watch()
+    try:
+        time.sleep(0.2)  # the watch in place
+        with (project / "stack.log").open("a") as out:  # a stack's output kept beside its config
+            for i in range(200):
+                out.write(f"line {i}\n")
+                out.flush()
+            time.sleep(0.5)
+            assert seen == [] and not woken.is_set(), "every write to the log reached the watch"
+        wait_until(lambda: seen == ["closed"], what="the log's close, the one event it raises")
+        assert not woken.is_set() and reloader.wait is None, "a log is not an edit"
+
+        (project / "pkg" / "b.py").write_text(MODULE.format("b, edited"))  # written in place
+        assert woken.wait(5), "an edit in place was not noticed"
+        woken.clear()
+        assert look(reloader)
+        scratch = project / "lambdalite.toml.new"  # an editor's save by rename
+        scratch.write_text(TWO + "# saved by rename\n")
+        scratch.rename(project / "lambdalite.toml")
+        assert woken.wait(5), "a save by rename was not noticed"
+    finally:
+        reloader.unwatch()
 
 
 @pytest.mark.parametrize(("edit", "said"), [
