@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "bench"))
 
+from marks import MARKER, Marks  # noqa: E402
 from report import table, write_section  # noqa: E402
 
 from broker.redis_server.embedded import RedisServer  # noqa: E402
@@ -69,15 +70,6 @@ bucket = "big"
 """
 SMALL_QUEUE, BIG_QUEUE = "rq:queue:lambdalite.mark", "rq:queue:lambdalite.bulk"
 STACK_CONFIG = CONFIG.replace('handler = "marker.handler"\n', 'handler = "marker.handler"\nmin_workers = 1\n', 1)
-MARKER = '''
-import os, time
-
-def handler(event, context):
-    started = time.time()
-    key = event["Records"][0]["s3"]["object"]["key"]
-    with open(os.environ["BENCH_MARKS"], "a") as out:
-        out.write(f"{key} {started!r}\\n")
-'''
 BIN = Path(sys.executable).parent
 
 
@@ -169,25 +161,6 @@ def run(work: Path, url: str, n: int, size: int) -> dict[str, object]:
         client.close()
     return {"idle": idle, "busy": busy, "hashes": hashes, "reference": reference, "stop": stop,
             "returncode": proc.returncode}
-
-
-class Marks:
-    """The handlers' start times, read from the file they append to."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.got = path, {}
-
-    def wait(self, key: str, timeout: float) -> float:
-        deadline = time.monotonic() + timeout
-        while True:
-            for line in self.path.read_text().split("\n")[:-1]:  # complete lines only
-                name, _, at = line.partition(" ")
-                self.got[name] = float(at)
-            if key in self.got:
-                return self.got[key]
-            if time.monotonic() > deadline:
-                raise SystemExit(f"bench: no handler ran for {key} within {timeout:.0f} s")
-            time.sleep(0.0005)
 
 
 def run_stack(work: Path, n: int, size: int) -> dict[str, object]:

@@ -41,18 +41,11 @@ from watchdog.observers import Observer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "bench"))  # after the standard library: bench/http.py must not shadow it
+
+from marks import MARKER, Marks  # noqa: E402
 
 from broker.redis_server.embedded import RedisServer  # noqa: E402
-
-MARKER = '''
-import os, time
-
-def handler(event, context):
-    started = time.time()
-    key = event["Records"][0]["s3"]["object"]["key"]
-    with open(os.environ["BENCH_MARKS"], "a") as out:
-        out.write(f"{key} {started!r}\\n")
-'''
 
 CONFIG = """
 [functions.mark]
@@ -194,19 +187,11 @@ def bench_files_source(project: Path, url: str, n: int) -> list[float]:
 
 def bench_lambdalite(project: Path, url: str, n: int) -> list[float]:
     """File closed in a bucket -> handler started, with the real files source and scaler."""
-    marks = _project(project)
-    env = _stack_env(project, url, marks)
+    marks = Marks(_project(project))
+    env = _stack_env(project, url, marks.path)
     log = (project / "stack.log").open("w")
     procs = [subprocess.Popen([sys.executable, "-m", mod], cwd=project, env=env, stdout=log,
                               stderr=subprocess.STDOUT) for mod in ("workers.scaler", "sources.files")]
-    got: dict[str, float] = {}
-
-    def arrived(key: str) -> bool:
-        for line in marks.read_text().split("\n")[:-1]:  # complete lines: a line being written is read next time
-            name, _, at = line.partition(" ")
-            got[name] = float(at)
-        return key in got
-
     out = []
     try:
         for i in range(n + 5):  # the first few warm the worker up
@@ -214,9 +199,9 @@ def bench_lambdalite(project: Path, url: str, n: int) -> list[float]:
             with (project / "buckets" / "in" / key).open("wb") as f:
                 f.write(b"x" * 100)
             closed = time.time()
-            wait_for(lambda k=key: arrived(k), 60 if i == 0 else 10, f"the handler for {key}")
+            started = marks.wait(key, 60 if i == 0 else 10)
             if i >= 5:
-                out.append(got[key] - closed)
+                out.append(started - closed)
             time.sleep(0.002)
     finally:
         for proc in procs:
