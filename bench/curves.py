@@ -66,7 +66,7 @@ from broker.stats import scaler_key  # noqa: E402
 
 FULL = {"functions": [10, 100, 1000], "objects": [1000, 10_000, 100_000], "backlog": [10_000, 100_000, 1_000_000],
         "concurrency": [16, 64, 256]}
-QUICK = {"functions": [2, 4, 8], "objects": [100, 300, 1000], "backlog": [300, 1000, 3000], "concurrency": [2, 4, 8]}
+QUICK = {"functions": [2, 4, 8], "objects": [100, 300, 1000], "backlog": [1000, 3000, 10000], "concurrency": [2, 4, 8]}
 # -- processes and stacks ----------------------------------------------------------------------------
 
 
@@ -341,6 +341,9 @@ def backlog_axis(sizes: list[int], window: float) -> Axis:
                 time.sleep(0.5)  # the workers warm
                 cpu0 = _children_cpu(proc.pid)
                 first, first_ref, t1 = queue.count, ref.count, time.monotonic()
+                if not first or not first_ref:
+                    raise SystemExit(f"curves: the backlog of {n:,} (or the reference) drained before its window "
+                                     "began; use larger sizes")
                 last, last_ref, t2 = first, first_ref, t1
                 while t2 - t1 < window and last > 0 and last_ref > 0:
                     time.sleep(0.1)
