@@ -2,8 +2,8 @@
 validates an edit as ``lambdalite check`` does, and publishes the revision it accepts
 (:mod:`broker.revision`); the other processes follow it.
 
-An edit is looked at once the files have been quiet for :data:`SETTLE` (an editor's save is several
-writes and a rename), and also on SIGHUP and on ``lambdalite reload``. One that does not validate is
+An edit is looked at once the files have been quiet for :data:`SETTLE` (an editor's save may close
+several files and rename one), and also on SIGHUP and on ``lambdalite reload``. One that does not validate is
 refused with one log line naming the file, the function and the key; the running revision stays.
 
 The watch takes only what ends an edit (:data:`EDITS`: a file closed after writing, moved or
@@ -42,8 +42,8 @@ from broker.settings import Settings
 
 log = logging.getLogger("lambdalite.reload")
 
-SETTLE = 0.1  # seconds of quiet after the last write before an edit is looked at
-SETTLE_MAX = 0.5  # seconds after the first write an edit is looked at, however busy its writer
+SETTLE = 0.1  # seconds of quiet after the last edit event (a close, a rename) before an edit is looked at
+SETTLE_MAX = 0.5  # seconds after the first edit event an edit is looked at, however busy its writer
 IGNORED = ("__pycache__", ".pyc", ".swp", ".swx", "~", "4913")  # caches and editors' scratch files
 # What ends an edit, the only events the watch takes (watchdog builds the inotify mask from them): a
 # file closed after writing, moved (an editor's rename) or deleted, and folders coming and going.
